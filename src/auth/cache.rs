@@ -1,0 +1,213 @@
+//! The validated-token cache on the per-request path: moka, keyed by a SHA-256 digest of the
+//! token (fixed size, and a collision cannot forge a hit), each entry living until its
+//! token's `exp`.
+//!
+//! Revocation does not scan the cache: every cached [`Principal`] of a session shares one
+//! [`SessionFlag`], so ending a session is one atomic store that all its tokens see at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use http::HeaderValue;
+use moka::Expiry;
+use moka::future::Cache;
+
+use crate::store::{Role, SessionId, UnixTime, UserId};
+
+/// SHA-256 of the token bytes.
+pub type TokenDigest = [u8; 32];
+
+pub fn token_digest(token: &[u8]) -> TokenDigest {
+    let d = digest::digest(&digest::SHA256, token);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Shared by every cached token of one session; set when the session ends.
+#[derive(Debug, Default)]
+pub struct SessionFlag {
+    revoked: AtomicBool,
+}
+
+impl SessionFlag {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
+/// Who a valid token speaks for, with the identity headers pre-built so forwarding a request
+/// clones three `HeaderValue`s (reference counts) instead of formatting strings.
+#[derive(Debug)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub role: Role,
+    pub exp: UnixTime,
+    pub user_id_header: HeaderValue,
+    pub email_header: Option<HeaderValue>,
+    pub role_header: HeaderValue,
+    pub session: Arc<SessionFlag>,
+}
+
+impl Principal {
+    pub fn new(
+        user_id: UserId,
+        email: &str,
+        role: Role,
+        session_id: SessionId,
+        exp: UnixTime,
+        session: Arc<SessionFlag>,
+    ) -> Principal {
+        Principal {
+            user_id,
+            session_id,
+            role,
+            exp,
+            user_id_header: HeaderValue::try_from(user_id.to_string())
+                .expect("a UUID is a valid header value"),
+            // An email with control characters cannot be a header; the upstream then gets
+            // no email header rather than a broken one.
+            email_header: HeaderValue::from_str(email).ok(),
+            role_header: HeaderValue::from_static(role.as_str()),
+            session,
+        }
+    }
+}
+
+struct UntilTokenExpiry;
+
+impl Expiry<TokenDigest, Arc<Principal>> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        value: &Arc<Principal>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Some(Duration::from_secs(value.exp.saturating_sub(now).max(0) as u64))
+    }
+}
+
+/// The token cache and the registry of live [`SessionFlag`]s.
+pub struct TokenCache {
+    entries: Cache<TokenDigest, Arc<Principal>>,
+    // Weak: a flag lives exactly as long as some cached principal holds it. Only misses and
+    // revocations take this lock, never a cache hit.
+    sessions: Mutex<HashMap<SessionId, Weak<SessionFlag>>>,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: u64) -> TokenCache {
+        TokenCache {
+            entries: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilTokenExpiry)
+                .build(),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn entries(&self) -> &Cache<TokenDigest, Arc<Principal>> {
+        &self.entries
+    }
+
+    /// The flag all principals of `session` share. Take it BEFORE reading the session from
+    /// the store: a revocation that lands in between then still finds and sets it.
+    pub fn session_flag(&self, session: SessionId) -> Arc<SessionFlag> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flag) = sessions.get(&session).and_then(Weak::upgrade) {
+            return flag;
+        }
+        let flag = Arc::new(SessionFlag::default());
+        sessions.insert(session, Arc::downgrade(&flag));
+        flag
+    }
+
+    /// Every cached token of `session` is rejected from now on.
+    pub fn revoke_session(&self, session: SessionId) {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flag) = sessions.get(&session).and_then(Weak::upgrade) {
+            flag.revoked.store(true, Ordering::Release);
+        }
+    }
+
+    /// Drops registry entries no cached principal refers to any more.
+    pub fn prune_sessions(&self) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, flag| flag.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(cache: &TokenCache, sid: SessionId, exp: UnixTime) -> Arc<Principal> {
+        Arc::new(Principal::new(
+            UserId::new_random(),
+            "a@example.com",
+            Role::User,
+            sid,
+            exp,
+            cache.session_flag(sid),
+        ))
+    }
+
+    #[test]
+    fn digest_is_fixed_size_and_distinguishes_tokens() {
+        assert_ne!(token_digest(b"a.b.c"), token_digest(b"a.b.d"));
+        assert_eq!(token_digest(b"a.b.c"), token_digest(b"a.b.c"));
+    }
+
+    #[tokio::test]
+    async fn revoking_a_session_flags_every_cached_token_of_it() {
+        let cache = TokenCache::new(100);
+        let sid = SessionId::new_random();
+        let other = SessionId::new_random();
+        let far = i64::MAX / 4;
+        let a = principal(&cache, sid, far);
+        let b = principal(&cache, sid, far);
+        let c = principal(&cache, other, far);
+        cache.entries.insert([1; 32], a).await;
+        cache.entries.insert([2; 32], b).await;
+        cache.entries.insert([3; 32], c).await;
+
+        cache.revoke_session(sid);
+        assert!(cache.entries.get(&[1; 32]).await.unwrap().session.is_revoked());
+        assert!(cache.entries.get(&[2; 32]).await.unwrap().session.is_revoked());
+        assert!(!cache.entries.get(&[3; 32]).await.unwrap().session.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn a_flag_taken_before_revocation_sees_it() {
+        let cache = TokenCache::new(100);
+        let sid = SessionId::new_random();
+        let flag = cache.session_flag(sid);
+        cache.revoke_session(sid);
+        assert!(flag.is_revoked());
+    }
+
+    #[test]
+    fn registry_forgets_sessions_nobody_holds() {
+        let cache = TokenCache::new(100);
+        let sid = SessionId::new_random();
+        drop(cache.session_flag(sid));
+        cache.prune_sessions();
+        assert!(cache.sessions.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn identity_headers_are_prebuilt() {
+        let cache = TokenCache::new(10);
+        let p = principal(&cache, SessionId::new_random(), 10);
+        assert_eq!(p.role_header, "user");
+        assert_eq!(p.email_header.as_ref().unwrap(), "a@example.com");
+        assert_eq!(p.user_id_header.to_str().unwrap(), p.user_id.to_string());
+    }
+}

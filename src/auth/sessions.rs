@@ -1,0 +1,181 @@
+//! Login, refresh and logout: the session rules of the contract (8 h tokens, refresh up to
+//! 4 h after expiry and only once per token, logout ending every token of the session).
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use super::tokens::{Claims, is_expired};
+use super::{Auth, AuthError, normalize_email};
+use crate::store::{Rotation, Session, SessionId, UnixTime, User};
+
+/// A freshly signed access token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    /// Seconds until it expires (the cookie's `Max-Age`).
+    pub expires_in: i64,
+}
+
+impl Auth {
+    /// `POST /users/login`. Every failure — unknown email, wrong password, disabled, deleted
+    /// or pending user — is the same [`AuthError::InvalidCredentials`] after one argon2
+    /// verification, so neither body nor timing tells them apart.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client_ip: Option<IpAddr>,
+    ) -> Result<IssuedToken, AuthError> {
+        let email = normalize_email(email);
+        let now = self.clock.now();
+        // Counted as a failure until it proves otherwise, so concurrent attempts cannot all
+        // pass the limit before the first failure is recorded.
+        let attempt = self
+            .throttle
+            .begin(&email, client_ip, now)
+            .map_err(|retry_after_secs| AuthError::Throttled { retry_after_secs })?;
+        let user = self
+            .store
+            .user_by_email(&email)
+            .await?
+            .filter(User::is_active);
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let verified = self.passwords.verify(password, hash).await?;
+        let Some(user) = user.filter(|_| verified) else {
+            attempt.failed();
+            return Err(AuthError::InvalidCredentials);
+        };
+        drop(attempt); // a success does not count
+        self.start_session(&user).await
+    }
+
+    /// Opens a session for an already authenticated user and signs its first token.
+    pub async fn start_session(&self, user: &User) -> Result<IssuedToken, AuthError> {
+        let now = self.clock.now();
+        let session = Session {
+            id: SessionId::new_random(),
+            user_id: user.id,
+            created: now,
+            expires_at: now.saturating_add(self.settings.session_max_age),
+            revoked_at: None,
+            current_jti: Uuid::new_v4(),
+            refresh_count: 0,
+            last_refresh_at: None,
+        };
+        self.store.create_session(&session).await?;
+        self.store.record_login(user.id, now).await?;
+        self.sign(&session, session.current_jti, now)
+    }
+
+    /// `PATCH /users/login`.
+    pub async fn refresh(&self, token: &str) -> Result<IssuedToken, AuthError> {
+        let claims = self
+            .keys
+            .verify(token)
+            .map_err(|_| AuthError::InvalidToken)?;
+        let now = self.clock.now();
+        if refresh_too_late(claims.exp, self.settings.refresh_window, now) {
+            return Err(AuthError::TokenTooOld);
+        }
+        let session = self
+            .store
+            .session(claims.sid)
+            .await?
+            .filter(|s| s.revoked_at.is_none() && s.user_id == claims.sub)
+            .ok_or(AuthError::InvalidToken)?;
+        let user_active = self
+            .store
+            .user_by_id(claims.sub)
+            .await?
+            .is_some_and(|u| u.is_active());
+        if !user_active {
+            return Err(AuthError::InvalidToken);
+        }
+        if is_expired(session.expires_at, now) {
+            return Err(AuthError::SessionTooOld);
+        }
+        let new_jti = Uuid::new_v4();
+        match self
+            .store
+            .rotate_session_token(session.id, claims.jti, new_jti, now)
+            .await?
+        {
+            Rotation::Rotated => self.sign(&session, new_jti, now),
+            Rotation::NotCurrent => {
+                // A token refreshed twice has been copied: end the session for both holders.
+                self.end_session(session.id).await?;
+                tracing::warn!(session = %session.id, user = %session.user_id, "refresh token reuse; session ended");
+                Err(AuthError::TokenReused)
+            }
+            Rotation::Gone => Err(AuthError::InvalidToken),
+        }
+    }
+
+    /// `DELETE /users/login`: ends the token's session. Idempotent: an unknown, forged or
+    /// long-expired token is simply nothing to end.
+    pub async fn logout(&self, token: Option<&str>) -> Result<(), AuthError> {
+        let Some(claims) = token.and_then(|t| self.keys.verify(t).ok()) else {
+            return Ok(());
+        };
+        self.end_session(claims.sid).await
+    }
+
+    /// Revokes a session in the store (which feeds other replicas) and in this cache.
+    pub async fn end_session(&self, session: SessionId) -> Result<(), AuthError> {
+        self.store.revoke_session(session, self.clock.now()).await?;
+        self.cache.revoke_session(session);
+        Ok(())
+    }
+
+    fn sign(&self, session: &Session, jti: Uuid, now: UnixTime) -> Result<IssuedToken, AuthError> {
+        let exp = token_expiry(now, self.settings.access_token_ttl, session.expires_at);
+        let claims = Claims {
+            iss: self.keys.issuer().to_owned(),
+            sub: session.user_id,
+            sid: session.id,
+            jti,
+            iat: now,
+            exp,
+        };
+        let token = self
+            .keys
+            .sign(&claims)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        Ok(IssuedToken {
+            token,
+            expires_in: exp - now,
+        })
+    }
+}
+
+/// A token lives `ttl`, but never past the end of its session.
+fn token_expiry(now: UnixTime, ttl: i64, session_expires_at: UnixTime) -> UnixTime {
+    now.saturating_add(ttl).min(session_expires_at)
+}
+
+/// "Access token can be refreshed maximally 4 hours after it expires": at exactly
+/// `exp + window` it still can, one second later it cannot.
+fn refresh_too_late(exp: UnixTime, window: i64, now: UnixTime) -> bool {
+    now > exp.saturating_add(window)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_never_outlive_their_session() {
+        assert_eq!(token_expiry(100, 50, 1000), 150);
+        assert_eq!(token_expiry(100, 50, 120), 120);
+    }
+
+    #[test]
+    fn refresh_window_boundary() {
+        let exp = 1_000;
+        let window = 4 * 3600;
+        assert!(!refresh_too_late(exp, window, exp - 1));
+        assert!(!refresh_too_late(exp, window, exp + window));
+        assert!(refresh_too_late(exp, window, exp + window + 1));
+    }
+}

@@ -1,0 +1,1699 @@
+//! Finds the config file, layers defaults < TOML < `MEIRO_GATE_*` environment, and turns the
+//! untyped tree into [`Config`], collecting every problem (with its dotted key) instead of
+//! stopping at the first.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use url::Url;
+
+use super::values::{ByteSize, Secret, duration_serde};
+use super::{
+    AdminConfig, AuthConfig, AuthMode, Balance, BootstrapConfig, Config, LimitsConfig,
+    LoginThrottleConfig, RouteConfig, ServerConfig, StoreConfig, UpstreamConfig,
+};
+
+const ENV_PREFIX: &str = "MEIRO_GATE_";
+/// Names the file; not a setting itself.
+const ENV_CONFIG_VAR: &str = "MEIRO_GATE_CONFIG";
+const ENV_CONFIG_KEY: &str = "config";
+/// `MEIRO_GATE_TEST_*` belongs to the test suites (e.g. `MEIRO_GATE_TEST_POSTGRES_URL`).
+const ENV_TEST_PREFIX: &str = "test_";
+const ENV_SOURCE_NAME: &str = "`MEIRO_GATE_` environment variable(s)";
+const DEFAULT_FILE: &str = "config/meiro-gate.toml";
+
+/// Keys documented in operations.md that belong to later versions: said so in the "unknown key"
+/// message, so an operator who copied the documented file knows it is not a typo.
+const NOT_YET: &[&str] = &[
+    "okta",
+    "mail",
+    "cors",
+    "server.tls",
+    "auth.upstream",
+    "upstreams.retries",
+    "upstreams.health",
+    "routes.host",
+    "routes.strip_prefix",
+    "routes.max_body",
+    "routes.timeout",
+];
+
+/// One thing wrong with the configuration. `key` is the full dotted path
+/// (`auth.access_token_ttl`, `upstreams[0].instances[1]`), or `config` for the file itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found, displayed one per line as `<key>: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", lines(.problems))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+fn lines(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+impl From<Problem> for ConfigError {
+    fn from(problem: Problem) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+/// Loads the configuration from `path`, or `$MEIRO_GATE_CONFIG`, or `config/meiro-gate.toml` in
+/// the current directory if it exists (else defaults only), overlaid by the environment.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let file = config_file(
+        path,
+        std::env::var_os(ENV_CONFIG_VAR),
+        Path::new(DEFAULT_FILE),
+    )?;
+    load_from_figment(&layers(file.as_deref(), EnvLayer::from_process()))
+}
+
+/// Chooses the file: an explicitly named one must exist; the conventional one is optional.
+fn config_file(
+    explicit: Option<&Path>,
+    from_env: Option<OsString>,
+    default: &Path,
+) -> Result<Option<PathBuf>, Problem> {
+    let (path, origin) = match (explicit, from_env) {
+        (Some(path), _) => (path.to_path_buf(), String::new()),
+        (None, Some(path)) if !path.is_empty() => {
+            (PathBuf::from(path), format!(" (named by {ENV_CONFIG_VAR})"))
+        }
+        _ => return Ok(default.is_file().then(|| default.to_path_buf())),
+    };
+    if path.is_file() {
+        Ok(Some(path))
+    } else {
+        let message = format!("file not found: {}{origin}", path.display());
+        Err(Problem::new("config", message))
+    }
+}
+
+fn layers(file: Option<&Path>, env: EnvLayer) -> Figment {
+    let figment = match file {
+        Some(file) => Figment::from(Toml::file_exact(file)),
+        None => Figment::new(),
+    };
+    figment.merge(env)
+}
+
+/// The `MEIRO_GATE_<SECTION>__<KEY>` variables, each value kept as the exact string that was set.
+/// figment's own `Env` provider guesses types (`0123456789012` becomes a number without its
+/// leading zero, quotes are stripped, whitespace trimmed), which would silently change a
+/// password; the reader below converts strings itself.
+struct EnvLayer(Vec<(OsString, OsString)>);
+
+impl EnvLayer {
+    fn from_process() -> Self {
+        Self(std::env::vars_os().collect())
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_SOURCE_NAME)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut vars = Vec::new();
+        for (name, value) in &self.0 {
+            let name = name.to_string_lossy();
+            let Some(key) = name
+                .get(..ENV_PREFIX.len())
+                .filter(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX))
+                .map(|_| name[ENV_PREFIX.len()..].to_ascii_lowercase())
+            else {
+                continue;
+            };
+            if key.is_empty() || key == ENV_CONFIG_KEY || key.starts_with(ENV_TEST_PREFIX) {
+                continue;
+            }
+            let value = value
+                .to_str()
+                .ok_or_else(|| format!("environment variable {name} is not valid UTF-8"))?;
+            vars.push((key, value.to_owned()));
+        }
+        // Sorted, so `X` is always seen before `X__Y` and a clash is reported, not order-dependent.
+        vars.sort();
+        let mut root = Dict::new();
+        for (key, value) in vars {
+            let parts: Vec<&str> = key.split("__").collect();
+            let (leaf, parents) = parts.split_last().unwrap_or((&"", &[]));
+            let mut dict = &mut root;
+            for (depth, part) in parents.iter().enumerate() {
+                let entry = dict
+                    .entry((*part).to_owned())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                let Value::Dict(_, inner) = entry else {
+                    let (this, other) = (parts.join("."), parts[..=depth].join("."));
+                    let (this, other) = (env_var_name(&this), env_var_name(&other));
+                    return Err(format!("{this} conflicts with {other}").into());
+                };
+                dict = inner;
+            }
+            dict.insert((*leaf).to_owned(), Value::from(value));
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Builds the [`Config`] from any figment (the file and environment layers for [`load`], a
+/// string for tests), applying defaults and every validation rule.
+pub fn load_from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+    let tree = figment.find_value("").map_err(|error| ConfigError {
+        problems: error
+            .into_iter()
+            .map(|e| Problem::new("config", one_line(&e.to_string())))
+            .collect(),
+    })?;
+    let Value::Dict(_, root) = tree else {
+        return Err(Problem::new("config", "expected a table at the top level").into());
+    };
+    let reader = Reader {
+        figment,
+        problems: RefCell::default(),
+    };
+    let config = read_config(&reader, &root);
+    let problems = reader.problems.into_inner();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Parse errors come with a multi-line source excerpt (`12 | key = = 1`); keep the prose so that
+/// every problem stays on one line.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.contains('|'))
+        .collect();
+    lines.join("; ")
+}
+
+/// Owns the problem list shared by every [`Section`].
+struct Reader<'a> {
+    figment: &'a Figment,
+    problems: RefCell<Vec<Problem>>,
+}
+
+impl Reader<'_> {
+    fn problem(&self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.borrow_mut().push(Problem::new(key, message));
+    }
+
+    /// A problem with a value as written. Names the variable when the value came from the
+    /// environment: operators look in the file first.
+    fn bad_value(&self, key: &str, value: &Value, message: &str) {
+        let from_env = self
+            .figment
+            .get_metadata(value.tag())
+            .is_some_and(|metadata| metadata.name.contains("environment variable"));
+        if from_env && !key.contains('[') {
+            self.problem(key, format!("{message} (from {})", env_var_name(key)));
+        } else {
+            self.problem(key, message);
+        }
+    }
+}
+
+/// A view of one table. Records which keys were read; the rest are reported as unknown when
+/// it is dropped, so a section can't forget to check.
+struct Section<'a> {
+    reader: &'a Reader<'a>,
+    path: String,
+    /// `None` when absent, or not a table (already reported).
+    dict: Option<&'a Dict>,
+    read: Vec<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    fn key(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<&'a Value> {
+        self.read.push(name);
+        self.dict?
+            .get(name)
+            .filter(|value| !matches!(value, Value::Empty(..)))
+    }
+
+    fn convert<T>(&self, name: &str, value: &Value, convert: Convert<T>) -> Option<T> {
+        convert(value)
+            .map_err(|message| self.reader.bad_value(&self.key(name), value, &message))
+            .ok()
+    }
+
+    fn opt<T>(&mut self, name: &'static str, convert: Convert<T>) -> Option<T> {
+        let value = self.take(name)?;
+        self.convert(name, value, convert)
+    }
+
+    /// The value, or `default` when absent or invalid (invalid is reported).
+    fn get<T>(&mut self, name: &'static str, default: T, convert: Convert<T>) -> T {
+        self.opt(name, convert).unwrap_or(default)
+    }
+
+    fn required<T>(&mut self, name: &'static str, convert: Convert<T>) -> Option<T> {
+        match self.take(name) {
+            Some(value) => self.convert(name, value, convert),
+            None => {
+                self.problem(name, MISSING);
+                None
+            }
+        }
+    }
+
+    fn problem(&self, name: &str, message: impl Into<String>) {
+        self.reader.problem(self.key(name), message);
+    }
+
+    /// Reports `message` on `name` unless `ok`.
+    fn check(&self, name: &str, ok: bool, message: &str) {
+        if !ok {
+            self.problem(name, message);
+        }
+    }
+
+    fn section(&mut self, name: &'static str) -> Section<'a> {
+        let path = self.key(name);
+        let dict = match self.take(name) {
+            None => None,
+            Some(Value::Dict(_, dict)) => Some(dict),
+            Some(other) => {
+                let message = format!("expected a table, found {}", kind(other));
+                self.reader.bad_value(&path, other, &message);
+                None
+            }
+        };
+        Section {
+            reader: self.reader,
+            path,
+            dict,
+            read: Vec::new(),
+        }
+    }
+
+    /// An array of tables (`[[name]]`); entries that are not tables are reported and skipped.
+    fn tables(&mut self, name: &'static str) -> Vec<Section<'a>> {
+        let path = self.key(name);
+        let items = match self.take(name) {
+            None => return Vec::new(),
+            Some(Value::Array(_, items)) => items,
+            Some(other) => {
+                let message = format!(
+                    "expected an array of tables ([[{name}]]), found {}",
+                    kind(other)
+                );
+                self.reader.bad_value(&path, other, &message);
+                return Vec::new();
+            }
+        };
+        let mut sections = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let path = format!("{path}[{index}]");
+            match item {
+                Value::Dict(_, dict) => sections.push(Section {
+                    reader: self.reader,
+                    path,
+                    dict: Some(dict),
+                    read: Vec::new(),
+                }),
+                other => {
+                    let message = format!("expected a table, found {}", kind(other));
+                    self.reader.bad_value(&path, other, &message);
+                }
+            }
+        }
+        sections
+    }
+
+    /// A required, non-empty array; each element converted and reported under `name[i]`.
+    fn required_list<T>(&mut self, name: &'static str, convert: Convert<T>) -> Vec<T> {
+        let key = self.key(name);
+        let items = match self.take(name) {
+            None => {
+                self.reader.problem(key, MISSING);
+                return Vec::new();
+            }
+            Some(Value::Array(_, items)) => items,
+            Some(other) => {
+                let message = format!("expected an array, found {}", kind(other));
+                self.reader.bad_value(&key, other, &message);
+                return Vec::new();
+            }
+        };
+        if items.is_empty() {
+            self.reader.problem(key.clone(), "must not be empty");
+        }
+        let mut converted = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            match convert(item) {
+                Ok(value) => converted.push(value),
+                Err(message) => self
+                    .reader
+                    .bad_value(&format!("{key}[{index}]"), item, &message),
+            }
+        }
+        converted
+    }
+}
+
+impl Drop for Section<'_> {
+    fn drop(&mut self) {
+        let Some(dict) = self.dict else { return };
+        for (name, value) in dict {
+            if self.read.contains(&name.as_str()) {
+                continue;
+            }
+            let key = self.key(name);
+            let message = if NOT_YET.contains(&without_indices(&key).as_str()) {
+                "unknown key (not supported in this version)"
+            } else {
+                "unknown key"
+            };
+            self.reader.bad_value(&key, value, message);
+        }
+    }
+}
+
+/// `upstreams[3].retries` -> `upstreams.retries`.
+fn without_indices(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut in_index = false;
+    for c in key.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+// ---- conversions: each turns one untyped value into a typed one or an error message ----
+
+/// Messages never quote the value of a secret; the secret readers only use [`text`], whose
+/// errors name the type alone.
+type Convert<T> = fn(&Value) -> Result<T, String>;
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) => "a string",
+        Value::Char(..) => "a character",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "an empty value",
+        Value::Dict(..) => "a table",
+        Value::Array(..) => "an array",
+    }
+}
+
+/// Numbers and booleans are accepted as their text: `cookie_name = 123` is a name.
+fn text(value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(_, s) => Ok(s.clone()),
+        Value::Char(_, c) => Ok(c.to_string()),
+        Value::Bool(_, b) => Ok(b.to_string()),
+        Value::Num(_, n) => Ok(match (n.to_u128(), n.to_i128()) {
+            (Some(u), _) => u.to_string(),
+            (None, Some(i)) => i.to_string(),
+            (None, None) => n.to_f64().unwrap_or_default().to_string(),
+        }),
+        other => Err(format!("expected a string, found {}", kind(other))),
+    }
+}
+
+fn non_empty_text(value: &Value) -> Result<String, String> {
+    match text(value)? {
+        text if text.is_empty() => Err("must not be empty".to_owned()),
+        text => Ok(text),
+    }
+}
+
+fn route_prefix(value: &Value) -> Result<String, String> {
+    let prefix = text(value)?;
+    if prefix.starts_with('/') {
+        Ok(prefix)
+    } else {
+        Err("must start with \"/\"".to_owned())
+    }
+}
+
+fn secret(value: &Value) -> Result<Secret, String> {
+    text(value).map(Secret::new)
+}
+
+fn flag(value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(_, b) => Ok(*b),
+        Value::String(_, s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(_, s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+        Value::String(_, s) => Err(format!("expected true or false, found {s:?}")),
+        other => Err(format!("expected true or false, found {}", kind(other))),
+    }
+}
+
+fn whole<T: TryFrom<u128>>(value: &Value) -> Result<T, String> {
+    const EXPECTED: &str = "expected a non-negative whole number";
+    let number = match value {
+        Value::Num(_, n) => n
+            .to_u128()
+            .or_else(|| n.to_i128().and_then(|i| u128::try_from(i).ok()))
+            .ok_or_else(|| EXPECTED.to_owned())?,
+        Value::String(_, s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{EXPECTED}, found {s:?}"))?,
+        other => return Err(format!("{EXPECTED}, found {}", kind(other))),
+    };
+    T::try_from(number).map_err(|_| format!("{number} is too large"))
+}
+
+fn duration(value: &Value) -> Result<Duration, String> {
+    match value {
+        Value::String(_, s) => duration_serde::parse(s),
+        Value::Num(..) => Err("a number has no unit; write a unit, e.g. \"30s\"".to_owned()),
+        other => Err(format!(
+            "expected a duration such as \"30s\", found {}",
+            kind(other)
+        )),
+    }
+}
+
+fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
+    let text = text(value)?;
+    text.trim().parse().map_err(|_| {
+        format!(
+            "invalid address {text:?}: expected an IP address and port such as \
+             \"127.0.0.1:8080\" (host names are not resolved)"
+        )
+    })
+}
+
+fn url(value: &Value) -> Result<Url, String> {
+    let text = text(value)?;
+    Url::parse(text.trim()).map_err(|e| format!("invalid URL {text:?}: {e}"))
+}
+
+/// Where browsers and clients reach the gateway.
+fn web_url(value: &Value) -> Result<Url, String> {
+    let url = url(value)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
+/// An upstream base URL: the proxy appends the request path, so it must be bare.
+fn upstream_url(value: &Value) -> Result<Url, String> {
+    let url = url(value)?;
+    match url.scheme() {
+        "http" => {}
+        "https" => return Err("https upstreams are not available in this version".to_owned()),
+        _ => return Err("must be an http:// URL".to_owned()),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials".to_owned());
+    }
+    if url.path() != "/" {
+        return Err(format!("must not have a path (found {:?})", url.path()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
+fn byte_size(value: &Value) -> Result<ByteSize, String> {
+    match value {
+        Value::String(_, s) => s.parse(),
+        _ => whole::<u64>(value).map(ByteSize::new),
+    }
+}
+
+fn path(value: &Value) -> Result<PathBuf, String> {
+    non_empty_text(value).map(PathBuf::from)
+}
+
+fn auth_mode(value: &Value) -> Result<AuthMode, String> {
+    match text(value)?.as_str() {
+        "local" => Ok(AuthMode::Local),
+        "upstream" => Err("upstream mode is not available in this version".to_owned()),
+        other => Err(format!("unknown mode {other:?}; expected \"local\"")),
+    }
+}
+
+fn balance(value: &Value) -> Result<Balance, String> {
+    match text(value)?.as_str() {
+        "round_robin" => Ok(Balance::RoundRobin),
+        "least_request" => Err(
+            "\"least_request\" is not available in this version; use \"round_robin\"".to_owned(),
+        ),
+        other => Err(format!(
+            "unknown balance {other:?}; expected \"round_robin\""
+        )),
+    }
+}
+
+// ---- sections ----
+
+const POSITIVE: &str = "must be greater than zero";
+const MISSING: &str = "missing (required)";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
+    let mut root = Section {
+        reader,
+        path: String::new(),
+        dict: Some(root),
+        read: Vec::new(),
+    };
+    let server = read_server(root.section("server"));
+    let admin = AdminConfig {
+        listen: root.section("admin").get(
+            "listen",
+            SocketAddr::from(([127, 0, 0, 1], 9090)),
+            socket_addr,
+        ),
+    };
+    let store = read_store(root.section("store"));
+    let auth = read_auth(root.section("auth"));
+    let bootstrap = read_bootstrap(root.section("bootstrap"));
+    let limits = read_limits(root.section("limits"));
+
+    let mut upstreams = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for section in root.tables("upstreams") {
+        let name_key = section.key("name");
+        let upstream = read_upstream(section);
+        if !upstream.name.is_empty() {
+            if let Some(first) = names.get(&upstream.name) {
+                let message = format!("duplicate upstream name {:?} (also {first})", upstream.name);
+                reader.problem(name_key, message);
+            } else {
+                names.insert(upstream.name.clone(), name_key);
+            }
+        }
+        upstreams.push(upstream);
+    }
+
+    let mut routes = Vec::new();
+    let mut prefixes: HashMap<String, String> = HashMap::new();
+    for section in root.tables("routes") {
+        let (prefix_key, upstream_key) = (section.key("prefix"), section.key("upstream"));
+        let route = read_route(section);
+        if !route.upstream.is_empty() && !names.contains_key(&route.upstream) {
+            reader.problem(
+                upstream_key,
+                format!("unknown upstream {:?}", route.upstream),
+            );
+        }
+        if !route.prefix.is_empty() {
+            if let Some(first) = prefixes.get(&route.prefix) {
+                let message = format!("duplicate prefix {:?} (also {first})", route.prefix);
+                reader.problem(prefix_key, message);
+            } else {
+                prefixes.insert(route.prefix.clone(), prefix_key);
+            }
+        }
+        routes.push(route);
+    }
+
+    Config {
+        server,
+        admin,
+        store,
+        auth,
+        bootstrap,
+        limits,
+        upstreams,
+        routes,
+    }
+}
+
+fn read_server(mut s: Section<'_>) -> ServerConfig {
+    let listen = s.get(
+        "listen",
+        SocketAddr::from(([127, 0, 0, 1], 8080)),
+        socket_addr,
+    );
+    let public_url = match s.opt("public_url", web_url) {
+        Some(url) => url,
+        None => default_public_url(listen).unwrap_or_else(|| {
+            s.problem(
+                "public_url",
+                format!("cannot derive a default from server.listen {listen}; set it explicitly"),
+            );
+            fallback_url()
+        }),
+    };
+    let frontend_url = s
+        .opt("frontend_url", web_url)
+        .unwrap_or_else(|| public_url.clone());
+    let drain_timeout = s.get("drain_timeout", secs(30), duration);
+    ServerConfig {
+        listen,
+        public_url,
+        frontend_url,
+        drain_timeout,
+    }
+}
+
+/// `http://<listen>`, with a wildcard address replaced by loopback so the URL is reachable.
+fn default_public_url(listen: SocketAddr) -> Option<Url> {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    // `SocketAddr::new` drops any IPv6 zone id (URLs cannot express one), so this parses; it
+    // stays fallible because `listen` is operator input and must never cause a panic.
+    Url::parse(&format!("http://{}", SocketAddr::new(ip, listen.port()))).ok()
+}
+
+/// Placeholder where a URL is needed but the real one was invalid; the problem is reported, so
+/// this never reaches a returned `Config`.
+fn fallback_url() -> Url {
+    Url::parse("http://127.0.0.1/").expect("constant URL is valid")
+}
+
+fn read_store(mut s: Section<'_>) -> StoreConfig {
+    let url = s.get("url", "sqlite://data/meiro-gate.db".to_owned(), text);
+    s.check(
+        "url",
+        url.starts_with("sqlite:"),
+        "only sqlite:// is supported in this version; postgres:// arrives with replica support",
+    );
+    StoreConfig {
+        url: Secret::url(url),
+    }
+}
+
+fn read_auth(mut s: Section<'_>) -> AuthConfig {
+    let mode = s.get("mode", AuthMode::Local, auth_mode);
+    let access_token_ttl = s.get("access_token_ttl", secs(8 * 3600), duration);
+    let refresh_window = s.get("refresh_window", secs(4 * 3600), duration);
+    let session_max_age = s.get("session_max_age", secs(30 * 86_400), duration);
+    let cookie_name = s.get("cookie_name", "meiro_access_token".to_owned(), text);
+    let cookie_secure = s.get("cookie_secure", true, flag);
+    let keys_dir = s.get("keys_dir", PathBuf::from("data/keys"), path);
+    let password_hash_concurrency = s.get(
+        "password_hash_concurrency",
+        default_hash_concurrency(),
+        whole::<usize>,
+    );
+    let login_throttle = read_login_throttle(s.section("login_throttle"));
+
+    s.check("access_token_ttl", !access_token_ttl.is_zero(), POSITIVE);
+    s.check("refresh_window", !refresh_window.is_zero(), POSITIVE);
+    s.check("session_max_age", !session_max_age.is_zero(), POSITIVE);
+    if !session_max_age.is_zero() && session_max_age < access_token_ttl {
+        let ttl = duration_serde::format(access_token_ttl);
+        s.problem(
+            "session_max_age",
+            format!("must be at least auth.access_token_ttl ({ttl})"),
+        );
+    }
+    if cookie_name.is_empty() {
+        s.problem("cookie_name", "must not be empty");
+    } else {
+        s.check(
+            "cookie_name",
+            cookie_name.bytes().all(is_token_byte),
+            "may contain only letters, digits and !#$%&'*+-.^_`|~ (an RFC 6265 token)",
+        );
+    }
+    s.check(
+        "password_hash_concurrency",
+        password_hash_concurrency >= 1,
+        "must be at least 1",
+    );
+    AuthConfig {
+        mode,
+        access_token_ttl,
+        refresh_window,
+        session_max_age,
+        cookie_name,
+        cookie_secure,
+        keys_dir,
+        password_hash_concurrency,
+        login_throttle,
+    }
+}
+
+/// Half the cores: hashing must not starve the proxy of CPU.
+fn default_hash_concurrency() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores / 2).max(1)
+}
+
+/// RFC 6265 cookie-name = RFC 2616 token: visible ASCII except separators.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
+}
+
+fn read_login_throttle(mut s: Section<'_>) -> LoginThrottleConfig {
+    let per_account = s.get("per_account", 5, whole::<u32>);
+    let per_ip = s.get("per_ip", 20, whole::<u32>);
+    let window = s.get("window", secs(15 * 60), duration);
+    s.check("per_account", per_account > 0, POSITIVE);
+    s.check("per_ip", per_ip > 0, POSITIVE);
+    s.check("window", !window.is_zero(), POSITIVE);
+    LoginThrottleConfig {
+        per_account,
+        per_ip,
+        window,
+    }
+}
+
+fn read_bootstrap(mut s: Section<'_>) -> BootstrapConfig {
+    let admin_email = s.get("admin_email", String::new(), text);
+    let admin_password = s.get("admin_password", Secret::default(), secret);
+    if !admin_email.is_empty() {
+        s.check(
+            "admin_email",
+            looks_like_email(&admin_email),
+            "must be an e-mail address such as admin@example.com",
+        );
+        if admin_password.is_empty() {
+            s.problem(
+                "admin_password",
+                "required when bootstrap.admin_email is set",
+            );
+        } else {
+            s.check(
+                "admin_password",
+                admin_password.expose().chars().count() >= 12,
+                "must be at least 12 characters long",
+            );
+        }
+    }
+    BootstrapConfig {
+        admin_email,
+        admin_password,
+    }
+}
+
+/// Deliberately loose: the mail system is the real judge; this only catches obvious slips.
+fn looks_like_email(text: &str) -> bool {
+    match text.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !text.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+fn read_limits(mut s: Section<'_>) -> LimitsConfig {
+    let max_connections = s.get("max_connections", 10_000, whole::<usize>);
+    let header_read_timeout = s.get("header_read_timeout", secs(10), duration);
+    let max_header_bytes = s.get("max_header_bytes", 16_384, whole::<usize>);
+    let api_max_body = s.get("api_max_body", ByteSize::new(64 * 1024), byte_size);
+    s.check("max_connections", max_connections > 0, POSITIVE);
+    s.check(
+        "header_read_timeout",
+        !header_read_timeout.is_zero(),
+        POSITIVE,
+    );
+    s.check(
+        "max_header_bytes",
+        max_header_bytes >= 1024,
+        "must be at least 1024",
+    );
+    s.check("api_max_body", api_max_body.as_u64() > 0, POSITIVE);
+    LimitsConfig {
+        max_connections,
+        header_read_timeout,
+        max_header_bytes,
+        api_max_body,
+    }
+}
+
+fn read_upstream(mut s: Section<'_>) -> UpstreamConfig {
+    let name = s.required("name", non_empty_text).unwrap_or_default();
+    let instances = s.required_list("instances", upstream_url);
+    let balance = s.get("balance", Balance::RoundRobin, balance);
+    let connect_timeout = s.get("connect_timeout", secs(2), duration);
+    let response_timeout = s.get("response_timeout", secs(30), duration);
+    s.check("connect_timeout", !connect_timeout.is_zero(), POSITIVE);
+    s.check("response_timeout", !response_timeout.is_zero(), POSITIVE);
+    UpstreamConfig {
+        name,
+        instances,
+        balance,
+        connect_timeout,
+        response_timeout,
+    }
+}
+
+fn read_route(mut s: Section<'_>) -> RouteConfig {
+    let prefix = s.required("prefix", route_prefix).unwrap_or_default();
+    let upstream = s.required("upstream", text).unwrap_or_default();
+    let public = s.get("public", false, flag);
+    RouteConfig {
+        prefix,
+        upstream,
+        public,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        load_from_figment(&Figment::from(Toml::string(toml)))
+    }
+
+    fn ok(toml: &str) -> Config {
+        match from_toml(toml) {
+            Ok(config) => config,
+            Err(e) => panic!("expected no problems, got:\n{e}"),
+        }
+    }
+
+    fn problems(toml: &str) -> Vec<Problem> {
+        match from_toml(toml) {
+            Ok(_) => panic!("expected problems in:\n{toml}"),
+            Err(e) => e.problems,
+        }
+    }
+
+    /// Asserts that exactly one problem names `key`, and that its message contains `needle`.
+    #[track_caller]
+    fn assert_problem(toml: &str, key: &str, needle: &str) {
+        let found = problems(toml);
+        let on_key: Vec<_> = found.iter().filter(|p| p.key == key).collect();
+        assert!(
+            on_key.len() == 1 && on_key[0].message.contains(needle),
+            "expected one problem on {key} containing {needle:?}, got {found:#?}"
+        );
+    }
+
+    fn env(vars: &[(&str, &str)]) -> EnvLayer {
+        EnvLayer(
+            vars.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+                .collect(),
+        )
+    }
+
+    const UPSTREAM: &str =
+        "[[upstreams]]\nname = \"meiro\"\ninstances = [\"http://127.0.0.1:9000\"]\n";
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = ok("");
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.server.frontend_url, c.server.public_url);
+        assert_eq!(c.server.drain_timeout, secs(30));
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.store.url.expose(), "sqlite://data/meiro-gate.db");
+        assert_eq!(c.auth.mode, AuthMode::Local);
+        assert_eq!(c.auth.access_token_ttl, secs(8 * 3600));
+        assert_eq!(c.auth.refresh_window, secs(4 * 3600));
+        assert_eq!(c.auth.session_max_age, secs(30 * 86_400));
+        assert_eq!(c.auth.cookie_name, "meiro_access_token");
+        assert!(c.auth.cookie_secure);
+        assert_eq!(c.auth.keys_dir, PathBuf::from("data/keys"));
+        assert!(c.auth.password_hash_concurrency >= 1);
+        assert_eq!(c.auth.password_hash_concurrency, default_hash_concurrency());
+        assert_eq!(c.auth.login_throttle.per_account, 5);
+        assert_eq!(c.auth.login_throttle.per_ip, 20);
+        assert_eq!(c.auth.login_throttle.window, secs(15 * 60));
+        assert_eq!(c.bootstrap.admin_email, "");
+        assert!(c.bootstrap.admin_password.is_empty());
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.header_read_timeout, secs(10));
+        assert_eq!(c.limits.max_header_bytes, 16_384);
+        assert_eq!(c.limits.api_max_body, ByteSize::new(64 * 1024));
+        assert!(c.upstreams.is_empty());
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn embedded_default_file_loads_cleanly() {
+        let c = ok(include_str!("../../config/meiro-gate.toml"));
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.server.frontend_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.store.url.expose(), "sqlite://data/meiro-gate.db");
+        assert_eq!(c.auth.access_token_ttl, secs(8 * 3600));
+        assert_eq!(c.auth.session_max_age, secs(30 * 86_400));
+        assert!(c.auth.cookie_secure);
+        assert_eq!(c.auth.keys_dir, PathBuf::from("data/keys"));
+        assert_eq!(c.auth.login_throttle.window, secs(15 * 60));
+        assert_eq!(c.bootstrap.admin_email, "");
+        assert_eq!(c.limits.api_max_body.to_string(), "64KiB");
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].name, "meiro");
+        assert_eq!(
+            c.upstreams[0].instances[0].as_str(),
+            "http://127.0.0.1:9000/"
+        );
+        assert_eq!(c.upstreams[0].balance, Balance::RoundRobin);
+        assert_eq!(c.upstreams[0].connect_timeout, secs(2));
+        assert_eq!(c.upstreams[0].response_timeout, secs(30));
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].prefix, "/");
+        assert_eq!(c.routes[0].upstream, "meiro");
+        assert!(!c.routes[0].public);
+    }
+
+    /// `check-config` prints the effective config as TOML; saved as a file, it must load back.
+    #[test]
+    fn printed_config_loads_back_unchanged() {
+        for source in ["", include_str!("../../config/meiro-gate.toml")] {
+            let printed = toml::to_string_pretty(&ok(source)).unwrap();
+            let again = toml::to_string_pretty(&ok(&printed)).unwrap();
+            assert_eq!(again, printed);
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let err = from_toml(
+            r#"
+            [server]
+            listen = "localhost"
+            [auth]
+            access_token_ttl = "forever"
+            cookie_name = "bad name"
+            [limits]
+            max_connections = 0
+            [[upstreams]]
+            name = "meiro"
+            instances = ["http://127.0.0.1:9000", "ftp://x"]
+            [[routes]]
+            prefix = "/"
+            upstream = "nope"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "server.listen",
+            "auth.access_token_ttl",
+            "auth.cookie_name",
+            "limits.max_connections",
+            "upstreams[0].instances[1]",
+            "routes[0].upstream",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        assert_eq!(err.problems.len(), 6, "{err}");
+        // Display: one `<key>: <message>` per line.
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 6);
+        assert!(
+            text.lines()
+                .any(|l| l == "routes[0].upstream: unknown upstream \"nope\"")
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gate.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"0.0.0.0:8000\"\n[auth]\ncookie_name = \"from_file\"\nrefresh_window = \"1h\"\n",
+        )
+        .unwrap();
+        let figment = layers(
+            Some(&file),
+            env(&[
+                ("MEIRO_GATE_AUTH__COOKIE_NAME", "from_env"),
+                ("MEIRO_GATE_AUTH__COOKIE_SECURE", "false"),
+                ("MEIRO_GATE_AUTH__LOGIN_THROTTLE__PER_IP", "7"),
+                ("MEIRO_GATE_LIMITS__API_MAX_BODY", "1MiB"),
+                ("OTHER_AUTH__COOKIE_NAME", "ignored"),
+            ]),
+        );
+        let c = load_from_figment(&figment).unwrap();
+        assert_eq!(c.auth.cookie_name, "from_env"); // env over file
+        assert_eq!(c.auth.refresh_window, secs(3600)); // file over default
+        assert_eq!(c.server.listen, "0.0.0.0:8000".parse().unwrap()); // file over default
+        assert_eq!(c.auth.access_token_ttl, secs(8 * 3600)); // default
+        assert!(!c.auth.cookie_secure);
+        assert_eq!(c.auth.login_throttle.per_ip, 7);
+        assert_eq!(c.limits.api_max_body, ByteSize::new(1 << 20));
+        // A wildcard listen address defaults the public URL to loopback.
+        assert_eq!(c.server.public_url.as_str(), "http://127.0.0.1:8000/");
+    }
+
+    #[test]
+    fn env_values_are_kept_verbatim() {
+        let figment = layers(
+            None,
+            env(&[
+                ("MEIRO_GATE_AUTH__COOKIE_NAME", "007"),
+                ("MEIRO_GATE_BOOTSTRAP__ADMIN_EMAIL", "admin@example.com"),
+                (
+                    "MEIRO_GATE_BOOTSTRAP__ADMIN_PASSWORD",
+                    " \"0123456789012\" ",
+                ),
+                ("meiro_gate_server__listen", "[::]:8080"),
+            ]),
+        );
+        let c = load_from_figment(&figment).unwrap();
+        assert_eq!(c.auth.cookie_name, "007");
+        assert_eq!(c.bootstrap.admin_password.expose(), " \"0123456789012\" ");
+        assert_eq!(c.server.listen, "[::]:8080".parse().unwrap());
+        assert_eq!(c.server.public_url.as_str(), "http://[::1]:8080/");
+    }
+
+    #[test]
+    fn env_config_and_test_variables_are_not_settings() {
+        let figment = layers(
+            None,
+            env(&[
+                ("MEIRO_GATE_CONFIG", "/etc/meiro-gate.toml"),
+                ("MEIRO_GATE_TEST_POSTGRES_URL", "postgres://u:p@localhost/t"),
+            ]),
+        );
+        assert!(load_from_figment(&figment).is_ok());
+    }
+
+    #[test]
+    fn env_problems_name_the_variable() {
+        let figment = layers(
+            None,
+            env(&[
+                ("MEIRO_GATE_AUTH__COOKIE_NAM", "x"),
+                ("MEIRO_GATE_AUTH__ACCESS_TOKEN_TTL", "30"),
+                ("MEIRO_GATE_SERVER_LISTEN", "0.0.0.0:1"),
+            ]),
+        );
+        let err = load_from_figment(&figment).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("auth.cookie_nam: unknown key (from MEIRO_GATE_AUTH__COOKIE_NAM)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("write a unit, e.g. \"30s\" (from MEIRO_GATE_AUTH__ACCESS_TOKEN_TTL)"),
+            "{text}"
+        );
+        assert!(text.contains("server_listen: unknown key"), "{text}");
+    }
+
+    #[test]
+    fn env_variable_clash_is_reported() {
+        let figment = layers(
+            None,
+            env(&[("MEIRO_GATE_AUTH", "x"), ("MEIRO_GATE_AUTH__MODE", "local")]),
+        );
+        let err = load_from_figment(&figment).unwrap_err();
+        assert_eq!(err.problems[0].key, "config");
+        assert!(
+            err.problems[0].message.contains("MEIRO_GATE_AUTH__MODE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_file_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present.toml");
+        std::fs::write(&present, "").unwrap();
+        let missing = dir.path().join("missing.toml");
+
+        // Explicit path wins and must exist.
+        let chosen = config_file(Some(&present), Some(missing.clone().into()), &missing);
+        assert_eq!(chosen, Ok(Some(present.clone())));
+        let err = config_file(Some(&missing), None, &present).unwrap_err();
+        assert_eq!(err.key, "config");
+        assert!(err.message.contains("file not found"), "{err}");
+
+        // Then $MEIRO_GATE_CONFIG, which must exist too.
+        assert_eq!(
+            config_file(None, Some(present.clone().into()), &missing),
+            Ok(Some(present.clone()))
+        );
+        let err = config_file(None, Some(missing.clone().into()), &present).unwrap_err();
+        assert!(err.message.contains("MEIRO_GATE_CONFIG"), "{err}");
+
+        // Then the conventional file, only if it exists.
+        assert_eq!(config_file(None, None, &present), Ok(Some(present.clone())));
+        assert_eq!(config_file(None, Some(OsString::new()), &missing), Ok(None));
+    }
+
+    #[test]
+    fn load_reports_a_missing_explicit_file() {
+        let err = load(Some(Path::new("/nonexistent/meiro-gate.toml"))).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert_eq!(err.problems[0].key, "config");
+    }
+
+    #[test]
+    fn unreadable_toml_is_a_config_problem() {
+        let err = from_toml("[server\nlisten = ").unwrap_err();
+        assert_eq!(err.problems[0].key, "config");
+        assert!(err.problems[0].message.contains("line 1"), "{err}");
+        assert_eq!(err.to_string().lines().count(), err.problems.len(), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broken.toml");
+        std::fs::write(&file, "listen = = 1").unwrap();
+        let err = load_from_figment(&layers(Some(&file), env(&[]))).unwrap_err();
+        assert_eq!(err.problems[0].key, "config");
+        assert!(err.problems[0].message.contains("broken.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_at_every_level() {
+        let found = problems(&format!(
+            r#"
+            typo = 1
+            okta = {{ enabled = false }}
+            [server]
+            tls = {{ cert = "c.pem" }}
+            [auth]
+            cookie_nam = "x"
+            [auth.login_throttle]
+            per_acount = 3
+            {UPSTREAM}
+            retries = 2
+            [[routes]]
+            prefix = "/"
+            upstream = "meiro"
+            colour = "blue"
+            "#
+        ));
+        let expect = [
+            ("typo", "unknown key"),
+            ("okta", "unknown key (not supported in this version)"),
+            ("server.tls", "unknown key (not supported in this version)"),
+            ("auth.cookie_nam", "unknown key"),
+            ("auth.login_throttle.per_acount", "unknown key"),
+            (
+                "upstreams[0].retries",
+                "unknown key (not supported in this version)",
+            ),
+            ("routes[0].colour", "unknown key"),
+        ];
+        for (key, message) in expect {
+            assert!(
+                found.iter().any(|p| p.key == key && p.message == message),
+                "{key}: {message} missing from {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
+
+    /// Each case: a TOML text, the key that must have exactly one problem, a fragment of it.
+    #[track_caller]
+    fn assert_problems(cases: &[(&str, &str, &str)]) {
+        for (toml, key, needle) in cases {
+            assert_problem(toml, key, needle);
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_reported() {
+        assert_problems(&[
+            ("server = 1", "server", "expected a table, found a number"),
+            ("server.listen = 8080", "server.listen", "invalid address"),
+            (
+                r#"auth.cookie_secure = "yes""#,
+                "auth.cookie_secure",
+                "true or false",
+            ),
+            (
+                "auth.cookie_name = [1]",
+                "auth.cookie_name",
+                "expected a string",
+            ),
+            (
+                r#"limits.max_connections = "lots""#,
+                "limits.max_connections",
+                "whole number",
+            ),
+            (
+                "limits.max_connections = -1",
+                "limits.max_connections",
+                "whole number",
+            ),
+            (
+                "limits.max_header_bytes = 1.5",
+                "limits.max_header_bytes",
+                "whole number",
+            ),
+            (
+                "auth.login_throttle.per_ip = 5000000000",
+                "auth.login_throttle.per_ip",
+                "too large",
+            ),
+            (
+                r#"upstreams = { name = "x" }"#,
+                "upstreams",
+                "array of tables",
+            ),
+            (r#"upstreams = ["x"]"#, "upstreams[0]", "expected a table"),
+            (
+                r#"upstreams = [{ name = "m", instances = "http://a" }]"#,
+                "upstreams[0].instances",
+                "expected an array",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn lenient_scalars_are_accepted() {
+        let c = ok(r#"
+            [auth]
+            cookie_name = 123
+            cookie_secure = "false"
+            password_hash_concurrency = "3"
+            [limits]
+            api_max_body = 2048
+            "#);
+        assert_eq!(c.auth.cookie_name, "123");
+        assert!(!c.auth.cookie_secure);
+        assert_eq!(c.auth.password_hash_concurrency, 3);
+        assert_eq!(c.limits.api_max_body, ByteSize::new(2048));
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_must_parse() {
+        let unit = r#"write a unit, e.g. "30s""#;
+        assert_problems(&[
+            (
+                r#"server.drain_timeout = "30""#,
+                "server.drain_timeout",
+                unit,
+            ),
+            ("server.drain_timeout = 30", "server.drain_timeout", unit),
+            (
+                r#"server.drain_timeout = "soon""#,
+                "server.drain_timeout",
+                "invalid duration",
+            ),
+        ]);
+        let c = ok(r#"server.drain_timeout = "0s"
+            auth.access_token_ttl = "500ms""#);
+        assert_eq!(c.server.drain_timeout, Duration::ZERO);
+        assert_eq!(c.auth.access_token_ttl, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn server_addresses_and_urls() {
+        assert_problems(&[
+            (
+                r#"server.listen = "localhost:8080""#,
+                "server.listen",
+                "host names are not resolved",
+            ),
+            (
+                r#"admin.listen = "127.0.0.1""#,
+                "admin.listen",
+                "invalid address",
+            ),
+            (
+                r#"server.public_url = "not a url""#,
+                "server.public_url",
+                "invalid URL",
+            ),
+            (
+                r#"server.public_url = "ftp://x""#,
+                "server.public_url",
+                "http:// or https://",
+            ),
+            (
+                r#"server.frontend_url = "https://x/?a=1""#,
+                "server.frontend_url",
+                "query",
+            ),
+        ]);
+
+        let c = ok(r#"server.public_url = "https://gate.example.com""#);
+        assert_eq!(c.server.frontend_url.as_str(), "https://gate.example.com/");
+        let c = ok(
+            r#"server = { public_url = "https://a.example", frontend_url = "https://app.example/ui" }"#,
+        );
+        assert_eq!(c.server.public_url.as_str(), "https://a.example/");
+        assert_eq!(c.server.frontend_url.as_str(), "https://app.example/ui");
+        let c = ok(r#"server.listen = "10.0.0.5:80""#);
+        assert_eq!(c.server.public_url.as_str(), "http://10.0.0.5/");
+        // URLs cannot carry an IPv6 zone id; the default drops it rather than failing.
+        let c = ok(r#"server.listen = "[fe80::1%2]:8080""#);
+        assert_eq!(c.server.public_url.as_str(), "http://[fe80::1]:8080/");
+    }
+
+    #[test]
+    fn store_accepts_only_sqlite_and_never_echoes_the_url() {
+        let found = problems(r#"store.url = "postgres://gate:s3cret@db/gate""#);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, "store.url");
+        let message = &found[0].message;
+        assert!(message.contains("only sqlite:// is supported in this version"));
+        assert!(!message.contains("s3cret"));
+        let c = ok(r#"store.url = "sqlite:///var/lib/gate.db""#);
+        assert_eq!(c.store.url.expose(), "sqlite:///var/lib/gate.db");
+    }
+
+    #[test]
+    fn auth_mode_is_local_only() {
+        assert_problems(&[
+            (
+                r#"auth.mode = "upstream""#,
+                "auth.mode",
+                "upstream mode is not available in this version",
+            ),
+            (r#"auth.mode = "magic""#, "auth.mode", "unknown mode"),
+        ]);
+        assert_eq!(ok(r#"auth.mode = "local""#).auth.mode, AuthMode::Local);
+    }
+
+    #[test]
+    fn auth_durations_must_be_positive_and_consistent() {
+        assert_problems(&[
+            (
+                r#"auth.access_token_ttl = "0s""#,
+                "auth.access_token_ttl",
+                POSITIVE,
+            ),
+            (
+                r#"auth.refresh_window = "0s""#,
+                "auth.refresh_window",
+                POSITIVE,
+            ),
+            (
+                r#"auth.session_max_age = "0s""#,
+                "auth.session_max_age",
+                POSITIVE,
+            ),
+            (
+                r#"auth = { access_token_ttl = "2d", session_max_age = "1d" }"#,
+                "auth.session_max_age",
+                "must be at least auth.access_token_ttl (2d)",
+            ),
+        ]);
+        ok(r#"auth = { access_token_ttl = "1d", session_max_age = "1d" }"#);
+    }
+
+    #[test]
+    fn cookie_name_must_be_a_token() {
+        assert_problem(
+            r#"auth.cookie_name = """#,
+            "auth.cookie_name",
+            "must not be empty",
+        );
+        for bad in ["a b", "a;b", "a=b", "sé", r#"a\"b"#] {
+            let toml = format!(r#"auth.cookie_name = "{bad}""#);
+            assert_problem(&toml, "auth.cookie_name", "RFC 6265");
+        }
+        let c = ok(r#"auth.cookie_name = "__Host-gate.token!""#);
+        assert_eq!(c.auth.cookie_name, "__Host-gate.token!");
+    }
+
+    #[test]
+    fn keys_dir_and_hash_concurrency() {
+        assert_problems(&[
+            (
+                r#"auth.keys_dir = """#,
+                "auth.keys_dir",
+                "must not be empty",
+            ),
+            (
+                "auth.password_hash_concurrency = 0",
+                "auth.password_hash_concurrency",
+                "at least 1",
+            ),
+        ]);
+        let c = ok("auth.password_hash_concurrency = 4");
+        assert_eq!(c.auth.password_hash_concurrency, 4);
+    }
+
+    #[test]
+    fn login_throttle_values_must_be_positive() {
+        assert_problems(&[
+            (
+                "auth.login_throttle.per_account = 0",
+                "auth.login_throttle.per_account",
+                POSITIVE,
+            ),
+            (
+                "auth.login_throttle.per_ip = 0",
+                "auth.login_throttle.per_ip",
+                POSITIVE,
+            ),
+            (
+                r#"auth.login_throttle.window = "0s""#,
+                "auth.login_throttle.window",
+                POSITIVE,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn bootstrap_needs_an_email_and_a_long_password() {
+        let found = problems(
+            r#"bootstrap = { admin_email = "admin example.com", admin_password = "short-pw" }"#,
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found[0].key, "bootstrap.admin_email");
+        assert_eq!(found[1].key, "bootstrap.admin_password");
+        assert!(found[1].message.contains("at least 12 characters"));
+        assert!(found.iter().all(|p| !p.message.contains("short-pw")));
+
+        for email in ["@example.com", "admin@", "a@b@c", "ad min@example.com"] {
+            let toml = format!(
+                r#"bootstrap = {{ admin_email = "{email}", admin_password = "long-enough-pw" }}"#
+            );
+            assert_problem(&toml, "bootstrap.admin_email", "e-mail address");
+        }
+        assert_problems(&[
+            (
+                r#"bootstrap.admin_email = "admin@example.com""#,
+                "bootstrap.admin_password",
+                "required when bootstrap.admin_email is set",
+            ),
+            // A password of the wrong type is described by its type, never by its value.
+            (
+                r#"bootstrap.admin_password = { x = "s3cret" }"#,
+                "bootstrap.admin_password",
+                "expected a string, found a table",
+            ),
+        ]);
+
+        let c = ok(
+            r#"bootstrap = { admin_email = "admin@example.com", admin_password = "long-enough-pw" }"#,
+        );
+        assert_eq!(c.bootstrap.admin_email, "admin@example.com");
+        assert_eq!(c.bootstrap.admin_password.expose(), "long-enough-pw");
+        // No bootstrap: a password alone is not checked.
+        ok(r#"bootstrap.admin_password = "x""#);
+    }
+
+    #[test]
+    fn limits_have_floors() {
+        assert_problems(&[
+            (
+                "limits.max_connections = 0",
+                "limits.max_connections",
+                POSITIVE,
+            ),
+            (
+                r#"limits.header_read_timeout = "0s""#,
+                "limits.header_read_timeout",
+                POSITIVE,
+            ),
+            (
+                "limits.max_header_bytes = 1023",
+                "limits.max_header_bytes",
+                "at least 1024",
+            ),
+            (
+                r#"limits.api_max_body = "0KiB""#,
+                "limits.api_max_body",
+                POSITIVE,
+            ),
+            (
+                r#"limits.api_max_body = "lots""#,
+                "limits.api_max_body",
+                "invalid size",
+            ),
+        ]);
+        let c = ok(r#"limits = { max_header_bytes = 1024, api_max_body = "10KB" }"#);
+        assert_eq!(c.limits.max_header_bytes, 1024);
+        assert_eq!(c.limits.api_max_body, ByteSize::new(10_000));
+    }
+
+    #[test]
+    fn upstream_names_are_required_and_unique() {
+        assert_problems(&[
+            (
+                r#"upstreams = [{ instances = ["http://a"] }]"#,
+                "upstreams[0].name",
+                "missing (required)",
+            ),
+            (
+                r#"upstreams = [{ name = "", instances = ["http://a"] }]"#,
+                "upstreams[0].name",
+                "must not be empty",
+            ),
+            (
+                &format!("{UPSTREAM}{UPSTREAM}"),
+                "upstreams[1].name",
+                r#"duplicate upstream name "meiro" (also upstreams[0].name)"#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn upstream_instances_are_bare_http_urls() {
+        let with =
+            |instances: &str| format!(r#"upstreams = [{{ name = "m", instances = {instances} }}]"#);
+        let key = "upstreams[0].instances[0]";
+        assert_problems(&[
+            (
+                r#"upstreams = [{ name = "m" }]"#,
+                "upstreams[0].instances",
+                "missing (required)",
+            ),
+            (&with("[]"), "upstreams[0].instances", "must not be empty"),
+            (
+                &with(r#"["https://a"]"#),
+                key,
+                "https upstreams are not available in this version",
+            ),
+            (
+                &with(r#"["http://a", "ftp://b"]"#),
+                "upstreams[0].instances[1]",
+                "must be an http:// URL",
+            ),
+            (&with(r#"["http://a/api"]"#), key, "must not have a path"),
+            (&with(r#"["http://a/?x=1"]"#), key, "must not have a query"),
+            (&with(r#"["http://u:p@a"]"#), key, "credentials"),
+            (&with(r#"["http//a"]"#), key, "invalid URL"),
+            (&with("[1]"), key, "invalid URL"),
+        ]);
+        let c = ok(&with(r#"["http://a:9000/", "http://10.0.0.2:9000"]"#));
+        assert_eq!(c.upstreams[0].instances.len(), 2);
+    }
+
+    #[test]
+    fn upstream_balance_and_timeouts() {
+        let with = |extra: &str| format!("{UPSTREAM}{extra}");
+        assert_problems(&[
+            (
+                &with(r#"balance = "least_request""#),
+                "upstreams[0].balance",
+                "not available in this version",
+            ),
+            (
+                &with(r#"balance = "random""#),
+                "upstreams[0].balance",
+                "unknown balance",
+            ),
+            (
+                &with(r#"connect_timeout = "0s""#),
+                "upstreams[0].connect_timeout",
+                POSITIVE,
+            ),
+            (
+                &with(r#"response_timeout = "0s""#),
+                "upstreams[0].response_timeout",
+                POSITIVE,
+            ),
+        ]);
+        let c = ok(&with(
+            "balance = \"round_robin\"\nconnect_timeout = \"500ms\"\nresponse_timeout = \"1m\"",
+        ));
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.upstreams[0].response_timeout, secs(60));
+    }
+
+    #[test]
+    fn routes_need_a_prefix_and_a_known_upstream() {
+        let routes = |routes: &str| format!("routes = [{routes}]\n{UPSTREAM}");
+        assert_problems(&[
+            (
+                &routes(r#"{ upstream = "meiro" }"#),
+                "routes[0].prefix",
+                "missing (required)",
+            ),
+            (
+                &routes(r#"{ prefix = "api", upstream = "meiro" }"#),
+                "routes[0].prefix",
+                r#"must start with "/""#,
+            ),
+            (
+                &routes(r#"{ prefix = "/" }"#),
+                "routes[0].upstream",
+                "missing (required)",
+            ),
+            (
+                &routes(r#"{ prefix = "/", upstream = "other" }"#),
+                "routes[0].upstream",
+                r#"unknown upstream "other""#,
+            ),
+            (
+                &routes(
+                    r#"{ prefix = "/", upstream = "meiro" }, { prefix = "/", upstream = "meiro" }"#,
+                ),
+                "routes[1].prefix",
+                r#"duplicate prefix "/" (also routes[0].prefix)"#,
+            ),
+        ]);
+        let c = ok(&routes(
+            r#"{ prefix = "/public", upstream = "meiro", public = true }"#,
+        ));
+        assert!(c.routes[0].public);
+    }
+}

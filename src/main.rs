@@ -1,0 +1,208 @@
+//! The `meiro-gate` command line: `serve`, `check-config`, `users …`, `keys rotate`.
+//! Loads config, builds the app, waits for a signal, drains.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use meiro_gate::api::users::UserBody;
+use meiro_gate::auth::passwords::{check_password_policy, hash_standalone};
+use meiro_gate::auth::{Clock, normalize_email, tokens};
+use meiro_gate::store::{self, NewUser, Role, StoreError};
+use meiro_gate::telemetry::{self, LogFormat};
+use meiro_gate::{App, Config, config};
+
+#[derive(Parser)]
+#[command(name = "meiro-gate", version, about = "Authenticating gateway for Meiro")]
+struct Cli {
+    /// Config file (default: $MEIRO_GATE_CONFIG, then config/meiro-gate.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Validate and print the effective config (secrets redacted); exit 1 listing every problem.
+    CheckConfig,
+    /// Manage users (bootstrap, break-glass).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user. Without --password-stdin the account can only use SSO or a reset.
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "user", value_parser = ["admin", "user"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users as JSON lines.
+    List,
+    /// Disable a user and end all their sessions.
+    Disable { email: String },
+    /// Re-enable a user.
+    Enable { email: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate a new signing key; older keys keep verifying their tokens.
+    Rotate,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration is invalid:\n{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<()> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::CheckConfig => {
+            print!("{}", toml::to_string_pretty(&config).context("printing the config")?);
+            Ok(())
+        }
+        Command::Users(users) => users_command(users, &config).await,
+        Command::Keys(KeysCommand::Rotate) => {
+            let kid = tokens::generate_key(&config.auth.keys_dir)?;
+            println!("new signing key {kid}; restart the gateways to sign with it");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let app = App::start(config).await.context("starting meiro-gate")?;
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; draining");
+    if app.shutdown().await {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!("drain timeout reached; exited with connections still open");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
+    let store = store::open(config.store.url.expose()).await?;
+    let now = Clock::default().now();
+    match command {
+        UsersCommand::Add {
+            email,
+            role,
+            password_stdin,
+        } => {
+            let email = normalize_email(&email);
+            let role = Role::parse(&role).context("role must be admin or user")?;
+            let password_hash = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                let password = line.trim_end_matches(['\r', '\n']).to_owned();
+                if let Err(rule) = check_password_policy(&password, &email) {
+                    bail!("password rejected: {rule}");
+                }
+                Some(hash_standalone(password).await?)
+            } else {
+                None
+            };
+            let user = store
+                .create_user(NewUser {
+                    email,
+                    password_hash,
+                    role,
+                    invitation_pending: false,
+                    created: now,
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::DuplicateEmail => anyhow::anyhow!("a user with this email exists"),
+                    other => other.into(),
+                })?;
+            println!("{}", serde_json::to_string(&UserBody::from(&user))?);
+        }
+        UsersCommand::List => {
+            for user in store.list_users().await? {
+                println!("{}", serde_json::to_string(&UserBody::from(&user))?);
+            }
+        }
+        UsersCommand::Disable { email } | UsersCommand::Enable { email } if email.is_empty() => {
+            bail!("email must not be empty")
+        }
+        UsersCommand::Disable { email } => set_disabled(&*store, &email, true, now).await?,
+        UsersCommand::Enable { email } => set_disabled(&*store, &email, false, now).await?,
+    }
+    Ok(())
+}
+
+async fn set_disabled(
+    store: &dyn store::Store,
+    email: &str,
+    disabled: bool,
+    now: i64,
+) -> Result<()> {
+    let user = store
+        .set_user_disabled(&normalize_email(email), disabled, now)
+        .await?
+        .with_context(|| format!("no user with email {email}"))?;
+    println!("{}", serde_json::to_string(&UserBody::from(&user))?);
+    Ok(())
+}

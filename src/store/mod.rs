@@ -1,0 +1,234 @@
+//! Persistence of users, sessions and the revocation feed, behind one [`Store`] trait.
+//!
+//! `auth/` talks only to this trait. Times are passed in by the caller (unix seconds) so the
+//! rules above stay testable with an injected clock; the store never reads the wall clock.
+
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use sqlite::SqliteStore;
+
+/// Unix time in seconds.
+pub type UnixTime = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub Uuid);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub Uuid);
+
+impl UserId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl SessionId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+/// A user as stored. `email` is trimmed and lower-cased by the caller before it gets here.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    /// PHC string (argon2id); `None` for an account that can only use SSO or a reset.
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub disabled: bool,
+    pub deleted: bool,
+    pub sso_enabled: bool,
+    /// Invited but has not set a password yet.
+    pub invitation_pending: bool,
+    pub created: UnixTime,
+    pub last_login: Option<UnixTime>,
+}
+
+impl User {
+    /// May this user log in and hold sessions?
+    pub fn is_active(&self) -> bool {
+        !self.disabled && !self.deleted && !self.invitation_pending
+    }
+}
+
+// Hand-written so a stray `{:?}` can never print a password hash.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("has_password", &self.password_hash.is_some())
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("deleted", &self.deleted)
+            .field("sso_enabled", &self.sso_enabled)
+            .field("invitation_pending", &self.invitation_pending)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub invitation_pending: bool,
+    pub created: UnixTime,
+}
+
+/// A login session: the chain of tokens issued by one login and its refreshes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created: UnixTime,
+    /// Absolute end of the session (`created + session_max_age`); no token outlives it.
+    pub expires_at: UnixTime,
+    pub revoked_at: Option<UnixTime>,
+    /// `jti` of the newest token of the session: the only one that may be refreshed.
+    pub current_jti: Uuid,
+    pub refresh_count: i64,
+    pub last_refresh_at: Option<UnixTime>,
+}
+
+/// Outcome of [`Store::rotate_session_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// `current_jti` was the presented one and now is the new one.
+    Rotated,
+    /// The presented `jti` is not (or no longer) the session's current one: a reuse.
+    NotCurrent,
+    /// No such session, or it is revoked.
+    Gone,
+}
+
+/// One entry of the revocation feed every replica polls (see `auth::revocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// Monotonic cursor of the feed.
+    pub seq: i64,
+    pub session_id: SessionId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a user with this email already exists")]
+    DuplicateEmail,
+    #[error("invalid store url: {0}")]
+    InvalidUrl(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("creating the database directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn count_users(&self) -> StoreResult<i64>;
+    /// Fails with [`StoreError::DuplicateEmail`] if the (lower-cased) email is taken.
+    async fn create_user(&self, user: NewUser) -> StoreResult<User>;
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// All users, oldest first.
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()>;
+    /// Sets `disabled`; disabling also revokes every open session of the user in the same
+    /// transaction. Returns the updated user, `None` if unknown.
+    async fn set_user_disabled(
+        &self,
+        email: &str,
+        disabled: bool,
+        at: UnixTime,
+    ) -> StoreResult<Option<User>>;
+
+    async fn create_session(&self, session: &Session) -> StoreResult<()>;
+    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
+    /// Compare-and-swap of `current_jti`: only the holder of the current token can refresh.
+    async fn rotate_session_token(
+        &self,
+        id: SessionId,
+        presented_jti: Uuid,
+        new_jti: Uuid,
+        at: UnixTime,
+    ) -> StoreResult<Rotation>;
+    /// Revokes one session (no-op if already revoked or unknown) and appends it to the
+    /// revocation feed. Returns whether this call revoked it.
+    async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool>;
+    /// Revokes every open session of a user; returns their ids.
+    async fn revoke_user_sessions(&self, user: UserId, at: UnixTime)
+    -> StoreResult<Vec<SessionId>>;
+    /// Feed entries with `seq > after`, oldest first, at most `limit`.
+    async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
+    /// Highest `seq` in the feed (0 when empty): where a fresh replica starts polling.
+    async fn revocation_cursor(&self) -> StoreResult<i64>;
+    /// Deletes feed entries older than `before`, and sessions that ended before it.
+    async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
+}
+
+/// Opens the store named by `url` (creating and migrating it as needed).
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::InvalidUrl(
+            "only sqlite:// is supported in this version".into(),
+        ))
+    }
+}

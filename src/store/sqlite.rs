@@ -1,0 +1,633 @@
+//! SQLite implementation of [`Store`]: connection setup, the embedded schema migrations and
+//! the queries behind each trait method.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr};
+use uuid::Uuid;
+
+use super::{
+    NewUser, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
+    UnixTime, User, UserId,
+};
+
+/// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
+const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
+
+/// Writers queue behind SQLite's single write lock; this bounds how long one waits.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A file database serves concurrent readers (WAL) but only one writer at a time, so a few
+/// connections are plenty.
+const FILE_POOL_SIZE: u32 = 4;
+
+/// Read and write transactions that must not interleave with other writers take the write lock
+/// up front: a deferred transaction that reads first and writes later can fail with
+/// `SQLITE_BUSY` without waiting for `busy_timeout`.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+macro_rules! user_columns {
+    () => {
+        "id, email, password_hash, role, disabled, deleted, sso_enabled, invitation_pending, \
+         created, last_login"
+    };
+}
+
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created, expires_at, revoked_at, current_jti, refresh_count, last_refresh_at"
+    };
+}
+
+/// [`Store`] backed by one SQLite database (a file, or `sqlite::memory:` for tests).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating file and parent directory if needed) and migrates the database at `url`:
+    /// `sqlite://relative/path.db`, `sqlite:///abs/path.db` or `sqlite::memory:`.
+    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+        let (options, memory) = connect_options(url)?;
+        let pool_options = if memory {
+            // Shared-cache connections to one in-memory database lock whole tables against each
+            // other (SQLITE_LOCKED, which busy_timeout does not cover), and the database vanishes
+            // with its last connection: keep exactly one connection, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
+        };
+        let pool = pool_options.connect_with(options).await?;
+        migrator().run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool, for tests and diagnostics.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Connection options for `url`, and whether it names an in-memory database.
+fn connect_options(url: &str) -> StoreResult<(SqliteConnectOptions, bool)> {
+    let memory = is_memory_url(url);
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?
+        .create_if_missing(true)
+        .foreign_keys(true)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT);
+    // An in-memory database has no WAL; asking for one would be silently ignored anyway.
+    let options = if memory {
+        options
+    } else {
+        options.journal_mode(SqliteJournalMode::Wal)
+    };
+    Ok((options, memory))
+}
+
+/// Mirrors how sqlx recognises in-memory URLs (`:memory:` or `mode=memory`), which it does not
+/// expose on the parsed options.
+fn is_memory_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        INIT_SQL.into_sql_str(),
+        false,
+    )])
+}
+
+fn uuid_text(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+fn uuid_column(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("{column} {text:?} is not a uuid: {e}")))
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        id: UserId(uuid_column(row, "id")?),
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
+        disabled: row.try_get("disabled")?,
+        deleted: row.try_get("deleted")?,
+        sso_enabled: row.try_get("sso_enabled")?,
+        invitation_pending: row.try_get("invitation_pending")?,
+        created: row.try_get("created")?,
+        last_login: row.try_get("last_login")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
+    Ok(Session {
+        id: SessionId(uuid_column(row, "id")?),
+        user_id: UserId(uuid_column(row, "user_id")?),
+        created: row.try_get("created")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        current_jti: uuid_column(row, "current_jti")?,
+        refresh_count: row.try_get("refresh_count")?,
+        last_refresh_at: row.try_get("last_refresh_at")?,
+    })
+}
+
+async fn append_revocation(
+    conn: &mut SqliteConnection,
+    id: SessionId,
+    at: UnixTime,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO session_revocations (session_id, revoked_at) VALUES (?, ?)")
+        .bind(uuid_text(id.0))
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Revokes the user's open sessions and feeds them to the revocation log; the caller owns the
+/// transaction so this can be part of a larger change.
+async fn revoke_open_sessions(
+    conn: &mut SqliteConnection,
+    user: UserId,
+    at: UnixTime,
+) -> StoreResult<Vec<SessionId>> {
+    let rows = sqlx::query(
+        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(at)
+    .bind(uuid_text(user.0))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = rows
+        .iter()
+        .map(|row| uuid_column(row, "id").map(SessionId))
+        .collect::<StoreResult<Vec<_>>>()?;
+    // RETURNING order is unspecified; sort so the feed order is reproducible.
+    ids.sort();
+    for id in &ids {
+        append_revocation(conn, *id, at).await?;
+    }
+    Ok(ids)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn count_users(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
+        let user = User {
+            id: UserId::new_random(),
+            email: user.email,
+            password_hash: user.password_hash,
+            role: user.role,
+            disabled: false,
+            deleted: false,
+            sso_enabled: false,
+            invitation_pending: user.invitation_pending,
+            created: user.created,
+            last_login: None,
+        };
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(uuid_text(user.id.0))
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.disabled)
+        .bind(user.deleted)
+        .bind(user.sso_enabled)
+        .bind(user.invitation_pending)
+        .bind(user.created)
+        .bind(user.last_login)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(user),
+            // The only other unique key is the random id.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::DuplicateEmail)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
+        // `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE email = ?"
+        ))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ?"
+        ))
+        .bind(uuid_text(id.0))
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        // rowid breaks ties in insertion order.
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY created, rowid"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
+
+    async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET last_login = ? WHERE id = ?")
+            .bind(at)
+            .bind(uuid_text(id.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_user_disabled(
+        &self,
+        email: &str,
+        disabled: bool,
+        at: UnixTime,
+    ) -> StoreResult<Option<User>> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE users SET disabled = ? WHERE email = ? RETURNING ",
+            user_columns!()
+        ))
+        .bind(disabled)
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user = user_from_row(&row)?;
+        if disabled {
+            revoke_open_sessions(&mut tx, user.id, at).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn create_session(&self, session: &Session) -> StoreResult<()> {
+        sqlx::query(concat!(
+            "INSERT INTO sessions (",
+            session_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(uuid_text(session.id.0))
+        .bind(uuid_text(session.user_id.0))
+        .bind(session.created)
+        .bind(session.expires_at)
+        .bind(session.revoked_at)
+        .bind(uuid_text(session.current_jti))
+        .bind(session.refresh_count)
+        .bind(session.last_refresh_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = ?"
+        ))
+        .bind(uuid_text(id.0))
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+    }
+
+    async fn rotate_session_token(
+        &self,
+        id: SessionId,
+        presented_jti: Uuid,
+        new_jti: Uuid,
+        at: UnixTime,
+    ) -> StoreResult<Rotation> {
+        // The compare and the swap are one statement, so of two refreshes presenting the same
+        // token exactly one can win.
+        let swapped = sqlx::query(
+            "UPDATE sessions \
+             SET current_jti = ?, refresh_count = refresh_count + 1, last_refresh_at = ? \
+             WHERE id = ? AND current_jti = ? AND revoked_at IS NULL",
+        )
+        .bind(uuid_text(new_jti))
+        .bind(at)
+        .bind(uuid_text(id.0))
+        .bind(uuid_text(presented_jti))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if swapped > 0 {
+            return Ok(Rotation::Rotated);
+        }
+        // Only classifies the failure; it was decided atomically above.
+        let revoked_at: Option<Option<UnixTime>> =
+            sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = ?")
+                .bind(uuid_text(id.0))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match revoked_at {
+            Some(None) => Rotation::NotCurrent,
+            None | Some(Some(_)) => Rotation::Gone,
+        })
+    }
+
+    async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let revoked =
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at)
+                .bind(uuid_text(id.0))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+        if revoked {
+            append_revocation(&mut tx, id, at).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        at: UnixTime,
+    ) -> StoreResult<Vec<SessionId>> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let ids = revoke_open_sessions(&mut tx, user, at).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>> {
+        // SQLite reads a negative LIMIT as "no limit".
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "SELECT seq, session_id FROM session_revocations WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Revocation {
+                seq: row.try_get("seq")?,
+                session_id: SessionId(uuid_column(row, "session_id")?),
+            })
+        })
+        .collect()
+    }
+
+    async fn revocation_cursor(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let revocations = sqlx::query("DELETE FROM session_revocations WHERE revoked_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(revocations + sessions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::suite;
+
+    fn file_url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    async fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&file_url(&dir.path().join("gate.db")))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn new_user(email: &str) -> NewUser {
+        NewUser {
+            email: email.to_owned(),
+            password_hash: None,
+            role: Role::User,
+            invitation_pending: false,
+            created: 1_700_000_000,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_suite_on_file() {
+        let (_dir, store) = temp_store().await;
+        suite::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_suite_reruns_on_a_used_store() {
+        let (_dir, store) = temp_store().await;
+        let store = Arc::new(store);
+        suite::run_all(store.clone()).await;
+        suite::run_all(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_suite_in_memory() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        suite::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_stores_are_independent() {
+        let a = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let b = SqliteStore::open("sqlite::memory:").await.unwrap();
+        a.create_user(new_user("a@example.test")).await.unwrap();
+        assert_eq!(a.count_users().await.unwrap(), 1);
+        assert_eq!(b.count_users().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn first_open_creates_directory_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("deeper").join("gate.db");
+        assert!(!path.parent().unwrap().exists());
+        let url = file_url(&path);
+        assert!(url.starts_with("sqlite:///"), "absolute url form: {url}");
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.ping().await.unwrap();
+        assert!(path.is_file(), "database file {} created", path.display());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_does_not_reapply_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = file_url(&dir.path().join("gate.db"));
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let user = store
+            .create_user(new_user("keep@example.test"))
+            .await
+            .unwrap();
+        store.pool().close().await;
+        drop(store);
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let found = store.user_by_email("keep@example.test").await.unwrap();
+        assert_eq!(found, Some(user), "user survives reopening");
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(applied, 1, "migration recorded once");
+    }
+
+    #[tokio::test]
+    async fn connections_use_wal_normal_sync_and_foreign_keys() {
+        let (_dir, store) = temp_store().await;
+        let mut conn = store.pool().acquire().await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(sync, 1, "synchronous = NORMAL");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(fk, 1, "foreign_keys = ON");
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(busy, 5000, "busy_timeout in ms");
+    }
+
+    #[test]
+    fn url_forms() {
+        let (opts, memory) = connect_options("sqlite://relative/path.db").unwrap();
+        assert!(!memory);
+        assert_eq!(opts.get_filename(), Path::new("relative/path.db"));
+
+        let (opts, memory) = connect_options("sqlite:///abs/path.db").unwrap();
+        assert!(!memory);
+        assert_eq!(opts.get_filename(), Path::new("/abs/path.db"));
+
+        assert!(connect_options("sqlite::memory:").unwrap().1);
+        assert!(connect_options("sqlite://?mode=memory").unwrap().1);
+
+        assert!(matches!(
+            connect_options("sqlite://x.db?mode=bogus"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_uuid_is_corrupt() {
+        let (_dir, store) = temp_store().await;
+        sqlx::query(
+            "INSERT INTO users (id, email, role, created) \
+             VALUES ('not-a-uuid', 'bad@example.test', 'user', 0)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let err = store.user_by_email("bad@example.test").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "got {err:?}");
+    }
+}

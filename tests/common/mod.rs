@@ -1,0 +1,272 @@
+//! Test harness: a gateway started in-process on 127.0.0.1:0 with a temp SQLite file and its
+//! own key directory, a movable clock, and `FakeUpstream`s that speak real HTTP and record
+//! what reaches them.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meiro_gate::auth::Clock;
+use meiro_gate::auth::passwords::hash_standalone;
+use meiro_gate::store::{NewUser, Role, User};
+use meiro_gate::{App, RunningApp, config};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+/// Polls `cond` every 20 ms for up to 5 s; for asynchronous state (revocation, health).
+#[macro_export]
+macro_rules! eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if $cond { break; }
+            if std::time::Instant::now() > deadline { panic!($($msg)+); }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body_bytes: usize,
+}
+
+/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1:0. It reads the whole request body as a
+/// stream (counting, not keeping it) and answers `200 {"path", "body_bytes"}`. Query
+/// parameters steer it: `delay_ms=N` waits before answering, `status=N` sets the status.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let log = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let log = log.clone();
+                        async move { Ok::<_, Infallible>(answer(req, log).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.recorded().pop().expect("the upstream saw no request")
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_bytes = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_bytes += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => break,
+        }
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if let Some(ms) = param("delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = param("status").unwrap_or(200) as u16;
+    log.lock().unwrap().push(Recorded {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body_bytes,
+    });
+    let json = serde_json::json!({ "path": parts.uri.path(), "body_bytes": body_bytes });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream", "fake")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub app: Option<RunningApp>,
+    pub addr: SocketAddr,
+    pub clock: Clock,
+    pub dir: TempDir,
+    pub http: reqwest::Client,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl Gateway {
+    /// Routes: `/` → upstream (protected), `/public` → upstream (public).
+    pub async fn start(upstream: &FakeUpstream) -> Gateway {
+        Self::start_with(&upstream.url(), "").await
+    }
+
+    /// `extra_toml` is merged over the defaults (same keys win).
+    pub async fn start_with(upstream_url: &str, extra_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            public_url = "http://gateway.test"
+            drain_timeout = "5s"
+            [admin]
+            listen = "127.0.0.1:0"
+            [store]
+            url = "sqlite://{dir}/gate.db"
+            [auth]
+            keys_dir = "{dir}/keys"
+            cookie_secure = false
+            password_hash_concurrency = 2
+            [[upstreams]]
+            name = "backend"
+            instances = ["{upstream_url}"]
+            connect_timeout = "1s"
+            response_timeout = "2s"
+            [[routes]]
+            prefix = "/"
+            upstream = "backend"
+            [[routes]]
+            prefix = "/public"
+            upstream = "backend"
+            public = true
+            "#,
+            dir = dir.path().display()
+        );
+        let figment = Figment::from(Toml::string(&base)).merge(Toml::string(extra_toml));
+        let config = config::load_from_figment(&figment).expect("test config is valid");
+        let clock = Clock::default();
+        let app = App::start_with_clock(config, clock.clone()).await.unwrap();
+        Gateway {
+            addr: app.addr,
+            app: Some(app),
+            clock,
+            dir,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.app().admin_addr, path)
+    }
+
+    pub fn app(&self) -> &RunningApp {
+        self.app.as_ref().expect("gateway running")
+    }
+
+    pub async fn add_user(&self, email: &str, role: Role) -> User {
+        self.app()
+            .auth
+            .store()
+            .create_user(NewUser {
+                email: email.to_lowercase(),
+                password_hash: Some(hash_standalone(PASSWORD.into()).await.unwrap()),
+                role,
+                invitation_pending: false,
+                created: self.clock.now(),
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn login_response(&self, email: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/users/login"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in with [`PASSWORD`] and returns the token.
+    pub async fn login(&self, email: &str) -> String {
+        let response = self.login_response(email, PASSWORD).await;
+        assert_eq!(response.status(), 200, "login of {email}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// GET through the data plane with `X-Access-Token`.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("x-access-token", token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        self.app.take().unwrap().shutdown().await
+    }
+}
+
+/// `{"message": …}` of an error response, asserting the JSON shape.
+pub async fn message(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    body["message"]
+        .as_str()
+        .expect("error body has a message")
+        .to_owned()
+}
