@@ -31,8 +31,9 @@ impl IntoResponse for ApiError {
                 "Request body is too large",
                 None,
             ),
+            // The contract's general rules: a wrong content type is a 400 like any bad input.
             ApiError::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                StatusCode::BAD_REQUEST,
                 "Content-Type must be application/json",
                 None,
             ),

@@ -51,26 +51,29 @@ pub async fn refresh(
     Ok(token_response(auth.settings(), issued))
 }
 
-/// Idempotent: whatever the token, the answer is 200 and a cookie deletion.
+/// Idempotent: whatever the token, the answer is 200 and a cookie deletion. Every token
+/// presented — header or cookie, and the body's — has its session ended: a client holding a
+/// stale cookie and sending the current token in the body must not stay logged in. A body
+/// that is not `{"token": …}` is ignored rather than refused, so it can never keep a session
+/// alive.
 pub async fn logout(
     State(auth): State<Arc<Auth>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let parsed: LogoutBody = serde_json::from_slice(&body)
-            .map_err(|_| ApiError::BadRequest("Request body must be {\"token\": string}".into()))?;
-        parsed.token
-    };
-    let token = extract_token(&headers, &auth.settings().cookie_name).or(from_body.as_deref());
-    auth.logout(token).await?;
-    let mut response = Json(serde_json::json!({ "message": "Successfully logged-out" })).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie(auth.settings(), "", 0),
-    );
+    let from_body = serde_json::from_slice::<LogoutBody>(&body)
+        .ok()
+        .and_then(|b| b.token);
+    let from_headers = extract_token(&headers, &auth.settings().cookie_name);
+    auth.logout(from_headers).await?;
+    if from_body.as_deref() != from_headers {
+        auth.logout(from_body.as_deref()).await?;
+    }
+    let mut response =
+        Json(serde_json::json!({ "message": "Successfully logged-out" })).into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cookie(auth.settings(), "", 0));
     Ok(response)
 }
 
