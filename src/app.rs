@@ -85,7 +85,11 @@ impl App {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cursor = store.revocation_cursor().await?;
-        let follower = tokio::spawn(revocation::follow(auth.clone(), cursor, shutdown_rx.clone()));
+        let follower = tokio::spawn(revocation::follow(
+            auth.clone(),
+            cursor,
+            shutdown_rx.clone(),
+        ));
 
         let limits = ConnectionLimits {
             max_connections: config.limits.max_connections,
@@ -172,7 +176,10 @@ async fn bootstrap_admin(
 
 fn admin_router(store: Arc<dyn Store>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .with_state(store)
 }

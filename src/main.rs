@@ -15,7 +15,11 @@ use meiro_gate::telemetry::{self, LogFormat};
 use meiro_gate::{App, Config, config};
 
 #[derive(Parser)]
-#[command(name = "meiro-gate", version, about = "Authenticating gateway for Meiro")]
+#[command(
+    name = "meiro-gate",
+    version,
+    about = "Authenticating gateway for Meiro"
+)]
 struct Cli {
     /// Config file (default: $MEIRO_GATE_CONFIG, then config/meiro-gate.toml).
     #[arg(long, global = true, value_name = "FILE")]
@@ -77,7 +81,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -97,7 +104,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
     match command {
         Command::Serve => serve(config).await,
         Command::CheckConfig => {
-            print!("{}", toml::to_string_pretty(&config).context("printing the config")?);
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).context("printing the config")?
+            );
             Ok(())
         }
         Command::Users(users) => users_command(users, &config).await,
@@ -136,9 +146,25 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
+    // SIGHUP's default action ends the process at once, dropping every connection; reloading
+    // (operations.md) is not in this version, so it is caught and only logged.
+    #[cfg(unix)]
+    let hangup = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            while s.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP ignored: reloading is not supported in this version; restart to apply changes"
+                );
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    #[cfg(not(unix))]
+    let hangup = std::future::pending::<()>();
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+        _ = hangup => {},
     }
 }
 

@@ -53,17 +53,17 @@ impl IntoResponse for ApiError {
                     "Server is busy; try again",
                     Some(1),
                 ),
-                AuthError::MissingToken => {
-                    (StatusCode::UNAUTHORIZED, "Missing access token", None)
-                }
+                AuthError::MissingToken => (StatusCode::UNAUTHORIZED, "Missing access token", None),
                 AuthError::InvalidToken => (
                     StatusCode::UNAUTHORIZED,
                     "Invalid or expired access token",
                     None,
                 ),
-                AuthError::TokenTooOld => {
-                    (StatusCode::UNAUTHORIZED, "Token is too old for refresh", None)
-                }
+                AuthError::TokenTooOld => (
+                    StatusCode::UNAUTHORIZED,
+                    "Token is too old for refresh",
+                    None,
+                ),
                 AuthError::TokenReused => (
                     StatusCode::UNAUTHORIZED,
                     "Token has already been refreshed; the session has ended",

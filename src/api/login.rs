@@ -87,7 +87,11 @@ fn token_response(settings: &Settings, issued: IssuedToken) -> Response {
 /// The session cookie: HttpOnly so scripts cannot read it, SameSite=Lax against CSRF on
 /// state-changing cross-site requests, Max-Age = the token's remaining life.
 fn cookie(settings: &Settings, token: &str, max_age: i64) -> HeaderValue {
-    let secure = if settings.cookie_secure { "; Secure" } else { "" };
+    let secure = if settings.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    };
     let value = format!(
         "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
         settings.cookie_name,

@@ -8,11 +8,11 @@ pub mod users;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::auth::Auth;
 use crate::proxy::ProxyService;

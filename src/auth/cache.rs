@@ -90,7 +90,9 @@ impl Expiry<TokenDigest, Arc<Principal>> for UntilTokenExpiry {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Some(Duration::from_secs(value.exp.saturating_sub(now).max(0) as u64))
+        Some(Duration::from_secs(
+            value.exp.saturating_sub(now).max(0) as u64
+        ))
     }
 }
 
@@ -179,9 +181,33 @@ mod tests {
         cache.entries.insert([3; 32], c).await;
 
         cache.revoke_session(sid);
-        assert!(cache.entries.get(&[1; 32]).await.unwrap().session.is_revoked());
-        assert!(cache.entries.get(&[2; 32]).await.unwrap().session.is_revoked());
-        assert!(!cache.entries.get(&[3; 32]).await.unwrap().session.is_revoked());
+        assert!(
+            cache
+                .entries
+                .get(&[1; 32])
+                .await
+                .unwrap()
+                .session
+                .is_revoked()
+        );
+        assert!(
+            cache
+                .entries
+                .get(&[2; 32])
+                .await
+                .unwrap()
+                .session
+                .is_revoked()
+        );
+        assert!(
+            !cache
+                .entries
+                .get(&[3; 32])
+                .await
+                .unwrap()
+                .session
+                .is_revoked()
+        );
     }
 
     #[tokio::test]

@@ -140,11 +140,17 @@ mod tests {
     #[test]
     fn absent_or_empty_or_other_schemes_are_no_token() {
         assert_eq!(extract_token(&headers(&[]), "t"), None);
-        assert_eq!(extract_token(&headers(&[("x-access-token", " ")]), "t"), None);
+        assert_eq!(
+            extract_token(&headers(&[("x-access-token", " ")]), "t"),
+            None
+        );
         assert_eq!(
             extract_token(&headers(&[("authorization", "Basic Zm9vOmJhcg==")]), "t"),
             None
         );
-        assert_eq!(extract_token(&headers(&[("cookie", "tt=1; t=")]), "t"), None);
+        assert_eq!(
+            extract_token(&headers(&[("cookie", "tt=1; t=")]), "t"),
+            None
+        );
     }
 }

@@ -21,7 +21,7 @@ pub use tokens::KeySet;
 use crate::config::AuthConfig;
 use crate::store::{Store, StoreError};
 use passwords::{PasswordError, Passwords};
-use throttle::LoginThrottle;
+use throttle::Throttle;
 
 /// How many validated tokens the cache holds (~300 B each).
 const TOKEN_CACHE_CAPACITY: u64 = 2_000_000;
@@ -85,7 +85,7 @@ pub struct Auth {
     keys: KeySet,
     cache: TokenCache,
     passwords: Passwords,
-    throttle: LoginThrottle,
+    throttle: Throttle,
     clock: Clock,
     settings: Settings,
 }
@@ -101,7 +101,7 @@ impl Auth {
         let keys = KeySet::load_or_generate(&config.keys_dir, issuer)?;
         let passwords =
             Passwords::new(config.password_hash_concurrency, PASSWORD_QUEUE_TIMEOUT).await?;
-        let throttle = LoginThrottle::new(
+        let throttle = Throttle::new(
             config.login_throttle.per_account,
             config.login_throttle.per_ip,
             config.login_throttle.window,

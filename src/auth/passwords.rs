@@ -119,15 +119,26 @@ mod tests {
     async fn hashes_with_owasp_argon2id_parameters_and_verifies() {
         let pw = Passwords::new(1, Duration::from_secs(10)).await.unwrap();
         let hash = pw.hash("correct horse battery".into()).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
-        assert!(pw.verify("correct horse battery".into(), Some(hash.clone())).await.unwrap());
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            pw.verify("correct horse battery".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!pw.verify("wrong".into(), Some(hash)).await.unwrap());
     }
 
     #[tokio::test]
     async fn a_missing_hash_never_verifies() {
         let pw = Passwords::new(1, Duration::from_secs(10)).await.unwrap();
-        assert!(!pw.verify("meiro-gate timing equaliser".into(), None).await.unwrap());
+        assert!(
+            !pw.verify("meiro-gate timing equaliser".into(), None)
+                .await
+                .unwrap()
+        );
     }
 
     #[test]
@@ -141,6 +152,9 @@ mod tests {
     async fn a_full_queue_answers_busy() {
         let pw = Passwords::new(1, Duration::from_millis(10)).await.unwrap();
         let _held = pw.permits.clone().acquire_owned().await.unwrap();
-        assert!(matches!(pw.hash("x".into()).await, Err(PasswordError::Busy)));
+        assert!(matches!(
+            pw.hash("x".into()).await,
+            Err(PasswordError::Busy)
+        ));
     }
 }

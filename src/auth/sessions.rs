@@ -43,7 +43,7 @@ impl Auth {
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(password, hash).await?;
         let Some(user) = user.filter(|_| verified) else {
-            attempt.failed();
+            attempt.keep();
             return Err(AuthError::InvalidCredentials);
         };
         drop(attempt); // a success does not count

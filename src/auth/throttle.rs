@@ -5,7 +5,7 @@
 //! limiters consume a cell on every check, which would count successes too; this fixed-window
 //! counter (one moka entry per key, expiring with its window) is all the rule needs.
 //!
-//! [`LoginThrottle::begin`] checks and counts an attempt as a failure in one step, before the
+//! [`Throttle::begin`] checks and counts an attempt as a failure in one step, before the
 //! password is verified, and a success takes it back: checking first and counting afterwards
 //! would let a burst of concurrent attempts all pass the check before any failure is counted.
 
@@ -117,13 +117,14 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Counter<K> {
     }
 }
 
-/// The two counters `POST /users/login` consults.
-pub struct LoginThrottle {
+/// Two counters — per account (email) and per client IP — over one window. `POST
+/// /users/login` counts failures only; `POST /users/password` counts every request.
+pub struct Throttle {
     per_account: Counter<String>,
     per_ip: Counter<IpAddr>,
 }
 
-impl LoginThrottle {
+impl Throttle {
     pub fn new(per_account: u32, per_ip: u32, window: Duration) -> Self {
         // Bounded so a spray of random emails cannot grow memory without limit.
         const CAPACITY: u64 = 100_000;
@@ -148,7 +149,7 @@ impl LoginThrottle {
     }
 
     /// Starts a login attempt: `Err(retry_after_secs)` when the account or the client is over
-    /// its limit, else an [`Attempt`] already counted as a failure. Call [`Attempt::failed`]
+    /// its limit, else an [`Attempt`] already counted as a failure. Call [`Attempt::keep`]
     /// when the credentials were wrong; dropping it otherwise (success, or an error that says
     /// nothing about the password) takes the failure back.
     pub fn begin(
@@ -184,10 +185,10 @@ impl LoginThrottle {
     }
 }
 
-/// A login attempt counted in advance as a failure; see [`LoginThrottle::begin`].
+/// A login attempt counted in advance as a failure; see [`Throttle::begin`].
 #[must_use]
 pub struct Attempt<'a> {
-    throttle: &'a LoginThrottle,
+    throttle: &'a Throttle,
     email: String,
     account: UnixTime,
     ip: Option<(IpAddr, UnixTime)>,
@@ -195,8 +196,8 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// The credentials were wrong: the failure stays counted.
-    pub fn failed(mut self) {
+    /// Keeps the attempt counted (wrong credentials, or a request that always counts).
+    pub fn keep(mut self) {
         self.failed = true;
     }
 }
@@ -252,7 +253,7 @@ mod tests {
 
     #[test]
     fn account_and_ip_limits_are_independent() {
-        let t = LoginThrottle::new(2, 3, Duration::from_secs(60));
+        let t = Throttle::new(2, 3, Duration::from_secs(60));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other_ip: IpAddr = "10.0.0.2".parse().unwrap();
         t.record_failure("a@x", Some(ip), 0);
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn attempts_in_flight_count_and_successes_are_taken_back() {
-        let t = LoginThrottle::new(2, 10, Duration::from_secs(60));
+        let t = Throttle::new(2, 10, Duration::from_secs(60));
         let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
         // Two attempts in flight at once use up the account's limit...
         let first = t.begin("a@x", ip, 0).unwrap();
@@ -277,22 +278,22 @@ mod tests {
         // ...until one turns out to be a success.
         drop(first);
         let third = t.begin("a@x", ip, 1).unwrap();
-        second.failed();
-        third.failed();
+        second.keep();
+        third.keep();
         assert_eq!(t.begin("a@x", ip, 2).err(), Some(58));
         // The refused attempts and the success left the client's count at 2 of 10.
         for i in 0..8 {
             assert!(t.begin("c@x", ip, 3).is_ok());
-            t.begin(&format!("b{i}@x"), ip, 3).unwrap().failed();
+            t.begin(&format!("b{i}@x"), ip, 3).unwrap().keep();
         }
         assert!(t.begin("c@x", ip, 3).is_err());
     }
 
     #[test]
     fn a_refusal_by_ip_does_not_count_against_the_account() {
-        let t = LoginThrottle::new(2, 1, Duration::from_secs(60));
+        let t = Throttle::new(2, 1, Duration::from_secs(60));
         let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
-        t.begin("a@x", ip, 0).unwrap().failed();
+        t.begin("a@x", ip, 0).unwrap().keep();
         assert!(t.begin("b@x", ip, 0).is_err());
         assert!(t.begin("b@x", ip, 0).is_err());
         assert!(t.begin("b@x", None, 0).is_ok());

@@ -166,15 +166,16 @@ pub fn generate_key(dir: &Path) -> Result<String, KeyError> {
         source,
     };
     fs::create_dir_all(dir).map_err(io)?;
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-        .map_err(|_| KeyError::Generate)?;
+    let pkcs8 =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
-    let created = std::time::SystemTime::now()
+    let created_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Zero-padded creation time first, so file names sort oldest to newest.
+        .map_or(0, |d| d.as_millis());
+    // Zero-padded creation time (ms) first, so file names sort oldest to newest even for two
+    // rotations in the same second.
     let kid = format!(
-        "{created:012}-{}",
+        "{created_ms:015}-{}",
         hex8(&aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
             pair.public_key().as_ref()
@@ -313,7 +314,7 @@ mod tests {
         let old = keyset(dir.path());
         let old_token = old.sign(&claims("https://gate.test")).unwrap();
         // A later creation time sorts after the first key.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::thread::sleep(std::time::Duration::from_millis(2));
         let new_kid = generate_key(dir.path()).unwrap();
         let rotated = keyset(dir.path());
         assert_eq!(rotated.signing.kid, new_kid);
@@ -328,7 +329,10 @@ mod tests {
         let keys = keyset(dir.path());
 
         let wrong_iss = keys.sign(&claims("https://evil.test")).unwrap();
-        assert!(matches!(keys.verify(&wrong_iss), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            keys.verify(&wrong_iss),
+            Err(TokenError::Invalid(_))
+        ));
 
         let other_dir = tempfile::tempdir().unwrap();
         let foreign = keyset(other_dir.path())

@@ -34,9 +34,7 @@ impl ProxyError {
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
-            ProxyError::AuthUnavailable | ProxyError::NoInstance => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::AuthUnavailable | ProxyError::NoInstance => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

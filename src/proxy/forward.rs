@@ -60,16 +60,12 @@ pub fn prepare_request(
     downstream_proto: &'static str,
     principal: Option<&Principal>,
 ) -> Result<(), ProxyError> {
-    let original_host = request
-        .headers()
-        .get(HOST)
-        .cloned()
-        .or_else(|| {
-            request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    let original_host = request.headers().get(HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
 
     *request.uri_mut() = Uri::builder()
         .scheme(instance.scheme.clone())

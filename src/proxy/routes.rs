@@ -23,9 +23,7 @@ impl RouteTable {
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| prefix_matches(&r.prefix, path))
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
     }
 }
 

@@ -1,0 +1,807 @@
+//! The `meiro-gate` binary as operators run it (operations.md): `check-config`, `users …`,
+//! `keys rotate`, and `serve` end to end — bootstrap, proxying, health, live revocation by the
+//! CLI, graceful SIGTERM, and key rotation across a restart.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::FakeUpstream;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meiro-gate");
+const ADMIN_EMAIL: &str = "Root@Example.com";
+const ADMIN_PASSWORD: &str = "bootstrap admin password";
+const BOOTSTRAP_ENV: [(&str, &str); 2] = [
+    ("MEIRO_GATE_BOOTSTRAP__ADMIN_EMAIL", ADMIN_EMAIL),
+    ("MEIRO_GATE_BOOTSTRAP__ADMIN_PASSWORD", ADMIN_PASSWORD),
+];
+
+/// The binary with `--config`, run in `dir`, with no `MEIRO_GATE_*` variable inherited from
+/// whoever runs the tests (each test sets exactly the ones it means).
+fn command(dir: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(args);
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.to_ascii_uppercase().starts_with("MEIRO_GATE_"))
+        {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info").envs(env.iter().copied());
+    command
+}
+
+/// Kills (and reaps) the child when dropped, so a failing test leaves no process behind;
+/// prints the child's log if the test is failing.
+struct ChildGuard {
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for the child to exit on its own.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} still running after {limit:?}",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() && self.log.is_some() {
+            eprintln!(
+                "---- log of pid {} ----\n{}",
+                self.child.id(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// What a finished CLI command left behind.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs a command to completion (at most 30 s), feeding `stdin`.
+fn run(mut command: Command, stdin: Option<&str>) -> Run {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard {
+        child: command.spawn().expect("spawning meiro-gate"),
+        log: None,
+    };
+    let mut input = guard.child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let stdout = reader(Box::new(guard.child.stdout.take().unwrap()));
+    let stderr = reader(Box::new(guard.child.stderr.take().unwrap()));
+    let status = guard.wait_exit(Duration::from_secs(30));
+    Run {
+        code: status.code(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// A temp directory holding a config file, the store and the keys.
+struct Setup {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    /// `body` is the whole TOML; `{dir}` in it becomes the temp directory's absolute path.
+    fn new(body: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("meiro-gate.toml");
+        let body = body.replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(&config, body).unwrap();
+        Setup { dir, config }
+    }
+
+    /// A valid config: store and keys in the temp dir, one protected route to `upstream`.
+    fn valid(upstream: &str, extra: &str) -> Setup {
+        Setup::new(&format!(
+            r#"
+            [server]
+            public_url = "http://gate.test"
+            drain_timeout = "5s"
+            [store]
+            url = "sqlite://{{dir}}/gate.db"
+            [auth]
+            keys_dir = "{{dir}}/keys"
+            cookie_secure = false
+            password_hash_concurrency = 2
+            [[upstreams]]
+            name = "backend"
+            instances = ["{upstream}"]
+            connect_timeout = "1s"
+            response_timeout = "5s"
+            [[routes]]
+            prefix = "/"
+            upstream = "backend"
+            {extra}
+            "#
+        ))
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        command(self.dir.path(), &self.config, args, env)
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
+        run(self.command(args, env), stdin)
+    }
+
+    /// [`Setup::run`] from inside a (multi-threaded) tokio test.
+    fn run_blocking(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        tokio::task::block_in_place(|| self.run(args, stdin, &[]))
+    }
+
+    /// Starts `serve` on free ports and waits until both listeners accept.
+    fn serve(&self, env: &[(&str, &str)]) -> Served {
+        for attempt in 0.. {
+            // Bound together so the two ports differ; freed just before the gateway binds them.
+            let (main, admin) = {
+                let a = StdListener::bind("127.0.0.1:0").unwrap();
+                let b = StdListener::bind("127.0.0.1:0").unwrap();
+                (a.local_addr().unwrap(), b.local_addr().unwrap())
+            };
+            let log = self.dir.path().join(format!("serve-{main}.log"));
+            let mut command = self.command(&["serve"], env);
+            command
+                .env("MEIRO_GATE_SERVER__LISTEN", main.to_string())
+                .env("MEIRO_GATE_ADMIN__LISTEN", admin.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            let mut guard = ChildGuard {
+                child: command.spawn().expect("spawning meiro-gate serve"),
+                log: Some(log),
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = guard.child.try_wait().unwrap() {
+                    let log = guard.log_text();
+                    // Someone else took a port in between: try other ones.
+                    if attempt < 3 && log.contains("binding") {
+                        break;
+                    }
+                    panic!("serve exited early with {status}:\n{log}");
+                }
+                let up = |addr| StdStream::connect_timeout(&addr, Duration::from_millis(200));
+                if up(main).is_ok() && up(admin).is_ok() {
+                    return Served {
+                        guard,
+                        main,
+                        admin,
+                        http: reqwest::Client::new(),
+                    };
+                }
+                assert!(Instant::now() < deadline, "serve not listening after 20 s");
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        unreachable!()
+    }
+}
+
+/// A running `meiro-gate serve`.
+struct Served {
+    guard: ChildGuard,
+    main: SocketAddr,
+    admin: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.main)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .http
+            .post(self.url("/users/login"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login of {email}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("x-access-token", token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn jwks_kids(&self) -> Vec<String> {
+        let jwks: serde_json::Value = self
+            .http
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut kids: Vec<String> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        kids.sort();
+        kids
+    }
+
+    /// `kill -<signal> <pid>` (no libc in the dependencies).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.guard.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGTERM, then the exit status (which must come within 5 s).
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.guard.wait_exit(Duration::from_secs(5))
+    }
+}
+
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+// ---- check-config ----
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let setup = Setup::valid(
+        "http://127.0.0.1:9000",
+        r#"
+        [bootstrap]
+        admin_email = "root@example.com"
+        admin_password = "file-secret-password-123"
+        "#,
+    );
+    let run = setup.run(&["check-config"], None, &[]).ok();
+    assert!(
+        run.stdout.contains(r#"access_token_ttl = "8h""#),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("file-secret-password-123"),
+        "{}",
+        run.stdout
+    );
+    let printed: toml::Value = toml::from_str(&run.stdout).expect("the output is TOML");
+    assert_eq!(
+        printed["bootstrap"]["admin_password"].as_str(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        printed["bootstrap"]["admin_email"].as_str(),
+        Some("root@example.com")
+    );
+    assert_eq!(
+        printed["auth"]["cookie_name"].as_str(),
+        Some("meiro_access_token")
+    );
+    assert_eq!(printed["routes"][0]["upstream"].as_str(), Some("backend"));
+
+    // A secret from the environment is redacted just the same.
+    let env = [(
+        "MEIRO_GATE_BOOTSTRAP__ADMIN_PASSWORD",
+        "env-secret-password-456",
+    )];
+    let run = setup.run(&["check-config"], None, &env).ok();
+    assert!(
+        !run.stdout.contains("env-secret-password-456"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stderr.contains("env-secret-password-456"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("<redacted>"));
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_1() {
+    let setup = Setup::new(
+        r#"
+        [server]
+        lisen = "127.0.0.1:8080"
+        [store]
+        url = "sqlite://{dir}/gate.db"
+        [auth]
+        keys_dir = "{dir}/keys"
+        access_token_ttl = "eight hours"
+        [[upstreams]]
+        name = "backend"
+        instances = ["http://127.0.0.1:9000"]
+        [[routes]]
+        prefix = "/"
+        upstream = "nowhere"
+        "#,
+    );
+    let run = setup.run(&["check-config"], None, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    for key in [
+        "server.lisen",
+        "auth.access_token_ttl",
+        "routes[0].upstream",
+    ] {
+        assert!(
+            run.stderr.contains(key),
+            "{key} not named in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(run.stderr.contains("nowhere"), "{}", run.stderr);
+    assert!(
+        run.stdout.is_empty(),
+        "nothing printed on stdout: {}",
+        run.stdout
+    );
+}
+
+#[test]
+fn check_config_applies_environment_overrides() {
+    let setup = Setup::valid("http://127.0.0.1:9000", "");
+    let env = [("MEIRO_GATE_AUTH__ACCESS_TOKEN_TTL", "2h")];
+    let run = setup.run(&["check-config"], None, &env).ok();
+    assert!(
+        run.stdout.contains(r#"access_token_ttl = "2h""#),
+        "{}",
+        run.stdout
+    );
+
+    // A bad value from the environment names the variable, not just the key.
+    let env = [("MEIRO_GATE_AUTH__ACCESS_TOKEN_TTL", "forever")];
+    let run = setup.run(&["check-config"], None, &env);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("auth.access_token_ttl"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("MEIRO_GATE_AUTH__ACCESS_TOKEN_TTL"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_exit_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let checked = run(command(dir.path(), &missing, &["check-config"], &[]), None);
+    assert_eq!(checked.code, Some(1));
+    assert!(
+        checked.stderr.contains(&missing.display().to_string()),
+        "{}",
+        checked.stderr
+    );
+    // Every subcommand loads the config first.
+    let listed = run(command(dir.path(), &missing, &["users", "list"], &[]), None);
+    assert_eq!(listed.code, Some(1));
+    assert!(listed.stderr.contains("nope.toml"), "{}", listed.stderr);
+}
+
+// ---- users ----
+
+#[test]
+fn users_commands_add_list_disable_and_enable() {
+    let setup = Setup::valid("http://127.0.0.1:9000", "");
+    let password = Some("a long enough password\n");
+
+    let run = setup
+        .run(
+            &[
+                "users",
+                "add",
+                "--email",
+                "A@Example.com",
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            password,
+            &[],
+        )
+        .ok();
+    let added = &json_lines(&run.stdout)[0];
+    assert_eq!(added["email"], "a@example.com");
+    assert_eq!(added["role"], "admin");
+    assert_eq!(added["disabled"], false);
+    assert_eq!(added["deleted"], false);
+    assert_eq!(added["invitation_pending"], false);
+    assert!(
+        uuid::Uuid::parse_str(added["id"].as_str().unwrap()).is_ok(),
+        "{added}"
+    );
+
+    let duplicate = setup.run(
+        &[
+            "users",
+            "add",
+            "--email",
+            " a@EXAMPLE.com",
+            "--password-stdin",
+        ],
+        password,
+        &[],
+    );
+    assert_ne!(duplicate.code, Some(0), "a duplicate email is refused");
+    assert!(duplicate.stderr.contains("exists"), "{}", duplicate.stderr);
+
+    let short = setup.run(
+        &[
+            "users",
+            "add",
+            "--email",
+            "b@example.com",
+            "--password-stdin",
+        ],
+        Some("short\n"),
+        &[],
+    );
+    assert_ne!(short.code, Some(0), "a short password is refused");
+    assert!(short.stderr.contains("at least"), "{}", short.stderr);
+
+    let bad_role = setup.run(
+        &["users", "add", "--email", "b@example.com", "--role", "root"],
+        None,
+        &[],
+    );
+    assert_ne!(bad_role.code, Some(0));
+
+    let run = setup
+        .run(&["users", "add", "--email", "c@example.com"], None, &[])
+        .ok();
+    assert_eq!(
+        json_lines(&run.stdout)[0]["role"],
+        "user",
+        "user is the default role"
+    );
+
+    let run = setup.run(&["users", "list"], None, &[]).ok();
+    let listed = json_lines(&run.stdout);
+    let emails: Vec<&str> = listed
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        emails,
+        ["a@example.com", "c@example.com"],
+        "b was never created"
+    );
+    assert_eq!(listed[0]["id"], added["id"]);
+
+    let run = setup
+        .run(&["users", "disable", "A@example.com"], None, &[])
+        .ok();
+    assert!(run.stdout.contains(r#""disabled":true"#), "{}", run.stdout);
+    let run = setup.run(&["users", "list"], None, &[]).ok();
+    assert_eq!(json_lines(&run.stdout)[0]["disabled"], true);
+
+    let run = setup
+        .run(&["users", "enable", "a@example.com"], None, &[])
+        .ok();
+    assert!(run.stdout.contains(r#""disabled":false"#), "{}", run.stdout);
+
+    for verb in ["disable", "enable"] {
+        let unknown = setup.run(&["users", verb, "nobody@example.com"], None, &[]);
+        assert_ne!(unknown.code, Some(0), "{verb} of an unknown email");
+        assert!(
+            unknown.stderr.contains("nobody@example.com"),
+            "{}",
+            unknown.stderr
+        );
+    }
+}
+
+// ---- serve ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_end_to_end_with_live_revocation_by_the_cli() {
+    let up = FakeUpstream::start().await;
+    let setup = Setup::valid(&up.url(), "");
+    let served = setup.serve(&BOOTSTRAP_ENV);
+
+    let healthz = served
+        .http
+        .get(served.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = served
+        .http
+        .get(served.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+
+    let missing = served.http.get(served.url("/x")).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(up.recorded().len(), 0);
+
+    let token = served.login("root@example.com", ADMIN_PASSWORD).await;
+    let response = served.get("/app/data?q=1", &token).await;
+    assert_eq!(response.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/app/data?q=1");
+    assert_eq!(seen.headers["x-meiro-user-email"], "root@example.com");
+    assert_eq!(seen.headers["x-meiro-user-role"], "admin");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+
+    let run = setup
+        .run_blocking(&["users", "disable", "root@example.com"], None)
+        .ok();
+    assert!(run.stdout.contains(r#""disabled":true"#), "{}", run.stdout);
+    let started = Instant::now();
+    eventually!(
+        served.get("/app/data", &token).await.status() == 401,
+        "the token still works 5 s after `users disable`"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "revocation took {elapsed:?}"
+    );
+
+    // SIGHUP (documented as "reload") must not kill the gateway, as its default action would.
+    let mut served = served;
+    served.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        served.guard.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process:\n{}",
+        served.guard.log_text()
+    );
+    let healthz = served
+        .http
+        .get(served.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200, "still serving after SIGHUP");
+    assert_eq!(served.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
+    let up = FakeUpstream::start().await;
+    let setup = Setup::valid(&up.url(), "");
+    let mut served = setup.serve(&BOOTSTRAP_ENV);
+    let token = served.login("root@example.com", ADMIN_PASSWORD).await;
+
+    let slow = {
+        let request = served
+            .http
+            .get(served.url("/slow?delay_ms=1500"))
+            .header("x-access-token", &token);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = request
+                .send()
+                .await
+                .expect("the in-flight request completes");
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body, started.elapsed())
+        })
+    };
+    // Idle connections must not hold the drain up: one that never sent a byte, and an h2c one
+    // that finished a request (the HTTP/1.1 login connection is idle in `served.http`'s pool).
+    let silent = StdStream::connect(served.main).unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let h2_response = h2
+        .get(served.url("/h2"))
+        .header("x-access-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2_response.status(), 200);
+    drop(h2_response);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    served.sigterm();
+    let signalled = Instant::now();
+
+    // The listener closes at once, while the slow request is still being served.
+    let main = served.main;
+    eventually!(
+        tokio::task::block_in_place(|| {
+            StdStream::connect_timeout(&main, Duration::from_millis(200)).is_err()
+        }),
+        "new connections are still accepted 5 s after SIGTERM"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1000),
+        "refused only after {:?}",
+        signalled.elapsed()
+    );
+    assert!(!slow.is_finished(), "the slow request was still in flight");
+
+    let (status, body, elapsed) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["path"], "/slow");
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+
+    let exit = tokio::task::block_in_place(|| served.guard.wait_exit(Duration::from_secs(5)));
+    assert_eq!(exit.code(), Some(0), "{}", served.guard.log_text());
+    let exited_after = signalled.elapsed();
+    assert!(
+        exited_after < Duration::from_millis(2500),
+        "exit took {exited_after:?} after SIGTERM: idle connections held the drain"
+    );
+    drop(silent);
+    assert!(
+        !served.guard.log_text().contains("drain timeout"),
+        "{}",
+        served.guard.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_signs_with_a_new_key_and_old_tokens_survive_a_restart() {
+    let up = FakeUpstream::start().await;
+    let setup = Setup::valid(&up.url(), "");
+
+    let first = setup.serve(&BOOTSTRAP_ENV);
+    let old_token = first.login("root@example.com", ADMIN_PASSWORD).await;
+    let old_kid = kid_of(&old_token);
+    assert_eq!(first.jwks_kids().await, [old_kid.as_str()]);
+    assert_eq!(first.get("/x", &old_token).await.status(), 200);
+    assert_eq!(tokio::task::block_in_place(|| first.stop()).code(), Some(0));
+
+    // Key names start with their creation second, and the greatest name signs: rotating within
+    // the second the first key was made could sort the new key first. Operators never do that.
+    let created: u64 = old_kid[..12]
+        .parse()
+        .expect("kid starts with its creation time");
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= created
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let run = setup.run_blocking(&["keys", "rotate"], None).ok();
+    let new_kid = run
+        .stdout
+        .split_whitespace()
+        .find(|w| w.len() > 12 && w[..12].bytes().all(|b| b.is_ascii_digit()))
+        .map(|w| w.trim_end_matches(';').to_owned())
+        .unwrap_or_else(|| panic!("no kid in {:?}", run.stdout));
+    assert_ne!(new_kid, old_kid);
+    assert!(
+        setup
+            .dir
+            .path()
+            .join("keys")
+            .join(format!("{new_kid}.pem"))
+            .is_file()
+    );
+
+    let second = setup.serve(&BOOTSTRAP_ENV);
+    let mut both = vec![old_kid.clone(), new_kid.clone()];
+    both.sort();
+    assert_eq!(second.jwks_kids().await, both);
+    let response = second.get("/after-restart", &old_token).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a token of the old key still verifies"
+    );
+    let new_token = second.login("root@example.com", ADMIN_PASSWORD).await;
+    assert_eq!(kid_of(&new_token), new_kid, "the new key signs");
+    assert_eq!(second.get("/x", &new_token).await.status(), 200);
+    assert_eq!(
+        tokio::task::block_in_place(|| second.stop()).code(),
+        Some(0)
+    );
+}
