@@ -10,13 +10,15 @@ use figment::providers::{Format, Toml};
 use meiro_gate::auth::cache::token_digest;
 use meiro_gate::auth::passwords::hash_standalone;
 use meiro_gate::auth::{Auth, Clock};
+use meiro_gate::mail::Mail;
 use meiro_gate::store::{self, NewUser, Role};
 
 fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Auth>, String, tempfile::TempDir) {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
-            "[store]\nurl = \"sqlite://{d}/bench.db\"\n[auth]\nkeys_dir = \"{d}/keys\"\n",
+            "[store]\nurl = \"sqlite://{d}/bench.db\"\n[auth]\nkeys_dir = \"{d}/keys\"\n\
+             [mail]\ndir = \"{d}/outbox\"\n",
             d = dir.path().display()
         );
         let config = meiro_gate::config::load_from_figment(&Figment::from(Toml::string(&toml)))
@@ -29,15 +31,14 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Auth>, String, tempfile::TempDir)
                 password_hash: Some(hash_standalone("bench password 123".into()).await.unwrap()),
                 role: Role::User,
                 invitation_pending: false,
+                invitation: None,
                 created: clock.now(),
             })
             .await
             .unwrap();
-        let auth = Arc::new(
-            Auth::new(&config.auth, "http://bench.test", store, clock)
-                .await
-                .unwrap(),
-        );
+        let (_, shutdown) = tokio::sync::watch::channel(false);
+        let (mail, _) = Mail::start(&config.mail, shutdown).await.unwrap();
+        let auth = Arc::new(Auth::new(&config, store, mail, clock).await.unwrap());
         let token = auth.start_session(&user).await.unwrap().token;
         (auth, token, dir)
     })

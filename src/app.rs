@@ -12,11 +12,15 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::passwords::hash_standalone;
 use crate::auth::{Auth, AuthInitError, Clock, normalize_email, revocation};
-use crate::config::Config;
+use crate::config::{Config, CorsConfig};
+use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
+use crate::server::tls::{CertStore, TlsError};
 use crate::server::{self, ConnectionLimits};
 use crate::store::{self, NewUser, Role, Store, StoreError};
 
@@ -36,6 +40,10 @@ pub enum StartError {
     },
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
+    #[error("mail: {0}")]
+    Mail(#[from] MailError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 pub struct App;
@@ -51,6 +59,8 @@ pub struct RunningApp {
     main: JoinHandle<bool>,
     admin: JoinHandle<bool>,
     follower: JoinHandle<()>,
+    mailer: JoinHandle<()>,
+    cert_store: Option<Arc<CertStore>>,
 }
 
 impl App {
@@ -62,28 +72,44 @@ impl App {
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
         let store = store::open(config.store.url.expose()).await?;
         bootstrap_admin(&config, store.as_ref(), &clock).await?;
-        let auth = Arc::new(
-            Auth::new(
-                &config.auth,
-                config.server.public_url.as_str().trim_end_matches('/'),
-                store.clone(),
-                clock,
-            )
-            .await?,
-        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (mail, mailer) = Mail::start(&config.mail, shutdown_rx.clone()).await?;
+        let auth = Arc::new(Auth::new(&config, store.clone(), mail, clock).await?);
+        if let Some(okta) = auth.okta() {
+            // In the background: a provider that is down must not keep the gateway from serving
+            // credentials login; logins retry discovery after `okta.discovery_retry`.
+            okta.prefetch();
+        }
         let proxy = Arc::new(Proxy::new(&config, auth.clone())?);
-        let router = crate::api::router(
+        proxy.spawn_health_checks(&shutdown_rx);
+        let mut router = crate::api::router(
             auth.clone(),
             config.limits.api_max_body.as_usize(),
-            ProxyService(proxy),
+            ProxyService(proxy.clone()),
         );
+        if let Some(cors) = &config.cors {
+            // Outermost: a preflight is answered before any route, token check or proxying.
+            router = router
+                .layer(cors_layer(cors))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::new(CorsOrigins::new(cors)),
+                    cors_only_for_allowed_origins,
+                ));
+        }
+        let (tls, cert_store) = match &config.server.tls {
+            Some(tls) => {
+                let (server_config, store) = server::tls::server_config(tls)?;
+                tokio::spawn(server::tls::watch_files(store.clone(), shutdown_rx.clone()));
+                (Some(TlsAcceptor::from(server_config)), Some(store))
+            }
+            None => (None, None),
+        };
 
         let main_listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.admin.listen).await?;
         let addr = local_addr(&main_listener, config.server.listen)?;
         let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let cursor = store.revocation_cursor().await?;
         let follower = tokio::spawn(revocation::follow(
             auth.clone(),
@@ -101,13 +127,15 @@ impl App {
             main_listener,
             router,
             limits.clone(),
+            tls,
             shutdown_rx.clone(),
             drain,
         ));
         let admin = tokio::spawn(server::serve(
             admin_listener,
-            admin_router(store),
+            admin_router(store, proxy),
             limits,
+            None,
             shutdown_rx,
             drain,
         ));
@@ -120,11 +148,23 @@ impl App {
             main,
             admin,
             follower,
+            mailer,
+            cert_store,
         })
     }
 }
 
 impl RunningApp {
+    /// SIGHUP: re-reads the TLS certificate and key (a failure keeps the current ones).
+    /// Routes and upstreams are fixed for the life of the process in this version.
+    pub fn reload(&self) {
+        if let Some(store) = &self.cert_store
+            && let Err(e) = store.reload()
+        {
+            tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one");
+        }
+    }
+
     /// Stops accepting, drains in-flight requests (up to `server.drain_timeout`) and returns
     /// whether everything drained in time.
     pub async fn shutdown(self) -> bool {
@@ -132,6 +172,7 @@ impl RunningApp {
         let main = self.main.await.unwrap_or(false);
         let admin = self.admin.await.unwrap_or(false);
         let _ = self.follower.await;
+        let _ = self.mailer.await;
         main && admin
     }
 }
@@ -167,6 +208,7 @@ async fn bootstrap_admin(
             password_hash: Some(hash),
             role: Role::Admin,
             invitation_pending: false,
+            invitation: None,
             created: clock.now(),
         })
         .await?;
@@ -174,25 +216,119 @@ async fn bootstrap_admin(
     Ok(())
 }
 
-fn admin_router(store: Arc<dyn Store>) -> Router {
+/// The `[cors]` policy as tower-http's layer: preflights from allowed origins are answered
+/// without a token; responses to disallowed origins carry no CORS headers at all.
+fn cors_layer(cors: &CorsConfig) -> CorsLayer {
+    let parse = |names: &[String]| -> Vec<http::HeaderName> {
+        names
+            .iter()
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    };
+    let origins = if cors.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cors.allowed_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let methods: Vec<http::Method> = cors
+        .allowed_methods
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods(methods)
+        .allow_headers(parse(&cors.allowed_headers))
+        .expose_headers(parse(&cors.expose_headers))
+        .allow_credentials(cors.allow_credentials)
+        .max_age(cors.max_age)
+}
+
+/// The origins `[cors]` allows; `any` for `"*"`.
+struct CorsOrigins {
+    any: bool,
+    list: Vec<http::HeaderValue>,
+}
+
+impl CorsOrigins {
+    fn new(cors: &CorsConfig) -> CorsOrigins {
+        CorsOrigins {
+            any: cors.allowed_origins.iter().any(|o| o == "*"),
+            list: cors
+                .allowed_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok())
+                .collect(),
+        }
+    }
+
+    fn allows(&self, origin: &http::HeaderValue) -> bool {
+        self.any || self.list.contains(origin)
+    }
+}
+
+/// tower-http adds `Access-Control-Allow-Credentials`, `-Expose-Headers` (and on preflights
+/// `-Allow-Methods`, `-Allow-Headers`, `-Max-Age`) whatever the origin; a request without an
+/// allowed `Origin` gets none of them (`Vary` stays: caches must still key on the origin).
+async fn cors_only_for_allowed_origins(
+    State(origins): State<Arc<CorsOrigins>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let allowed = request
+        .headers()
+        .get(http::header::ORIGIN)
+        .is_some_and(|origin| origins.allows(origin));
+    let mut response = next.run(request).await;
+    if !allowed {
+        let headers = response.headers_mut();
+        let cors: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in cors {
+            headers.remove(name);
+        }
+    }
+    response
+}
+
+#[derive(Clone)]
+struct Readiness {
+    store: Arc<dyn Store>,
+    proxy: Arc<Proxy>,
+}
+
+fn admin_router(store: Arc<dyn Store>, proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
-        .with_state(store)
+        .with_state(Readiness { store, proxy })
 }
 
-async fn readyz(State(store): State<Arc<dyn Store>>) -> (StatusCode, Json<serde_json::Value>) {
-    match store.ping().await {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: store unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"message": "store unreachable"})),
-            )
-        }
+/// Ready: the store answers and at least one upstream instance is available (or no
+/// upstream is configured).
+async fn readyz(State(ready): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
+    if let Err(e) = ready.store.ping().await {
+        tracing::warn!(error = %e, "readiness: store unreachable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"message": "store unreachable"})),
+        );
     }
+    if !ready.proxy.any_instance_available() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"message": "no healthy upstream instance"})),
+        );
+    }
+    (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
 }

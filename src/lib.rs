@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod mail;
 pub mod proxy;
 pub mod server;
 pub mod store;

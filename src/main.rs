@@ -121,7 +121,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
 
 async fn serve(config: Config) -> Result<()> {
     let app = App::start(config).await.context("starting meiro-gate")?;
-    shutdown_signal().await;
+    shutdown_signal(&app).await;
     tracing::info!("shutdown requested; draining");
     if app.shutdown().await {
         tracing::info!("drained; bye");
@@ -131,7 +131,8 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads what can be reloaded.
+async fn shutdown_signal(app: &meiro_gate::RunningApp) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -146,15 +147,14 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
-    // SIGHUP's default action ends the process at once, dropping every connection; reloading
-    // (operations.md) is not in this version, so it is caught and only logged.
+    // SIGHUP's default action would end the process, dropping every connection: caught, it
+    // reloads the TLS certificate (routes, upstreams and keys need a restart in this version).
     #[cfg(unix)]
     let hangup = async {
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while s.recv().await.is_some() {
-                tracing::warn!(
-                    "SIGHUP ignored: reloading is not supported in this version; restart to apply changes"
-                );
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                app.reload();
             }
         }
         std::future::pending::<()>().await
@@ -183,7 +183,9 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
                 let mut line = String::new();
                 std::io::stdin().lock().read_line(&mut line)?;
                 let password = line.trim_end_matches(['\r', '\n']).to_owned();
-                if let Err(rule) = check_password_policy(&password, &email) {
+                if let Err(rule) =
+                    check_password_policy(&password, &email, config.auth.password_min_length)
+                {
                     bail!("password rejected: {rule}");
                 }
                 Some(hash_standalone(password).await?)
@@ -196,6 +198,7 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
                     password_hash,
                     role,
                     invitation_pending: false,
+                    invitation: None,
                     created: now,
                 })
                 .await

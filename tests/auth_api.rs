@@ -204,6 +204,7 @@ async fn create_user(gw: &Gateway, email: &str, password_hash: Option<String>, p
             password_hash,
             role: Role::User,
             invitation_pending: pending,
+            invitation: None,
             created: gw.clock.now(),
         })
         .await
@@ -584,7 +585,7 @@ async fn five_failures_block_the_account_even_for_the_right_password() {
     );
     assert!(set_cookies(response.headers()).is_empty());
     let (_, msg) = status_message(response).await;
-    assert_eq!(msg, "Too many failed login attempts; try again later");
+    assert_eq!(msg, "Too many attempts; try again later");
 
     // Other accounts from the same client are unaffected (5 < per_ip 20).
     gw.login("bob@example.com").await;

@@ -632,9 +632,13 @@ async fn upstream_down_is_502_and_slow_is_504_never_a_hang() {
     );
     assert_eq!(response.status(), 502);
     assert_eq!(message(response).await, "Upstream unavailable");
-    // The public route fails the same way.
+    // The refused instance is now ejected: the public route (same cluster) is answered at
+    // once with 503, without another connection attempt.
+    let started = Instant::now();
     let response = down.http.get(down.url("/public/x")).send().await.unwrap();
-    assert_eq!(response.status(), 502);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(response.status(), 503);
+    assert_eq!(message(response).await, "No upstream instance available");
     down.shutdown().await;
 
     let up = FakeUpstream::start().await;

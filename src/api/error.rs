@@ -2,7 +2,8 @@
 //! contract's status; details go to the log, never to the client.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -45,7 +46,7 @@ impl IntoResponse for ApiError {
                 ),
                 AuthError::Throttled { retry_after_secs } => (
                     StatusCode::TOO_MANY_REQUESTS,
-                    "Too many failed login attempts; try again later",
+                    "Too many attempts; try again later",
                     Some(*retry_after_secs),
                 ),
                 AuthError::Overloaded => (
@@ -74,6 +75,26 @@ impl IntoResponse for ApiError {
                     "Session has reached its maximum age; log in again",
                     None,
                 ),
+                AuthError::Forbidden => (StatusCode::FORBIDDEN, "Insufficient permissions", None),
+                AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "Invalid email address", None),
+                AuthError::UserExists => (
+                    StatusCode::CONFLICT,
+                    "A user with this email already exists",
+                    None,
+                ),
+                AuthError::NoPendingInvitation => (
+                    StatusCode::NOT_FOUND,
+                    "No pending invitation for this user",
+                    None,
+                ),
+                AuthError::NotFound => (StatusCode::NOT_FOUND, "User not found", None),
+                AuthError::OktaDisabled => {
+                    (StatusCode::NOT_FOUND, "Okta login is not enabled", None)
+                }
+                AuthError::InvalidOneTimeToken => {
+                    (StatusCode::BAD_REQUEST, "Invalid or expired token", None)
+                }
+                AuthError::WeakPassword(rule) => (StatusCode::BAD_REQUEST, rule.as_str(), None),
                 AuthError::Store(_) => {
                     tracing::error!(error = %e, "store failure in the auth API");
                     (
@@ -99,24 +120,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-            JsonRejection::BytesRejection(b) => b.into(),
-            // Syntax and data errors: serde's message names the field and what was wrong,
-            // and never echoes a value back.
-            JsonRejection::JsonDataError(e) => ApiError::BadRequest(format!(
-                "Invalid request body: {}",
-                without_values(e.body_text().trim_start_matches(
-                    "Failed to deserialize the JSON body into the target type: "
-                ))
-            )),
-            JsonRejection::JsonSyntaxError(_) => {
-                ApiError::BadRequest("Request body is not valid JSON".into())
-            }
-            other => ApiError::BadRequest(other.body_text()),
+/// A body that failed to deserialize, as the contract's 400: syntax errors say so, data
+/// errors name the field (`password: invalid type: integer, expected a string`) and never
+/// echo a value back.
+fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    match e.inner().classify() {
+        serde_json::error::Category::Data => {
+            let path = e.path().to_string();
+            let inner = without_values(&e.inner().to_string());
+            ApiError::BadRequest(match path.as_str() {
+                "." | "" => format!("Invalid request body: {inner}"),
+                _ => format!("Invalid request body: {path}: {inner}"),
+            })
         }
+        _ => ApiError::BadRequest("Request body is not valid JSON".into()),
     }
 }
 
@@ -147,21 +164,51 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections speak the contract's `{"message"}` format.
+/// A JSON object body, parsed like `axum::Json` but with the contract's `{"message"}`
+/// rejections: 400 for a wrong content type, bad syntax, a non-object (serde would read a
+/// struct from an array) or ill-typed fields; 413 past `limits.api_max_body`.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(request, state).await?;
-        Ok(ApiJson(value))
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body = Bytes::from_request(request, state).await?;
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(match body.iter().all(u8::is_ascii_whitespace) {
+                true => ApiError::BadRequest("Request body is not valid JSON".into()),
+                false => ApiError::BadRequest("Request body must be a JSON object".into()),
+            });
+        }
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map(ApiJson)
+            .map_err(|e| json_error(&e))
     }
+}
+
+/// `application/json`, or any `application/*+json`, as axum's `Json` accepts.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::without_values;
+    use super::*;
 
     #[test]
     fn data_errors_keep_the_kind_but_not_the_value() {
@@ -179,5 +226,21 @@ mod tests {
             without_values("missing field `email`"),
             "missing field `email`"
         );
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |ct: &'static str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("Application/JSON"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!is_json(&axum::http::HeaderMap::new()));
     }
 }

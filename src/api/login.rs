@@ -77,7 +77,7 @@ pub async fn logout(
     Ok(response)
 }
 
-fn token_response(settings: &Settings, issued: IssuedToken) -> Response {
+pub(super) fn token_response(settings: &Settings, issued: IssuedToken) -> Response {
     let cookie = cookie(settings, &issued.token, issued.expires_in);
     let mut response = Json(serde_json::json!({ "token": issued.token })).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -112,6 +112,10 @@ mod tests {
             session_max_age: 2_592_000,
             cookie_name: "meiro_access_token".into(),
             cookie_secure: secure,
+            invitation_ttl: 432_000,
+            reset_ttl: 3_600,
+            password_min_length: 12,
+            frontend_url: "http://app.test".into(),
         }
     }
 

@@ -2,7 +2,11 @@
 //! Anything it does not serve falls through to the data plane.
 
 pub mod error;
+mod invite;
 mod login;
+mod okta;
+mod password;
+mod principal;
 pub mod users;
 
 use std::sync::Arc;
@@ -27,6 +31,19 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
                 .patch(login::refresh)
                 .delete(login::logout),
         )
+        .route("/users/okta_login", axum::routing::post(okta::okta_login))
+        .route(
+            "/users/invite",
+            axum::routing::post(invite::invite).patch(invite::reinvite),
+        )
+        .route(
+            "/users/{user_id}/invitation_link",
+            get(invite::invitation_link),
+        )
+        .route(
+            "/users/password",
+            axum::routing::post(password::forgot).patch(password::reset),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         // A known path with another method: 405 (axum keeps the `Allow` header) with the
         // contract's JSON error body instead of an empty one.
@@ -37,12 +54,15 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
         .fallback_service(proxy)
 }
 
-/// Okta arrives in a later version; until then only credentials login is offered.
-async fn auth_options() -> Json<serde_json::Value> {
+/// Okta login is offered only with a link to follow: while its provider cannot be discovered
+/// (or Okta is off) the answer is `false` / `null`, so a client never shows a dead button.
+/// Credentials login is always on.
+async fn auth_options(State(auth): State<Arc<Auth>>) -> Json<serde_json::Value> {
+    let okta_auth_link = auth.okta_auth_link().await;
     Json(serde_json::json!({
         "is_credentials_login_enabled": true,
-        "is_okta_login_enabled": false,
-        "okta_auth_link": null,
+        "is_okta_login_enabled": okta_auth_link.is_some(),
+        "okta_auth_link": okta_auth_link,
     }))
 }
 

@@ -3,8 +3,11 @@
 
 pub mod cache;
 pub mod clock;
+pub mod invitations;
 pub mod layer;
+pub mod oidc;
 pub mod passwords;
+mod resets;
 pub mod revocation;
 mod sessions;
 pub mod throttle;
@@ -18,8 +21,10 @@ pub use clock::Clock;
 pub use sessions::IssuedToken;
 pub use tokens::KeySet;
 
-use crate::config::AuthConfig;
+use crate::config::{Config, ThrottleConfig};
+use crate::mail::Mail;
 use crate::store::{Store, StoreError};
+use invitations::LinkSecret;
 use passwords::{PasswordError, Passwords};
 use throttle::Throttle;
 
@@ -46,10 +51,26 @@ pub enum AuthError {
     TokenReused,
     #[error("session reached its maximum age")]
     SessionTooOld,
+    #[error("authenticated but not allowed")]
+    Forbidden,
+    #[error("not a valid email address")]
+    InvalidEmail,
+    #[error("a user with this email already exists")]
+    UserExists,
+    #[error("no pending invitation")]
+    NoPendingInvitation,
+    #[error("no such user")]
+    NotFound,
+    #[error("invalid or expired one-time token")]
+    InvalidOneTimeToken,
+    #[error("password rejected: {0}")]
+    WeakPassword(String),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("Okta login is not enabled")]
+    OktaDisabled,
 }
 
 impl From<PasswordError> for AuthError {
@@ -67,9 +88,11 @@ pub enum AuthInitError {
     Keys(#[from] tokens::KeyError),
     #[error(transparent)]
     Passwords(#[from] PasswordError),
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcInitError),
 }
 
-/// Token and cookie settings, in the units the rules use.
+/// Token, cookie and one-time-link settings, in the units the rules use.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub access_token_ttl: i64,
@@ -77,49 +100,76 @@ pub struct Settings {
     pub session_max_age: i64,
     pub cookie_name: String,
     pub cookie_secure: bool,
+    pub invitation_ttl: i64,
+    pub reset_ttl: i64,
+    pub password_min_length: usize,
+    /// Base of the links in e-mails, without a trailing slash.
+    pub frontend_url: String,
 }
 
 /// The auth subsystem: shared by the API handlers and the data plane.
 pub struct Auth {
     store: Arc<dyn Store>,
     keys: KeySet,
+    link_secret: LinkSecret,
     cache: TokenCache,
     passwords: Passwords,
-    throttle: Throttle,
+    login_throttle: Throttle,
+    reset_throttle: Throttle,
+    mail: Mail,
     clock: Clock,
     settings: Settings,
+    /// `Some` when `okta.enabled`.
+    okta: Option<Arc<oidc::Oidc>>,
 }
 
 impl Auth {
-    /// `issuer` becomes the `iss` of every token (the gateway's public URL).
+    /// Tokens are issued for `server.public_url` (their `iss`).
     pub async fn new(
-        config: &AuthConfig,
-        issuer: &str,
+        config: &Config,
         store: Arc<dyn Store>,
+        mail: Mail,
         clock: Clock,
     ) -> Result<Auth, AuthInitError> {
-        let keys = KeySet::load_or_generate(&config.keys_dir, issuer)?;
+        let auth = &config.auth;
+        let issuer = config.server.public_url.as_str().trim_end_matches('/');
+        let keys = KeySet::load_or_generate(&auth.keys_dir, issuer)?;
+        let link_secret = LinkSecret::load_or_generate(&auth.keys_dir)?;
         let passwords =
-            Passwords::new(config.password_hash_concurrency, PASSWORD_QUEUE_TIMEOUT).await?;
-        let throttle = Throttle::new(
-            config.login_throttle.per_account,
-            config.login_throttle.per_ip,
-            config.login_throttle.window,
-        );
+            Passwords::new(auth.password_hash_concurrency, PASSWORD_QUEUE_TIMEOUT).await?;
+        let okta = if config.okta.enabled {
+            Some(Arc::new(oidc::Oidc::new(&config.okta, clock.clone())?))
+        } else {
+            None
+        };
+        let throttle = |t: &ThrottleConfig| Throttle::new(t.per_account, t.per_ip, t.window);
         Ok(Auth {
             store,
             keys,
+            link_secret,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
             passwords,
-            throttle,
+            login_throttle: throttle(&auth.login_throttle),
+            reset_throttle: throttle(&auth.reset_throttle),
+            mail,
             clock,
             settings: Settings {
-                access_token_ttl: secs(config.access_token_ttl),
-                refresh_window: secs(config.refresh_window),
-                session_max_age: secs(config.session_max_age),
-                cookie_name: config.cookie_name.clone(),
-                cookie_secure: config.cookie_secure,
+                access_token_ttl: secs(auth.access_token_ttl),
+                refresh_window: secs(auth.refresh_window),
+                session_max_age: secs(auth.session_max_age),
+                cookie_name: auth.cookie_name.clone(),
+                cookie_secure: auth.cookie_secure,
+                invitation_ttl: secs(auth.invitation_ttl),
+                reset_ttl: secs(auth.reset_ttl),
+                password_min_length: auth.password_min_length,
+                frontend_url: config
+                    .server
+                    .frontend_url
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned(),
             },
+            okta,
         })
     }
 
@@ -146,6 +196,16 @@ impl Auth {
     pub fn passwords(&self) -> &Passwords {
         &self.passwords
     }
+
+    /// The OpenID Connect client, when `okta.enabled`.
+    pub fn okta(&self) -> Option<&Arc<oidc::Oidc>> {
+        self.okta.as_ref()
+    }
+
+    fn check_password_policy(&self, password: &str, email: &str) -> Result<(), AuthError> {
+        passwords::check_password_policy(password, email, self.settings.password_min_length)
+            .map_err(AuthError::WeakPassword)
+    }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -155,4 +215,56 @@ fn secs(d: Duration) -> i64 {
 /// Emails are compared and stored trimmed and lower-cased (api-contract.md).
 pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
+}
+
+/// A deliberately plain check (RFC 5321 sizes, one `@`, a dotted domain, no spaces or
+/// controls): the real test of an address is the e-mail that must reach it.
+pub fn is_valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    let labels_ok = domain
+        .split('.')
+        .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
+    email.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && labels_ok
+        && !domain.contains('@')
+        && !email.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_email_validation() {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@sub.example.com",
+            "x@xn--bcher-kva.de",
+        ] {
+            assert!(is_valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a@@b.co",
+            "a b@c.de",
+            "a@b..co",
+            "a@-b.co",
+            "<a@b.co>",
+            "a@b.co,c@d.co",
+            "a\n@b.co",
+        ] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+    }
 }

@@ -32,7 +32,7 @@ impl Auth {
         // Counted as a failure until it proves otherwise, so concurrent attempts cannot all
         // pass the limit before the first failure is recorded.
         let attempt = self
-            .throttle
+            .login_throttle
             .begin(&email, client_ip, now)
             .map_err(|retry_after_secs| AuthError::Throttled { retry_after_secs })?;
         let user = self

@@ -153,6 +153,14 @@ impl KeySet {
     }
 }
 
+/// `N` random bytes, base64url without padding: for one-time tokens and nonces.
+pub(crate) fn random_base64url<const N: usize>() -> Result<String, super::AuthError> {
+    let mut bytes = [0u8; N];
+    aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes)
+        .map_err(|_| super::AuthError::Internal("the system random source failed".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// A token is valid up to, not including, its `exp` second (RFC 7519 §4.1.4).
 pub fn is_expired(exp: UnixTime, now: UnixTime) -> bool {
     now >= exp
@@ -198,7 +206,7 @@ fn hex8(digest: &aws_lc_rs::digest::Digest) -> String {
 }
 
 #[cfg(unix)]
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -210,7 +218,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

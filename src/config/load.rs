@@ -16,8 +16,10 @@ use url::Url;
 
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
-    AdminConfig, AuthConfig, AuthMode, Balance, BootstrapConfig, Config, LimitsConfig,
-    LoginThrottleConfig, RouteConfig, ServerConfig, StoreConfig, UpstreamConfig,
+    AdminConfig, AuthConfig, AuthMode, Balance, BootstrapConfig, Config, CorsConfig,
+    HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth, OktaConfig,
+    RouteConfig, ServerConfig, StoreConfig, ThrottleConfig, TlsConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 
 const ENV_PREFIX: &str = "MEIRO_GATE_";
@@ -31,19 +33,7 @@ const DEFAULT_FILE: &str = "config/meiro-gate.toml";
 
 /// Keys documented in operations.md that belong to later versions: said so in the "unknown key"
 /// message, so an operator who copied the documented file knows it is not a typo.
-const NOT_YET: &[&str] = &[
-    "okta",
-    "mail",
-    "cors",
-    "server.tls",
-    "auth.upstream",
-    "upstreams.retries",
-    "upstreams.health",
-    "routes.host",
-    "routes.strip_prefix",
-    "routes.max_body",
-    "routes.timeout",
-];
+const NOT_YET: &[&str] = &["auth.upstream"];
 
 /// One thing wrong with the configuration. `key` is the full dotted path
 /// (`auth.access_token_ttl`, `upstreams[0].instances[1]`), or `config` for the file itself.
@@ -276,6 +266,14 @@ impl<'a> Section<'a> {
         self.dict?
             .get(name)
             .filter(|value| !matches!(value, Value::Empty(..)))
+    }
+
+    /// Is `name` set (to anything but empty)? Reads nothing: an optional table is then taken
+    /// with [`Section::section`].
+    fn has(&self, name: &str) -> bool {
+        self.dict
+            .and_then(|d| d.get(name))
+            .is_some_and(|value| !matches!(value, Value::Empty(..)))
     }
 
     fn convert<T>(&self, name: &str, value: &Value, convert: Convert<T>) -> Option<T> {
@@ -554,8 +552,8 @@ fn upstream_url(value: &Value) -> Result<Url, String> {
     let url = url(value)?;
     match url.scheme() {
         "http" => {}
-        "https" => return Err("https upstreams are not available in this version".to_owned()),
-        _ => return Err("must be an http:// URL".to_owned()),
+        "https" => {}
+        _ => return Err("must be an http:// or https:// URL".to_owned()),
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain credentials".to_owned());
@@ -591,11 +589,9 @@ fn auth_mode(value: &Value) -> Result<AuthMode, String> {
 fn balance(value: &Value) -> Result<Balance, String> {
     match text(value)?.as_str() {
         "round_robin" => Ok(Balance::RoundRobin),
-        "least_request" => Err(
-            "\"least_request\" is not available in this version; use \"round_robin\"".to_owned(),
-        ),
+        "least_request" => Ok(Balance::LeastRequest),
         other => Err(format!(
-            "unknown balance {other:?}; expected \"round_robin\""
+            "unknown balance {other:?}; expected \"round_robin\" or \"least_request\""
         )),
     }
 }
@@ -628,6 +624,9 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
     let auth = read_auth(root.section("auth"));
     let bootstrap = read_bootstrap(root.section("bootstrap"));
     let limits = read_limits(root.section("limits"));
+    let mail = read_mail(root.section("mail"));
+    let okta = read_okta(root.section("okta"));
+    let cors = root.has("cors").then(|| read_cors(root.section("cors")));
 
     let mut upstreams = Vec::new();
     let mut names: HashMap<String, String> = HashMap::new();
@@ -674,6 +673,9 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         auth,
         bootstrap,
         limits,
+        mail,
+        okta,
+        cors,
         upstreams,
         routes,
     }
@@ -699,11 +701,23 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         .opt("frontend_url", web_url)
         .unwrap_or_else(|| public_url.clone());
     let drain_timeout = s.get("drain_timeout", secs(30), duration);
+    let access_log = s.get("access_log", true, flag);
+    let tls = s.has("tls").then(|| {
+        let mut t = s.section("tls");
+        let cert = t.required("cert", path);
+        let key = t.required("key", path);
+        TlsConfig {
+            cert: cert.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+        }
+    });
     ServerConfig {
         listen,
         public_url,
         frontend_url,
         drain_timeout,
+        access_log,
+        tls,
     }
 }
 
@@ -737,6 +751,199 @@ fn read_store(mut s: Section<'_>) -> StoreConfig {
     }
 }
 
+fn read_mail(mut s: Section<'_>) -> MailConfig {
+    let transport = s.get("transport", MailTransport::File, mail_transport);
+    let dir = s.get("dir", PathBuf::from("data/outbox"), path);
+    let smtp_url = s.get("smtp_url", String::new(), text);
+    let from = s.get(
+        "from",
+        "Meiro <no-reply@localhost>".to_owned(),
+        non_empty_text,
+    );
+    let templates_dir = s.opt("templates_dir", path);
+    let smtp_timeout = s.get("smtp_timeout", secs(10), duration);
+    let retry_initial = s.get("retry_initial", secs(1), duration);
+    let retry_max = s.get("retry_max", secs(300), duration);
+    let give_up_after = s.get("give_up_after", secs(86_400), duration);
+
+    if transport == MailTransport::Smtp {
+        match Url::parse(&smtp_url) {
+            _ if smtp_url.is_empty() => s.problem("smtp_url", "required with transport = \"smtp\""),
+            Ok(url) if matches!(url.scheme(), "smtp" | "smtps") && url.host_str().is_some() => {}
+            // The value may hold a password: never echo it.
+            _ => s.problem(
+                "smtp_url",
+                "must be smtp://[user:password@]host[:port] or smtps://…",
+            ),
+        }
+    }
+    s.check(
+        "from",
+        from.contains('@') && !from.contains(['\r', '\n']),
+        "must be a mailbox such as \"Meiro <no-reply@example.com>\"",
+    );
+    for (key, value) in [
+        ("smtp_timeout", smtp_timeout),
+        ("retry_initial", retry_initial),
+        ("retry_max", retry_max),
+        ("give_up_after", give_up_after),
+    ] {
+        s.check(key, !value.is_zero(), POSITIVE);
+    }
+    if retry_max < retry_initial {
+        s.problem("retry_max", "must be at least mail.retry_initial");
+    }
+    MailConfig {
+        transport,
+        dir,
+        smtp_url: Secret::url(smtp_url),
+        from,
+        templates_dir,
+        smtp_timeout,
+        retry_initial,
+        retry_max,
+        give_up_after,
+    }
+}
+
+/// Signature algorithms an id_token may use: asymmetric only. `none` and HS* (an HMAC keyed
+/// with something public) are never on the list.
+const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn read_okta(mut s: Section<'_>) -> OktaConfig {
+    let enabled = s.get("enabled", false, flag);
+    let issuer = s.opt("issuer", web_url_or_empty).flatten();
+    let client_id = s.get("client_id", String::new(), text);
+    let client_secret = s.get("client_secret", Secret::default(), secret);
+    let redirect_uri = s.opt("redirect_uri", web_url_or_empty).flatten();
+    let scopes = s.get(
+        "scopes",
+        vec!["openid".into(), "email".into(), "profile".into()],
+        word_list,
+    );
+    let client_auth = s.get(
+        "client_auth",
+        OktaClientAuth::ClientSecretBasic,
+        client_auth,
+    );
+    let auto_provision = s.get("auto_provision", false, flag);
+    let default_role = s.get("default_role", crate::store::Role::User, role);
+    let require_verified_email = s.get("require_verified_email", true, flag);
+    let algorithms = s.get("algorithms", vec!["RS256".to_owned()], word_list);
+    let http_timeout = s.get("http_timeout", secs(10), duration);
+    let discovery_retry = s.get("discovery_retry", secs(30), duration);
+    let jwks_min_refresh = s.get("jwks_min_refresh", secs(30), duration);
+
+    if enabled {
+        s.check(
+            "issuer",
+            issuer.is_some(),
+            "required when okta.enabled = true",
+        );
+        s.check(
+            "client_id",
+            !client_id.is_empty(),
+            "required when okta.enabled = true",
+        );
+        s.check(
+            "client_secret",
+            !client_secret.is_empty(),
+            "required when okta.enabled = true",
+        );
+        s.check(
+            "redirect_uri",
+            redirect_uri.is_some(),
+            "required when okta.enabled = true",
+        );
+        s.check(
+            "scopes",
+            scopes.iter().any(|scope| scope == "openid"),
+            "must include \"openid\"",
+        );
+    }
+    if algorithms.is_empty() {
+        s.problem("algorithms", "must name at least one algorithm");
+    }
+    for alg in &algorithms {
+        if !OIDC_ALGORITHMS.contains(&alg.as_str()) {
+            s.problem(
+                "algorithms",
+                format!(
+                    "{alg:?} is not accepted; use one of {}",
+                    OIDC_ALGORITHMS.join(", ")
+                ),
+            );
+        }
+    }
+    for (key, value) in [
+        ("http_timeout", http_timeout),
+        ("discovery_retry", discovery_retry),
+        ("jwks_min_refresh", jwks_min_refresh),
+    ] {
+        s.check(key, !value.is_zero(), POSITIVE);
+    }
+    OktaConfig {
+        enabled,
+        issuer,
+        client_id,
+        client_secret,
+        redirect_uri,
+        scopes,
+        client_auth,
+        auto_provision,
+        default_role,
+        require_verified_email,
+        algorithms,
+        http_timeout,
+        discovery_retry,
+        jwks_min_refresh,
+    }
+}
+
+/// An http(s) URL, or `""` for "not set" (operations.md writes empty strings for unset keys).
+fn web_url_or_empty(value: &Value) -> Result<Option<Url>, String> {
+    match value {
+        Value::String(_, s) if s.trim().is_empty() => Ok(None),
+        other => web_url(other).map(Some),
+    }
+}
+
+/// A list of words: a TOML array of strings, or one space-separated string.
+fn word_list(value: &Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::Array(_, items) => items.iter().map(non_empty_text).collect(),
+        other => Ok(text(other)?.split_whitespace().map(str::to_owned).collect()),
+    }
+}
+
+fn client_auth(value: &Value) -> Result<OktaClientAuth, String> {
+    match text(value)?.as_str() {
+        "client_secret_basic" => Ok(OktaClientAuth::ClientSecretBasic),
+        "client_secret_post" => Ok(OktaClientAuth::ClientSecretPost),
+        other => Err(format!(
+            "unknown client authentication {other:?}; expected \"client_secret_basic\" or \"client_secret_post\""
+        )),
+    }
+}
+
+fn role(value: &Value) -> Result<crate::store::Role, String> {
+    let text = text(value)?;
+    crate::store::Role::parse(&text)
+        .ok_or_else(|| format!("unknown role {text:?}; expected \"admin\" or \"user\""))
+}
+
+fn mail_transport(value: &Value) -> Result<MailTransport, String> {
+    match text(value)?.as_str() {
+        "file" => Ok(MailTransport::File),
+        "smtp" => Ok(MailTransport::Smtp),
+        other => Err(format!(
+            "unknown transport {other:?}; expected \"file\" or \"smtp\""
+        )),
+    }
+}
+
 fn read_auth(mut s: Section<'_>) -> AuthConfig {
     let mode = s.get("mode", AuthMode::Local, auth_mode);
     let access_token_ttl = s.get("access_token_ttl", secs(8 * 3600), duration);
@@ -750,7 +957,18 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
         default_hash_concurrency(),
         whole::<usize>,
     );
-    let login_throttle = read_login_throttle(s.section("login_throttle"));
+    let login_throttle = read_throttle(s.section("login_throttle"));
+    let reset_throttle = read_throttle(s.section("reset_throttle"));
+    let invitation_ttl = s.get("invitation_ttl", secs(5 * 86_400), duration);
+    let reset_ttl = s.get("reset_ttl", secs(3600), duration);
+    let password_min_length = s.get("password_min_length", 12, whole::<usize>);
+    s.check("invitation_ttl", !invitation_ttl.is_zero(), POSITIVE);
+    s.check("reset_ttl", !reset_ttl.is_zero(), POSITIVE);
+    s.check(
+        "password_min_length",
+        password_min_length >= 8,
+        "must be at least 8 (NIST SP 800-63B)",
+    );
 
     s.check("access_token_ttl", !access_token_ttl.is_zero(), POSITIVE);
     s.check("refresh_window", !refresh_window.is_zero(), POSITIVE);
@@ -786,6 +1004,10 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
         keys_dir,
         password_hash_concurrency,
         login_throttle,
+        reset_throttle,
+        invitation_ttl,
+        reset_ttl,
+        password_min_length,
     }
 }
 
@@ -800,14 +1022,14 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)
 }
 
-fn read_login_throttle(mut s: Section<'_>) -> LoginThrottleConfig {
+fn read_throttle(mut s: Section<'_>) -> ThrottleConfig {
     let per_account = s.get("per_account", 5, whole::<u32>);
     let per_ip = s.get("per_ip", 20, whole::<u32>);
     let window = s.get("window", secs(15 * 60), duration);
     s.check("per_account", per_account > 0, POSITIVE);
     s.check("per_ip", per_ip > 0, POSITIVE);
     s.check("window", !window.is_zero(), POSITIVE);
-    LoginThrottleConfig {
+    ThrottleConfig {
         per_account,
         per_ip,
         window,
@@ -886,14 +1108,145 @@ fn read_upstream(mut s: Section<'_>) -> UpstreamConfig {
     let balance = s.get("balance", Balance::RoundRobin, balance);
     let connect_timeout = s.get("connect_timeout", secs(2), duration);
     let response_timeout = s.get("response_timeout", secs(30), duration);
-    s.check("connect_timeout", !connect_timeout.is_zero(), POSITIVE);
-    s.check("response_timeout", !response_timeout.is_zero(), POSITIVE);
+    let idle_timeout = s.get("idle_timeout", secs(90), duration);
+    let retries = s.get("retries", 2, whole::<u32>);
+    let retry_budget = s.get("retry_budget", 0.2, fraction);
+    let protocol = s.get("protocol", UpstreamProtocol::Http1, upstream_protocol);
+    let ca_file = s.opt("ca_file", path);
+    let eject_base = s.get("eject_base", secs(5), duration);
+    let eject_max = s.get("eject_max", secs(60), duration);
+    let health = s.has("health").then(|| read_health(s.section("health")));
+    for (key, value) in [
+        ("connect_timeout", connect_timeout),
+        ("response_timeout", response_timeout),
+        ("idle_timeout", idle_timeout),
+        ("eject_base", eject_base),
+    ] {
+        s.check(key, !value.is_zero(), POSITIVE);
+    }
+    if eject_max < eject_base {
+        s.problem("eject_max", "must be at least eject_base");
+    }
+    s.check("retries", retries <= 10, "at most 10");
+    if ca_file.is_some() && !instances.iter().any(|u| u.scheme() == "https") {
+        s.problem("ca_file", "only used with https:// instances");
+    }
     UpstreamConfig {
         name,
         instances,
         balance,
         connect_timeout,
         response_timeout,
+        idle_timeout,
+        retries,
+        retry_budget,
+        protocol,
+        ca_file,
+        eject_base,
+        eject_max,
+        health,
+    }
+}
+
+fn read_health(mut s: Section<'_>) -> HealthCheckConfig {
+    let path = s.get("path", "/healthz".to_owned(), route_prefix);
+    let interval = s.get("interval", secs(5), duration);
+    let timeout = s.get("timeout", secs(1), duration);
+    let healthy_threshold = s.get("healthy_threshold", 2, whole::<u32>);
+    let unhealthy_threshold = s.get("unhealthy_threshold", 3, whole::<u32>);
+    s.check("interval", !interval.is_zero(), POSITIVE);
+    s.check("timeout", !timeout.is_zero(), POSITIVE);
+    s.check("healthy_threshold", healthy_threshold > 0, POSITIVE);
+    s.check("unhealthy_threshold", unhealthy_threshold > 0, POSITIVE);
+    HealthCheckConfig {
+        path,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    }
+}
+
+fn fraction(value: &Value) -> Result<f64, String> {
+    let n = match value {
+        Value::Num(_, n) => n.to_f64(),
+        Value::String(_, s) => s.trim().parse::<f64>().ok(),
+        other => return Err(format!("expected a number, found {}", kind(other))),
+    };
+    n.filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| "expected a number from 0 to 1".to_owned())
+}
+
+fn upstream_protocol(value: &Value) -> Result<UpstreamProtocol, String> {
+    match text(value)?.as_str() {
+        "http1" => Ok(UpstreamProtocol::Http1),
+        "http2" => Ok(UpstreamProtocol::Http2),
+        other => Err(format!(
+            "unknown protocol {other:?}; expected \"http1\" or \"http2\""
+        )),
+    }
+}
+
+fn read_cors(mut s: Section<'_>) -> CorsConfig {
+    let allowed_origins = s.required_list("allowed_origins", non_empty_text);
+    let allowed_methods = s.get(
+        "allowed_methods",
+        ["GET", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec(),
+        word_list,
+    );
+    let allowed_headers = s.get(
+        "allowed_headers",
+        ["X-Access-Token", "Authorization", "Content-Type"]
+            .map(String::from)
+            .to_vec(),
+        word_list,
+    );
+    let expose_headers = s.get("expose_headers", Vec::new(), word_list);
+    let allow_credentials = s.get("allow_credentials", true, flag);
+    let max_age = s.get("max_age", secs(600), duration);
+    for origin in &allowed_origins {
+        if origin == "*" {
+            if allow_credentials {
+                s.problem(
+                    "allowed_origins",
+                    "\"*\" cannot be combined with allow_credentials = true (browsers refuse it)",
+                );
+            }
+        } else if Url::parse(origin)
+            .ok()
+            .filter(|u| u.origin().ascii_serialization() == *origin)
+            .is_none()
+        {
+            s.problem(
+                "allowed_origins",
+                format!("{origin:?} is not an origin like \"https://app.example.com\" (scheme, host, optional port; no path)"),
+            );
+        }
+    }
+    for method in &allowed_methods {
+        s.check(
+            "allowed_methods",
+            http::Method::from_bytes(method.as_bytes()).is_ok(),
+            "must be HTTP method names",
+        );
+    }
+    for header in allowed_headers.iter().chain(&expose_headers) {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            s.problem(
+                "allowed_headers",
+                format!("{header:?} is not a header name"),
+            );
+        }
+    }
+    CorsConfig {
+        allowed_origins,
+        allowed_methods,
+        allowed_headers,
+        expose_headers,
+        allow_credentials,
+        max_age,
     }
 }
 
@@ -901,10 +1254,30 @@ fn read_route(mut s: Section<'_>) -> RouteConfig {
     let prefix = s.required("prefix", route_prefix).unwrap_or_default();
     let upstream = s.required("upstream", text).unwrap_or_default();
     let public = s.get("public", false, flag);
+    let host = s
+        .opt("host", non_empty_text)
+        .map(|h| h.trim().to_ascii_lowercase());
+    let strip_prefix = s.get("strip_prefix", false, flag);
+    let max_body = s.opt("max_body", byte_size);
+    let timeout = s.opt("timeout", duration);
+    if let Some(h) = &host {
+        s.check(
+            "host",
+            http::uri::Authority::try_from(h.as_str()).is_ok() && !h.contains('/'),
+            "must be a host name such as api.example.com",
+        );
+    }
+    if timeout.is_some_and(|t| t.is_zero()) {
+        s.problem("timeout", POSITIVE);
+    }
     RouteConfig {
         prefix,
         upstream,
         public,
+        host,
+        strip_prefix,
+        max_body,
+        timeout,
     }
 }
 
@@ -951,6 +1324,157 @@ mod tests {
 
     const UPSTREAM: &str =
         "[[upstreams]]\nname = \"meiro\"\ninstances = [\"http://127.0.0.1:9000\"]\n";
+
+    #[test]
+    fn data_plane_keys_and_defaults() {
+        let c = ok(&format!(
+            r#"
+            [server]
+            access_log = false
+            tls = {{ cert = "c.pem", key = "k.pem" }}
+            [cors]
+            allowed_origins = ["https://app.example.com", "http://localhost:3000"]
+            {UPSTREAM}
+            balance = "least_request"
+            protocol = "http2"
+            health = {{ path = "/health" }}
+            [[routes]]
+            prefix = "/api"
+            upstream = "meiro"
+            host = "API.Example.com"
+            strip_prefix = true
+            max_body = "1MiB"
+            timeout = "5s"
+            "#
+        ));
+        assert!(!c.server.access_log);
+        assert_eq!(c.server.tls.as_ref().unwrap().cert, PathBuf::from("c.pem"));
+        let cors = c.cors.unwrap();
+        assert_eq!(cors.allowed_origins.len(), 2);
+        assert!(cors.allow_credentials);
+        assert_eq!(cors.max_age, secs(600));
+        assert!(cors.allowed_headers.iter().any(|h| h == "X-Access-Token"));
+        let u = &c.upstreams[0];
+        assert_eq!(u.balance, Balance::LeastRequest);
+        assert_eq!(u.protocol, UpstreamProtocol::Http2);
+        assert_eq!(u.retries, 2);
+        assert_eq!(u.retry_budget, 0.2);
+        assert_eq!(u.idle_timeout, secs(90));
+        assert_eq!((u.eject_base, u.eject_max), (secs(5), secs(60)));
+        let h = u.health.as_ref().unwrap();
+        assert_eq!(h.path, "/health");
+        assert_eq!((h.interval, h.timeout), (secs(5), secs(1)));
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (2, 3));
+        let r = &c.routes[0];
+        assert_eq!(r.host.as_deref(), Some("api.example.com"));
+        assert!(r.strip_prefix);
+        assert_eq!(r.max_body, Some(ByteSize::new(1 << 20)));
+        assert_eq!(r.timeout, Some(secs(5)));
+        let plain = ok("");
+        assert!(plain.server.access_log && plain.server.tls.is_none() && plain.cors.is_none());
+    }
+
+    #[test]
+    fn tls_cors_and_route_rules() {
+        assert_problem(
+            "[server]\ntls = { cert = \"c.pem\" }\n",
+            "server.tls.key",
+            "missing",
+        );
+        assert_problem("[cors]\n", "cors.allowed_origins", "missing");
+        assert_problem(
+            "[cors]\nallowed_origins = [\"*\"]\n",
+            "cors.allowed_origins",
+            "allow_credentials",
+        );
+        assert!(
+            ok("[cors]\nallowed_origins = [\"*\"]\nallow_credentials = false\n")
+                .cors
+                .is_some()
+        );
+        assert_problem(
+            "[cors]\nallowed_origins = [\"https://app.example.com/path\"]\n",
+            "cors.allowed_origins",
+            "not an origin",
+        );
+        let route = |extra: &str| {
+            format!("{UPSTREAM}[[routes]]\nprefix = \"/\"\nupstream = \"meiro\"\n{extra}\n")
+        };
+        assert_problem(&route("timeout = \"0s\""), "routes[0].timeout", POSITIVE);
+        assert_problem(&route("host = \"a/b\""), "routes[0].host", "host name");
+        assert_problem(&route("max_body = \"lots\""), "routes[0].max_body", "");
+    }
+
+    #[test]
+    fn mail_and_one_time_link_defaults() {
+        let c = ok("");
+        assert_eq!(c.mail.transport, MailTransport::File);
+        assert_eq!(c.mail.dir, PathBuf::from("data/outbox"));
+        assert_eq!(c.mail.from, "Meiro <no-reply@localhost>");
+        assert_eq!(c.mail.templates_dir, None);
+        assert_eq!(c.mail.retry_initial, secs(1));
+        assert_eq!(c.mail.retry_max, secs(300));
+        assert_eq!(c.mail.give_up_after, secs(86_400));
+        assert_eq!(c.auth.invitation_ttl, secs(5 * 86_400));
+        assert_eq!(c.auth.reset_ttl, secs(3600));
+        assert_eq!(c.auth.password_min_length, 12);
+        assert_eq!(c.auth.reset_throttle.per_account, 5);
+        assert_eq!(c.auth.reset_throttle.per_ip, 20);
+    }
+
+    #[test]
+    fn smtp_transport_needs_a_valid_smtp_url_and_never_echoes_it() {
+        assert_problem(
+            "[mail]\ntransport = \"smtp\"\n",
+            "mail.smtp_url",
+            "required",
+        );
+        let found =
+            problems("[mail]\ntransport = \"smtp\"\nsmtp_url = \"http://u:hunter2-secret@x\"\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "mail.smtp_url");
+        assert!(!found[0].message.contains("hunter2"), "{found:?}");
+        let c =
+            ok("[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtps://u:p@mail.example.com:465\"\n");
+        assert_eq!(c.mail.transport, MailTransport::Smtp);
+        let printed = toml::to_string(&c).unwrap();
+        assert!(!printed.contains("u:p@"), "{printed}");
+        assert_problem(
+            "[mail]\ntransport = \"carrier-pigeon\"\n",
+            "mail.transport",
+            "unknown transport",
+        );
+    }
+
+    #[test]
+    fn mail_sender_retry_and_policy_rules() {
+        assert_problem("[mail]\nfrom = \"nobody\"\n", "mail.from", "mailbox");
+        assert_problem(
+            "[mail]\nretry_initial = \"10m\"\nretry_max = \"1m\"\n",
+            "mail.retry_max",
+            "at least",
+        );
+        assert_problem(
+            "[mail]\ngive_up_after = \"0s\"\n",
+            "mail.give_up_after",
+            "greater than zero",
+        );
+        assert_problem(
+            "[auth]\npassword_min_length = 6\n",
+            "auth.password_min_length",
+            "at least 8",
+        );
+        assert_problem(
+            "[auth]\nreset_ttl = \"0s\"\n",
+            "auth.reset_ttl",
+            "greater than zero",
+        );
+        assert_problem(
+            "[auth.reset_throttle]\nper_ip = 0\n",
+            "auth.reset_throttle.per_ip",
+            "greater than zero",
+        );
+    }
 
     #[test]
     fn defaults_when_nothing_is_set() {
@@ -1219,15 +1743,18 @@ mod tests {
         let found = problems(&format!(
             r#"
             typo = 1
-            okta = {{ enabled = false }}
+            [okta]
+            enabled = false
+            colour = "red"
             [server]
-            tls = {{ cert = "c.pem" }}
+            tls = {{ cert = "c.pem", key = "k.pem", chain = "x" }}
             [auth]
             cookie_nam = "x"
             [auth.login_throttle]
             per_acount = 3
             {UPSTREAM}
-            retries = 2
+            retry = 2
+            health = {{ path = "/h", intervall = "1s" }}
             [[routes]]
             prefix = "/"
             upstream = "meiro"
@@ -1236,14 +1763,12 @@ mod tests {
         ));
         let expect = [
             ("typo", "unknown key"),
-            ("okta", "unknown key (not supported in this version)"),
-            ("server.tls", "unknown key (not supported in this version)"),
+            ("okta.colour", "unknown key"),
+            ("server.tls.chain", "unknown key"),
             ("auth.cookie_nam", "unknown key"),
             ("auth.login_throttle.per_acount", "unknown key"),
-            (
-                "upstreams[0].retries",
-                "unknown key (not supported in this version)",
-            ),
+            ("upstreams[0].retry", "unknown key"),
+            ("upstreams[0].health.intervall", "unknown key"),
             ("routes[0].colour", "unknown key"),
         ];
         for (key, message) in expect {
@@ -1608,14 +2133,9 @@ mod tests {
             ),
             (&with("[]"), "upstreams[0].instances", "must not be empty"),
             (
-                &with(r#"["https://a"]"#),
-                key,
-                "https upstreams are not available in this version",
-            ),
-            (
                 &with(r#"["http://a", "ftp://b"]"#),
                 "upstreams[0].instances[1]",
-                "must be an http:// URL",
+                "must be an http:// or https:// URL",
             ),
             (&with(r#"["http://a/api"]"#), key, "must not have a path"),
             (&with(r#"["http://a/?x=1"]"#), key, "must not have a query"),
@@ -1632,9 +2152,32 @@ mod tests {
         let with = |extra: &str| format!("{UPSTREAM}{extra}");
         assert_problems(&[
             (
-                &with(r#"balance = "least_request""#),
-                "upstreams[0].balance",
-                "not available in this version",
+                &with(r#"retry_budget = 1.5"#),
+                "upstreams[0].retry_budget",
+                "from 0 to 1",
+            ),
+            (
+                &with(
+                    r#"eject_base = "10s"
+eject_max = "1s""#,
+                ),
+                "upstreams[0].eject_max",
+                "at least eject_base",
+            ),
+            (
+                &with(r#"protocol = "spdy""#),
+                "upstreams[0].protocol",
+                "unknown protocol",
+            ),
+            (
+                &with(r#"ca_file = "ca.pem""#),
+                "upstreams[0].ca_file",
+                "only used with https://",
+            ),
+            (
+                &with("health = { interval = \"0s\" }"),
+                "upstreams[0].health.interval",
+                POSITIVE,
             ),
             (
                 &with(r#"balance = "random""#),
@@ -1695,5 +2238,167 @@ mod tests {
             r#"{ prefix = "/public", upstream = "meiro", public = true }"#,
         ));
         assert!(c.routes[0].public);
+    }
+
+    const OKTA: &str = r#"
+        [okta]
+        enabled = true
+        issuer = "https://example.okta.com/oauth2/default"
+        client_id = "0oa-client"
+        client_secret = "okta-client-secret-value"
+        redirect_uri = "https://app.example.com/okta/callback"
+    "#;
+
+    #[test]
+    fn okta_defaults_and_full_section() {
+        let off = ok("").okta;
+        assert!(!off.enabled && off.issuer.is_none() && off.redirect_uri.is_none());
+        assert_eq!(off.scopes, ["openid", "email", "profile"]);
+        assert_eq!(off.client_auth, OktaClientAuth::ClientSecretBasic);
+        assert!(!off.auto_provision && off.require_verified_email);
+        assert_eq!(off.default_role, crate::store::Role::User);
+        assert_eq!(off.algorithms, ["RS256"]);
+        assert_eq!(
+            (off.http_timeout, off.discovery_retry, off.jwks_min_refresh),
+            (secs(10), secs(30), secs(30))
+        );
+
+        let on = ok(OKTA).okta;
+        assert!(on.enabled);
+        assert_eq!(
+            on.issuer.unwrap().as_str(),
+            "https://example.okta.com/oauth2/default"
+        );
+        assert_eq!(on.client_id, "0oa-client");
+        assert_eq!(on.client_secret.expose(), "okta-client-secret-value");
+
+        let all = ok(&format!(
+            r#"{OKTA}
+            scopes = "openid  email groups"
+            client_auth = "client_secret_post"
+            auto_provision = true
+            default_role = "admin"
+            require_verified_email = false
+            algorithms = ["RS256", "ES256"]
+            http_timeout = "3s"
+            discovery_retry = "200ms"
+            jwks_min_refresh = "1m"
+            "#
+        ))
+        .okta;
+        assert_eq!(
+            all.scopes,
+            ["openid", "email", "groups"],
+            "a string splits on spaces"
+        );
+        assert_eq!(all.client_auth, OktaClientAuth::ClientSecretPost);
+        assert!(all.auto_provision && !all.require_verified_email);
+        assert_eq!(all.default_role, crate::store::Role::Admin);
+        assert_eq!(all.algorithms, ["RS256", "ES256"]);
+        assert_eq!(all.http_timeout, secs(3));
+        assert_eq!(all.discovery_retry, Duration::from_millis(200));
+        assert_eq!(all.jwks_min_refresh, secs(60));
+        let array = ok(&format!("{OKTA}\nscopes = [\"openid\", \"email\"]")).okta;
+        assert_eq!(array.scopes, ["openid", "email"]);
+    }
+
+    #[test]
+    fn okta_needs_its_keys_only_when_enabled() {
+        let found = problems("[okta]\nenabled = true\nissuer = \"\"");
+        let mut keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "okta.client_id",
+                "okta.client_secret",
+                "okta.issuer",
+                "okta.redirect_uri"
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|p| p.message == "required when okta.enabled = true")
+        );
+        // Disabled, nothing is required; scopes without openid are then irrelevant too.
+        ok("[okta]\nenabled = false\nscopes = \"email\"");
+    }
+
+    #[test]
+    fn okta_value_rules() {
+        let with = |line: &str| format!("{OKTA}\n{line}");
+        assert_problems(&[
+            (
+                &with("scopes = \"email profile\""),
+                "okta.scopes",
+                "must include \"openid\"",
+            ),
+            (
+                &with("scopes = [\"email\"]"),
+                "okta.scopes",
+                "must include \"openid\"",
+            ),
+            (
+                &with("algorithms = \"none\""),
+                "okta.algorithms",
+                "\"none\" is not accepted",
+            ),
+            (
+                &with("algorithms = [\"HS256\"]"),
+                "okta.algorithms",
+                "\"HS256\" is not accepted",
+            ),
+            (
+                &with("algorithms = [\"RS256\", \"HS512\"]"),
+                "okta.algorithms",
+                "\"HS512\" is not accepted",
+            ),
+            (&with("algorithms = []"), "okta.algorithms", "at least one"),
+            (
+                &with("client_auth = \"private_key_jwt\""),
+                "okta.client_auth",
+                "unknown client authentication",
+            ),
+            (
+                &with("default_role = \"owner\""),
+                "okta.default_role",
+                "unknown role",
+            ),
+            (
+                &with("http_timeout = \"0s\""),
+                "okta.http_timeout",
+                POSITIVE,
+            ),
+            (
+                &with("discovery_retry = \"0s\""),
+                "okta.discovery_retry",
+                POSITIVE,
+            ),
+            (
+                &with("jwks_min_refresh = \"0s\""),
+                "okta.jwks_min_refresh",
+                POSITIVE,
+            ),
+            (
+                &with("discovery_retry = 30"),
+                "okta.discovery_retry",
+                "unit",
+            ),
+            (
+                "[okta]\nissuer = \"ftp://example.okta.com\"",
+                "okta.issuer",
+                "http",
+            ),
+            (
+                "[okta]\nredirect_uri = \"https://app.example.com/cb?x=1\"",
+                "okta.redirect_uri",
+                "query",
+            ),
+        ]);
+        // The secret never shows in the printed configuration.
+        let printed = serde_json::to_string(&ok(OKTA).okta).unwrap();
+        assert!(!printed.contains("okta-client-secret-value"), "{printed}");
     }
 }

@@ -27,6 +27,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bootstrap: BootstrapConfig,
     pub limits: LimitsConfig,
+    pub mail: MailConfig,
+    pub okta: OktaConfig,
+    /// `[cors]`; absent: no CORS headers at all.
+    pub cors: Option<CorsConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -42,6 +46,19 @@ pub struct ServerConfig {
     /// How long SIGTERM/SIGINT waits for in-flight requests before exiting. Default `30s`.
     #[serde(with = "duration_serde")]
     pub drain_timeout: Duration,
+    /// One `meiro_gate::access` log line per proxied request. Default `true`.
+    pub access_log: bool,
+    /// `[server.tls]`: terminate TLS on the main listener. Absent: plain HTTP (and h2c).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files, re-read on SIGHUP and when they change on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PKCS#8, PKCS#1 or SEC1 private key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,15 +102,26 @@ pub struct AuthConfig {
     pub keys_dir: PathBuf,
     /// Concurrent argon2 computations (each ~30 ms CPU, 19 MiB). Default: half the cores, at least 1.
     pub password_hash_concurrency: usize,
-    pub login_throttle: LoginThrottleConfig,
+    /// Failed `POST /users/login` attempts; successful logins do not count.
+    pub login_throttle: ThrottleConfig,
+    /// Every `POST /users/password` (forgotten password) request counts.
+    pub reset_throttle: ThrottleConfig,
+    /// How long an invitation link stays valid. Default `5d`.
+    #[serde(with = "duration_serde")]
+    pub invitation_ttl: Duration,
+    /// How long a password-reset link stays valid. Default `1h`.
+    #[serde(with = "duration_serde")]
+    pub reset_ttl: Duration,
+    /// Shortest password accepted (it must also differ from the email). Default `12`.
+    pub password_min_length: usize,
 }
 
-/// Limits on failed `POST /users/login` attempts; successful logins do not count.
+/// Counted attempts allowed per account and per client IP within a window.
 #[derive(Debug, Clone, Serialize)]
-pub struct LoginThrottleConfig {
-    /// Failed attempts allowed per account within `window`. Default `5`.
+pub struct ThrottleConfig {
+    /// Per account (email) within `window`. Default `5`.
     pub per_account: u32,
-    /// Failed attempts allowed per client IP within `window`. Default `20`.
+    /// Per client IP within `window`. Default `20`.
     pub per_ip: u32,
     /// Default `15m`.
     #[serde(with = "duration_serde")]
@@ -124,6 +152,34 @@ pub struct LimitsConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
+    /// Power of two choices over in-flight request counts.
+    LeastRequest,
+}
+
+/// The protocol spoken to an upstream's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2: prior knowledge over `http://`, ALPN `h2` over `https://`.
+    Http2,
+}
+
+/// `[upstreams.health]`: active health checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckConfig {
+    /// GET this path on each instance; any 2xx is healthy.
+    pub path: String,
+    /// Default `5s`.
+    #[serde(with = "duration_serde")]
+    pub interval: Duration,
+    /// Default `1s`.
+    #[serde(with = "duration_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring an unhealthy instance back. Default `2`.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy instance out. Default `3`.
+    pub unhealthy_threshold: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +194,27 @@ pub struct UpstreamConfig {
     /// Until the response head arrives. Default `30s`.
     #[serde(with = "duration_serde")]
     pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default `90s`.
+    #[serde(with = "duration_serde")]
+    pub idle_timeout: Duration,
+    /// Extra attempts on another instance, for idempotent requests or requests that never
+    /// reached the upstream. Default `2`.
+    pub retries: u32,
+    /// Retries may add at most this fraction of the cluster's requests (plus a floor of 10
+    /// per second). Default `0.2`.
+    pub retry_budget: f64,
+    /// Default `http1`.
+    pub protocol: UpstreamProtocol,
+    /// PEM CA bundle for `https://` instances. Default: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// An instance that refuses connections or times out is ejected this long, doubling per
+    /// consecutive ejection. Default `5s`.
+    #[serde(with = "duration_serde")]
+    pub eject_base: Duration,
+    /// Longest ejection. Default `1m`.
+    #[serde(with = "duration_serde")]
+    pub eject_max: Duration,
+    pub health: Option<HealthCheckConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,4 +225,116 @@ pub struct RouteConfig {
     pub upstream: String,
     /// `true`: forwarded without a token. Default `false`.
     pub public: bool,
+    /// Only requests for this host (case-insensitive, port ignored); a route with a host
+    /// wins over one without for the same prefix. Default: any host.
+    pub host: Option<String>,
+    /// Remove the prefix before forwarding (`/api/x` → `/x`). Default `false`.
+    pub strip_prefix: bool,
+    /// Largest request body (`413` beyond). Default: unlimited.
+    pub max_body: Option<ByteSize>,
+    /// Whole-request deadline, head and body. Default: none (the upstream's timeouts apply).
+    #[serde(with = "duration_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[cors]`: which browser origins may call the gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `"*"` (not with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Default `["GET", "POST", "PUT", "PATCH", "DELETE"]`.
+    pub allowed_methods: Vec<String>,
+    /// Default `["X-Access-Token", "Authorization", "Content-Type"]`.
+    pub allowed_headers: Vec<String>,
+    /// Response headers scripts may read. Default none.
+    pub expose_headers: Vec<String>,
+    /// Default `true`.
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight. Default `10m`.
+    #[serde(with = "duration_serde")]
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// One `.eml` file per message in `mail.dir`.
+    File,
+    /// Delivery to `mail.smtp_url`.
+    Smtp,
+}
+
+/// `[mail]`: how invitation and password-reset e-mails leave the gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailConfig {
+    /// Default `file`.
+    pub transport: MailTransport,
+    /// Outbox directory of the file transport. Default `data/outbox`.
+    pub dir: PathBuf,
+    /// `smtp://host:port` (STARTTLS when offered), `smtps://host:port` (implicit TLS), with
+    /// optional `user:password@`. Required with `transport = "smtp"`. Printed redacted.
+    pub smtp_url: Secret,
+    /// Sender mailbox. Default `Meiro <no-reply@localhost>`.
+    pub from: String,
+    /// Directory whose `invitation.txt|.html`, `reset.txt|.html` override the built-in
+    /// templates. Default: none (built-ins).
+    pub templates_dir: Option<PathBuf>,
+    /// One SMTP delivery attempt may take this long. Default `10s`.
+    #[serde(with = "duration_serde")]
+    pub smtp_timeout: Duration,
+    /// First retry delay after a transient failure; doubles up to `retry_max`. Default `1s`.
+    #[serde(with = "duration_serde")]
+    pub retry_initial: Duration,
+    /// Default `5m`.
+    #[serde(with = "duration_serde")]
+    pub retry_max: Duration,
+    /// A message still undelivered this long after it was queued is dropped (logged).
+    /// Default `24h`.
+    #[serde(with = "duration_serde")]
+    pub give_up_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OktaClientAuth {
+    /// `Authorization: Basic` with the client id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the token request body.
+    ClientSecretPost,
+}
+
+/// `[okta]`: login through an OpenID Connect provider (Okta or any compliant one).
+#[derive(Debug, Clone, Serialize)]
+pub struct OktaConfig {
+    /// Default `false`; the other keys are then not required.
+    pub enabled: bool,
+    /// e.g. `https://example.okta.com/oauth2/default`; discovery reads
+    /// `<issuer>/.well-known/openid-configuration`. Required when enabled.
+    pub issuer: Option<Url>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Where the provider sends the browser back with `?code=`. Required when enabled.
+    pub redirect_uri: Option<Url>,
+    /// Default `["openid", "email", "profile"]`; a space-separated string is accepted too.
+    pub scopes: Vec<String>,
+    /// Default `client_secret_basic`.
+    pub client_auth: OktaClientAuth,
+    /// Create an active user for an unknown, verified email. Default `false`.
+    pub auto_provision: bool,
+    /// Role of auto-provisioned users. Default `user`.
+    pub default_role: crate::store::Role,
+    /// Refuse an id_token whose `email_verified` is not true. Default `true`.
+    pub require_verified_email: bool,
+    /// Accepted id_token signature algorithms. Default `["RS256"]`; `none` and HMAC are
+    /// never accepted.
+    pub algorithms: Vec<String>,
+    /// Timeout of each call to the provider. Default `10s`.
+    #[serde(with = "duration_serde")]
+    pub http_timeout: Duration,
+    /// How soon a failed discovery is retried. Default `30s`.
+    #[serde(with = "duration_serde")]
+    pub discovery_retry: Duration,
+    /// The JWKS is refetched for an unknown `kid` at most this often. Default `30s`.
+    #[serde(with = "duration_serde")]
+    pub jwks_min_refresh: Duration,
 }

@@ -195,6 +195,23 @@ pub mod duration_serde {
 
     use serde::Serializer;
 
+    /// For `Option<Duration>` fields: `None` is left out of the printed config.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(
+            duration: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match duration {
+                Some(d) => serializer.collect_str(&super::format(*d)),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&format(*duration))
     }

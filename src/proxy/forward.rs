@@ -1,14 +1,18 @@
 //! Rewriting a downstream request for its upstream and the response for the client: hop-by-hop
-//! headers out (RFC 9110 §7.6.1), `X-Forwarded-*` in, identity headers set only by us.
+//! headers out (RFC 9110 §7.6.1), `X-Forwarded-*` in, identity headers set only by us; and
+//! the response body wrapper that keeps an instance's in-flight count until the body ends.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use axum::body::Body;
-use http::header::{CONNECTION, HOST, HeaderName, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use bytes::Bytes;
+use http::header::{CONNECTION, EXPECT, HOST, HeaderName, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
 
-use super::error::ProxyError;
-use super::upstream::{Cluster, Instance};
+use super::upstream::InFlight;
 use crate::auth::Principal;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -24,17 +28,18 @@ static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriz
 
 /// Removes the hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are collected first: removing while iterating the map
-    // would borrow it twice. Usually Connection is absent and this allocates nothing.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        // Collected first: removing while iterating would borrow the map twice.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in [
         &CONNECTION,
@@ -51,39 +56,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites the request in place for `instance`. `path_and_query` is the normalized target.
-pub fn prepare_request(
-    request: &mut Request<Body>,
-    instance: &Instance,
-    path_and_query: http::uri::PathAndQuery,
-    client: SocketAddr,
-    downstream_proto: &'static str,
-    principal: Option<&Principal>,
-) -> Result<(), ProxyError> {
-    let original_host = request.headers().get(HOST).cloned().or_else(|| {
-        request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+/// Does the client ask for an HTTP/1.1 protocol switch (`Connection: upgrade` + `Upgrade`)?
+/// Returns the requested protocol.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten()
+}
 
-    *request.uri_mut() = Uri::builder()
-        .scheme(instance.scheme.clone())
-        .authority(instance.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::Internal)?;
-    // The upstream always speaks the version its pool negotiates, not the client's.
-    *request.version_mut() = http::Version::HTTP_11;
+/// Everything about the client the upstream is told.
+pub struct Downstream<'a> {
+    pub client: SocketAddr,
+    pub proto: &'static str,
+    /// `Host`, or the HTTP/2 `:authority`.
+    pub host: Option<HeaderValue>,
+    pub principal: Option<&'a Principal>,
+    /// The protocol of an upgrade being proxied (then `Connection`/`Upgrade` are kept).
+    pub upgrade: Option<HeaderValue>,
+}
 
-    let headers = request.headers_mut();
+/// Rewrites request headers in place for the upstream.
+pub fn prepare_headers(headers: &mut HeaderMap, downstream: Downstream<'_>) {
+    // gRPC and other trailer users over HTTP/2 need `te: trailers` end to end.
+    let wants_trailers = headers
+        .get(TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     strip_hop_by_hop(headers);
+    // The gateway answers `Expect: 100-continue` itself (hyper sends the 100 once the body is
+    // read); passing it on would make the upstream wait for a continue nobody sends.
+    headers.remove(EXPECT);
+    if wants_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(protocol) = downstream.upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, protocol);
+    }
 
     // Identity comes only from the gateway: drop every client copy, on public routes too.
     headers.remove(&X_MEIRO_USER_ID);
     headers.remove(&X_MEIRO_USER_EMAIL);
     headers.remove(&X_MEIRO_USER_ROLE);
-    if let Some(p) = principal {
+    if let Some(p) = downstream.principal {
         headers.insert(X_MEIRO_USER_ID.clone(), p.user_id_header.clone());
         if let Some(email) = &p.email_header {
             headers.insert(X_MEIRO_USER_EMAIL.clone(), email.clone());
@@ -91,17 +115,16 @@ pub fn prepare_request(
         headers.insert(X_MEIRO_USER_ROLE.clone(), p.role_header.clone());
     }
 
-    append_forwarded_for(headers, client);
+    append_forwarded_for(headers, downstream.client);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(downstream_proto),
+        HeaderValue::from_static(downstream.proto),
     );
-    if let Some(host) = original_host {
+    if let Some(host) = downstream.host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         // HTTP/2 clients send :authority, not Host; the upstream sees the same host either way.
         headers.entry(HOST).or_insert(host);
     }
-    Ok(())
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
@@ -115,38 +138,40 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     }
 }
 
-/// Sends the request, bounded by the cluster's response-head timeout, and maps failures.
-pub async fn send(
-    cluster: &Cluster,
-    request: Request<Body>,
-) -> Result<Response<hyper::body::Incoming>, ProxyError> {
-    match tokio::time::timeout(cluster.response_timeout, cluster.client.request(request)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => {
-            let timed_out = is_timeout(&e);
-            tracing::warn!(upstream = %cluster.name, error = %e, connect = e.is_connect(), "upstream request failed");
-            Err(if timed_out {
-                ProxyError::UpstreamTimeout
-            } else {
-                ProxyError::UpstreamUnavailable
-            })
+/// The upstream's response body, streamed as is, holding the instance's in-flight count
+/// until it ends or is dropped.
+pub struct TrackedBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl TrackedBody {
+    pub fn new(inner: Incoming, in_flight: InFlight) -> TrackedBody {
+        TrackedBody {
+            inner,
+            _in_flight: in_flight,
         }
     }
 }
 
-/// A connect timeout surfaces as an error whose source chain holds `TimedOut`.
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = e.source();
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
-    false
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +189,49 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    fn downstream(upgrade: Option<&'static str>) -> Downstream<'static> {
+        Downstream {
+            client: "10.1.2.3:5555".parse().unwrap(),
+            proto: "https",
+            host: Some(HeaderValue::from_static("app.example.com")),
+            principal: None,
+            upgrade: upgrade.map(HeaderValue::from_static),
+        }
+    }
+
+    #[test]
+    fn prepared_headers_keep_trailers_drop_expect_and_spoofed_identity() {
+        let mut h = HeaderMap::new();
+        h.insert(TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert(EXPECT, HeaderValue::from_static("100-continue"));
+        h.append(&X_MEIRO_USER_ID, HeaderValue::from_static("attacker"));
+        h.append(&X_MEIRO_USER_ID, HeaderValue::from_static("attacker2"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("spoofed"));
+        prepare_headers(&mut h, downstream(None));
+        assert_eq!(h[TE], "trailers");
+        assert!(!h.contains_key(EXPECT));
+        assert!(!h.contains_key(&X_MEIRO_USER_ID));
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example.com");
+        assert_eq!(h[HOST], "app.example.com");
+    }
+
+    #[test]
+    fn upgrades_are_detected_and_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let protocol = requested_upgrade(&h).unwrap();
+        assert_eq!(protocol, "websocket");
+        prepare_headers(&mut h, downstream(Some("websocket")));
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h[UPGRADE], "websocket");
+        let mut no_connection = HeaderMap::new();
+        no_connection.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(requested_upgrade(&no_connection).is_none());
     }
 
     #[test]

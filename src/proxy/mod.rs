@@ -1,11 +1,13 @@
-//! The data plane: every request that is not the auth API. In request order: normalize the
-//! path → route → authenticate (unless the route is public) → pick an instance → forward,
-//! streaming both bodies.
+//! The data plane: every request that is not the auth API. In request order: check framing →
+//! normalize the path → route (host + longest prefix) → authenticate unless the route is
+//! public → pick a healthy instance → forward, streaming both bodies, retrying only when safe.
 
 mod balance;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod path;
+pub mod retry;
 pub mod routes;
 pub mod upstream;
 
@@ -17,23 +19,30 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{Request, Response};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::watch;
 
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError};
-use crate::config::Config;
+use crate::config::{Config, UpstreamProtocol};
 use error::ProxyError;
+use forward::{Downstream, TrackedBody};
+use retry::Failure;
 use routes::{Route, RouteTable};
-use upstream::Cluster;
+use upstream::{Cluster, ClusterError, InFlight};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyBuildError {
     #[error(transparent)]
-    Instance(#[from] upstream::BadInstance),
+    Cluster(#[from] ClusterError),
     #[error("route {prefix}: unknown upstream {upstream}")]
     UnknownUpstream { prefix: String, upstream: String },
 }
@@ -42,7 +51,16 @@ pub enum ProxyBuildError {
 pub struct Proxy {
     auth: Arc<Auth>,
     routes: RouteTable,
+    clusters: Vec<Arc<Cluster>>,
     downstream_proto: &'static str,
+    access_log: bool,
+}
+
+/// What the access log says about one request.
+#[derive(Default)]
+struct Outcome {
+    instance: Option<(Arc<Cluster>, usize)>,
+    user: Option<crate::store::UserId>,
 }
 
 impl Proxy {
@@ -62,37 +80,94 @@ impl Proxy {
                         upstream: r.upstream.clone(),
                     }
                 })?;
-                Ok(Route {
-                    prefix: r.prefix.clone(),
-                    public: r.public,
-                    cluster,
-                })
+                Ok(Route::new(r, cluster))
             })
             .collect::<Result<Vec<_>, ProxyBuildError>>()?;
         Ok(Proxy {
             auth,
             routes: RouteTable::new(routes),
-            downstream_proto: "http",
+            clusters: clusters.into_values().collect(),
+            downstream_proto: if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            access_log: config.server.access_log,
         })
+    }
+
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+
+    /// Starts the active health checks of every cluster that has them.
+    pub fn spawn_health_checks(&self, shutdown: &watch::Receiver<bool>) {
+        for cluster in self.clusters.iter().filter(|c| c.health.is_some()) {
+            tokio::spawn(health::run_checks(cluster.clone(), shutdown.clone()));
+        }
+    }
+
+    /// Is at least one instance of some cluster available? (`/readyz`.) No cluster: ready.
+    pub fn any_instance_available(&self) -> bool {
+        self.clusters.is_empty() || self.clusters.iter().any(|c| c.pick(None).is_some())
     }
 
     /// Handles one request; every failure is a JSON response, never an `Err`.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
-        match self.forward(request).await {
+        let started = self.access_log.then(Instant::now);
+        let method = self.access_log.then(|| request.method().clone());
+        let path = self.access_log.then(|| request.uri().path().to_owned());
+        let mut outcome = Outcome::default();
+        let response = match self.forward(request, &mut outcome).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
+        };
+        if let (Some(started), Some(method), Some(path)) = (started, method, path) {
+            log_access(
+                &method,
+                &path,
+                response.status(),
+                &outcome,
+                started.elapsed(),
+            );
         }
+        response
     }
 
-    async fn forward(&self, mut request: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let path = path::normalize(request.uri().path()).map_err(|_| ProxyError::BadPath)?;
-        let route = self.routes.find(&path).ok_or(ProxyError::NoRoute)?;
-        let path_and_query = upstream_target(request.uri(), path)?;
+    async fn forward(
+        &self,
+        request: Request<Body>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        // RFC 9112 §6.3: both headers is a request-smuggling vector; refuse, never forward.
+        if parts.headers.contains_key(TRANSFER_ENCODING)
+            && parts.headers.contains_key(CONTENT_LENGTH)
+        {
+            return Err(ProxyError::BadFraming);
+        }
+        let path = path::normalize(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let route = self
+            .routes
+            .find(host.as_ref().and_then(|h| h.to_str().ok()), &path)
+            .ok_or(ProxyError::NoRoute)?;
+        let target = upstream_target(&parts.uri, path, route)?;
+
+        let body = match route.max_body {
+            Some(max) => limit_body(body, &parts.headers, max)?,
+            None => body,
+        };
 
         let principal = if route.public {
             None
         } else {
-            let token = extract_token(request.headers(), &self.auth.settings().cookie_name)
+            let token = extract_token(&parts.headers, &self.auth.settings().cookie_name)
                 .ok_or(ProxyError::MissingToken)?;
             Some(self.auth.authenticate(token).await.map_err(|e| match e {
                 AuthError::Internal(_) | AuthError::Store(_) => {
@@ -102,40 +177,307 @@ impl Proxy {
                 _ => ProxyError::InvalidToken,
             })?)
         };
+        outcome.user = principal.as_ref().map(|p| p.user_id);
 
-        let instance = route.cluster.pick().ok_or(ProxyError::NoInstance)?;
-        let client = request
-            .extensions()
+        let client = parts
+            .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0)
             .ok_or(ProxyError::Internal)?;
-        forward::prepare_request(
-            &mut request,
-            instance,
-            path_and_query,
-            client,
-            self.downstream_proto,
-            principal.as_deref(),
-        )?;
-        let mut response = forward::send(&route.cluster, request).await?;
-        forward::strip_hop_by_hop(response.headers_mut());
-        Ok(response.map(Body::new))
+        let upgrade = forward::requested_upgrade(&parts.headers)
+            .filter(|_| parts.version == http::Version::HTTP_11);
+        // hyper leaves the connection's upgrade handle in the extensions of HTTP/1.1 requests.
+        let downstream_upgrade = upgrade
+            .is_some()
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        forward::prepare_headers(
+            &mut parts.headers,
+            Downstream {
+                client,
+                proto: self.downstream_proto,
+                host,
+                principal: principal.as_deref(),
+                upgrade: upgrade.clone(),
+            },
+        );
+        let deadline = route.timeout.unwrap_or(route.cluster.response_timeout);
+        let cluster = route.cluster.clone();
+        if let Some(on_upgrade) = downstream_upgrade {
+            return self
+                .forward_upgrade(cluster, parts, target, deadline, on_upgrade, outcome)
+                .await;
+        }
+        self.send_with_retries(cluster, parts, body, target, deadline, outcome)
+            .await
+    }
+
+    /// Sends the request to an instance, and on a safe failure to another one, within the
+    /// retry count and the cluster's retry budget.
+    async fn send_with_retries(
+        &self,
+        cluster: Arc<Cluster>,
+        parts: http::request::Parts,
+        body: Body,
+        target: PathAndQuery,
+        deadline: Duration,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let now_secs = coarse_secs();
+        cluster.budget.record_request(now_secs);
+        cluster.counters.requests.fetch_add(1, relaxed());
+        // Only an empty body can be sent again: streamed bodies are not kept.
+        let replayable = body.is_end_stream() && cluster.retries > 0;
+        let mut body = Some(body);
+        let mut exclude = None;
+        let mut attempt = 0;
+        let mut last_error = None;
+        loop {
+            let Some(index) = cluster.pick(exclude) else {
+                // A retry with nowhere left to go reports why the last attempt failed.
+                if let Some(error) = last_error {
+                    return Err(error);
+                }
+                cluster.counters.no_healthy_instance.fetch_add(1, relaxed());
+                return Err(ProxyError::NoInstance);
+            };
+            outcome.instance = Some((cluster.clone(), index));
+            let instance = &cluster.instances[index];
+            let uri = Uri::builder()
+                .scheme(instance.scheme.clone())
+                .authority(instance.authority.clone())
+                .path_and_query(target.clone())
+                .build()
+                .map_err(|_| ProxyError::Internal)?;
+            let attempt_body = if replayable {
+                Body::empty()
+            } else {
+                body.take().ok_or(ProxyError::Internal)?
+            };
+            let mut request = Request::new(attempt_body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = parts.headers.clone();
+
+            let in_flight = InFlight::start(cluster.clone(), index);
+            let failure = match tokio::time::timeout(deadline, cluster.client.request(request))
+                .await
+            {
+                Ok(Ok(response)) => {
+                    cluster.succeeded(index);
+                    let (mut head, incoming) = response.into_parts();
+                    forward::strip_hop_by_hop(&mut head.headers);
+                    let body = Body::new(TrackedBody::new(incoming, in_flight));
+                    return Ok(Response::from_parts(head, body));
+                }
+                Ok(Err(e)) => {
+                    if is_body_too_large(&e) {
+                        return Err(ProxyError::PayloadTooLarge);
+                    }
+                    cluster.counters.upstream_errors.fetch_add(1, relaxed());
+                    let failure = if e.is_connect() {
+                        Failure::Connect
+                    } else {
+                        Failure::Broken
+                    };
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e, ?failure, "upstream attempt failed");
+                    if failure == Failure::Connect {
+                        cluster.eject(index);
+                    }
+                    if is_timeout(&e) {
+                        // A connect timeout: it never left, but the answer is a 504.
+                        Err(Failure::Connect)
+                    } else {
+                        Ok(failure)
+                    }
+                }
+                Err(_) => {
+                    cluster.counters.timeouts.fetch_add(1, relaxed());
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, "upstream response timed out");
+                    cluster.eject(index);
+                    Err(Failure::Timeout)
+                }
+            };
+            drop(in_flight);
+            let (kind, timed_out) = match failure {
+                Ok(kind) => (kind, false),
+                Err(kind) => (kind, true),
+            };
+            let error = if timed_out {
+                ProxyError::UpstreamTimeout
+            } else {
+                ProxyError::UpstreamUnavailable
+            };
+            let retry = attempt < cluster.retries
+                && retry::may_retry(&parts.method, replayable, kind)
+                && cluster.budget.try_retry(coarse_secs());
+            if !retry {
+                return Err(error);
+            }
+            last_error = Some(error);
+            cluster.counters.retries.fetch_add(1, relaxed());
+            attempt += 1;
+            exclude = Some(index);
+        }
+    }
+
+    /// An HTTP/1.1 protocol switch (WebSocket and the like), after authentication: the
+    /// upstream's `101` is relayed, then bytes are copied both ways until either side closes.
+    async fn forward_upgrade(
+        &self,
+        cluster: Arc<Cluster>,
+        parts: http::request::Parts,
+        target: PathAndQuery,
+        deadline: Duration,
+        downstream: hyper::upgrade::OnUpgrade,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        if cluster_protocol_is_h2(&cluster) {
+            return Err(ProxyError::UpstreamUnavailable);
+        }
+        let index = cluster.pick(None).ok_or(ProxyError::NoInstance)?;
+        outcome.instance = Some((cluster.clone(), index));
+        let instance = &cluster.instances[index];
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = Uri::builder()
+            .scheme(instance.scheme.clone())
+            .authority(instance.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| ProxyError::Internal)?;
+        *request.headers_mut() = parts.headers;
+        let response = match tokio::time::timeout(deadline, cluster.client.request(request)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %cluster.name, error = %e, "upgrade request failed");
+                if e.is_connect() {
+                    cluster.eject(index);
+                }
+                return Err(ProxyError::UpstreamUnavailable);
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut head, incoming) = response.into_parts();
+            forward::strip_hop_by_hop(&mut head.headers);
+            return Ok(Response::from_parts(head, Body::new(incoming)));
+        }
+        let (head, incoming) = response.into_parts();
+        let upstream = hyper::upgrade::on(Response::from_parts(head.clone(), incoming));
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let mut down = hyper_util::rt::TokioIo::new(down);
+                    let mut up = hyper_util::rt::TokioIo::new(up);
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+            }
+        });
+        // The 101 keeps its Connection/Upgrade headers: they are the switch itself.
+        Ok(Response::from_parts(head, Body::empty()))
     }
 }
 
-/// The path and query the upstream receives: the normalized path, the query untouched.
-/// Reuses the original (no allocation) when normalization changed nothing.
-fn upstream_target(uri: &http::Uri, normalized: Cow<'_, str>) -> Result<PathAndQuery, ProxyError> {
-    match (&normalized, uri.path_and_query()) {
-        (Cow::Borrowed(_), Some(pq)) => Ok(pq.clone()),
-        _ => {
-            let target = match uri.query() {
-                Some(q) => format!("{normalized}?{q}"),
-                None => normalized.to_string(),
-            };
-            PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
-        }
+fn cluster_protocol_is_h2(cluster: &Cluster) -> bool {
+    cluster.protocol == UpstreamProtocol::Http2
+}
+
+fn relaxed() -> std::sync::atomic::Ordering {
+    std::sync::atomic::Ordering::Relaxed
+}
+
+/// Seconds for the retry budget's windows; monotonic, so wall-clock jumps do not matter.
+fn coarse_secs() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs()
+}
+
+/// Refuses a declared length over the limit at once; caps a streamed body while it flows
+/// (the overflow surfaces as an error of the upstream request, mapped to 413).
+fn limit_body(body: Body, headers: &http::HeaderMap, max: u64) -> Result<Body, ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(ProxyError::PayloadTooLarge);
     }
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    Ok(Body::new(Limited::new(body, max).map_err(axum::Error::new)))
+}
+
+fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A connect timeout surfaces as an error whose source chain holds `TimedOut`.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The path and query the upstream receives: the normalized path (minus the prefix when the
+/// route strips it), the query untouched. Reuses the original (no allocation) when nothing
+/// changed.
+fn upstream_target(
+    uri: &Uri,
+    normalized: Cow<'_, str>,
+    route: &Route,
+) -> Result<PathAndQuery, ProxyError> {
+    let path = route.upstream_path(&normalized);
+    if let (Cow::Borrowed(_), false, Some(pq)) =
+        (&normalized, route.strip_prefix, uri.path_and_query())
+    {
+        return Ok(pq.clone());
+    }
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
+}
+
+fn log_access(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    outcome: &Outcome,
+    latency: Duration,
+) {
+    let instance = outcome
+        .instance
+        .as_ref()
+        .map(|(cluster, i)| cluster.instances[*i].authority.as_str());
+    let upstream = outcome.instance.as_ref().map(|(c, _)| c.name.as_str());
+    tracing::info!(
+        target: "meiro_gate::access",
+        method = %method,
+        path,
+        status = status.as_u16(),
+        upstream,
+        instance,
+        latency_us = latency.as_micros() as u64,
+        user = outcome.user.map(tracing::field::display),
+    );
 }
 
 /// The data plane as a tower `Service`, for axum's `fallback_service`.

@@ -1,33 +1,87 @@
 //! The route table: longest path prefix wins, matched on segment boundaries of the
-//! normalized path (`/api` matches `/api` and `/api/x`, never `/apix`).
+//! normalized path (`/api` matches `/api` and `/api/x`, never `/apix`); for the same prefix a
+//! route for the request's host wins over one for any host.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::upstream::Cluster;
+use crate::config::RouteConfig;
 
 pub struct Route {
     pub prefix: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
     pub public: bool,
+    pub strip_prefix: bool,
+    pub max_body: Option<u64>,
+    pub timeout: Option<Duration>,
     pub cluster: Arc<Cluster>,
 }
 
+impl Route {
+    pub fn new(config: &RouteConfig, cluster: Arc<Cluster>) -> Route {
+        Route {
+            prefix: config.prefix.trim_end_matches('/').to_owned(),
+            host: config.host.clone(),
+            public: config.public,
+            strip_prefix: config.strip_prefix,
+            max_body: config.max_body.map(|b| b.as_u64()),
+            timeout: config.timeout,
+            cluster,
+        }
+    }
+
+    /// The path the upstream receives: with the prefix removed when `strip_prefix` is set.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> &'p str {
+        if !self.strip_prefix {
+            return path;
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        }
+    }
+}
+
 pub struct RouteTable {
-    // Longest prefix first, so the first match is the most specific.
+    // Most specific first: longer prefix, then host-bound before any-host.
     routes: Vec<Route>,
 }
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> RouteTable {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        routes.sort_by_key(|r| (std::cmp::Reverse(r.prefix.len()), r.host.is_none()));
         RouteTable { routes }
     }
 
-    pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    /// `host` is the request's host (any case, port allowed).
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        let host = host.map(strip_port);
+        self.routes.iter().find(|r| {
+            prefix_matches(&r.prefix, path)
+                && r.host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+        })
     }
 }
 
-/// Pure rule: does `prefix` cover `path` on a segment boundary?
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !name.ends_with(':') =>
+        {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// Pure rule: does `prefix` (without a trailing slash) cover `path` on a segment boundary?
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     match path.strip_prefix(prefix) {
@@ -49,5 +103,13 @@ mod tests {
         assert!(prefix_matches("/api/", "/api/x"));
         assert!(!prefix_matches("/api", "/apix"));
         assert!(!prefix_matches("/api", "/"));
+    }
+
+    #[test]
+    fn ports_are_ignored_in_host_matching() {
+        assert_eq!(strip_port("api.example.com:8443"), "api.example.com");
+        assert_eq!(strip_port("api.example.com"), "api.example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
     }
 }

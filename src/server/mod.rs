@@ -1,5 +1,8 @@
-//! Listeners: accept loops serving HTTP/1.1 and HTTP/2 (hyper-util auto), a connection limit,
-//! the slowloris guard, and graceful drain on shutdown.
+//! Listeners: accept loops serving HTTP/1.1 and HTTP/2 (hyper-util auto; over TLS with ALPN,
+//! h2c with prior knowledge in the clear), a connection limit, the slowloris guard, and
+//! graceful drain on shutdown.
+
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,13 +10,51 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use futures_util::future::Either;
+use http::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+/// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
+/// `max_header_bytes` under it is checked on each parsed head instead.
+const HYPER_MIN_BUF_SIZE: usize = 8192;
+
+/// The size of an HTTP/1.1 request head as sent (request line, header lines, blank line);
+/// 0 for HTTP/2, whose header list hyper bounds with `max_header_list_size`.
+fn http1_head_size<B>(request: &hyper::Request<B>) -> usize {
+    if request.version() > http::Version::HTTP_11 {
+        return 0;
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+fn head_too_large() -> Response<axum::body::Body> {
+    let mut response = Response::new(axum::body::Body::from(
+        r#"{"message":"Request header fields too large"}"#,
+    ));
+    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
 
 /// Per-listener connection settings (from `[limits]`).
 #[derive(Debug, Clone)]
@@ -23,12 +64,14 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
 }
 
-/// Serves `router` on `listener` until `shutdown` turns true, then stops accepting and waits
-/// up to `drain` for in-flight requests. Returns whether every connection drained in time.
+/// Serves `router` on `listener` (through `tls` when given) until `shutdown` turns true,
+/// then stops accepting and waits up to `drain` for in-flight requests. Returns whether every
+/// connection drained in time.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> bool {
@@ -71,20 +114,52 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let head_limit = limits.max_header_bytes;
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
+                return Either::Left(std::future::ready(Ok(head_too_large())));
+            }
             let mut request = request.map(axum::body::Body::new);
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
-            router.clone().oneshot(request)
+            Either::Right(router.clone().oneshot(request))
         });
         let builder = builder.clone();
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let result =
+                match tls {
+                    None => {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        // The handshake counts against the header timeout: a client that opens a
+                        // socket and says nothing is a slowloris in TLS clothing.
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
             drop(permit);

@@ -88,8 +88,31 @@ pub struct User {
     pub sso_enabled: bool,
     /// Invited but has not set a password yet.
     pub invitation_pending: bool,
+    /// The current invitation of a pending user (`None` once accepted, or never invited).
+    pub invitation: Option<Invitation>,
     pub created: UnixTime,
     pub last_login: Option<UnixTime>,
+}
+
+/// What an invitation link is derived from: the link's token is an HMAC over the user, the
+/// email and this record, so the same link can be shown again without storing the token, and
+/// a new nonce (re-invite) makes every earlier link stop working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// Random, base64url; not a secret by itself (the HMAC key is).
+    pub nonce: String,
+    pub expires_at: UnixTime,
+}
+
+/// A password-reset request. Only the SHA-256 digest of the token is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordReset {
+    /// Lower-case hex SHA-256 of the token.
+    pub digest: String,
+    pub user_id: UserId,
+    pub created: UnixTime,
+    pub expires_at: UnixTime,
+    pub used_at: Option<UnixTime>,
 }
 
 impl User {
@@ -111,6 +134,10 @@ impl fmt::Debug for User {
             .field("deleted", &self.deleted)
             .field("sso_enabled", &self.sso_enabled)
             .field("invitation_pending", &self.invitation_pending)
+            .field(
+                "invitation_expires_at",
+                &self.invitation.as_ref().map(|i| i.expires_at),
+            )
             .finish()
     }
 }
@@ -121,6 +148,8 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     pub role: Role,
     pub invitation_pending: bool,
+    /// Set for an invited user (then `invitation_pending` is true too).
+    pub invitation: Option<Invitation>,
     pub created: UnixTime,
 }
 
@@ -189,6 +218,9 @@ pub trait Store: Send + Sync + 'static {
     /// All users, oldest first.
     async fn list_users(&self) -> StoreResult<Vec<User>>;
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()>;
+    /// Marks a user as having logged in through single sign-on (Okta). Idempotent; a no-op
+    /// for an unknown id.
+    async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()>;
     /// Sets `disabled`; disabling also revokes every open session of the user in the same
     /// transaction. Returns the updated user, `None` if unknown.
     async fn set_user_disabled(
@@ -220,6 +252,38 @@ pub trait Store: Send + Sync + 'static {
     async fn revocation_cursor(&self) -> StoreResult<i64>;
     /// Deletes feed entries older than `before`, and sessions that ended before it.
     async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
+
+    /// Gives a still-pending user a new invitation (and `role`), which makes every earlier
+    /// link stop working. Returns the updated user; `None` if the user is not pending.
+    async fn renew_invitation(
+        &self,
+        user: UserId,
+        invitation: &Invitation,
+        role: Role,
+    ) -> StoreResult<Option<User>>;
+    /// Spends an invitation, atomically: only while the user is still pending with exactly
+    /// this nonce and the invitation has not expired at `at`. Sets the password, clears the
+    /// invitation and pending flag. Returns whether it did.
+    async fn accept_invitation(
+        &self,
+        user: UserId,
+        nonce: &str,
+        password_hash: &str,
+        at: UnixTime,
+    ) -> StoreResult<bool>;
+    /// Records a reset; every earlier unused reset of the same user stops working.
+    async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()>;
+    async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>>;
+    /// Spends a reset, atomically: only if it is unused, unexpired at `at` and belongs to
+    /// `user`. Sets the password and revokes every open session of the user (appending them
+    /// to the revocation feed). Returns the revoked sessions; `None` if it was not spendable.
+    async fn complete_password_reset(
+        &self,
+        digest: &str,
+        user: UserId,
+        password_hash: &str,
+        at: UnixTime,
+    ) -> StoreResult<Option<Vec<SessionId>>>;
 }
 
 /// Opens the store named by `url` (creating and migrating it as needed).

@@ -14,12 +14,14 @@ use sqlx::{Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::{
-    NewUser, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
-    UnixTime, User, UserId,
+    Invitation, NewUser, PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store,
+    StoreError, StoreResult, UnixTime, User, UserId,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
 const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
+const INVITATIONS_AND_RESETS_SQL: &str =
+    include_str!("../../migrations/sqlite/0002_invitations_and_resets.sql");
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +38,13 @@ const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 macro_rules! user_columns {
     () => {
         "id, email, password_hash, role, disabled, deleted, sso_enabled, invitation_pending, \
-         created, last_login"
+         invitation_nonce, invitation_expires_at, created, last_login"
+    };
+}
+
+macro_rules! password_reset_columns {
+    () => {
+        "digest, user_id, created, expires_at, used_at"
     };
 }
 
@@ -114,14 +122,27 @@ fn is_memory_url(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
+/// Every schema migration, in order. Applied ones must never change: sqlx checksums them.
+fn migrations() -> Vec<Migration> {
+    [
+        (1, "init", INIT_SQL),
+        (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
+    ]
+    .into_iter()
+    .map(|(version, description, sql)| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    })
+    .collect()
+}
+
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        INIT_SQL.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(migrations())
 }
 
 fn uuid_text(id: Uuid) -> String {
@@ -136,6 +157,19 @@ fn uuid_column(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
 
 fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
     let role: String = row.try_get("role")?;
+    let nonce: Option<String> = row.try_get("invitation_nonce")?;
+    let expires_at: Option<UnixTime> = row.try_get("invitation_expires_at")?;
+    let invitation = match (nonce, expires_at) {
+        (Some(nonce), Some(expires_at)) => Some(Invitation { nonce, expires_at }),
+        (None, None) => None,
+        (nonce, expires_at) => {
+            return Err(StoreError::Corrupt(format!(
+                "invitation_nonce (set: {}) and invitation_expires_at ({expires_at:?}) \
+                 must be set together",
+                nonce.is_some()
+            )));
+        }
+    };
     Ok(User {
         id: UserId(uuid_column(row, "id")?),
         email: row.try_get("email")?,
@@ -146,8 +180,19 @@ fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
         deleted: row.try_get("deleted")?,
         sso_enabled: row.try_get("sso_enabled")?,
         invitation_pending: row.try_get("invitation_pending")?,
+        invitation,
         created: row.try_get("created")?,
         last_login: row.try_get("last_login")?,
+    })
+}
+
+fn password_reset_from_row(row: &SqliteRow) -> StoreResult<PasswordReset> {
+    Ok(PasswordReset {
+        digest: row.try_get("digest")?,
+        user_id: UserId(uuid_column(row, "user_id")?),
+        created: row.try_get("created")?,
+        expires_at: row.try_get("expires_at")?,
+        used_at: row.try_get("used_at")?,
     })
 }
 
@@ -226,13 +271,14 @@ impl Store for SqliteStore {
             deleted: false,
             sso_enabled: false,
             invitation_pending: user.invitation_pending,
+            invitation: user.invitation,
             created: user.created,
             last_login: None,
         };
         let inserted = sqlx::query(concat!(
             "INSERT INTO users (",
             user_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(uuid_text(user.id.0))
         .bind(&user.email)
@@ -242,6 +288,8 @@ impl Store for SqliteStore {
         .bind(user.deleted)
         .bind(user.sso_enabled)
         .bind(user.invitation_pending)
+        .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
+        .bind(user.invitation.as_ref().map(|i| i.expires_at))
         .bind(user.created)
         .bind(user.last_login)
         .execute(&self.pool)
@@ -303,6 +351,14 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE users SET last_login = ? WHERE id = ?")
             .bind(at)
             .bind(uuid_text(id.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET sso_enabled = 1 WHERE id = ?")
+            .bind(uuid_text(user.0))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -473,8 +529,131 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(revocations + sessions)
+        Ok(revocations + sessions + resets)
+    }
+
+    async fn renew_invitation(
+        &self,
+        user: UserId,
+        invitation: &Invitation,
+        role: Role,
+    ) -> StoreResult<Option<User>> {
+        sqlx::query(concat!(
+            "UPDATE users SET invitation_nonce = ?, invitation_expires_at = ?, role = ? \
+             WHERE id = ? AND invitation_pending = 1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(&invitation.nonce)
+        .bind(invitation.expires_at)
+        .bind(role.as_str())
+        .bind(uuid_text(user.0))
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    async fn accept_invitation(
+        &self,
+        user: UserId,
+        nonce: &str,
+        password_hash: &str,
+        at: UnixTime,
+    ) -> StoreResult<bool> {
+        // Check and spend are one statement, so of concurrent accepts of one link exactly one
+        // wins (like `rotate_session_token`).
+        let accepted = sqlx::query(
+            "UPDATE users SET password_hash = ?, invitation_pending = 0, \
+             invitation_nonce = NULL, invitation_expires_at = NULL \
+             WHERE id = ? AND invitation_pending = 1 AND invitation_nonce = ? \
+             AND invitation_expires_at > ?",
+        )
+        .bind(password_hash)
+        .bind(uuid_text(user.0))
+        .bind(nonce)
+        .bind(at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(accepted > 0)
+    }
+
+    async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Superseded: an earlier link stops working once a newer one is sent.
+        sqlx::query("UPDATE password_resets SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
+            .bind(reset.created)
+            .bind(uuid_text(reset.user_id.0))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(concat!(
+            "INSERT INTO password_resets (",
+            password_reset_columns!(),
+            ") VALUES (?, ?, ?, ?, ?)"
+        ))
+        .bind(&reset.digest)
+        .bind(uuid_text(reset.user_id.0))
+        .bind(reset.created)
+        .bind(reset.expires_at)
+        .bind(reset.used_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            password_reset_columns!(),
+            " FROM password_resets WHERE digest = ?"
+        ))
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(password_reset_from_row)
+        .transpose()
+    }
+
+    async fn complete_password_reset(
+        &self,
+        digest: &str,
+        user: UserId,
+        password_hash: &str,
+        at: UnixTime,
+    ) -> StoreResult<Option<Vec<SessionId>>> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let spent = sqlx::query(
+            "UPDATE password_resets SET used_at = ? \
+             WHERE digest = ? AND user_id = ? AND used_at IS NULL AND expires_at > ?",
+        )
+        .bind(at)
+        .bind(digest)
+        .bind(uuid_text(user.0))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if spent == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(uuid_text(user.0))
+            .execute(&mut *tx)
+            .await?;
+        let revoked = revoke_open_sessions(&mut tx, user, at).await?;
+        tx.commit().await?;
+        Ok(Some(revoked))
     }
 }
 
@@ -504,6 +683,7 @@ mod tests {
             password_hash: None,
             role: Role::User,
             invitation_pending: false,
+            invitation: None,
             created: 1_700_000_000,
         }
     }
@@ -569,7 +749,95 @@ mod tests {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(applied, 1, "migration recorded once");
+        assert_eq!(
+            applied,
+            migrations().len() as i64,
+            "each migration recorded once"
+        );
+    }
+
+    #[tokio::test]
+    async fn database_from_first_migration_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = file_url(&dir.path().join("gate.db"));
+
+        // A database as the previous release left it: only migration 1 applied.
+        let (options, _) = connect_options(&url).unwrap();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        Migrator::with_migrations(migrations().into_iter().take(1).collect())
+            .run(&pool)
+            .await
+            .unwrap();
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, role, invitation_pending, created) \
+             VALUES (?, 'old@example.test', 'hash', 'admin', 1, 42)",
+        )
+        .bind(uuid_text(id))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let user = store
+            .user_by_email("old@example.test")
+            .await
+            .unwrap()
+            .expect("user survives the upgrade");
+        assert_eq!(user.id, UserId(id));
+        assert_eq!(user.password_hash.as_deref(), Some("hash"));
+        assert_eq!(user.role, Role::Admin);
+        assert!(user.invitation_pending);
+        assert_eq!(user.invitation, None, "no invitation before migration 2");
+        assert_eq!(user.created, 42);
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(applied, 2, "migration 2 applied on top of 1");
+
+        // The upgraded database takes the new data too.
+        let invitation = Invitation {
+            nonce: "n0nce".into(),
+            expires_at: 100,
+        };
+        let renewed = store
+            .renew_invitation(user.id, &invitation, Role::User)
+            .await
+            .unwrap()
+            .expect("pending user");
+        assert_eq!(renewed.invitation, Some(invitation));
+    }
+
+    #[tokio::test]
+    async fn half_an_invitation_is_corrupt() {
+        let (_dir, store) = temp_store().await;
+        for (email, nonce, expires_at) in [
+            ("nonce-only@example.test", Some("n"), None),
+            ("expiry-only@example.test", None, Some(5_i64)),
+        ] {
+            sqlx::query(
+                "INSERT INTO users (id, email, role, created, invitation_pending, \
+                 invitation_nonce, invitation_expires_at) VALUES (?, ?, 'user', 0, 1, ?, ?)",
+            )
+            .bind(uuid_text(Uuid::new_v4()))
+            .bind(email)
+            .bind(nonce)
+            .bind(expires_at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            let err = store.user_by_email(email).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Corrupt(_)),
+                "{email}: got {err:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-use super::{NewUser, Role, Rotation, Session, SessionId, Store, StoreError, UnixTime, UserId};
+use super::{
+    Invitation, NewUser, PasswordReset, Role, Rotation, Session, SessionId, Store, StoreError,
+    UnixTime, User, UserId,
+};
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
 const T0: UnixTime = 1_700_000_000;
@@ -23,6 +26,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     duplicate_email_is_case_insensitive(s).await;
     list_users_oldest_first(s).await;
     record_login(s).await;
+    set_sso_enabled(s).await;
     session_round_trip(s).await;
     disable_revokes_sessions(s).await;
     rotate_compare_and_swap(s).await;
@@ -30,6 +34,12 @@ pub async fn run_all(store: Arc<dyn Store>) {
     revoke_session_is_idempotent(s).await;
     revoke_user_sessions(s).await;
     revocation_feed_cursor(s).await;
+    invitation_round_trip(s).await;
+    accept_invitation(s).await;
+    concurrent_accepts_have_one_winner(store.clone()).await;
+    password_reset_round_trip(s).await;
+    new_reset_supersedes_older_ones(s).await;
+    complete_password_reset(s).await;
     prune(s).await;
 }
 
@@ -44,6 +54,7 @@ fn new_user(email: &str, created: UnixTime) -> NewUser {
         password_hash: None,
         role: Role::User,
         invitation_pending: false,
+        invitation: None,
         created,
     }
 }
@@ -96,6 +107,65 @@ async fn feed_ids_since(store: &dyn Store, after: i64) -> Vec<SessionId> {
         .collect()
 }
 
+async fn fetch_user(store: &dyn Store, id: UserId) -> User {
+    store
+        .user_by_id(id)
+        .await
+        .expect("user_by_id")
+        .unwrap_or_else(|| panic!("user {id} should exist"))
+}
+
+/// A fresh invitation: nonces are random, like the real ones.
+fn invitation(expires_at: UnixTime) -> Invitation {
+    Invitation {
+        nonce: Uuid::new_v4().simple().to_string(),
+        expires_at,
+    }
+}
+
+async fn invited_user(store: &dyn Store, tag: &str, invitation: &Invitation) -> User {
+    store
+        .create_user(NewUser {
+            email: unique_email(tag),
+            password_hash: None,
+            role: Role::User,
+            invitation_pending: true,
+            invitation: Some(invitation.clone()),
+            created: T0,
+        })
+        .await
+        .expect("create_user")
+}
+
+async fn user_with_password(store: &dyn Store, tag: &str, password_hash: &str) -> User {
+    store
+        .create_user(NewUser {
+            password_hash: Some(password_hash.to_owned()),
+            ..new_user(&unique_email(tag), T0)
+        })
+        .await
+        .expect("create_user")
+}
+
+/// A reset with a random digest shaped like the real ones (64 lower-case hex digits).
+fn new_reset(user: UserId, created: UnixTime, expires_at: UnixTime) -> PasswordReset {
+    PasswordReset {
+        digest: format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()),
+        user_id: user,
+        created,
+        expires_at,
+        used_at: None,
+    }
+}
+
+async fn fetch_reset(store: &dyn Store, digest: &str) -> PasswordReset {
+    store
+        .password_reset(digest)
+        .await
+        .expect("password_reset")
+        .unwrap_or_else(|| panic!("reset {digest} should exist"))
+}
+
 fn set<T: Ord + Copy>(items: &[T]) -> BTreeSet<T> {
     items.iter().copied().collect()
 }
@@ -113,6 +183,7 @@ pub async fn create_and_fetch_user(store: &dyn Store) {
             password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
             role: Role::Admin,
             invitation_pending: true,
+            invitation: None,
             created: T0 + 5,
         })
         .await
@@ -127,6 +198,7 @@ pub async fn create_and_fetch_user(store: &dyn Store) {
         "flags default to false: {created:?}"
     );
     assert_eq!(created.last_login, None);
+    assert_eq!(created.invitation, None, "no invitation given, none stored");
     assert_eq!(
         store.count_users().await.expect("count_users"),
         before + 1,
@@ -240,6 +312,29 @@ pub async fn record_login(store: &dyn Store) {
         .expect("user_by_id")
         .expect("user");
     assert_eq!(u.last_login, Some(T0 + 200), "later login overwrites");
+}
+
+pub async fn set_sso_enabled(store: &dyn Store) {
+    let id = user(store, "sso").await;
+    let other = user(store, "sso-other").await;
+    assert!(
+        !fetch_user(store, id).await.sso_enabled,
+        "off for a new user"
+    );
+    store.set_sso_enabled(id).await.expect("set_sso_enabled");
+    let u = fetch_user(store, id).await;
+    assert!(u.sso_enabled);
+    assert!(u.is_active(), "nothing else changes");
+    assert!(
+        !fetch_user(store, other).await.sso_enabled,
+        "only that user"
+    );
+    store.set_sso_enabled(id).await.expect("idempotent");
+    assert!(fetch_user(store, id).await.sso_enabled);
+    store
+        .set_sso_enabled(UserId::new_random())
+        .await
+        .expect("unknown user is a no-op");
 }
 
 pub async fn session_round_trip(store: &dyn Store) {
@@ -602,6 +697,464 @@ pub async fn revocation_feed_cursor(store: &dyn Store) {
     );
 }
 
+pub async fn invitation_round_trip(store: &dyn Store) {
+    let first = invitation(T0 + HOUR);
+    let invited = invited_user(store, "invite", &first).await;
+    assert_eq!(invited.invitation, Some(first.clone()), "invitation kept");
+    assert!(invited.invitation_pending);
+    assert!(!invited.is_active(), "a pending user is not active");
+    assert_eq!(invited.password_hash, None);
+    assert_eq!(
+        fetch_user(store, invited.id).await,
+        invited,
+        "fetch by id shows the invitation"
+    );
+    assert_eq!(
+        store
+            .user_by_email(&invited.email)
+            .await
+            .expect("user_by_email")
+            .as_ref(),
+        Some(&invited),
+        "fetch by email shows the invitation"
+    );
+    assert!(
+        store
+            .list_users()
+            .await
+            .expect("list_users")
+            .contains(&invited),
+        "list_users shows the invitation"
+    );
+
+    let second = invitation(T0 + 2 * HOUR);
+    let renewed = store
+        .renew_invitation(invited.id, &second, Role::Admin)
+        .await
+        .expect("renew_invitation")
+        .expect("a pending user can be re-invited");
+    assert_eq!(
+        renewed,
+        User {
+            role: Role::Admin,
+            invitation: Some(second),
+            ..invited.clone()
+        },
+        "renewal changes nonce, expiry and role, and nothing else"
+    );
+    assert_eq!(
+        fetch_user(store, invited.id).await,
+        renewed,
+        "renewal stored"
+    );
+
+    let active = user_with_password(store, "not-invited", "$argon2id$active").await;
+    assert_eq!(
+        store
+            .renew_invitation(active.id, &invitation(T0 + HOUR), Role::Admin)
+            .await
+            .expect("renew_invitation"),
+        None,
+        "a user who is not pending cannot be re-invited"
+    );
+    assert_eq!(
+        fetch_user(store, active.id).await,
+        active,
+        "a refused renewal changes nothing"
+    );
+    assert_eq!(
+        store
+            .renew_invitation(UserId::new_random(), &invitation(T0 + HOUR), Role::User)
+            .await
+            .expect("renew_invitation"),
+        None,
+        "unknown user"
+    );
+}
+
+pub async fn accept_invitation(store: &dyn Store) {
+    const HASH: &str = "$argon2id$accepted";
+    let inv = invitation(T0 + HOUR);
+    let invited = invited_user(store, "accept", &inv).await;
+    let other = invited_user(store, "accept-other", &invitation(T0 + HOUR)).await;
+
+    let refused = [
+        (invited.id, "wrong-nonce".to_owned(), T0 + 10, "wrong nonce"),
+        (
+            invited.id,
+            other.invitation.clone().expect("invited").nonce,
+            T0 + 10,
+            "another user's nonce",
+        ),
+        (
+            invited.id,
+            inv.nonce.clone(),
+            inv.expires_at,
+            "expired exactly at expires_at",
+        ),
+        (invited.id, inv.nonce.clone(), inv.expires_at + 1, "expired"),
+        (
+            other.id,
+            inv.nonce.clone(),
+            T0 + 10,
+            "nonce of another user's invitation",
+        ),
+        (
+            UserId::new_random(),
+            inv.nonce.clone(),
+            T0 + 10,
+            "unknown user",
+        ),
+    ];
+    for (user, nonce, at, why) in refused {
+        assert!(
+            !store
+                .accept_invitation(user, &nonce, HASH, at)
+                .await
+                .expect("accept_invitation"),
+            "{why}: refused"
+        );
+    }
+    assert_eq!(
+        fetch_user(store, invited.id).await,
+        invited,
+        "refused accepts change nothing"
+    );
+    assert_eq!(fetch_user(store, other.id).await, other);
+
+    assert!(
+        store
+            .accept_invitation(invited.id, &inv.nonce, HASH, inv.expires_at - 1)
+            .await
+            .expect("accept_invitation"),
+        "the right nonce before expiry is accepted"
+    );
+    let accepted = fetch_user(store, invited.id).await;
+    assert_eq!(
+        accepted,
+        User {
+            password_hash: Some(HASH.to_owned()),
+            invitation_pending: false,
+            invitation: None,
+            ..invited.clone()
+        },
+        "accepting sets the password and clears the invitation"
+    );
+    assert!(accepted.is_active(), "an accepted user is active");
+
+    assert!(
+        !store
+            .accept_invitation(invited.id, &inv.nonce, "$argon2id$again", T0 + 20)
+            .await
+            .expect("accept_invitation"),
+        "an invitation is spent once"
+    );
+    assert_eq!(
+        fetch_user(store, invited.id).await,
+        accepted,
+        "a second accept changes nothing"
+    );
+    assert_eq!(
+        store
+            .renew_invitation(invited.id, &invitation(T0 + HOUR), Role::User)
+            .await
+            .expect("renew_invitation"),
+        None,
+        "an accepted user cannot be re-invited"
+    );
+
+    // Renewal makes the earlier link stop working.
+    let old = other.invitation.clone().expect("invited");
+    let new = invitation(T0 + HOUR);
+    store
+        .renew_invitation(other.id, &new, Role::User)
+        .await
+        .expect("renew_invitation")
+        .expect("pending user");
+    assert!(
+        !store
+            .accept_invitation(other.id, &old.nonce, HASH, T0 + 10)
+            .await
+            .expect("accept_invitation"),
+        "a renewed invitation's old nonce is refused"
+    );
+    assert!(
+        store
+            .accept_invitation(other.id, &new.nonce, HASH, T0 + 10)
+            .await
+            .expect("accept_invitation"),
+        "the renewed nonce is accepted"
+    );
+}
+
+/// Like [`concurrent_rotations_have_one_winner`]: meaningful on a file store.
+pub async fn concurrent_accepts_have_one_winner(store: Arc<dyn Store>) {
+    const RACERS: usize = 8;
+    let inv = invitation(T0 + HOUR);
+    let id = invited_user(store.as_ref(), "accept-race", &inv).await.id;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..RACERS {
+        let (store, barrier, nonce) = (store.clone(), barrier.clone(), inv.nonce.clone());
+        let hash = format!("$argon2id$racer-{i}");
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let won = store
+                .accept_invitation(id, &nonce, &hash, T0 + 10)
+                .await
+                .expect("accept_invitation");
+            (won, hash)
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let winners: Vec<&String> = outcomes
+        .iter()
+        .filter(|(won, _)| *won)
+        .map(|(_, hash)| hash)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent accept wins: {outcomes:?}"
+    );
+    let u = fetch_user(store.as_ref(), id).await;
+    assert_eq!(
+        u.password_hash.as_ref(),
+        Some(winners[0]),
+        "the winner's password is set"
+    );
+    assert!(u.is_active());
+}
+
+pub async fn password_reset_round_trip(store: &dyn Store) {
+    let owner = user(store, "reset").await;
+    let mut reset = new_reset(owner, T0, T0 + HOUR);
+    store
+        .create_password_reset(&reset)
+        .await
+        .expect("create_password_reset");
+    assert_eq!(fetch_reset(store, &reset.digest).await, reset);
+    assert_eq!(
+        store
+            .password_reset(&new_reset(owner, T0, T0).digest)
+            .await
+            .expect("password_reset"),
+        None,
+        "unknown digest"
+    );
+
+    // A reset created already used (not something callers do) keeps its used_at.
+    reset = new_reset(user(store, "reset-used").await, T0, T0 + HOUR);
+    reset.used_at = Some(T0 + 1);
+    store
+        .create_password_reset(&reset)
+        .await
+        .expect("create_password_reset");
+    assert_eq!(fetch_reset(store, &reset.digest).await, reset);
+}
+
+pub async fn new_reset_supersedes_older_ones(store: &dyn Store) {
+    let owner = user(store, "supersede").await;
+    let first = new_reset(owner, T0, T0 + HOUR);
+    store
+        .create_password_reset(&first)
+        .await
+        .expect("create_password_reset");
+    let bystander = new_reset(user(store, "supersede-bystander").await, T0, T0 + HOUR);
+    store
+        .create_password_reset(&bystander)
+        .await
+        .expect("create_password_reset");
+
+    let second = new_reset(owner, T0 + 10, T0 + 10 + HOUR);
+    store
+        .create_password_reset(&second)
+        .await
+        .expect("create_password_reset");
+    assert_eq!(
+        fetch_reset(store, &first.digest).await.used_at,
+        Some(T0 + 10),
+        "the newer reset marks the older one used at its creation"
+    );
+    assert_eq!(
+        fetch_reset(store, &second.digest).await,
+        second,
+        "the newer reset is unused"
+    );
+    assert_eq!(
+        fetch_reset(store, &bystander.digest).await,
+        bystander,
+        "other users' resets are untouched"
+    );
+    assert_eq!(
+        store
+            .complete_password_reset(&first.digest, owner, "$argon2id$superseded", T0 + 20)
+            .await
+            .expect("complete_password_reset"),
+        None,
+        "a superseded reset cannot be spent"
+    );
+
+    let third = new_reset(owner, T0 + 30, T0 + 30 + HOUR);
+    store
+        .create_password_reset(&third)
+        .await
+        .expect("create_password_reset");
+    assert_eq!(
+        fetch_reset(store, &first.digest).await.used_at,
+        Some(T0 + 10),
+        "an already used reset keeps its time"
+    );
+    assert_eq!(
+        fetch_reset(store, &second.digest).await.used_at,
+        Some(T0 + 30)
+    );
+    assert_eq!(fetch_user(store, owner).await.password_hash, None);
+
+    let orphan = new_reset(UserId::new_random(), T0, T0 + HOUR);
+    assert!(
+        store.create_password_reset(&orphan).await.is_err(),
+        "a reset must belong to an existing user"
+    );
+}
+
+pub async fn complete_password_reset(store: &dyn Store) {
+    const OLD: &str = "$argon2id$old";
+    const NEW: &str = "$argon2id$new";
+    let owner = user_with_password(store, "complete-reset", OLD).await;
+    let a = open_session(store, owner.id).await;
+    let b = open_session(store, owner.id).await;
+    let already = open_session(store, owner.id).await;
+    store
+        .revoke_session(already.id, T0 + 1)
+        .await
+        .expect("revoke_session");
+    let stranger = user_with_password(store, "complete-reset-stranger", OLD).await;
+    let bystander = open_session(store, stranger.id).await;
+    let reset = new_reset(owner.id, T0, T0 + HOUR);
+    store
+        .create_password_reset(&reset)
+        .await
+        .expect("create_password_reset");
+    let cursor = store.revocation_cursor().await.expect("revocation_cursor");
+
+    let refused = [
+        (reset.digest.clone(), stranger.id, T0 + 10, "another user"),
+        (
+            reset.digest.clone(),
+            owner.id,
+            reset.expires_at,
+            "expired exactly at expires_at",
+        ),
+        (
+            reset.digest.clone(),
+            owner.id,
+            reset.expires_at + 1,
+            "expired",
+        ),
+        (
+            new_reset(owner.id, T0, T0).digest,
+            owner.id,
+            T0 + 10,
+            "unknown digest",
+        ),
+    ];
+    for (digest, user, at, why) in refused {
+        assert_eq!(
+            store
+                .complete_password_reset(&digest, user, NEW, at)
+                .await
+                .expect("complete_password_reset"),
+            None,
+            "{why}: refused"
+        );
+    }
+    assert_eq!(
+        fetch_reset(store, &reset.digest).await,
+        reset,
+        "refused completions leave the reset unused"
+    );
+    assert_eq!(
+        fetch_user(store, owner.id).await,
+        owner,
+        "password unchanged"
+    );
+    assert_eq!(fetch_user(store, stranger.id).await, stranger);
+    for s in [&a, &b] {
+        assert_eq!(fetch_session(store, s.id).await.revoked_at, None);
+    }
+    assert!(
+        feed_ids_since(store, cursor).await.is_empty(),
+        "refused completions revoke nothing"
+    );
+
+    let revoked = store
+        .complete_password_reset(&reset.digest, owner.id, NEW, T0 + 20)
+        .await
+        .expect("complete_password_reset")
+        .expect("an unused, unexpired reset of the user is spendable");
+    assert_eq!(revoked.len(), 2, "only open sessions: {revoked:?}");
+    assert_eq!(set(&revoked), set(&[a.id, b.id]));
+    for s in [&a, &b] {
+        assert_eq!(fetch_session(store, s.id).await.revoked_at, Some(T0 + 20));
+    }
+    assert_eq!(
+        fetch_session(store, already.id).await.revoked_at,
+        Some(T0 + 1),
+        "an already revoked session keeps its revocation time"
+    );
+    assert_eq!(
+        fetch_session(store, bystander.id).await.revoked_at,
+        None,
+        "other users' sessions are untouched"
+    );
+    let fed = feed_ids_since(store, cursor).await;
+    assert_eq!(fed.len(), 2, "one feed entry per revoked session: {fed:?}");
+    assert_eq!(set(&fed), set(&revoked));
+    assert_eq!(
+        fetch_reset(store, &reset.digest).await.used_at,
+        Some(T0 + 20),
+        "the reset is spent"
+    );
+    assert_eq!(
+        fetch_user(store, owner.id).await,
+        User {
+            password_hash: Some(NEW.to_owned()),
+            ..owner.clone()
+        },
+        "the password changed, nothing else"
+    );
+    assert_eq!(
+        fetch_user(store, stranger.id)
+            .await
+            .password_hash
+            .as_deref(),
+        Some(OLD)
+    );
+
+    let cursor = store.revocation_cursor().await.expect("revocation_cursor");
+    let again = open_session(store, owner.id).await;
+    assert_eq!(
+        store
+            .complete_password_reset(&reset.digest, owner.id, "$argon2id$again", T0 + 30)
+            .await
+            .expect("complete_password_reset"),
+        None,
+        "a reset is spent once"
+    );
+    assert_eq!(
+        fetch_user(store, owner.id).await.password_hash.as_deref(),
+        Some(NEW),
+        "a second completion changes nothing"
+    );
+    assert_eq!(fetch_session(store, again.id).await.revoked_at, None);
+    assert_eq!(
+        fetch_reset(store, &reset.digest).await.used_at,
+        Some(T0 + 20)
+    );
+    assert!(feed_ids_since(store, cursor).await.is_empty());
+}
+
 pub async fn prune(store: &dyn Store) {
     // Times far below T0, so no other check's rows are old enough to be pruned.
     const BEFORE: UnixTime = 2_000;
@@ -623,12 +1176,43 @@ pub async fn prune(store: &dyn Store) {
         .revoke_session(boundary.id, BEFORE)
         .await
         .expect("revoke_session");
+    // Resets: expired (pruned, used or not), exactly at the boundary and live (kept).
+    let expired_used = new_reset(owner, 1_000, 1_400);
+    let expired_reset = new_reset(owner, 1_100, 1_500);
+    let boundary_reset = new_reset(owner, 1_200, BEFORE);
+    let live_reset = new_reset(owner, 1_300, 3_000);
+    for r in [&expired_used, &expired_reset, &boundary_reset, &live_reset] {
+        store
+            .create_password_reset(r)
+            .await
+            .expect("create_password_reset");
+    }
 
     let deleted = store.prune(BEFORE).await.expect("prune");
     assert_eq!(
-        deleted, 2,
-        "one expired session and one old feed entry are deleted"
+        deleted, 4,
+        "one expired session, one old feed entry and two expired resets are deleted"
     );
+    for r in [&expired_used, &expired_reset] {
+        assert_eq!(
+            store
+                .password_reset(&r.digest)
+                .await
+                .expect("password_reset"),
+            None,
+            "expired reset pruned"
+        );
+    }
+    for r in [&boundary_reset, &live_reset] {
+        assert!(
+            store
+                .password_reset(&r.digest)
+                .await
+                .expect("password_reset")
+                .is_some(),
+            "a reset expiring at or after `before` is kept"
+        );
+    }
     assert_eq!(
         store.session(expired.id).await.expect("session"),
         None,

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod oidc;
+pub mod smtp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -168,6 +171,8 @@ impl Gateway {
             listen = "127.0.0.1:0"
             [store]
             url = "sqlite://{dir}/gate.db"
+            [mail]
+            dir = "{dir}/outbox"
             [auth]
             keys_dir = "{dir}/keys"
             cookie_secure = false
@@ -224,6 +229,7 @@ impl Gateway {
                 password_hash: Some(hash_standalone(PASSWORD.into()).await.unwrap()),
                 role,
                 invitation_pending: false,
+                invitation: None,
                 created: self.clock.now(),
             })
             .await

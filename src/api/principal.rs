@@ -1,0 +1,29 @@
+//! Extractors for callers of the auth API who must be logged in: the same token check as
+//! the data plane (`auth::layer`), then a role check.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use crate::auth::layer::extract_token;
+use crate::auth::{Auth, AuthError, Principal};
+use crate::store::Role;
+
+/// An authenticated admin: no token → 401, a non-admin → 403.
+pub struct Admin(pub Arc<Principal>);
+
+impl FromRequestParts<Arc<Auth>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, auth: &Arc<Auth>) -> Result<Self, ApiError> {
+        let token = extract_token(&parts.headers, &auth.settings().cookie_name)
+            .ok_or(AuthError::MissingToken)?;
+        let principal = auth.authenticate(token).await?;
+        if principal.role != Role::Admin {
+            return Err(AuthError::Forbidden.into());
+        }
+        Ok(Admin(principal))
+    }
+}

@@ -1,0 +1,824 @@
+//! Forgotten and reset passwords over real sockets and a real SMTP server on loopback, as
+//! api-contract.md fixes them: `POST /users/password` (always the same answer, throttled)
+//! and `PATCH /users/password` with a reset token (single-use, expiring, ends every session).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::smtp::{ReceivedMail, SmtpSink};
+use common::{FakeUpstream, Gateway, PASSWORD, message};
+use meiro_gate::store::{NewUser, Role};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use serde_json::{Value, json};
+use url::Url;
+
+const LINK_PREFIX: &str = "http://gateway.test/set_password/";
+const INVALID_ONE_TIME_TOKEN: &str = "Invalid or expired token";
+const INVALID_ACCESS_TOKEN: &str = "Invalid or expired access token";
+const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
+const NEW_PASSWORD: &str = "a brand new passphrase";
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.com";
+const MAIL_WAIT: Duration = Duration::from_secs(10);
+const RESET_TTL: u64 = 3600;
+const THROTTLE_WINDOW: u64 = 15 * 60;
+/// How long a test waits before asserting that no (further) e-mail arrived: the lookup runs
+/// in a background task and the queue delivers to loopback in milliseconds.
+const QUIET: Duration = Duration::from_millis(400);
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+fn smtp_toml(addr: SocketAddr) -> String {
+    format!(
+        "[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtp://{addr}\"\n\
+         retry_initial = \"100ms\"\nretry_max = \"500ms\"\n"
+    )
+}
+
+/// A gateway delivering over SMTP to `sink`, with alice and bob as active users.
+struct Env {
+    _upstream: FakeUpstream,
+    sink: SmtpSink,
+    gw: Gateway,
+}
+
+async fn setup_with(extra_toml: &str) -> Env {
+    let sink = SmtpSink::start().await;
+    let upstream = FakeUpstream::start().await;
+    let toml = format!("{}\n{extra_toml}", smtp_toml(sink.addr));
+    let gw = Gateway::start_with(&upstream.url(), &toml).await;
+    gw.add_user(ALICE, Role::User).await;
+    gw.add_user(BOB, Role::User).await;
+    Env {
+        _upstream: upstream,
+        sink,
+        gw,
+    }
+}
+
+async fn setup() -> Env {
+    setup_with("").await
+}
+
+fn assert_json(headers: &HeaderMap) {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .expect("a Content-Type")
+        .to_str()
+        .unwrap();
+    assert!(ct.starts_with("application/json"), "content type {ct}");
+}
+
+async fn status_message(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    assert_json(response.headers());
+    (status, message(response).await)
+}
+
+async fn status_json(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    assert_json(response.headers());
+    (status, response.json().await.expect("a JSON body"))
+}
+
+async fn forgot(gw: &Gateway, email: &str) -> reqwest::Response {
+    gw.http
+        .post(gw.url("/users/password"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /users/password`, asserting the contract's one answer.
+async fn forgot_ok(gw: &Gateway, email: &str) {
+    let (status, body) = status_json(forgot(gw, email).await).await;
+    assert_eq!(status, StatusCode::OK, "forgot {email:?}: {body}");
+    assert_eq!(body, json!({ "message": "ok" }));
+}
+
+async fn set_password(gw: &Gateway, email: &str, password: &str, token: &str) -> reqwest::Response {
+    gw.http
+        .patch(gw.url("/users/password"))
+        .json(&json!({ "email": email, "password": password, "token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_password_set(gw: &Gateway, email: &str, password: &str, token: &str) {
+    let (status, body) = status_json(set_password(gw, email, password, token).await).await;
+    assert_eq!(status, StatusCode::OK, "reset of {email}: {body}");
+    assert_eq!(body, json!({ "message": "ok" }));
+}
+
+/// Asserts exactly `400 {"message": "Invalid or expired token"}`.
+async fn assert_token_refused(gw: &Gateway, email: &str, password: &str, token: &str) {
+    let (status, body) = status_json(set_password(gw, email, password, token).await).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{email} / {token:?}: {body}"
+    );
+    assert_eq!(body, json!({ "message": INVALID_ONE_TIME_TOKEN }));
+}
+
+async fn login_with(gw: &Gateway, email: &str, password: &str) -> String {
+    let response = gw.login_response(email, password).await;
+    assert_eq!(response.status(), StatusCode::OK, "login of {email}");
+    let body: Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn assert_login_refused(gw: &Gateway, email: &str, password: &str) {
+    let (status, msg) = status_message(gw.login_response(email, password).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "login of {email}");
+    assert_eq!(msg, INVALID_CREDENTIALS);
+}
+
+async fn assert_proxied(gw: &Gateway, token: &str) {
+    let response = gw.get_with_token("/anything", token).await;
+    assert_eq!(response.status(), StatusCode::OK, "token should pass");
+    assert_eq!(response.headers()["x-upstream"], "fake");
+}
+
+async fn assert_rejected(gw: &Gateway, token: &str) {
+    let response = gw.get_with_token("/anything", token).await;
+    assert!(response.headers().get("x-upstream").is_none());
+    let (status, msg) = status_message(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(msg, INVALID_ACCESS_TOKEN);
+}
+
+async fn refresh(gw: &Gateway, token: &str) -> reqwest::Response {
+    gw.http
+        .patch(gw.url("/users/login"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn refresh_ok(gw: &Gateway, token: &str) -> String {
+    let (status, body) = status_json(refresh(gw, token).await).await;
+    assert_eq!(status, StatusCode::OK, "refresh: {body}");
+    body["token"].as_str().expect("a token").to_owned()
+}
+
+/// A reset link from an e-mail, taken apart.
+#[derive(Debug, Clone)]
+struct Link {
+    raw: String,
+    email: String,
+    token: String,
+}
+
+/// The reset link of a received message to `to`, checked against the contract's shape:
+/// `<frontend_url>/set_password/?email=<urlencoded>&reset_token=<token>&referrer=reset-password`.
+fn reset_link_in(mail: &ReceivedMail, to: &str) -> Link {
+    assert_eq!(mail.to, [to], "envelope recipient");
+    assert_eq!(
+        mail.header("subject").as_deref(),
+        Some("Reset your Meiro password")
+    );
+    let raw = mail
+        .link_starting_with(LINK_PREFIX)
+        .unwrap_or_else(|| panic!("no link in the text body: {:?}", mail.text_body()));
+    let url = Url::parse(&raw).unwrap();
+    assert_eq!(url.host_str(), Some("gateway.test"));
+    assert_eq!(url.path(), "/set_password/");
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["email", "reset_token", "referrer"], "{raw}");
+    assert_eq!(pairs[0].1, to, "{raw}");
+    assert_eq!(pairs[2].1, "reset-password", "{raw}");
+    let token = pairs[1].1.clone();
+    assert!(token.len() >= 22, "at least 128 bits: {token:?}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{token:?}"
+    );
+    let html = mail.html_body().expect("an HTML body");
+    assert!(html.contains(&raw.replace('&', "&amp;")), "{html}");
+    Link {
+        email: pairs[0].1.clone(),
+        raw,
+        token,
+    }
+}
+
+/// Waits for the `n`th message (1-based), asserting no more arrived, and returns its link.
+async fn nth_reset(sink: &SmtpSink, n: usize, to: &str) -> Link {
+    let mails = sink.wait_for(n, MAIL_WAIT).await;
+    assert_eq!(mails.len(), n, "exactly {n} message(s): {mails:#?}");
+    reset_link_in(&mails[n - 1], to)
+}
+
+async fn assert_no_more_mail(sink: &SmtpSink, n: usize) {
+    tokio::time::sleep(QUIET).await;
+    let mails = sink.messages();
+    assert_eq!(mails.len(), n, "unexpected e-mail: {mails:#?}");
+}
+
+/// The `q`-quantile (0..=1) of sorted durations, nearest rank.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[rank]
+}
+
+/// `a` and `b` are close: within a factor of `factor` of each other, or less than `slack`
+/// apart (sub-millisecond timings jitter by more than their ratio says).
+fn comparable(a: Duration, b: Duration, factor: f64, slack: Duration) -> bool {
+    let ratio = a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    a.abs_diff(b) < slack || (1.0 / factor..factor).contains(&ratio)
+}
+
+fn retry_after(headers: &HeaderMap) -> u64 {
+    headers
+        .get(RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in whole seconds")
+}
+
+// ---------------------------------------------------------------------------------------
+// the whole flow
+
+#[tokio::test]
+async fn forgotten_password_is_reset_through_the_emailed_link_and_sessions_end() {
+    let env = setup().await;
+    let gw = &env.gw;
+    // Two sessions, each token used once so that it sits in the validation cache.
+    let first = gw.login(ALICE).await;
+    let second = gw.login(ALICE).await;
+    let bob = gw.login(BOB).await;
+    for token in [&first, &second, &bob] {
+        assert_proxied(gw, token).await;
+    }
+
+    forgot_ok(gw, "  Alice@EXAMPLE.com ").await;
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    assert_eq!(
+        link.raw,
+        format!(
+            "http://gateway.test/set_password/?email=alice%40example.com\
+             &reset_token={}&referrer=reset-password",
+            link.token
+        )
+    );
+    // Asking does not change anything yet.
+    for token in [&first, &second] {
+        assert_proxied(gw, token).await;
+    }
+    login_with(gw, ALICE, PASSWORD).await;
+
+    assert_password_set(gw, &link.email, NEW_PASSWORD, &link.token).await;
+    // Every earlier session of alice ends at once, cache or not; bob's does not.
+    assert_rejected(gw, &first).await;
+    assert_rejected(gw, &second).await;
+    assert_proxied(gw, &bob).await;
+    assert_login_refused(gw, ALICE, PASSWORD).await;
+    let fresh = login_with(gw, ALICE, NEW_PASSWORD).await;
+    assert_proxied(gw, &fresh).await;
+
+    // Single use: the token cannot set another password, nor end the new session.
+    assert_token_refused(gw, ALICE, "another new passphrase", &link.token).await;
+    assert_proxied(gw, &fresh).await;
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+    assert_no_more_mail(&env.sink, 1).await;
+}
+
+#[tokio::test]
+async fn after_a_reset_old_tokens_cannot_be_refreshed() {
+    let env = setup().await;
+    let gw = &env.gw;
+    let plain = gw.login(ALICE).await;
+    let before_refresh = gw.login(ALICE).await;
+    let refreshed = refresh_ok(gw, &before_refresh).await;
+    assert_proxied(gw, &refreshed).await;
+
+    forgot_ok(gw, ALICE).await;
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    assert_password_set(gw, ALICE, NEW_PASSWORD, &link.token).await;
+
+    for token in [&plain, &refreshed] {
+        let (status, msg) = status_message(refresh(gw, token).await).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "refresh after reset: {msg}"
+        );
+        assert_rejected(gw, token).await;
+    }
+    // A session started after the reset refreshes as usual.
+    let after = login_with(gw, ALICE, NEW_PASSWORD).await;
+    let renewed = refresh_ok(gw, &after).await;
+    assert_proxied(gw, &renewed).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /users/password: who gets an e-mail
+
+#[tokio::test]
+async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer() {
+    let env = setup().await;
+    let gw = &env.gw;
+    let store = gw.app().auth.store().clone();
+    gw.add_user("disabled@example.com", Role::User).await;
+    store
+        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+        .await
+        .unwrap()
+        .expect("user exists");
+    store
+        .create_user(NewUser {
+            email: "pending@example.com".into(),
+            password_hash: None,
+            role: Role::User,
+            invitation_pending: true,
+            invitation: None,
+            created: gw.clock.now(),
+        })
+        .await
+        .unwrap();
+
+    let mut bodies = Vec::new();
+    for email in [
+        "nobody@example.com",
+        "disabled@example.com",
+        "pending@example.com",
+        "not an address",
+        "",
+        ALICE,
+    ] {
+        let response = forgot(gw, email).await;
+        assert_eq!(response.status(), StatusCode::OK, "{email:?}");
+        assert_json(response.headers());
+        let body = response.bytes().await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({ "message": "ok" }),
+            "{email:?}"
+        );
+        bodies.push((email, body));
+    }
+    for (email, body) in &bodies {
+        assert_eq!(body, &bodies[0].1, "{email:?}: byte-identical body");
+    }
+    // Exactly one e-mail, to the active user.
+    nth_reset(&env.sink, 1, ALICE).await;
+    assert_no_more_mail(&env.sink, 1).await;
+    // The disabled user cannot get in through a reset either, and the pending one is not
+    // activated by asking.
+    assert_login_refused(gw, "disabled@example.com", PASSWORD).await;
+    assert!(
+        store
+            .user_by_email("pending@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .invitation_pending
+    );
+}
+
+#[tokio::test]
+async fn forgot_password_timing_does_not_reveal_whether_an_address_exists() {
+    // File transport: the e-mails themselves are not the subject here.
+    let upstream = FakeUpstream::start().await;
+    let gw = Gateway::start_with(
+        &upstream.url(),
+        "[auth.reset_throttle]\nper_account = 1000\nper_ip = 1000\n",
+    )
+    .await;
+    gw.add_user(ALICE, Role::User).await;
+
+    async fn timed(gw: &Gateway, email: &str) -> (Duration, StatusCode, HeaderMap, Vec<u8>) {
+        let started = Instant::now();
+        let response = forgot(gw, email).await;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap().to_vec();
+        (started.elapsed(), status, headers, body)
+    }
+    // Warm-up: connection set-up and first-use costs.
+    for _ in 0..3 {
+        timed(&gw, ALICE).await;
+        timed(&gw, "nobody@example.com").await;
+    }
+    const N: usize = 40;
+    let mut known = Vec::with_capacity(N);
+    let mut unknown = Vec::with_capacity(N);
+    let mut answers = Vec::new();
+    for i in 0..N {
+        // Alternate which goes first, so neither always runs right after the other's work.
+        let order = if i % 2 == 0 {
+            [ALICE, "nobody@example.com"]
+        } else {
+            ["nobody@example.com", ALICE]
+        };
+        for email in order {
+            let (elapsed, status, headers, body) = timed(&gw, email).await;
+            if email == ALICE {
+                known.push(elapsed);
+            } else {
+                unknown.push(elapsed);
+            }
+            answers.push((email, status, headers, body));
+        }
+    }
+    // Identical answers: status, body bytes, and the headers a client could compare.
+    let (_, status0, headers0, body0) = &answers[0];
+    assert_eq!(*status0, StatusCode::OK);
+    assert_eq!(body0.as_slice(), br#"{"message":"ok"}"#);
+    for (email, status, headers, body) in &answers {
+        assert_eq!(status, status0, "{email}");
+        assert_eq!(body, body0, "{email}");
+        for name in [CONTENT_TYPE.as_str(), "content-length", "set-cookie"] {
+            assert_eq!(headers.get(name), headers0.get(name), "{email}: {name}");
+        }
+    }
+    known.sort();
+    unknown.sort();
+    let (k50, u50) = (quantile(&known, 0.5), quantile(&unknown, 0.5));
+    let (k25, u25) = (quantile(&known, 0.25), quantile(&unknown, 0.25));
+    let (k75, u75) = (quantile(&known, 0.75), quantile(&unknown, 0.75));
+    let report =
+        format!("known p25/p50/p75 {k25:?}/{k50:?}/{k75:?}, unknown {u25:?}/{u50:?}/{u75:?}");
+    assert!(
+        comparable(k50, u50, 2.0, Duration::from_millis(2)),
+        "medians differ: {report}"
+    );
+    assert!(
+        comparable(k25, u25, 3.0, Duration::from_millis(3)),
+        "25th percentiles differ: {report}"
+    );
+    assert!(
+        comparable(k75, u75, 3.0, Duration::from_millis(3)),
+        "75th percentiles differ: {report}"
+    );
+    // The known address really was being served: its reset e-mails are in the outbox.
+    let outbox = gw.dir.path().join("outbox");
+    eventually!(
+        std::fs::read_dir(&outbox).map_or(0, |d| d.count()) >= N,
+        "reset e-mails for the known address in {}",
+        outbox.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// POST /users/password: throttling
+
+#[tokio::test]
+async fn reset_requests_are_limited_per_email() {
+    let env = setup().await;
+    let gw = &env.gw;
+    // Five per address in 15 minutes, however the address is written.
+    for email in [
+        ALICE,
+        "Alice@example.com",
+        " alice@example.com",
+        ALICE,
+        "ALICE@EXAMPLE.COM",
+    ] {
+        forgot_ok(gw, email).await;
+    }
+    let response = forgot(gw, ALICE).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(response.headers());
+    assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
+    let (_, msg) = status_message(response).await;
+    assert!(!msg.is_empty());
+    // An unknown address is limited the same way, so the 429 reveals nothing either.
+    for _ in 0..5 {
+        forgot_ok(gw, "nobody@example.com").await;
+    }
+    let response = forgot(gw, "nobody@example.com").await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key(RETRY_AFTER));
+    // Other addresses are unaffected.
+    forgot_ok(gw, BOB).await;
+    // The five accepted requests sent five e-mails to alice (each superseding the one
+    // before), the refused one none; then bob's.
+    // The lookups run in background tasks, so the order of arrival is not fixed.
+    let mails = env.sink.wait_for(6, MAIL_WAIT).await;
+    let (to_alice, to_bob): (Vec<&ReceivedMail>, Vec<&ReceivedMail>) =
+        mails.iter().partition(|m| m.to == [ALICE]);
+    assert_eq!((to_alice.len(), to_bob.len()), (5, 1), "{mails:#?}");
+    let earlier: Vec<Link> = to_alice.iter().map(|m| reset_link_in(m, ALICE)).collect();
+    reset_link_in(to_bob[0], BOB);
+    assert_no_more_mail(&env.sink, 6).await;
+
+    // Once the window has passed, alice may ask again; the new link supersedes all five.
+    gw.clock.advance(Duration::from_secs(THROTTLE_WINDOW + 1));
+    forgot_ok(gw, ALICE).await;
+    let newest = nth_reset(&env.sink, 7, ALICE).await;
+    for link in &earlier {
+        assert_token_refused(gw, ALICE, NEW_PASSWORD, &link.token).await;
+    }
+    assert_password_set(gw, ALICE, NEW_PASSWORD, &newest.token).await;
+}
+
+#[tokio::test]
+async fn reset_requests_are_limited_per_client_ip_across_addresses() {
+    let env = setup_with("[auth.reset_throttle]\nper_ip = 3\n").await;
+    let gw = &env.gw;
+    for email in ["one@example.com", "two@example.com", ALICE] {
+        forgot_ok(gw, email).await;
+    }
+    for email in ["four@example.com", BOB] {
+        let response = forgot(gw, email).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{email}");
+        let wait = retry_after(response.headers());
+        assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
+        let (_, msg) = status_message(response).await;
+        assert!(!msg.is_empty());
+    }
+    // Only alice's accepted request sent mail.
+    nth_reset(&env.sink, 1, ALICE).await;
+    assert_no_more_mail(&env.sink, 1).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// PATCH /users/password: which tokens work
+
+#[tokio::test]
+async fn reset_tokens_expire_after_one_hour() {
+    let env = setup().await;
+    let gw = &env.gw;
+    forgot_ok(gw, ALICE).await;
+    let early = nth_reset(&env.sink, 1, ALICE).await;
+    // Still good five seconds before the hour is up.
+    gw.clock.advance(Duration::from_secs(RESET_TTL - 5));
+    assert_password_set(gw, ALICE, NEW_PASSWORD, &early.token).await;
+
+    forgot_ok(gw, ALICE).await;
+    let late = nth_reset(&env.sink, 2, ALICE).await;
+    gw.clock.advance(Duration::from_secs(RESET_TTL + 1));
+    assert_token_refused(gw, ALICE, "too late passphrase", &late.token).await;
+    assert_login_refused(gw, ALICE, "too late passphrase").await;
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+    // A new request brings a working link again.
+    forgot_ok(gw, ALICE).await;
+    let again = nth_reset(&env.sink, 3, ALICE).await;
+    assert_password_set(gw, ALICE, "in time passphrase", &again.token).await;
+    login_with(gw, ALICE, "in time passphrase").await;
+}
+
+#[tokio::test]
+async fn a_newer_reset_supersedes_the_earlier_one() {
+    let env = setup().await;
+    let gw = &env.gw;
+    forgot_ok(gw, ALICE).await;
+    let first = nth_reset(&env.sink, 1, ALICE).await;
+    forgot_ok(gw, ALICE).await;
+    let second = nth_reset(&env.sink, 2, ALICE).await;
+    assert_ne!(first.token, second.token);
+    assert_token_refused(gw, ALICE, NEW_PASSWORD, &first.token).await;
+    assert_login_refused(gw, ALICE, NEW_PASSWORD).await;
+    assert_password_set(gw, ALICE, NEW_PASSWORD, &second.token).await;
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_reset_token_is_bound_to_its_user() {
+    let env = setup().await;
+    let gw = &env.gw;
+    forgot_ok(gw, ALICE).await;
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    // Another existing user, an unknown address: refused, and nothing changes.
+    assert_token_refused(gw, BOB, NEW_PASSWORD, &link.token).await;
+    assert_token_refused(gw, "nobody@example.com", NEW_PASSWORD, &link.token).await;
+    login_with(gw, BOB, PASSWORD).await;
+    assert_login_refused(gw, BOB, NEW_PASSWORD).await;
+    // Still unspent for its own user, written in any case.
+    assert_password_set(gw, " ALICE@example.com", NEW_PASSWORD, &link.token).await;
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+}
+
+#[tokio::test]
+async fn garbage_tokens_are_refused_without_spending_the_real_one() {
+    let env = setup().await;
+    let gw = &env.gw;
+    forgot_ok(gw, ALICE).await;
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let mut tampered = link.token.clone().into_bytes();
+    tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let long = "x".repeat(2000);
+    for token in [
+        "",
+        " ",
+        "garbage",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        tampered.as_str(),
+        &link.token[..link.token.len() - 1],
+        "✓✓✓ not base64 ✓✓✓",
+        long.as_str(),
+    ] {
+        assert_token_refused(gw, ALICE, NEW_PASSWORD, token).await;
+        // The same for an unknown address: nothing tells the two apart.
+        assert_token_refused(gw, "nobody@example.com", NEW_PASSWORD, token).await;
+    }
+    // A weak password with a wrong token is a token error: the policy is only revealed to
+    // holders of a valid token.
+    assert_token_refused(gw, ALICE, "short", "garbage").await;
+    // Policy with the valid token: named, and the token survives it.
+    let (status, msg) = status_message(set_password(gw, ALICE, "short", &link.token).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("at least 12"), "{msg}");
+    let (status, msg) = status_message(set_password(gw, ALICE, ALICE, &link.token).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(msg.contains("email"), "{msg}");
+    // Nothing above spent the token or touched alice's password.
+    login_with(gw, ALICE, PASSWORD).await;
+    assert_password_set(gw, ALICE, NEW_PASSWORD, &link.token).await;
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// bad input
+
+#[tokio::test]
+async fn malformed_password_requests_are_400_json_never_500() {
+    let env = setup().await;
+    let gw = &env.gw;
+    let json_ct = "application/json";
+    let post_cases: Vec<(&str, &str, String)> = vec![
+        ("malformed JSON", json_ct, r#"{"email": "#.into()),
+        ("empty body", json_ct, String::new()),
+        ("a string", json_ct, r#""alice@example.com""#.into()),
+        ("null", json_ct, "null".into()),
+        ("missing email", json_ct, "{}".into()),
+        ("email is a number", json_ct, r#"{"email":5}"#.into()),
+        ("email is null", json_ct, r#"{"email":null}"#.into()),
+        ("email is an object", json_ct, r#"{"email":{"a":1}}"#.into()),
+        (
+            "text/plain",
+            "text/plain",
+            r#"{"email":"alice@example.com"}"#.into(),
+        ),
+    ];
+    let full = |password: &str, token: &str| {
+        format!(r#"{{"email":"alice@example.com","password":{password},"token":{token}}}"#)
+    };
+    let patch_cases: Vec<(&str, &str, String)> = vec![
+        (
+            "malformed JSON",
+            json_ct,
+            r#"{"email":"alice@example.com","#.into(),
+        ),
+        ("empty body", json_ct, String::new()),
+        ("null", json_ct, "null".into()),
+        ("missing everything", json_ct, "{}".into()),
+        (
+            "missing token",
+            json_ct,
+            r#"{"email":"alice@example.com","password":"a long enough one"}"#.into(),
+        ),
+        (
+            "missing password",
+            json_ct,
+            r#"{"email":"alice@example.com","token":"t"}"#.into(),
+        ),
+        (
+            "missing email",
+            json_ct,
+            r#"{"password":"a long enough one","token":"t"}"#.into(),
+        ),
+        (
+            "password is a number",
+            json_ct,
+            full("123456789012345", r#""t""#),
+        ),
+        (
+            "token is a number",
+            json_ct,
+            full(r#""a long enough one""#, "42"),
+        ),
+        (
+            "token is null",
+            json_ct,
+            full(r#""a long enough one""#, "null"),
+        ),
+        (
+            "password is a list",
+            json_ct,
+            full(r#"["hunter2hunter2"]"#, r#""t""#),
+        ),
+        (
+            "text/plain",
+            "text/plain",
+            full(r#""a long enough one""#, r#""t""#),
+        ),
+    ];
+    for (method, cases) in [
+        (reqwest::Method::POST, post_cases),
+        (reqwest::Method::PATCH, patch_cases),
+    ] {
+        for (case, content_type, body) in cases {
+            let response = gw
+                .http
+                .request(method.clone(), gw.url("/users/password"))
+                .header(CONTENT_TYPE, content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, msg) = status_message(response).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {case}: {msg}");
+            assert!(!msg.is_empty(), "{method} {case}");
+            assert_ne!(msg, INVALID_ONE_TIME_TOKEN, "{method} {case}");
+            assert!(!msg.contains("hunter2"), "{method} {case}: echoed {msg}");
+            assert!(
+                !msg.contains("123456789012345"),
+                "{method} {case}: echoed {msg}"
+            );
+        }
+        // No Content-Type at all.
+        let response = gw
+            .http
+            .request(method.clone(), gw.url("/users/password"))
+            .body(r#"{"email":"alice@example.com"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, _) = status_message(response).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} without a Content-Type"
+        );
+    }
+    // Unknown fields are ignored.
+    let response = gw
+        .http
+        .post(gw.url("/users/password"))
+        .json(&json!({ "email": ALICE, "locale": "cs" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "message": "ok" }));
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let response = gw
+        .http
+        .patch(gw.url("/users/password"))
+        .json(&json!({
+            "email": ALICE,
+            "password": NEW_PASSWORD,
+            "token": link.token,
+            "password_confirmation": NEW_PASSWORD,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    login_with(gw, ALICE, NEW_PASSWORD).await;
+    // Only that one e-mail: none of the malformed POSTs (one of which is text/plain with
+    // alice's address) was acted on.
+    assert_no_more_mail(&env.sink, 1).await;
+}
+
+#[tokio::test]
+async fn a_reset_token_is_spent_once_even_under_concurrent_use() {
+    let env = setup().await;
+    let gw = &env.gw;
+    let session = gw.login(ALICE).await;
+    forgot_ok(gw, ALICE).await;
+    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let passwords: Vec<String> = (0..4)
+        .map(|i| format!("concurrent passphrase {i}"))
+        .collect();
+    let attempt = |i: usize| set_password(gw, ALICE, &passwords[i], &link.token);
+    let (a, b, c, d) = tokio::join!(attempt(0), attempt(1), attempt(2), attempt(3));
+    let responses = [a, b, c, d];
+    let mut winners = Vec::new();
+    for (password, response) in passwords.iter().zip(responses) {
+        let (status, body) = status_json(response).await;
+        match status {
+            StatusCode::OK => winners.push(password),
+            StatusCode::BAD_REQUEST => {
+                assert_eq!(body, json!({ "message": INVALID_ONE_TIME_TOKEN }));
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one use succeeds: {winners:?}");
+    for password in &passwords {
+        if password == winners[0] {
+            login_with(gw, ALICE, password).await;
+        } else {
+            assert_login_refused(gw, ALICE, password).await;
+        }
+    }
+    assert_rejected(gw, &session).await;
+}
