@@ -1,5 +1,9 @@
-//! Token validation on the per-request path: a cache hit (digest + moka lookup + checks) and
-//! a miss (Ed25519 signature verify + session and user lookup on SQLite).
+//! Token validation on the per-request path, for both signing algorithms:
+//! - a cache hit (digest + moka lookup + revocation/expiry checks), with the cache nearly
+//!   empty and with 1,000,000 other entries in it;
+//! - a miss (signature verify + session and user lookup on SQLite + cache insert);
+//! - the signature check alone (`KeySet::verify`), the part of a miss the cache saves.
+//!
 //! Run: `cargo bench --bench token_validation`.
 
 use std::sync::Arc;
@@ -8,16 +12,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use meiro_gate::auth::cache::token_digest;
-use meiro_gate::auth::passwords::hash_standalone;
-use meiro_gate::auth::{Auth, Clock};
+use meiro_gate::auth::{Auth, Clock, Principal};
 use meiro_gate::mail::Mail;
-use meiro_gate::store::{self, NewUser, Role};
+use meiro_gate::store::{self, NewUser, Role, SessionId, UserId};
 
-fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Auth>, String, tempfile::TempDir) {
+/// A gateway's auth subsystem on a temporary SQLite file with keys of `algorithm`, and one
+/// valid token of an active user.
+fn setup(rt: &tokio::runtime::Runtime, algorithm: &str) -> (Arc<Auth>, String, tempfile::TempDir) {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
-            "[store]\nurl = \"sqlite://{d}/bench.db\"\n[auth]\nkeys_dir = \"{d}/keys\"\n\
+            "[store]\nurl = \"sqlite://{d}/bench.db\"\n\
+             [auth]\nkeys_dir = \"{d}/keys\"\nsigning_algorithm = \"{algorithm}\"\n\
              [mail]\ndir = \"{d}/outbox\"\n",
             d = dir.path().display()
         );
@@ -25,10 +31,11 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Auth>, String, tempfile::TempDir)
             .expect("bench config");
         let store = store::open(config.store.url.expose()).await.unwrap();
         let clock = Clock::default();
+        // No password: sessions are opened directly, as after a successful login.
         let user = store
             .create_user(NewUser {
                 email: "bench@example.com".into(),
-                password_hash: Some(hash_standalone("bench password 123".into()).await.unwrap()),
+                password_hash: None,
                 role: Role::User,
                 invitation_pending: false,
                 invitation: None,
@@ -44,26 +51,68 @@ fn setup(rt: &tokio::runtime::Runtime) -> (Arc<Auth>, String, tempfile::TempDir)
     })
 }
 
+/// Fills the token cache with `n` synthetic principals under random digests, as a busy
+/// gateway's cache would be.
+fn fill_cache(rt: &tokio::runtime::Runtime, auth: &Auth, n: usize) {
+    rt.block_on(async {
+        let exp = auth.clock().now() + 3600;
+        let cache = auth.cache();
+        for _ in 0..n {
+            let sid = SessionId::new_random();
+            let principal = Principal::new(
+                UserId::new_random(),
+                "filler@example.com",
+                Role::User,
+                sid,
+                exp,
+                cache.session_flag(sid),
+            );
+            let digest = token_digest(uuid::Uuid::new_v4().as_bytes());
+            cache.entries().insert(digest, Arc::new(principal)).await;
+        }
+        cache.entries().run_pending_tasks().await;
+    });
+}
+
 fn token_validation(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (auth, token, _dir) = setup(&rt);
-    let digest = token_digest(token.as_bytes());
 
-    c.bench_function("validate/cache_hit", |b| {
-        b.to_async(&rt).iter(|| async {
-            auth.authenticate(&token).await.unwrap();
-        })
-    });
+    for (name, algorithm) in [("ed25519", "EdDSA"), ("es256", "ES256")] {
+        let (auth, token, _dir) = setup(&rt, algorithm);
+        let digest = token_digest(token.as_bytes());
 
-    c.bench_function("validate/cache_miss_ed25519_sqlite", |b| {
-        b.to_async(&rt).iter(|| async {
-            auth.cache().entries().invalidate(&digest).await;
-            auth.authenticate(&token).await.unwrap();
-        })
-    });
+        c.bench_function(&format!("validate/cache_hit_{name}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                auth.authenticate(&token).await.unwrap();
+            })
+        });
+
+        c.bench_function(&format!("validate/cache_miss_{name}_sqlite"), |b| {
+            b.to_async(&rt).iter(|| async {
+                auth.cache().entries().invalidate(&digest).await;
+                auth.authenticate(&token).await.unwrap();
+            })
+        });
+
+        c.bench_function(&format!("verify_signature/{name}"), |b| {
+            b.iter(|| auth.keys().verify(&token).unwrap())
+        });
+
+        if name == "es256" {
+            // A hit costs more in a big cache (moka's hash table and frequency sketch no
+            // longer fit in the CPU caches): measured with 1 M other entries.
+            fill_cache(&rt, &auth, 1_000_000);
+            rt.block_on(auth.authenticate(&token)).unwrap();
+            c.bench_function("validate/cache_hit_1m_entries", |b| {
+                b.to_async(&rt).iter(|| async {
+                    auth.authenticate(&token).await.unwrap();
+                })
+            });
+        }
+    }
 }
 
 criterion_group!(benches, token_validation);

@@ -13,11 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::passwords::hash_standalone;
 use crate::auth::{Auth, AuthInitError, Clock, normalize_email, revocation};
-use crate::config::{Config, CorsConfig};
+use crate::config::Config;
 use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
 use crate::server::tls::{CertStore, TlsError};
@@ -89,12 +88,10 @@ impl App {
         );
         if let Some(cors) = &config.cors {
             // Outermost: a preflight is answered before any route, token check or proxying.
-            router = router
-                .layer(cors_layer(cors))
-                .layer(axum::middleware::from_fn_with_state(
-                    Arc::new(CorsOrigins::new(cors)),
-                    cors_only_for_allowed_origins,
-                ));
+            router = router.layer(axum::middleware::from_fn_with_state(
+                Arc::new(server::cors::Cors::new(cors)),
+                server::cors::apply,
+            ));
         }
         let (tls, cert_store) = match &config.server.tls {
             Some(tls) => {
@@ -214,88 +211,6 @@ async fn bootstrap_admin(
         .await?;
     tracing::info!(user = %user.id, email = %user.email, "bootstrap admin created");
     Ok(())
-}
-
-/// The `[cors]` policy as tower-http's layer: preflights from allowed origins are answered
-/// without a token; responses to disallowed origins carry no CORS headers at all.
-fn cors_layer(cors: &CorsConfig) -> CorsLayer {
-    let parse = |names: &[String]| -> Vec<http::HeaderName> {
-        names
-            .iter()
-            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect()
-    };
-    let origins = if cors.allowed_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            cors.allowed_origins
-                .iter()
-                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
-        )
-    };
-    let methods: Vec<http::Method> = cors
-        .allowed_methods
-        .iter()
-        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-        .collect();
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods(methods)
-        .allow_headers(parse(&cors.allowed_headers))
-        .expose_headers(parse(&cors.expose_headers))
-        .allow_credentials(cors.allow_credentials)
-        .max_age(cors.max_age)
-}
-
-/// The origins `[cors]` allows; `any` for `"*"`.
-struct CorsOrigins {
-    any: bool,
-    list: Vec<http::HeaderValue>,
-}
-
-impl CorsOrigins {
-    fn new(cors: &CorsConfig) -> CorsOrigins {
-        CorsOrigins {
-            any: cors.allowed_origins.iter().any(|o| o == "*"),
-            list: cors
-                .allowed_origins
-                .iter()
-                .filter_map(|o| http::HeaderValue::from_str(o).ok())
-                .collect(),
-        }
-    }
-
-    fn allows(&self, origin: &http::HeaderValue) -> bool {
-        self.any || self.list.contains(origin)
-    }
-}
-
-/// tower-http adds `Access-Control-Allow-Credentials`, `-Expose-Headers` (and on preflights
-/// `-Allow-Methods`, `-Allow-Headers`, `-Max-Age`) whatever the origin; a request without an
-/// allowed `Origin` gets none of them (`Vary` stays: caches must still key on the origin).
-async fn cors_only_for_allowed_origins(
-    State(origins): State<Arc<CorsOrigins>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let allowed = request
-        .headers()
-        .get(http::header::ORIGIN)
-        .is_some_and(|origin| origins.allows(origin));
-    let mut response = next.run(request).await;
-    if !allowed {
-        let headers = response.headers_mut();
-        let cors: Vec<http::HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for name in cors {
-            headers.remove(name);
-        }
-    }
-    response
 }
 
 #[derive(Clone)]

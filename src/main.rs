@@ -81,10 +81,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.server.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -112,7 +113,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
         }
         Command::Users(users) => users_command(users, &config).await,
         Command::Keys(KeysCommand::Rotate) => {
-            let kid = tokens::generate_key(&config.auth.keys_dir)?;
+            let kid = tokens::generate_key(&config.auth.keys_dir, config.auth.signing_algorithm)?;
             println!("new signing key {kid}; restart the gateways to sign with it");
             Ok(())
         }

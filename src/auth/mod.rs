@@ -133,7 +133,7 @@ impl Auth {
     ) -> Result<Auth, AuthInitError> {
         let auth = &config.auth;
         let issuer = config.server.public_url.as_str().trim_end_matches('/');
-        let keys = KeySet::load_or_generate(&auth.keys_dir, issuer)?;
+        let keys = KeySet::load_or_generate(&auth.keys_dir, issuer, auth.signing_algorithm)?;
         let link_secret = LinkSecret::load_or_generate(&auth.keys_dir)?;
         let passwords =
             Passwords::new(auth.password_hash_concurrency, PASSWORD_QUEUE_TIMEOUT).await?;

@@ -1,8 +1,9 @@
-//! Access tokens: Ed25519-signed JWTs (`kid` in the header), the signing keys on disk, and the
-//! JWKS document that lets Meiro backends verify tokens themselves.
+//! Access tokens: JWTs signed with Ed25519 (EdDSA) or P-256 (ES256) keys (`kid` in the header),
+//! the signing keys on disk, and the JWKS document that lets Meiro backends verify tokens themselves.
 //!
-//! Only EdDSA is accepted: `alg: none` does not parse, HS256 "signed" with our public key and
-//! any other algorithm fail the allow-list, and an unknown `kid` has no key to verify with.
+//! Each key verifies only with its own algorithm: `alg: none` does not parse, HS256 "signed"
+//! with our public key, an ES256 header on an Ed25519 key (and the reverse) and any other
+//! algorithm fail that key's allow-list, and an unknown `kid` has no key to verify with.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,7 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -21,6 +24,45 @@ use uuid::Uuid;
 use crate::store::{SessionId, UnixTime, UserId};
 
 const PEM_TAG: &str = "PRIVATE KEY";
+
+/// The algorithm new signing keys are generated for (`auth.signing_algorithm`). Existing key
+/// files keep their own algorithm, detected when they are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum SigningAlgorithm {
+    /// Ed25519 (RFC 8037). The default: small keys and signatures, deterministic signing.
+    #[default]
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4), for verifiers without EdDSA (HAProxy 2.6).
+    #[serde(rename = "ES256")]
+    Es256,
+}
+
+impl SigningAlgorithm {
+    /// The JWS `alg` name, which is also the config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EdDsa => "EdDSA",
+            SigningAlgorithm::Es256 => "ES256",
+        }
+    }
+
+    /// Exactly the JWS name (`"EdDSA"`, `"ES256"`).
+    pub fn parse(name: &str) -> Option<SigningAlgorithm> {
+        match name {
+            "EdDSA" => Some(SigningAlgorithm::EdDsa),
+            "ES256" => Some(SigningAlgorithm::Es256),
+            _ => None,
+        }
+    }
+
+    fn jwt(self) -> Algorithm {
+        match self {
+            SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+            SigningAlgorithm::Es256 => Algorithm::ES256,
+        }
+    }
+}
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +95,7 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path} is not an Ed25519 PKCS#8 PEM key")]
+    #[error("key file {path} is not an Ed25519 or P-256 PKCS#8 PEM key")]
     BadKey { path: PathBuf },
     #[error("could not generate a key")]
     Generate,
@@ -61,66 +103,113 @@ pub enum KeyError {
 
 struct SigningKey {
     kid: String,
+    alg: SigningAlgorithm,
     key: EncodingKey,
+}
+
+/// A public key and the only algorithm it verifies.
+struct VerifyingKey {
+    key: DecodingKey,
+    /// Allows exactly this key's algorithm, so a header naming another one fails.
+    validation: Validation,
 }
 
 /// Every key that verifies, and the newest one, which signs.
 pub struct KeySet {
     signing: SigningKey,
-    verifying: HashMap<String, DecodingKey>,
+    verifying: HashMap<String, VerifyingKey>,
     jwks: Bytes,
     issuer: String,
-    validation: Validation,
 }
 
 impl KeySet {
-    /// Loads every `*.pem` in `dir` (creating the directory and a first key when there is
-    /// none). The lexically greatest file name is the newest key: names start with the
-    /// creation time.
-    pub fn load_or_generate(dir: &Path, issuer: &str) -> Result<KeySet, KeyError> {
+    /// Loads every `*.pem` in `dir` (creating the directory and a first key of algorithm
+    /// `alg` when there is none). The lexically greatest file name is the newest key: names
+    /// start with the creation time. Each file keeps its own algorithm; `alg` only chooses
+    /// the type of a key generated here.
+    pub fn load_or_generate(
+        dir: &Path,
+        issuer: &str,
+        alg: SigningAlgorithm,
+    ) -> Result<KeySet, KeyError> {
         let mut files = pem_files(dir)?;
         if files.is_empty() {
-            generate_key(dir)?;
+            generate_key(dir, alg)?;
             files = pem_files(dir)?;
         }
         let mut verifying = HashMap::new();
         let mut jwks_keys = Vec::new();
         let mut signing = None;
         for path in files {
-            let (kid, pkcs8, public) = read_key(&path)?;
-            verifying.insert(kid.clone(), DecodingKey::from_ed_der(&public));
-            jwks_keys.push(serde_json::json!({
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "use": "sig",
-                "kid": kid,
-                "x": URL_SAFE_NO_PAD.encode(&public),
-            }));
+            let key = read_key(&path)?;
+            let (decoding, encoding, jwk) = match key.alg {
+                SigningAlgorithm::EdDsa => (
+                    DecodingKey::from_ed_der(&key.public),
+                    EncodingKey::from_ed_der(&key.pkcs8),
+                    serde_json::json!({
+                        "kty": "OKP",
+                        "crv": "Ed25519",
+                        "alg": "EdDSA",
+                        "use": "sig",
+                        "kid": key.kid,
+                        "x": URL_SAFE_NO_PAD.encode(&key.public),
+                    }),
+                ),
+                SigningAlgorithm::Es256 => {
+                    // An uncompressed SEC1 point: 0x04, then x and y (32 bytes each).
+                    let (x, y) = key.public[1..].split_at(32);
+                    (
+                        DecodingKey::from_ec_der(&key.public),
+                        EncodingKey::from_ec_der(&key.pkcs8),
+                        serde_json::json!({
+                            "kty": "EC",
+                            "crv": "P-256",
+                            "alg": "ES256",
+                            "use": "sig",
+                            "kid": key.kid,
+                            "x": URL_SAFE_NO_PAD.encode(x),
+                            "y": URL_SAFE_NO_PAD.encode(y),
+                        }),
+                    )
+                }
+            };
+            jwks_keys.push(jwk);
+            verifying.insert(
+                key.kid.clone(),
+                VerifyingKey {
+                    key: decoding,
+                    validation: validation(key.alg, issuer),
+                },
+            );
             signing = Some(SigningKey {
-                kid,
-                key: EncodingKey::from_ed_der(&pkcs8),
+                kid: key.kid,
+                alg: key.alg,
+                key: encoding,
             });
         }
         let signing = signing.ok_or(KeyError::Generate)?;
+        if signing.alg != alg {
+            tracing::warn!(
+                kid = %signing.kid,
+                key_algorithm = signing.alg.as_str(),
+                configured = alg.as_str(),
+                "the newest signing key is not of auth.signing_algorithm; `meiro-gate keys rotate` adds one that is"
+            );
+        }
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks_keys }))
             .expect("a JSON value always serializes");
-
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        // Expiry is checked by the caller against the injectable clock (and refresh/logout
-        // must accept expired tokens), so the library checks signature, alg and issuer only.
-        validation.validate_exp = false;
-        validation.leeway = 0;
-        validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
 
         Ok(KeySet {
             signing,
             verifying,
             jwks: Bytes::from(jwks),
             issuer: issuer.to_owned(),
-            validation,
         })
+    }
+
+    /// The algorithm of the key that signs new tokens.
+    pub fn signing_algorithm(&self) -> SigningAlgorithm {
+        self.signing.alg
     }
 
     pub fn issuer(&self) -> &str {
@@ -133,13 +222,13 @@ impl KeySet {
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        let mut header = Header::new(Algorithm::EdDSA);
+        let mut header = Header::new(self.signing.alg.jwt());
         header.kid = Some(self.signing.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.signing.key).map_err(TokenError::Signing)
     }
 
-    /// Checks the header, `kid`, signature and issuer. Does NOT check expiry: see
-    /// [`is_expired`].
+    /// Checks the header, `kid`, that `alg` is that key's algorithm, the signature and the
+    /// issuer. Does NOT check expiry: see [`is_expired`].
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let key = header
@@ -147,10 +236,24 @@ impl KeySet {
             .as_deref()
             .and_then(|kid| self.verifying.get(kid))
             .ok_or(TokenError::UnknownKey)?;
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        // `key.validation` allows only the key's own algorithm: jsonwebtoken rejects any other
+        // header `alg` before looking at the signature.
+        jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
             .map(|data| data.claims)
             .map_err(TokenError::Invalid)
     }
+}
+
+/// What the library checks for a key of `alg`: that algorithm only, signature, issuer.
+fn validation(alg: SigningAlgorithm, issuer: &str) -> Validation {
+    let mut validation = Validation::new(alg.jwt());
+    // Expiry is checked by the caller against the injectable clock (and refresh/logout
+    // must accept expired tokens), so the library checks signature, alg and issuer only.
+    validation.validate_exp = false;
+    validation.leeway = 0;
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+    validation
 }
 
 /// `N` random bytes, base64url without padding: for one-time tokens and nonces.
@@ -166,17 +269,31 @@ pub fn is_expired(exp: UnixTime, now: UnixTime) -> bool {
     now >= exp
 }
 
-/// Writes a new Ed25519 key (0600) into `dir` and returns its `kid`. Running gateways pick it
-/// up on restart; tokens signed by older keys keep verifying because old files stay.
-pub fn generate_key(dir: &Path) -> Result<String, KeyError> {
+/// Writes a new key of algorithm `alg` (PKCS#8 PEM, 0600) into `dir` and returns its `kid`.
+/// Running gateways pick it up on restart; tokens signed by older keys keep verifying because
+/// old files stay.
+pub fn generate_key(dir: &Path, alg: SigningAlgorithm) -> Result<String, KeyError> {
     let io = |source| KeyError::Io {
         path: dir.to_owned(),
         source,
     };
     fs::create_dir_all(dir).map_err(io)?;
-    let pkcs8 =
-        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
+    let rng = SystemRandom::new();
+    let (pkcs8, public) = match alg {
+        SigningAlgorithm::EdDsa => {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
+            let pair =
+                Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
+            (pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+        }
+        SigningAlgorithm::Es256 => {
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| KeyError::Generate)?;
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .map_err(|_| KeyError::Generate)?;
+            (pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+        }
+    };
     let created_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -186,11 +303,11 @@ pub fn generate_key(dir: &Path) -> Result<String, KeyError> {
         "{created_ms:015}-{}",
         hex8(&aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
-            pair.public_key().as_ref()
+            &public
         ))
     );
     let path = dir.join(format!("{kid}.pem"));
-    let pem = pem::encode(&pem::Pem::new(PEM_TAG, pkcs8.as_ref().to_vec()));
+    let pem = pem::encode(&pem::Pem::new(PEM_TAG, pkcs8));
     write_private(&path, pem.as_bytes()).map_err(|source| KeyError::Io {
         path: path.clone(),
         source,
@@ -244,8 +361,16 @@ fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     Ok(files)
 }
 
-/// Returns (kid, PKCS#8 DER, raw 32-byte public key).
-fn read_key(path: &Path) -> Result<(String, Vec<u8>, Vec<u8>), KeyError> {
+/// A key file as read: its algorithm is what the PKCS#8 document holds.
+struct KeyFile {
+    kid: String,
+    alg: SigningAlgorithm,
+    pkcs8: Vec<u8>,
+    /// Ed25519: the 32-byte key; P-256: the 65-byte uncompressed point.
+    public: Vec<u8>,
+}
+
+fn read_key(path: &Path) -> Result<KeyFile, KeyError> {
     let bad = || KeyError::BadKey {
         path: path.to_owned(),
     };
@@ -257,17 +382,26 @@ fn read_key(path: &Path) -> Result<(String, Vec<u8>, Vec<u8>), KeyError> {
     if pem.tag() != PEM_TAG {
         return Err(bad());
     }
-    let pair = Ed25519KeyPair::from_pkcs8(pem.contents()).map_err(|_| bad())?;
+    // The PKCS#8 algorithm identifier decides: a document parses as at most one of the two.
+    let pkcs8 = pem.contents();
+    let (alg, public) = if let Ok(pair) = Ed25519KeyPair::from_pkcs8(pkcs8) {
+        (SigningAlgorithm::EdDsa, pair.public_key().as_ref().to_vec())
+    } else if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8) {
+        (SigningAlgorithm::Es256, pair.public_key().as_ref().to_vec())
+    } else {
+        return Err(bad());
+    };
     let kid = path
         .file_stem()
         .and_then(|s| s.to_str())
         .ok_or_else(bad)?
         .to_owned();
-    Ok((
+    Ok(KeyFile {
         kid,
-        pem.contents().to_vec(),
-        pair.public_key().as_ref().to_vec(),
-    ))
+        alg,
+        pkcs8: pkcs8.to_vec(),
+        public,
+    })
 }
 
 #[cfg(test)]
@@ -286,7 +420,18 @@ mod tests {
     }
 
     fn keyset(dir: &Path) -> KeySet {
-        KeySet::load_or_generate(dir, "https://gate.test").unwrap()
+        keyset_of(dir, SigningAlgorithm::EdDsa)
+    }
+
+    fn keyset_of(dir: &Path, alg: SigningAlgorithm) -> KeySet {
+        KeySet::load_or_generate(dir, "https://gate.test", alg).unwrap()
+    }
+
+    /// `claims` signed with `key` under a header naming `alg` and `kid`, whatever they are.
+    fn forge(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims("https://gate.test"), key).unwrap()
     }
 
     #[test]
@@ -323,7 +468,7 @@ mod tests {
         let old_token = old.sign(&claims("https://gate.test")).unwrap();
         // A later creation time sorts after the first key.
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let new_kid = generate_key(dir.path()).unwrap();
+        let new_kid = generate_key(dir.path(), SigningAlgorithm::EdDsa).unwrap();
         let rotated = keyset(dir.path());
         assert_eq!(rotated.signing.kid, new_kid);
         assert!(rotated.verify(&old_token).is_ok());
@@ -382,6 +527,207 @@ mod tests {
         assert!(keys.verify(&hs_token).is_err());
 
         assert!(matches!(keys.verify("garbage"), Err(TokenError::Malformed)));
+    }
+
+    #[test]
+    fn es256_signs_and_verifies_and_keeps_the_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keyset_of(dir.path(), SigningAlgorithm::Es256);
+        assert_eq!(keys.signing_algorithm(), SigningAlgorithm::Es256);
+        let c = claims("https://gate.test");
+        let token = keys.sign(&c).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some(keys.signing.kid.as_str()));
+        assert_eq!(keys.verify(&token).unwrap(), c);
+        // A P-256 signature is r || s, 64 bytes.
+        let signature = URL_SAFE_NO_PAD
+            .decode(token.rsplit('.').next().unwrap())
+            .unwrap();
+        assert_eq!(signature.len(), 64);
+
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut forged = c.clone();
+        forged.exp += 1;
+        parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+        assert!(matches!(
+            keys.verify(&parts.join(".")),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn es256_key_files_are_private_pkcs8_and_keep_their_algorithm() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = keyset_of(dir.path(), SigningAlgorithm::Es256);
+        let files = pem_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let mode = fs::metadata(&files[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = fs::read_to_string(&files[0]).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+        assert_eq!(
+            files[0].file_stem().unwrap().to_str().unwrap(),
+            first.signing.kid
+        );
+        let token = first.sign(&claims("https://gate.test")).unwrap();
+        // Loaded with another configured algorithm, the file still is what it is.
+        let again = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
+        assert_eq!(again.signing_algorithm(), SigningAlgorithm::Es256);
+        assert!(again.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn es256_jwks_publishes_the_ec_point_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keyset_of(dir.path(), SigningAlgorithm::Es256);
+        let jwks: serde_json::Value = serde_json::from_slice(&keys.jwks_json()).unwrap();
+        let key = &jwks["keys"][0];
+        let mut names: Vec<&str> = key
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["alg", "crv", "kid", "kty", "use", "x", "y"]);
+        assert_eq!(key["kty"], "EC");
+        assert_eq!(key["crv"], "P-256");
+        assert_eq!(key["alg"], "ES256");
+        assert_eq!(key["use"], "sig");
+        assert_eq!(key["kid"], keys.signing.kid.as_str());
+        for coordinate in ["x", "y"] {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(key[coordinate].as_str().unwrap())
+                .unwrap();
+            assert_eq!(bytes.len(), 32, "{coordinate}");
+        }
+        // What a Meiro backend does with it: build the key from the JWK and verify a token.
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).unwrap();
+        let decoding = DecodingKey::from_jwk(&jwk).unwrap();
+        let token = keys.sign(&claims("https://gate.test")).unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.validate_exp = false;
+        assert!(jsonwebtoken::decode::<Claims>(&token, &decoding, &validation).is_ok());
+    }
+
+    #[test]
+    fn a_mixed_key_set_verifies_each_key_with_its_own_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
+        let ed_token = ed.sign(&claims("https://gate.test")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let es_kid = generate_key(dir.path(), SigningAlgorithm::Es256).unwrap();
+
+        let mixed = keyset_of(dir.path(), SigningAlgorithm::Es256);
+        assert_eq!(mixed.signing.kid, es_kid, "the newest key signs");
+        assert_eq!(mixed.signing_algorithm(), SigningAlgorithm::Es256);
+        let es_token = mixed.sign(&claims("https://gate.test")).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&es_token).unwrap().alg,
+            Algorithm::ES256
+        );
+        assert!(mixed.verify(&ed_token).is_ok(), "old Ed25519 token");
+        assert!(mixed.verify(&es_token).is_ok(), "new ES256 token");
+
+        let jwks: serde_json::Value = serde_json::from_slice(&mixed.jwks_json()).unwrap();
+        let kinds: Vec<(&str, &str)> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k["kty"].as_str().unwrap(), k["alg"].as_str().unwrap()))
+            .collect();
+        assert_eq!(kinds, [("OKP", "EdDSA"), ("EC", "ES256")]);
+    }
+
+    #[test]
+    fn a_header_alg_other_than_the_keys_own_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
+        let ed_kid = ed.signing.kid.clone();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        generate_key(dir.path(), SigningAlgorithm::Es256).unwrap();
+        let keys = keyset_of(dir.path(), SigningAlgorithm::Es256);
+        let es_kid = keys.signing.kid.clone();
+        let es_pkcs8 = read_key(&dir.path().join(format!("{es_kid}.pem")))
+            .unwrap()
+            .pkcs8;
+        let ed_pkcs8 = read_key(&dir.path().join(format!("{ed_kid}.pem")))
+            .unwrap()
+            .pkcs8;
+
+        // Genuine signatures by our own keys, each under the other key's kid.
+        let es_under_ed_kid = forge(
+            Algorithm::ES256,
+            &ed_kid,
+            &EncodingKey::from_ec_der(&es_pkcs8),
+        );
+        let ed_under_es_kid = forge(
+            Algorithm::EdDSA,
+            &es_kid,
+            &EncodingKey::from_ed_der(&ed_pkcs8),
+        );
+        for token in [&es_under_ed_kid, &ed_under_es_kid] {
+            match keys.verify(token) {
+                Err(TokenError::Invalid(e)) => assert_eq!(
+                    *e.kind(),
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm,
+                    "{token}"
+                ),
+                other => panic!("{token}: {other:?}"),
+            }
+        }
+
+        // HS256 keyed with the published EC x coordinate under the ES256 kid.
+        let jwks: serde_json::Value = serde_json::from_slice(&keys.jwks_json()).unwrap();
+        let x = jwks["keys"][1]["x"].as_str().unwrap();
+        let hs = forge(
+            Algorithm::HS256,
+            &es_kid,
+            &EncodingKey::from_secret(&URL_SAFE_NO_PAD.decode(x).unwrap()),
+        );
+        assert!(keys.verify(&hs).is_err());
+
+        // alg: none under the ES256 kid.
+        let none_header =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{es_kid}"}}"#));
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("https://gate.test")).unwrap());
+        assert!(keys.verify(&format!("{none_header}.{payload}.")).is_err());
+    }
+
+    #[test]
+    fn a_key_of_another_curve_is_a_bad_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p384 = EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        let path = dir.path().join("000000000000001-p384.pem");
+        let pem = pem::encode(&pem::Pem::new(PEM_TAG, p384.as_ref().to_vec()));
+        fs::write(&path, pem).unwrap();
+        assert!(matches!(
+            KeySet::load_or_generate(dir.path(), "https://gate.test", SigningAlgorithm::Es256),
+            Err(KeyError::BadKey { .. })
+        ));
+    }
+
+    #[test]
+    fn algorithm_names_are_the_jws_names() {
+        for alg in [SigningAlgorithm::EdDsa, SigningAlgorithm::Es256] {
+            assert_eq!(SigningAlgorithm::parse(alg.as_str()), Some(alg));
+            assert_eq!(
+                serde_json::to_value(alg).unwrap(),
+                serde_json::Value::from(alg.as_str())
+            );
+        }
+        for other in ["eddsa", "es256", "HS256", "none", "RS256", ""] {
+            assert_eq!(SigningAlgorithm::parse(other), None, "{other}");
+        }
+        assert_eq!(SigningAlgorithm::default(), SigningAlgorithm::EdDsa);
     }
 
     #[test]

@@ -16,10 +16,10 @@ use url::Url;
 
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
-    AdminConfig, AuthConfig, AuthMode, Balance, BootstrapConfig, Config, CorsConfig,
-    HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth, OktaConfig,
-    RouteConfig, ServerConfig, StoreConfig, ThrottleConfig, TlsConfig, UpstreamConfig,
-    UpstreamProtocol,
+    AdminConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig, Config,
+    CorsConfig, HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth,
+    OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig, ThrottleConfig,
+    TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
 
 const ENV_PREFIX: &str = "MEIRO_GATE_";
@@ -33,7 +33,7 @@ const DEFAULT_FILE: &str = "config/meiro-gate.toml";
 
 /// Keys documented in operations.md that belong to later versions: said so in the "unknown key"
 /// message, so an operator who copied the documented file knows it is not a typo.
-const NOT_YET: &[&str] = &["auth.upstream"];
+const NOT_YET: &[&str] = &[];
 
 /// One thing wrong with the configuration. `key` is the full dotted path
 /// (`auth.access_token_ttl`, `upstreams[0].instances[1]`), or `config` for the file itself.
@@ -581,9 +581,18 @@ fn path(value: &Value) -> Result<PathBuf, String> {
 fn auth_mode(value: &Value) -> Result<AuthMode, String> {
     match text(value)?.as_str() {
         "local" => Ok(AuthMode::Local),
-        "upstream" => Err("upstream mode is not available in this version".to_owned()),
-        other => Err(format!("unknown mode {other:?}; expected \"local\"")),
+        "upstream" => Ok(AuthMode::Upstream),
+        other => Err(format!(
+            "unknown mode {other:?}; expected \"local\" or \"upstream\""
+        )),
     }
+}
+
+/// Exactly the JWS name: `alg` values are case-sensitive (RFC 7515 §4.1.1).
+fn signing_algorithm(value: &Value) -> Result<SigningAlgorithm, String> {
+    let name = text(value)?;
+    SigningAlgorithm::parse(&name)
+        .ok_or_else(|| format!("unknown algorithm {name:?}; expected \"EdDSA\" or \"ES256\""))
 }
 
 fn balance(value: &Value) -> Result<Balance, String> {
@@ -644,8 +653,19 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         upstreams.push(upstream);
     }
 
+    if let Some(up) = &auth.upstream
+        && !up.upstream.is_empty()
+        && !names.contains_key(&up.upstream)
+    {
+        reader.problem(
+            "auth.upstream.upstream",
+            format!("unknown upstream {:?}", up.upstream),
+        );
+    }
+
     let mut routes = Vec::new();
-    let mut prefixes: HashMap<String, String> = HashMap::new();
+    // A prefix may appear once per host (and once for any host).
+    let mut prefixes: HashMap<(Option<String>, String), String> = HashMap::new();
     for section in root.tables("routes") {
         let (prefix_key, upstream_key) = (section.key("prefix"), section.key("upstream"));
         let route = read_route(section);
@@ -656,11 +676,12 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
             );
         }
         if !route.prefix.is_empty() {
-            if let Some(first) = prefixes.get(&route.prefix) {
+            let slot = (route.host.clone(), route.prefix.clone());
+            if let Some(first) = prefixes.get(&slot) {
                 let message = format!("duplicate prefix {:?} (also {first})", route.prefix);
                 reader.problem(prefix_key, message);
             } else {
-                prefixes.insert(route.prefix.clone(), prefix_key);
+                prefixes.insert(slot, prefix_key);
             }
         }
         routes.push(route);
@@ -702,6 +723,10 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         .unwrap_or_else(|| public_url.clone());
     let drain_timeout = s.get("drain_timeout", secs(30), duration);
     let access_log = s.get("access_log", true, flag);
+    let worker_threads = s.opt("worker_threads", whole::<usize>);
+    if let Some(n) = worker_threads {
+        s.check("worker_threads", n >= 1, "must be at least 1");
+    }
     let tls = s.has("tls").then(|| {
         let mut t = s.section("tls");
         let cert = t.required("cert", path);
@@ -717,6 +742,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         frontend_url,
         drain_timeout,
         access_log,
+        worker_threads,
         tls,
     }
 }
@@ -944,14 +970,52 @@ fn mail_transport(value: &Value) -> Result<MailTransport, String> {
     }
 }
 
+fn read_auth_upstream(mut s: Section<'_>) -> AuthUpstreamConfig {
+    let upstream = s.required("upstream", non_empty_text).unwrap_or_default();
+    let introspect_path = s
+        .required("introspect_path", route_prefix)
+        .unwrap_or_default();
+    let introspect_method = s.get("introspect_method", "GET".to_owned(), text);
+    let positive_ttl = s.get("positive_ttl", secs(60), duration);
+    let negative_ttl = s.get("negative_ttl", secs(5), duration);
+    s.check(
+        "introspect_method",
+        http::Method::from_bytes(introspect_method.as_bytes()).is_ok(),
+        "must be an HTTP method such as GET",
+    );
+    s.check("positive_ttl", !positive_ttl.is_zero(), POSITIVE);
+    s.check("negative_ttl", !negative_ttl.is_zero(), POSITIVE);
+    AuthUpstreamConfig {
+        upstream,
+        introspect_path,
+        introspect_method: introspect_method.to_ascii_uppercase(),
+        positive_ttl,
+        negative_ttl,
+    }
+}
+
 fn read_auth(mut s: Section<'_>) -> AuthConfig {
     let mode = s.get("mode", AuthMode::Local, auth_mode);
+    let upstream = s
+        .has("upstream")
+        .then(|| read_auth_upstream(s.section("upstream")));
+    if mode == AuthMode::Upstream && upstream.is_none() {
+        s.problem(
+            "upstream",
+            "required with auth.mode = \"upstream\" (at least introspect_path)",
+        );
+    }
     let access_token_ttl = s.get("access_token_ttl", secs(8 * 3600), duration);
     let refresh_window = s.get("refresh_window", secs(4 * 3600), duration);
     let session_max_age = s.get("session_max_age", secs(30 * 86_400), duration);
     let cookie_name = s.get("cookie_name", "meiro_access_token".to_owned(), text);
     let cookie_secure = s.get("cookie_secure", true, flag);
     let keys_dir = s.get("keys_dir", PathBuf::from("data/keys"), path);
+    let signing_algorithm = s.get(
+        "signing_algorithm",
+        SigningAlgorithm::default(),
+        signing_algorithm,
+    );
     let password_hash_concurrency = s.get(
         "password_hash_concurrency",
         default_hash_concurrency(),
@@ -996,12 +1060,14 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
     );
     AuthConfig {
         mode,
+        upstream,
         access_token_ttl,
         refresh_window,
         session_max_age,
         cookie_name,
         cookie_secure,
         keys_dir,
+        signing_algorithm,
         password_hash_concurrency,
         login_throttle,
         reset_throttle,
@@ -1375,6 +1441,31 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_may_repeat_for_different_hosts() {
+        let routes = |hosts: [&str; 2]| {
+            let mut t = UPSTREAM.to_owned();
+            for host in hosts {
+                t.push_str("[[routes]]\nprefix = \"/api\"\nupstream = \"meiro\"\n");
+                if !host.is_empty() {
+                    t.push_str(&format!("host = \"{host}\"\n"));
+                }
+            }
+            t
+        };
+        assert_eq!(ok(&routes(["a.example.com", ""])).routes.len(), 2);
+        assert_eq!(
+            ok(&routes(["a.example.com", "b.example.com"])).routes.len(),
+            2
+        );
+        assert_problem(
+            &routes(["a.example.com", "A.example.com"]),
+            "routes[1].prefix",
+            "duplicate",
+        );
+        assert_problem(&routes(["", ""]), "routes[1].prefix", "duplicate");
+    }
+
+    #[test]
     fn tls_cors_and_route_rules() {
         assert_problem(
             "[server]\ntls = { cert = \"c.pem\" }\n",
@@ -1403,6 +1494,38 @@ mod tests {
         assert_problem(&route("timeout = \"0s\""), "routes[0].timeout", POSITIVE);
         assert_problem(&route("host = \"a/b\""), "routes[0].host", "host name");
         assert_problem(&route("max_body = \"lots\""), "routes[0].max_body", "");
+    }
+
+    #[test]
+    fn upstream_mode_needs_introspection_and_a_known_cluster() {
+        let c = ok(&format!(
+            "{UPSTREAM}[auth]\nmode = \"upstream\"\n[auth.upstream]\nupstream = \"meiro\"\nintrospect_path = \"/users/me\"\n"
+        ));
+        assert_eq!(c.auth.mode, AuthMode::Upstream);
+        let up = c.auth.upstream.unwrap();
+        assert_eq!(up.introspect_method, "GET");
+        assert_eq!((up.positive_ttl, up.negative_ttl), (secs(60), secs(5)));
+        assert_problem(
+            &format!(
+                "{UPSTREAM}[auth]\nmode = \"upstream\"\n[auth.upstream]\nupstream = \"meiro\"\n"
+            ),
+            "auth.upstream.introspect_path",
+            "missing",
+        );
+        assert_problem(
+            &format!(
+                "{UPSTREAM}[auth]\nmode = \"upstream\"\n[auth.upstream]\nupstream = \"nope\"\nintrospect_path = \"/me\"\n"
+            ),
+            "auth.upstream.upstream",
+            "unknown upstream",
+        );
+        assert_problem(
+            &format!(
+                "{UPSTREAM}[auth.upstream]\nupstream = \"meiro\"\nintrospect_path = \"/me\"\nnegative_ttl = \"0s\"\n"
+            ),
+            "auth.upstream.negative_ttl",
+            POSITIVE,
+        );
     }
 
     #[test]
@@ -1932,16 +2055,93 @@ mod tests {
     }
 
     #[test]
-    fn auth_mode_is_local_only() {
+    fn auth_mode_local_or_upstream() {
         assert_problems(&[
             (
                 r#"auth.mode = "upstream""#,
-                "auth.mode",
-                "upstream mode is not available in this version",
+                "auth.upstream",
+                "required with auth.mode",
             ),
             (r#"auth.mode = "magic""#, "auth.mode", "unknown mode"),
         ]);
         assert_eq!(ok(r#"auth.mode = "local""#).auth.mode, AuthMode::Local);
+    }
+
+    #[test]
+    fn server_worker_threads_default_to_the_runtime_and_are_positive() {
+        assert_eq!(ok("").server.worker_threads, None);
+        assert_eq!(
+            ok("server.worker_threads = 1").server.worker_threads,
+            Some(1)
+        );
+        assert_problems(&[
+            (
+                "server.worker_threads = 0",
+                "server.worker_threads",
+                "at least 1",
+            ),
+            (
+                "server.worker_threads = -1",
+                "server.worker_threads",
+                "non-negative whole number",
+            ),
+        ]);
+        let from_env = load_from_figment(&layers(
+            None,
+            env(&[("MEIRO_GATE_SERVER__WORKER_THREADS", "1")]),
+        ))
+        .unwrap();
+        assert_eq!(from_env.server.worker_threads, Some(1));
+    }
+
+    #[test]
+    fn auth_signing_algorithm_is_a_jws_name() {
+        assert_eq!(ok("").auth.signing_algorithm, SigningAlgorithm::EdDsa);
+        assert_eq!(
+            ok(r#"auth.signing_algorithm = "ES256""#)
+                .auth
+                .signing_algorithm,
+            SigningAlgorithm::Es256
+        );
+        assert_eq!(
+            ok(r#"auth.signing_algorithm = "EdDSA""#)
+                .auth
+                .signing_algorithm,
+            SigningAlgorithm::EdDsa
+        );
+        let from_env = load_from_figment(&layers(
+            None,
+            env(&[("MEIRO_GATE_AUTH__SIGNING_ALGORITHM", "ES256")]),
+        ))
+        .unwrap();
+        assert_eq!(from_env.auth.signing_algorithm, SigningAlgorithm::Es256);
+        assert_problems(&[
+            (
+                r#"auth.signing_algorithm = "es256""#,
+                "auth.signing_algorithm",
+                r#"unknown algorithm "es256"; expected "EdDSA" or "ES256""#,
+            ),
+            (
+                r#"auth.signing_algorithm = "HS256""#,
+                "auth.signing_algorithm",
+                "unknown algorithm",
+            ),
+            (
+                r#"auth.signing_algorithm = "none""#,
+                "auth.signing_algorithm",
+                "unknown algorithm",
+            ),
+            (
+                "auth.signing_algorithm = [1]",
+                "auth.signing_algorithm",
+                "expected a string",
+            ),
+        ]);
+        let printed = toml::to_string(&ok(r#"auth.signing_algorithm = "ES256""#).auth).unwrap();
+        assert!(
+            printed.contains(r#"signing_algorithm = "ES256""#),
+            "{printed}"
+        );
     }
 
     #[test]

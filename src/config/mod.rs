@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 use url::Url;
 
+pub use crate::auth::tokens::SigningAlgorithm;
+
 pub use load::{ConfigError, Problem, load, load_from_figment};
 pub use values::{ByteSize, Secret, duration_serde};
 
@@ -48,6 +50,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// One `meiro_gate::access` log line per proxied request. Default `true`.
     pub access_log: bool,
+    /// Tokio worker threads serving requests (argon2 runs on the separate blocking pool).
+    /// At least 1. Default: one per CPU core.
+    pub worker_threads: Option<usize>,
     /// `[server.tls]`: terminate TLS on the main listener. Absent: plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
 }
@@ -79,12 +84,34 @@ pub struct StoreConfig {
 pub enum AuthMode {
     /// This gateway serves the Authentication API and verifies its own tokens.
     Local,
+    /// A Meiro backend serves the Authentication API and issues the tokens; the gateway
+    /// forwards `/auth_options` and `/users/*` to it and validates tokens by asking it.
+    Upstream,
+}
+
+/// `[auth.upstream]`: the backend that owns users and tokens in upstream mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthUpstreamConfig {
+    /// The `[[upstreams]]` cluster that serves `/auth_options` and `/users/*`.
+    pub upstream: String,
+    /// Any backend route that answers 2xx for a valid token and 401/403 otherwise. Required.
+    pub introspect_path: String,
+    /// Default `GET`.
+    pub introspect_method: String,
+    /// How long a "valid" answer (or a token learned from a login) is trusted. Default `60s`.
+    #[serde(with = "duration_serde")]
+    pub positive_ttl: Duration,
+    /// How long an "invalid" answer is trusted. Default `5s`.
+    #[serde(with = "duration_serde")]
+    pub negative_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthConfig {
-    /// Only `"local"` in this version.
+    /// `"local"` (default) or `"upstream"`.
     pub mode: AuthMode,
+    /// Required with `mode = "upstream"`.
+    pub upstream: Option<AuthUpstreamConfig>,
     /// Lifetime of an access token. Default `8h`.
     #[serde(with = "duration_serde")]
     pub access_token_ttl: Duration,
@@ -98,8 +125,12 @@ pub struct AuthConfig {
     pub cookie_name: String,
     /// `Secure` attribute on the cookie. Default `true`.
     pub cookie_secure: bool,
-    /// Signing keys (Ed25519 PEM, 0600); generated on first start if empty. Default `data/keys`.
+    /// Signing keys (PKCS#8 PEM, 0600); generated on first start if empty. Default `data/keys`.
     pub keys_dir: PathBuf,
+    /// Algorithm of generated signing keys (the first one and `keys rotate`): `"EdDSA"`
+    /// (Ed25519) or `"ES256"` (P-256, for verifiers without EdDSA such as HAProxy 2.6).
+    /// Existing key files keep verifying with their own algorithm. Default `"EdDSA"`.
+    pub signing_algorithm: SigningAlgorithm,
     /// Concurrent argon2 computations (each ~30 ms CPU, 19 MiB). Default: half the cores, at least 1.
     pub password_hash_concurrency: usize,
     /// Failed `POST /users/login` attempts; successful logins do not count.

@@ -10,8 +10,6 @@ use http::{HeaderValue, Response, StatusCode};
 pub enum ProxyError {
     #[error("request path cannot be normalized safely")]
     BadPath,
-    #[error("conflicting Content-Length / Transfer-Encoding framing")]
-    BadFraming,
     #[error("request body over the route's limit")]
     PayloadTooLarge,
     #[error("no route matches")]
@@ -35,7 +33,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::BadPath | ProxyError::BadFraming => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -49,9 +47,6 @@ impl ProxyError {
     fn body(self) -> &'static str {
         match self {
             ProxyError::BadPath => r#"{"message":"Invalid request path"}"#,
-            ProxyError::BadFraming => {
-                r#"{"message":"Conflicting Content-Length and Transfer-Encoding"}"#
-            }
             ProxyError::PayloadTooLarge => r#"{"message":"Request body is too large"}"#,
             ProxyError::NoRoute => r#"{"message":"Not found"}"#,
             ProxyError::MissingToken => r#"{"message":"Missing access token"}"#,
@@ -89,7 +84,6 @@ mod tests {
     fn every_body_is_json_with_a_message() {
         for e in [
             ProxyError::BadPath,
-            ProxyError::BadFraming,
             ProxyError::PayloadTooLarge,
             ProxyError::NoRoute,
             ProxyError::MissingToken,

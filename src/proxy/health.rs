@@ -117,11 +117,17 @@ pub async fn run_checks(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
         });
         let results = futures_util::future::join_all(checks).await;
         for (instance, ok) in cluster.instances.iter().zip(results) {
-            let changed = instance.state().active.record(
-                ok,
-                config.healthy_threshold,
-                config.unhealthy_threshold,
-            );
+            let mut state = instance.state();
+            let changed =
+                state
+                    .active
+                    .record(ok, config.healthy_threshold, config.unhealthy_threshold);
+            // A passing check is better evidence than an old failure: like Envoy, it ends a
+            // passive ejection instead of waiting out the backoff.
+            if ok && state.ejection.ejected_until.is_some() {
+                state.ejection.succeeded();
+            }
+            drop(state);
             match changed {
                 Some(true) => {
                     tracing::info!(upstream = %cluster.name, instance = %instance.authority, "instance healthy again")

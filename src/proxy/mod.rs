@@ -1,5 +1,5 @@
-//! The data plane: every request that is not the auth API. In request order: check framing →
-//! normalize the path → route (host + longest prefix) → authenticate unless the route is
+//! The data plane: every request that is not the auth API. In request order: normalize the
+//! path → route (host + longest prefix) → authenticate unless the route is
 //! public → pick a healthy instance → forward, streaming both bodies, retrying only when safe.
 
 mod balance;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -140,12 +140,10 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        // RFC 9112 §6.3: both headers is a request-smuggling vector; refuse, never forward.
-        if parts.headers.contains_key(TRANSFER_ENCODING)
-            && parts.headers.contains_key(CONTENT_LENGTH)
-        {
-            return Err(ProxyError::BadFraming);
-        }
+        // Framing was settled by hyper before we got here (RFC 9112 §6.3): conflicting
+        // Content-Length values are a 400, and Transfer-Encoding overrides Content-Length
+        // (the length is dropped and the connection closed after the response), so what is
+        // forwarded is exactly the body hyper read — nothing can be smuggled behind it.
         let path = path::normalize(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts

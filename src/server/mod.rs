@@ -2,6 +2,7 @@
 //! h2c with prior knowledge in the clear), a connection limit, the slowloris guard, and
 //! graceful drain on shutdown.
 
+pub mod cors;
 pub mod tls;
 
 use std::net::SocketAddr;
