@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::passwords::hash_standalone;
 use crate::auth::{Auth, AuthInitError, Clock, normalize_email, revocation};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
 use crate::server::tls::{CertStore, TlsError};
@@ -53,13 +53,21 @@ pub struct RunningApp {
     pub addr: SocketAddr,
     /// Admin listener (`/healthz`, `/readyz`).
     pub admin_addr: SocketAddr,
-    pub auth: Arc<Auth>,
+    /// The local auth subsystem; `None` in upstream mode.
+    local_auth: Option<Arc<Auth>>,
     shutdown: watch::Sender<bool>,
     main: JoinHandle<bool>,
     admin: JoinHandle<bool>,
-    follower: JoinHandle<()>,
-    mailer: JoinHandle<()>,
+    /// The revocation follower and the mail queue (local mode only).
+    background: Vec<JoinHandle<()>>,
     cert_store: Option<Arc<CertStore>>,
+}
+
+/// What local mode runs besides the data plane.
+struct Local {
+    auth: Arc<Auth>,
+    store: Arc<dyn Store>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl App {
@@ -69,23 +77,26 @@ impl App {
 
     /// As [`App::start`], with the clock the auth rules read (tests move it forward).
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
-        let store = store::open(config.store.url.expose()).await?;
-        bootstrap_admin(&config, store.as_ref(), &clock).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (mail, mailer) = Mail::start(&config.mail, shutdown_rx.clone()).await?;
-        let auth = Arc::new(Auth::new(&config, store.clone(), mail, clock).await?);
-        if let Some(okta) = auth.okta() {
-            // In the background: a provider that is down must not keep the gateway from serving
-            // credentials login; logins retry discovery after `okta.discovery_retry`.
-            okta.prefetch();
-        }
-        let proxy = Arc::new(Proxy::new(&config, auth.clone())?);
+        // Upstream mode needs no store, keys or mail: the backend owns users and tokens.
+        let local = match config.auth.mode {
+            AuthMode::Local => Some(start_local(&config, clock.clone(), &shutdown_rx).await?),
+            AuthMode::Upstream => None,
+        };
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            local.as_ref().map(|l| l.auth.clone()),
+            clock,
+        )?);
         proxy.spawn_health_checks(&shutdown_rx);
-        let mut router = crate::api::router(
-            auth.clone(),
-            config.limits.api_max_body.as_usize(),
-            ProxyService(proxy.clone()),
-        );
+        let mut router = match &local {
+            Some(local) => crate::api::router(
+                local.auth.clone(),
+                config.limits.api_max_body.as_usize(),
+                ProxyService(proxy.clone()),
+            ),
+            None => Router::new().fallback_service(ProxyService(proxy.clone())),
+        };
         if let Some(cors) = &config.cors {
             // Outermost: a preflight is answered before any route, token check or proxying.
             router = router.layer(axum::middleware::from_fn_with_state(
@@ -107,13 +118,6 @@ impl App {
         let addr = local_addr(&main_listener, config.server.listen)?;
         let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
 
-        let cursor = store.revocation_cursor().await?;
-        let follower = tokio::spawn(revocation::follow(
-            auth.clone(),
-            cursor,
-            shutdown_rx.clone(),
-        ));
-
         let limits = ConnectionLimits {
             max_connections: config.limits.max_connections,
             header_read_timeout: config.limits.header_read_timeout,
@@ -130,25 +134,54 @@ impl App {
         ));
         let admin = tokio::spawn(server::serve(
             admin_listener,
-            admin_router(store, proxy),
+            admin_router(local.as_ref().map(|l| l.store.clone()), proxy),
             limits,
             None,
             shutdown_rx,
             drain,
         ));
-        tracing::info!(%addr, %admin_addr, "meiro-gate listening");
+        tracing::info!(%addr, %admin_addr, mode = ?config.auth.mode, "meiro-gate listening");
+        let (local_auth, background) = match local {
+            Some(local) => (Some(local.auth), local.background),
+            None => (None, Vec::new()),
+        };
         Ok(RunningApp {
             addr,
             admin_addr,
-            auth,
+            local_auth,
             shutdown,
             main,
             admin,
-            follower,
-            mailer,
+            background,
             cert_store,
         })
     }
+}
+
+/// Local mode's subsystems: the store (migrated, bootstrapped), mail, auth, Okta discovery in
+/// the background, and the revocation follower.
+async fn start_local(
+    config: &Config,
+    clock: Clock,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Local, StartError> {
+    let store = store::open(config.store.url.expose()).await?;
+    bootstrap_admin(config, store.as_ref(), &clock).await?;
+    let (mail, mailer) = Mail::start(&config.mail, shutdown.clone()).await?;
+    let auth = Arc::new(Auth::new(config, store.clone(), mail, clock).await?);
+    if let Some(okta) = auth.okta() {
+        // In the background: a provider that is down must not keep the gateway from serving
+        // credentials login; logins retry discovery after `okta.discovery_retry`.
+        okta.prefetch();
+    }
+    // Read before serving: a revocation racing the first cached tokens is then never skipped.
+    let cursor = store.revocation_cursor().await?;
+    let follower = tokio::spawn(revocation::follow(auth.clone(), cursor, shutdown.clone()));
+    Ok(Local {
+        auth,
+        store,
+        background: vec![mailer, follower],
+    })
 }
 
 impl RunningApp {
@@ -168,9 +201,20 @@ impl RunningApp {
         let _ = self.shutdown.send(true);
         let main = self.main.await.unwrap_or(false);
         let admin = self.admin.await.unwrap_or(false);
-        let _ = self.follower.await;
-        let _ = self.mailer.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         main && admin
+    }
+
+    /// The local auth subsystem (store, tokens, users).
+    ///
+    /// # Panics
+    /// In upstream mode, which has none.
+    pub fn auth(&self) -> &Arc<Auth> {
+        self.local_auth
+            .as_ref()
+            .expect("the local auth subsystem exists in local mode only")
     }
 }
 
@@ -215,11 +259,12 @@ async fn bootstrap_admin(
 
 #[derive(Clone)]
 struct Readiness {
-    store: Arc<dyn Store>,
+    /// Local mode's store; upstream mode has none.
+    store: Option<Arc<dyn Store>>,
     proxy: Arc<Proxy>,
 }
 
-fn admin_router(store: Arc<dyn Store>, proxy: Arc<Proxy>) -> Router {
+fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -232,7 +277,9 @@ fn admin_router(store: Arc<dyn Store>, proxy: Arc<Proxy>) -> Router {
 /// Ready: the store answers and at least one upstream instance is available (or no
 /// upstream is configured).
 async fn readyz(State(ready): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
-    if let Err(e) = ready.store.ping().await {
+    if let Some(store) = &ready.store
+        && let Err(e) = store.ping().await
+    {
         tracing::warn!(error = %e, "readiness: store unreachable");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -197,7 +197,7 @@ fn advance_to(gw: &Gateway, target: i64) {
 
 async fn create_user(gw: &Gateway, email: &str, password_hash: Option<String>, pending: bool) {
     gw.app()
-        .auth
+        .auth()
         .store()
         .create_user(NewUser {
             email: email.into(),
@@ -318,7 +318,7 @@ async fn login_email_is_case_insensitive_and_trimmed() {
 #[tokio::test]
 async fn every_credential_failure_is_the_same_401() {
     let (_up, gw) = setup().await;
-    let store = gw.app().auth.store().clone();
+    let store = gw.app().auth().store().clone();
     let hash = hash_standalone(PASSWORD.into()).await.unwrap();
     gw.add_user("active@example.com", Role::User).await;
     gw.add_user("disabled@example.com", Role::User).await;
@@ -822,7 +822,7 @@ async fn refresh_refuses_tokens_of_a_disabled_user() {
     let token = gw.login("alice@example.com").await;
     assert_proxied(&gw, &token).await;
     gw.app()
-        .auth
+        .auth()
         .store()
         .set_user_disabled("alice@example.com", true, gw.clock.now())
         .await

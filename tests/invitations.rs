@@ -458,7 +458,7 @@ async fn invite_validates_the_request() {
     // A disabled user still holds the address.
     gw.add_user("disabled@example.com", Role::User).await;
     gw.app()
-        .auth
+        .auth()
         .store()
         .set_user_disabled("disabled@example.com", true, gw.clock.now())
         .await

@@ -133,7 +133,7 @@ async fn auth_options(gw: &Gateway) -> Value {
 }
 
 async fn user(gw: &Gateway, email: &str) -> Option<User> {
-    gw.app().auth.store().user_by_email(email).await.unwrap()
+    gw.app().auth().store().user_by_email(email).await.unwrap()
 }
 
 /// `claims` with some fields replaced (`Value::Null` removes one).
@@ -255,12 +255,12 @@ async fn auto_provision_creates_an_active_user_with_the_default_role() {
     );
     // Next time the same user is found, not created again.
     okta_login_ok(&gw, &idp.login_code("new@example.com")).await;
-    let users = gw.app().auth.store().list_users().await.unwrap();
+    let users = gw.app().auth().store().list_users().await.unwrap();
     assert_eq!(users.len(), 1);
     // An existing but disabled user is refused, not provisioned again.
     gw.add_user("off@example.com", Role::User).await;
     gw.app()
-        .auth
+        .auth()
         .store()
         .set_user_disabled("off@example.com", true, gw.clock.now())
         .await
@@ -272,7 +272,7 @@ async fn auto_provision_creates_an_active_user_with_the_default_role() {
         "no active user",
     )
     .await;
-    assert_eq!(gw.app().auth.store().list_users().await.unwrap().len(), 2);
+    assert_eq!(gw.app().auth().store().list_users().await.unwrap().len(), 2);
     // Provisioning still needs a verified email.
     let unverified = with(
         idp.claims("other@example.com"),
@@ -309,7 +309,7 @@ async fn unknown_disabled_or_pending_users_are_refused() {
 
     gw.add_user("gone@example.com", Role::User).await;
     gw.app()
-        .auth
+        .auth()
         .store()
         .set_user_disabled("gone@example.com", true, gw.clock.now())
         .await
@@ -325,7 +325,7 @@ async fn unknown_disabled_or_pending_users_are_refused() {
 
     // Invited, but has not accepted yet: Okta does not activate the account.
     gw.app()
-        .auth
+        .auth()
         .store()
         .create_user(NewUser {
             email: "invited@example.com".into(),

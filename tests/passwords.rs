@@ -331,7 +331,7 @@ async fn after_a_reset_old_tokens_cannot_be_refreshed() {
 async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer() {
     let env = setup().await;
     let gw = &env.gw;
-    let store = gw.app().auth.store().clone();
+    let store = gw.app().auth().store().clone();
     gw.add_user("disabled@example.com", Role::User).await;
     store
         .set_user_disabled("disabled@example.com", true, gw.clock.now())

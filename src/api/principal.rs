@@ -7,12 +7,13 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
+use crate::auth::cache::LocalIdentity;
 use crate::auth::layer::extract_token;
-use crate::auth::{Auth, AuthError, Principal};
+use crate::auth::{Auth, AuthError};
 use crate::store::Role;
 
 /// An authenticated admin: no token → 401, a non-admin → 403.
-pub struct Admin(pub Arc<Principal>);
+pub struct Admin(pub LocalIdentity);
 
 impl FromRequestParts<Arc<Auth>> for Admin {
     type Rejection = ApiError;
@@ -21,9 +22,9 @@ impl FromRequestParts<Arc<Auth>> for Admin {
         let token = extract_token(&parts.headers, &auth.settings().cookie_name)
             .ok_or(AuthError::MissingToken)?;
         let principal = auth.authenticate(token).await?;
-        if principal.role != Role::Admin {
-            return Err(AuthError::Forbidden.into());
+        match principal.local {
+            Some(identity) if identity.role == Role::Admin => Ok(Admin(identity)),
+            _ => Err(AuthError::Forbidden.into()),
         }
-        Ok(Admin(principal))
     }
 }

@@ -1,6 +1,8 @@
 //! The validated-token cache on the per-request path: moka, keyed by a SHA-256 digest of the
 //! token (fixed size, and a collision cannot forge a hit), each entry living until its
-//! token's `exp`.
+//! token's `exp`. The digest also covers who vouched for the token (this gateway's own
+//! verification, or a named upstream's introspection), so an entry one validator wrote can
+//! never satisfy another (the class of bug of Oathkeeper CVE-2026-33496).
 //!
 //! Revocation does not scan the cache: every cached [`Principal`] of a session shares one
 //! [`SessionFlag`], so ending a session is one atomic store that all its tokens see at once.
@@ -17,13 +19,20 @@ use moka::future::Cache;
 
 use crate::store::{Role, SessionId, UnixTime, UserId};
 
-/// SHA-256 of the token bytes.
+/// SHA-256 over the validator's tag and the token.
 pub type TokenDigest = [u8; 32];
 
-pub fn token_digest(token: &[u8]) -> TokenDigest {
-    let d = digest::digest(&digest::SHA256, token);
+/// The tag of tokens this gateway signed and verifies itself.
+pub const VOUCHED_LOCALLY: &[u8] = b"local";
+
+pub fn token_digest(vouched_by: &[u8], token: &[u8]) -> TokenDigest {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(vouched_by);
+    // NUL cannot occur in a tag or a token header value: tag and token stay separable.
+    context.update(&[0]);
+    context.update(token);
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    out.copy_from_slice(context.finish().as_ref());
     out
 }
 
@@ -39,21 +48,29 @@ impl SessionFlag {
     }
 }
 
-/// Who a valid token speaks for, with the identity headers pre-built so forwarding a request
-/// clones three `HeaderValue`s (reference counts) instead of formatting strings.
-#[derive(Debug)]
-pub struct Principal {
+/// The identity behind a token this gateway issued itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalIdentity {
     pub user_id: UserId,
     pub session_id: SessionId,
     pub role: Role,
+}
+
+/// Who a valid token speaks for, with the identity headers pre-built so forwarding a request
+/// clones a few `HeaderValue`s (reference counts) instead of formatting strings.
+#[derive(Debug)]
+pub struct Principal {
+    /// Set for tokens of local mode; `None` for tokens an upstream vouched for.
+    pub local: Option<LocalIdentity>,
     pub exp: UnixTime,
-    pub user_id_header: HeaderValue,
+    pub user_id_header: Option<HeaderValue>,
     pub email_header: Option<HeaderValue>,
-    pub role_header: HeaderValue,
+    pub role_header: Option<HeaderValue>,
     pub session: Arc<SessionFlag>,
 }
 
 impl Principal {
+    /// A principal of a token this gateway issued.
     pub fn new(
         user_id: UserId,
         email: &str,
@@ -63,42 +80,80 @@ impl Principal {
         session: Arc<SessionFlag>,
     ) -> Principal {
         Principal {
-            user_id,
-            session_id,
-            role,
+            local: Some(LocalIdentity {
+                user_id,
+                session_id,
+                role,
+            }),
             exp,
-            user_id_header: HeaderValue::try_from(user_id.to_string())
-                .expect("a UUID is a valid header value"),
+            user_id_header: HeaderValue::try_from(user_id.to_string()).ok(),
             // An email with control characters cannot be a header; the upstream then gets
             // no email header rather than a broken one.
             email_header: HeaderValue::from_str(email).ok(),
-            role_header: HeaderValue::from_static(role.as_str()),
+            role_header: Some(HeaderValue::from_static(role.as_str())),
             session,
+        }
+    }
+
+    /// A principal an upstream vouched for: identity headers only as far as it told us.
+    pub fn vouched(
+        user_id: Option<HeaderValue>,
+        email: Option<HeaderValue>,
+        role: Option<HeaderValue>,
+        exp: UnixTime,
+    ) -> Principal {
+        Principal {
+            local: None,
+            exp,
+            user_id_header: user_id,
+            email_header: email,
+            role_header: role,
+            // Never registered: upstream-mode logout evicts the cache entry itself.
+            session: Arc::new(SessionFlag::default()),
+        }
+    }
+}
+
+/// What the cache remembers about a token.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Valid(Arc<Principal>),
+    /// Refused by an upstream: trusted until `until` (unix seconds).
+    Invalid {
+        until: UnixTime,
+    },
+}
+
+impl Verdict {
+    fn expires_at(&self) -> UnixTime {
+        match self {
+            Verdict::Valid(p) => p.exp,
+            Verdict::Invalid { until } => *until,
         }
     }
 }
 
 struct UntilTokenExpiry;
 
-impl Expiry<TokenDigest, Arc<Principal>> for UntilTokenExpiry {
+impl Expiry<TokenDigest, Verdict> for UntilTokenExpiry {
     fn expire_after_create(
         &self,
         _key: &TokenDigest,
-        value: &Arc<Principal>,
+        value: &Verdict,
         _created_at: Instant,
     ) -> Option<Duration> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         Some(Duration::from_secs(
-            value.exp.saturating_sub(now).max(0) as u64
+            value.expires_at().saturating_sub(now).max(0) as u64,
         ))
     }
 }
 
 /// The token cache and the registry of live [`SessionFlag`]s.
 pub struct TokenCache {
-    entries: Cache<TokenDigest, Arc<Principal>>,
+    entries: Cache<TokenDigest, Verdict>,
     // Weak: a flag lives exactly as long as some cached principal holds it. Only misses and
     // revocations take this lock, never a cache hit.
     sessions: Mutex<HashMap<SessionId, Weak<SessionFlag>>>,
@@ -115,7 +170,7 @@ impl TokenCache {
         }
     }
 
-    pub fn entries(&self) -> &Cache<TokenDigest, Arc<Principal>> {
+    pub fn entries(&self) -> &Cache<TokenDigest, Verdict> {
         &self.entries
     }
 
@@ -163,8 +218,8 @@ mod tests {
 
     #[test]
     fn digest_is_fixed_size_and_distinguishes_tokens() {
-        assert_ne!(token_digest(b"a.b.c"), token_digest(b"a.b.d"));
-        assert_eq!(token_digest(b"a.b.c"), token_digest(b"a.b.c"));
+        assert_ne!(token_digest(b"t", b"a.b.c"), token_digest(b"t", b"a.b.d"));
+        assert_eq!(token_digest(b"t", b"a.b.c"), token_digest(b"t", b"a.b.c"));
     }
 
     #[tokio::test]
@@ -176,38 +231,18 @@ mod tests {
         let a = principal(&cache, sid, far);
         let b = principal(&cache, sid, far);
         let c = principal(&cache, other, far);
-        cache.entries.insert([1; 32], a).await;
-        cache.entries.insert([2; 32], b).await;
-        cache.entries.insert([3; 32], c).await;
+        cache.entries.insert([1; 32], Verdict::Valid(a)).await;
+        cache.entries.insert([2; 32], Verdict::Valid(b)).await;
+        cache.entries.insert([3; 32], Verdict::Valid(c)).await;
 
         cache.revoke_session(sid);
-        assert!(
-            cache
-                .entries
-                .get(&[1; 32])
-                .await
-                .unwrap()
-                .session
-                .is_revoked()
-        );
-        assert!(
-            cache
-                .entries
-                .get(&[2; 32])
-                .await
-                .unwrap()
-                .session
-                .is_revoked()
-        );
-        assert!(
-            !cache
-                .entries
-                .get(&[3; 32])
-                .await
-                .unwrap()
-                .session
-                .is_revoked()
-        );
+        let revoked = |v: Option<Verdict>| match v {
+            Some(Verdict::Valid(p)) => p.session.is_revoked(),
+            other => panic!("expected a valid entry, got {other:?}"),
+        };
+        assert!(revoked(cache.entries.get(&[1; 32]).await));
+        assert!(revoked(cache.entries.get(&[2; 32]).await));
+        assert!(!revoked(cache.entries.get(&[3; 32]).await));
     }
 
     #[tokio::test]
@@ -232,8 +267,41 @@ mod tests {
     fn identity_headers_are_prebuilt() {
         let cache = TokenCache::new(10);
         let p = principal(&cache, SessionId::new_random(), 10);
-        assert_eq!(p.role_header, "user");
+        assert_eq!(p.role_header.as_ref().unwrap(), "user");
         assert_eq!(p.email_header.as_ref().unwrap(), "a@example.com");
-        assert_eq!(p.user_id_header.to_str().unwrap(), p.user_id.to_string());
+        let local = p.local.unwrap();
+        assert_eq!(
+            p.user_id_header.as_ref().unwrap().to_str().unwrap(),
+            local.user_id.to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_vouched_for_by_one_validator_never_serves_another() {
+        let cache = TokenCache::new(10);
+        let token = b"the.same.token";
+        let by_upstream = token_digest(b"introspect:meiro", token);
+        cache
+            .entries
+            .insert(
+                by_upstream,
+                Verdict::Valid(Arc::new(Principal::vouched(None, None, None, i64::MAX / 4))),
+            )
+            .await;
+        assert!(cache.entries.get(&by_upstream).await.is_some());
+        assert!(
+            cache
+                .entries
+                .get(&token_digest(VOUCHED_LOCALLY, token))
+                .await
+                .is_none()
+        );
+        assert!(
+            cache
+                .entries
+                .get(&token_digest(b"introspect:other", token))
+                .await
+                .is_none()
+        );
     }
 }

@@ -13,8 +13,9 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::cache::LocalIdentity;
 use super::tokens::{KeyError, random_base64url, write_private};
-use super::{Auth, AuthError, Principal, is_valid_email, normalize_email};
+use super::{Auth, AuthError, is_valid_email, normalize_email};
 use crate::store::{Invitation, NewUser, Role, StoreError, UnixTime, User, UserId};
 
 const SECRET_FILE: &str = "link-secret.key";
@@ -104,7 +105,7 @@ impl Auth {
     /// e-mail is queued either way.
     pub async fn invite(
         &self,
-        admin: &Principal,
+        admin: &LocalIdentity,
         email: &str,
         role: Option<Role>,
     ) -> Result<User, AuthError> {
@@ -150,7 +151,7 @@ impl Auth {
     }
 
     /// `PATCH /users/invite`: a new link for a pending user; earlier links stop working.
-    pub async fn reinvite(&self, admin: &Principal, email: &str) -> Result<User, AuthError> {
+    pub async fn reinvite(&self, admin: &LocalIdentity, email: &str) -> Result<User, AuthError> {
         let email = normalize_email(email);
         let existing = self
             .store

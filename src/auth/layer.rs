@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-use super::cache::{Principal, token_digest};
+use super::cache::{Principal, VOUCHED_LOCALLY, Verdict, token_digest};
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
 
@@ -25,15 +25,23 @@ enum LoadError {
 impl Auth {
     /// The principal a token speaks for, or why it does not.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let principal = self
+        let verdict = self
             .cache
             .entries()
-            .try_get_with(token_digest(token.as_bytes()), self.load_principal(token))
+            .try_get_with(
+                token_digest(VOUCHED_LOCALLY, token.as_bytes()),
+                self.load_principal(token),
+            )
             .await
             .map_err(|e| match &*e {
                 LoadError::Invalid => AuthError::InvalidToken,
                 LoadError::Store(e) => AuthError::Internal(format!("store: {e}")),
             })?;
+        // Local verification never caches a refusal (a forged token costs one signature
+        // check, and a store outage must not be remembered), so this is always `Valid`.
+        let Verdict::Valid(principal) = verdict else {
+            return Err(AuthError::InvalidToken);
+        };
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
         if principal.session.is_revoked() || is_expired(principal.exp, self.clock.now()) {
@@ -42,7 +50,7 @@ impl Auth {
         Ok(principal)
     }
 
-    async fn load_principal(&self, token: &str) -> Result<Arc<Principal>, LoadError> {
+    async fn load_principal(&self, token: &str) -> Result<Verdict, LoadError> {
         let claims = self.keys.verify(token).map_err(|_| LoadError::Invalid)?;
         let now = self.clock.now();
         if is_expired(claims.exp, now) {
@@ -63,14 +71,14 @@ impl Auth {
             .await?
             .filter(|u| u.is_active())
             .ok_or(LoadError::Invalid)?;
-        Ok(Arc::new(Principal::new(
+        Ok(Verdict::Valid(Arc::new(Principal::new(
             user.id,
             &user.email,
             user.role,
             claims.sid,
             claims.exp,
             flag,
-        )))
+        ))))
     }
 }
 

@@ -108,11 +108,15 @@ pub fn prepare_headers(headers: &mut HeaderMap, downstream: Downstream<'_>) {
     headers.remove(&X_MEIRO_USER_EMAIL);
     headers.remove(&X_MEIRO_USER_ROLE);
     if let Some(p) = downstream.principal {
-        headers.insert(X_MEIRO_USER_ID.clone(), p.user_id_header.clone());
-        if let Some(email) = &p.email_header {
-            headers.insert(X_MEIRO_USER_EMAIL.clone(), email.clone());
+        for (name, value) in [
+            (&X_MEIRO_USER_ID, &p.user_id_header),
+            (&X_MEIRO_USER_EMAIL, &p.email_header),
+            (&X_MEIRO_USER_ROLE, &p.role_header),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
+            }
         }
-        headers.insert(X_MEIRO_USER_ROLE.clone(), p.role_header.clone());
     }
 
     append_forwarded_for(headers, downstream.client);

@@ -6,6 +6,7 @@ mod balance;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod introspect;
 pub mod path;
 pub mod retry;
 pub mod routes;
@@ -31,10 +32,11 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 
 use crate::auth::layer::extract_token;
-use crate::auth::{Auth, AuthError};
+use crate::auth::{Auth, AuthError, Clock, Principal};
 use crate::config::{Config, UpstreamProtocol};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
+use introspect::{IntrospectError, Introspector};
 use retry::Failure;
 use routes::{Route, RouteTable};
 use upstream::{Cluster, ClusterError, InFlight};
@@ -45,11 +47,24 @@ pub enum ProxyBuildError {
     Cluster(#[from] ClusterError),
     #[error("route {prefix}: unknown upstream {upstream}")]
     UnknownUpstream { prefix: String, upstream: String },
+    #[error("auth.upstream.upstream: unknown upstream {0}")]
+    UnknownAuthUpstream(String),
+    #[error("auth.mode = \"upstream\" needs [auth.upstream]")]
+    MissingAuthUpstream,
+}
+
+/// Who checks tokens on the data plane.
+pub enum Validator {
+    /// Local mode: this gateway's own tokens, verified and looked up by `auth`.
+    Local(Arc<Auth>),
+    /// Upstream mode: the Meiro backend is asked (cached); its auth API is passed through.
+    Introspect(Introspector),
 }
 
 /// Shared, read-only state of the data plane.
 pub struct Proxy {
-    auth: Arc<Auth>,
+    validator: Validator,
+    cookie_name: String,
     routes: RouteTable,
     clusters: Vec<Arc<Cluster>>,
     downstream_proto: &'static str,
@@ -60,11 +75,16 @@ pub struct Proxy {
 #[derive(Default)]
 struct Outcome {
     instance: Option<(Arc<Cluster>, usize)>,
-    user: Option<crate::store::UserId>,
+    user: Option<HeaderValue>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, auth: Arc<Auth>) -> Result<Proxy, ProxyBuildError> {
+    /// `auth` is the local auth subsystem (local mode); `None` in upstream mode.
+    pub fn new(
+        config: &Config,
+        auth: Option<Arc<Auth>>,
+        clock: Clock,
+    ) -> Result<Proxy, ProxyBuildError> {
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .upstreams
             .iter()
@@ -83,8 +103,22 @@ impl Proxy {
                 Ok(Route::new(r, cluster))
             })
             .collect::<Result<Vec<_>, ProxyBuildError>>()?;
+        let validator = match (auth, &config.auth.upstream) {
+            (Some(auth), _) => Validator::Local(auth),
+            (None, Some(upstream)) => {
+                let cluster = clusters
+                    .get(upstream.upstream.as_str())
+                    .cloned()
+                    .ok_or_else(|| {
+                        ProxyBuildError::UnknownAuthUpstream(upstream.upstream.clone())
+                    })?;
+                Validator::Introspect(Introspector::new(upstream, cluster, clock))
+            }
+            (None, None) => return Err(ProxyBuildError::MissingAuthUpstream),
+        };
         Ok(Proxy {
-            auth,
+            validator,
+            cookie_name: config.auth.cookie_name.clone(),
             routes: RouteTable::new(routes),
             clusters: clusters.into_values().collect(),
             downstream_proto: if config.server.tls.is_some() {
@@ -151,6 +185,15 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        if let Validator::Introspect(introspector) = &self.validator
+            && is_auth_api(&path)
+        {
+            // Upstream mode serves the auth API whatever the route table says.
+            let path = path.into_owned();
+            return self
+                .forward_auth_api(introspector, parts, body, &path, host, outcome)
+                .await;
+        }
         let route = self
             .routes
             .find(host.as_ref().and_then(|h| h.to_str().ok()), &path)
@@ -165,17 +208,11 @@ impl Proxy {
         let principal = if route.public {
             None
         } else {
-            let token = extract_token(&parts.headers, &self.auth.settings().cookie_name)
-                .ok_or(ProxyError::MissingToken)?;
-            Some(self.auth.authenticate(token).await.map_err(|e| match e {
-                AuthError::Internal(_) | AuthError::Store(_) => {
-                    tracing::error!(error = %e, "token validation failed");
-                    ProxyError::AuthUnavailable
-                }
-                _ => ProxyError::InvalidToken,
-            })?)
+            let token =
+                extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
+            Some(self.authenticate(token).await?)
         };
-        outcome.user = principal.as_ref().map(|p| p.user_id);
+        outcome.user = principal.as_ref().and_then(|p| p.user_id_header.clone());
 
         let client = parts
             .extensions
@@ -208,6 +245,107 @@ impl Proxy {
         }
         self.send_with_retries(cluster, parts, body, target, deadline, outcome)
             .await
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, ProxyError> {
+        match &self.validator {
+            Validator::Local(auth) => auth.authenticate(token).await.map_err(|e| match e {
+                AuthError::Internal(_) | AuthError::Store(_) => {
+                    tracing::error!(error = %e, "token validation failed");
+                    ProxyError::AuthUnavailable
+                }
+                _ => ProxyError::InvalidToken,
+            }),
+            Validator::Introspect(introspector) => {
+                introspector.authenticate(token).await.map_err(|e| match e {
+                    IntrospectError::Invalid => ProxyError::InvalidToken,
+                    IntrospectError::Unavailable(reason) => {
+                        tracing::warn!(%reason, "token introspection failed");
+                        ProxyError::AuthUnavailable
+                    }
+                })
+            }
+        }
+    }
+
+    /// Upstream mode: `/auth_options` and `/users/*` go to the backend unchanged (bodies,
+    /// statuses, cookies), no token required here — the backend decides. On the way the
+    /// gateway learns: a successful login's `{"token"}` is cached as valid, and the token a
+    /// successful logout ended is evicted at once.
+    async fn forward_auth_api(
+        &self,
+        introspector: &Introspector,
+        mut parts: http::request::Parts,
+        body: Body,
+        path: &str,
+        host: Option<HeaderValue>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let is_login = path == "/users/login"
+            && matches!(parts.method, Method::POST | Method::PATCH)
+            || path == "/users/okta_login" && parts.method == Method::POST;
+        let is_logout = path == "/users/login" && parts.method == Method::DELETE;
+
+        // A logout's ended tokens: the header or cookie one, and the one in a JSON body (read
+        // here, bounded, and forwarded as read).
+        let mut ended: Vec<String> = Vec::new();
+        let body = if is_logout {
+            ended.extend(extract_token(&parts.headers, &self.cookie_name).map(str::to_owned));
+            let bytes = Limited::new(body, AUTH_BODY_LIMIT)
+                .collect()
+                .await
+                .map_err(|_| ProxyError::PayloadTooLarge)?
+                .to_bytes();
+            ended.extend(introspect::token_in_body(&bytes));
+            Body::from(bytes)
+        } else {
+            body
+        };
+
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .ok_or(ProxyError::Internal)?;
+        forward::prepare_headers(
+            &mut parts.headers,
+            Downstream {
+                client,
+                proto: self.downstream_proto,
+                host,
+                principal: None,
+                upgrade: None,
+            },
+        );
+        let target = upstream_target_plain(&parts.uri, path)?;
+        let cluster = introspector.cluster().clone();
+        let deadline = cluster.response_timeout;
+        let response = self
+            .send_with_retries(cluster, parts, body, target, deadline, outcome)
+            .await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        if is_logout {
+            for token in &ended {
+                introspector.forget(token).await;
+            }
+            return Ok(response);
+        }
+        if !is_login {
+            return Ok(response);
+        }
+        // Read the login response (small) to learn its token, and pass the same bytes on.
+        let (head, body) = response.into_parts();
+        let bytes = Limited::new(body, AUTH_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::UpstreamUnavailable)?
+            .to_bytes();
+        if let Some(token) = introspect::token_in_body(&bytes) {
+            introspector.learn(&token).await;
+        }
+        Ok(Response::from_parts(head, Body::from(bytes)))
     }
 
     /// Sends the request to an instance, and on a safe failure to another one, within the
@@ -378,6 +516,22 @@ impl Proxy {
     }
 }
 
+/// The auth API's paths, which upstream mode passes through to the backend.
+fn is_auth_api(path: &str) -> bool {
+    path == "/auth_options" || path == "/users" || path.starts_with("/users/")
+}
+
+/// Bodies of the auth API read by upstream mode (a logout request, a login response).
+const AUTH_BODY_LIMIT: usize = 1 << 20;
+
+fn upstream_target_plain(uri: &Uri, path: &str) -> Result<PathAndQuery, ProxyError> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
+}
+
 fn cluster_protocol_is_h2(cluster: &Cluster) -> bool {
     cluster.protocol == UpstreamProtocol::Http2
 }
@@ -474,7 +628,7 @@ fn log_access(
         upstream,
         instance,
         latency_us = latency.as_micros() as u64,
-        user = outcome.user.map(tracing::field::display),
+        user = outcome.user.as_ref().and_then(|u| u.to_str().ok()),
     );
 }
 

@@ -222,7 +222,7 @@ impl Gateway {
 
     pub async fn add_user(&self, email: &str, role: Role) -> User {
         self.app()
-            .auth
+            .auth()
             .store()
             .create_user(NewUser {
                 email: email.to_lowercase(),
