@@ -3,12 +3,16 @@
 //! cache — 2xx is valid for `positive_ttl`, 401/403 invalid for `negative_ttl`; anything else
 //! (an error, a timeout, another status) is never "valid" and is not remembered.
 //!
-//! Concurrent misses for one token share one backend call (moka `try_get_with`), and cache
-//! keys carry this validator's tag (`introspect:<cluster>`), so its entries cannot satisfy
-//! another validator.
+//! Concurrent misses for one token share one backend call (moka `or_try_insert_with`), and
+//! cache keys carry this validator's tag (`introspect:<cluster>`), so its entries cannot
+//! satisfy another validator.
+//!
+//! TTLs are kept as monotonic instants, not unix seconds: sub-second TTLs are valid
+//! configuration, and whole seconds would round them to zero (every answer stale at once).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -16,10 +20,12 @@ use http::header::ACCEPT;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
+use moka::Expiry;
+use moka::future::Cache;
 
 use super::upstream::Cluster;
 use crate::auth::Clock;
-use crate::auth::cache::{Principal, TokenCache, Verdict, token_digest};
+use crate::auth::cache::{Principal, TokenDigest, Verdict, token_digest};
 use crate::auth::layer::X_ACCESS_TOKEN;
 use crate::config::AuthUpstreamConfig;
 
@@ -40,11 +46,47 @@ pub struct Introspector {
     cluster: Arc<Cluster>,
     method: Method,
     path: PathAndQuery,
-    positive_ttl: i64,
-    negative_ttl: i64,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
     tag: Vec<u8>,
-    cache: TokenCache,
+    cache: Cache<TokenDigest, Answer>,
+    /// Bumped by every [`Introspector::forget`]: an answer asked for before a logout passed
+    /// may predate it, so it is used for its own request but not remembered.
+    forgets: AtomicU64,
     clock: Clock,
+}
+
+/// A remembered verdict and the instant it stops being trusted. (The unix times inside the
+/// verdict are informational; `until` decides.)
+#[derive(Debug, Clone)]
+struct Answer {
+    verdict: Verdict,
+    until: Instant,
+}
+
+/// Entries live exactly until their answer's `until`, also when replaced (a login teaching
+/// a token that was cached as invalid gets the positive TTL, not the old remainder).
+struct UntilAnswerExpires;
+
+impl Expiry<TokenDigest, Answer> for UntilAnswerExpires {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        answer: &Answer,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(answer.until.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &TokenDigest,
+        answer: &Answer,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(answer.until.saturating_duration_since(updated_at))
+    }
 }
 
 impl Introspector {
@@ -55,9 +97,13 @@ impl Introspector {
             method: Method::from_bytes(config.introspect_method.as_bytes()).unwrap_or(Method::GET),
             path: PathAndQuery::try_from(config.introspect_path.as_str())
                 .unwrap_or_else(|_| PathAndQuery::from_static("/")),
-            positive_ttl: secs(config.positive_ttl),
-            negative_ttl: secs(config.negative_ttl),
-            cache: TokenCache::new(CACHE_CAPACITY),
+            positive_ttl: config.positive_ttl,
+            negative_ttl: config.negative_ttl,
+            cache: Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .expire_after(UntilAnswerExpires)
+                .build(),
+            forgets: AtomicU64::new(0),
             clock,
         }
     }
@@ -69,46 +115,82 @@ impl Introspector {
     /// The principal the backend vouches for, from the cache or by asking once.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, IntrospectError> {
         let key = token_digest(&self.tag, token.as_bytes());
-        let verdict = self
+        let answer = match self.answer(key, token).await? {
+            // A fresh answer is used as is, however short its TTL; a cached one while trusted.
+            (answer, fresh) if fresh || Instant::now() < answer.until => answer,
+            // Outlived its TTL but not yet dropped by the cache: ask again, once.
+            _ => {
+                self.cache.invalidate(&key).await;
+                self.answer(key, token).await?.0
+            }
+        };
+        match answer.verdict {
+            Verdict::Valid(principal) => Ok(principal),
+            Verdict::Invalid { .. } => Err(IntrospectError::Invalid),
+        }
+    }
+
+    /// The cached answer, or the backend's (one call for all concurrent misses); `true` when
+    /// this call asked.
+    async fn answer(
+        &self,
+        key: TokenDigest,
+        token: &str,
+    ) -> Result<(Answer, bool), IntrospectError> {
+        let forgets = self.forgets.load(Ordering::SeqCst);
+        let entry = self
             .cache
-            .entries()
-            .try_get_with(key, self.ask(token))
+            .entry(key)
+            .or_try_insert_with(self.ask(token))
             .await
             .map_err(|e| (*e).clone())?;
-        let now = self.clock.now();
-        match verdict {
-            Verdict::Valid(principal) if now < principal.exp => Ok(principal),
-            Verdict::Invalid { until } if now < until => Err(IntrospectError::Invalid),
-            // Outlived its TTL on the injectable clock: forget it and ask again.
-            _ => {
-                self.cache.entries().invalidate(&key).await;
-                Box::pin(self.authenticate(token)).await
-            }
+        let fresh = entry.is_fresh();
+        // A logout passed while we asked (`forget` bumps, then evicts; we inserted, then
+        // check): our answer may be older than it, so it must not stay.
+        if fresh && self.forgets.load(Ordering::SeqCst) != forgets {
+            self.cache.invalidate(&key).await;
         }
+        Ok((entry.into_value(), fresh))
     }
 
     /// A token seen in a successful login response: valid without asking.
     pub async fn learn(&self, token: &str) {
-        let exp = self.clock.now().saturating_add(self.positive_ttl);
+        let (until, exp) = self.expiry(self.positive_ttl);
         let principal = Arc::new(Principal::vouched(None, None, None, exp));
         self.cache
-            .entries()
             .insert(
                 token_digest(&self.tag, token.as_bytes()),
-                Verdict::Valid(principal),
+                Answer {
+                    verdict: Verdict::Valid(principal),
+                    until,
+                },
             )
             .await;
     }
 
     /// A token a successful logout ended: forgotten at once.
     pub async fn forget(&self, token: &str) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         self.cache
-            .entries()
             .invalidate(&token_digest(&self.tag, token.as_bytes()))
             .await;
     }
 
-    async fn ask(&self, token: &str) -> Result<Verdict, IntrospectError> {
+    /// When an answer given now stops being trusted: the instant that decides, and the unix
+    /// time (rounded up) recorded in the verdict.
+    fn expiry(&self, ttl: Duration) -> (Instant, i64) {
+        let whole_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let unix = self
+            .clock
+            .now()
+            .saturating_add(i64::try_from(whole_secs).unwrap_or(i64::MAX));
+        let until = Instant::now()
+            .checked_add(ttl)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+        (until, unix)
+    }
+
+    async fn ask(&self, token: &str) -> Result<Answer, IntrospectError> {
         let token = HeaderValue::from_str(token).map_err(|_| IntrospectError::Invalid)?;
         let index = self
             .cluster
@@ -144,21 +226,25 @@ impl Introspector {
                     )));
                 }
             };
-        let now = self.clock.now();
         match response.status() {
             status if status.is_success() => {
                 let body = read_body(response.into_body(), timeout)
                     .await
                     .unwrap_or_default();
                 let (id, email, role) = identity(&body);
-                let exp = now.saturating_add(self.positive_ttl);
-                Ok(Verdict::Valid(Arc::new(Principal::vouched(
-                    id, email, role, exp,
-                ))))
+                let (until, exp) = self.expiry(self.positive_ttl);
+                Ok(Answer {
+                    verdict: Verdict::Valid(Arc::new(Principal::vouched(id, email, role, exp))),
+                    until,
+                })
             }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Verdict::Invalid {
-                until: now.saturating_add(self.negative_ttl),
-            }),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let (until, unix) = self.expiry(self.negative_ttl);
+                Ok(Answer {
+                    verdict: Verdict::Invalid { until: unix },
+                    until,
+                })
+            }
             status => Err(IntrospectError::Unavailable(format!(
                 "unexpected status {status}"
             ))),
@@ -191,10 +277,6 @@ fn identity(
         _ => None,
     };
     (header("id"), header("email"), header("role"))
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The `{"token": …}` of a JSON body, if any.

@@ -58,7 +58,7 @@ pub enum Validator {
     /// Local mode: this gateway's own tokens, verified and looked up by `auth`.
     Local(Arc<Auth>),
     /// Upstream mode: the Meiro backend is asked (cached); its auth API is passed through.
-    Introspect(Introspector),
+    Introspect(Box<Introspector>),
 }
 
 /// Shared, read-only state of the data plane.
@@ -112,7 +112,7 @@ impl Proxy {
                     .ok_or_else(|| {
                         ProxyBuildError::UnknownAuthUpstream(upstream.upstream.clone())
                     })?;
-                Validator::Introspect(Introspector::new(upstream, cluster, clock))
+                Validator::Introspect(Box::new(Introspector::new(upstream, cluster, clock)))
             }
             (None, None) => return Err(ProxyBuildError::MissingAuthUpstream),
         };
