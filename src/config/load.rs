@@ -767,11 +767,10 @@ fn fallback_url() -> Url {
 
 fn read_store(mut s: Section<'_>) -> StoreConfig {
     let url = s.get("url", "sqlite://data/meiro-gate.db".to_owned(), text);
-    s.check(
-        "url",
-        url.starts_with("sqlite:"),
-        "only sqlite:// is supported in this version; postgres:// arrives with replica support",
-    );
+    // The message never repeats the URL: it may carry a password.
+    if let Err(why) = crate::store::check_url(&url) {
+        s.problem("url", why);
+    }
     StoreConfig {
         url: Secret::url(url),
     }
@@ -2043,15 +2042,34 @@ mod tests {
     }
 
     #[test]
-    fn store_accepts_only_sqlite_and_never_echoes_the_url() {
-        let found = problems(r#"store.url = "postgres://gate:s3cret@db/gate""#);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].key, "store.url");
-        let message = &found[0].message;
-        assert!(message.contains("only sqlite:// is supported in this version"));
-        assert!(!message.contains("s3cret"));
+    fn store_accepts_sqlite_and_postgres_and_never_echoes_the_url() {
         let c = ok(r#"store.url = "sqlite:///var/lib/gate.db""#);
         assert_eq!(c.store.url.expose(), "sqlite:///var/lib/gate.db");
+        for url in [
+            "postgres://gate:s3cret@db:5432/gate",
+            "postgresql://gate@db/gate?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+        ] {
+            let c = ok(&format!("store.url = \"{url}\""));
+            assert_eq!(c.store.url.expose(), url);
+        }
+
+        for (url, needle) in [
+            (
+                "mysql://gate:s3cret@db/gate",
+                "expected sqlite:, postgres:// or postgresql://",
+            ),
+            (
+                "postgres://gate:s3cret@db/gate?sslmode=sometimes",
+                "sometimes",
+            ),
+        ] {
+            let found = problems(&format!("store.url = \"{url}\""));
+            assert_eq!(found.len(), 1, "{url}: {found:?}");
+            assert_eq!(found[0].key, "store.url");
+            let message = &found[0].message;
+            assert!(message.contains(needle), "{url}: {message}");
+            assert!(!message.contains("s3cret"), "{url}: {message}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! `auth/` talks only to this trait. Times are passed in by the caller (unix seconds) so the
 //! rules above stay testable with an injected clock; the store never reads the wall clock.
 
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Unix time in seconds.
@@ -286,13 +288,40 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Vec<SessionId>>>;
 }
 
-/// Opens the store named by `url` (creating and migrating it as needed).
+/// Opens the store named by `url` (creating and migrating it as needed): `sqlite:` for one
+/// replica, `postgres://` or `postgresql://` for several replicas sharing one database.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    match backend(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::open(url).await?)),
+        None => Err(StoreError::InvalidUrl(
+            "expected sqlite:, postgres:// or postgresql://".into(),
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn backend(url: &str) -> Option<Backend> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Some(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
     } else {
-        Err(StoreError::InvalidUrl(
-            "only sqlite:// is supported in this version".into(),
-        ))
+        None
+    }
+}
+
+/// Checks a store URL without connecting, for configuration validation: the problem, never
+/// echoing the URL (it may carry a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    match backend(url) {
+        Some(Backend::Sqlite) => Ok(()),
+        Some(Backend::Postgres) => postgres::parse_url(url).map(drop),
+        None => Err("expected sqlite:, postgres:// or postgresql://".to_owned()),
     }
 }
