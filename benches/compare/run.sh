@@ -102,7 +102,6 @@ NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///')
 # No `| head` under pipefail: the writer would die of SIGPIPE and fail the pipeline.
 HAPROXY_VERSION=$(haproxy -v | awk 'NR == 1 {print $3}')
 WRK_VERSION=$(wrk --version 2>&1 | awk 'NR == 1 {print $2}' || true)
-# wrk with a Lua script drives the token-rotation run; Debian's wrk is built with LuaJIT.
 CLK_TCK=$(getconf CLK_TCK)
 
 PRIO=()
