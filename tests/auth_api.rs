@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{FakeUpstream, Gateway, PASSWORD, message};
+use common::{FakeUpstream, Gateway, PASSWORD, assert_json, message, status_message};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meiro_gate::auth::passwords::hash_standalone;
 use meiro_gate::store::{NewUser, Role};
@@ -63,15 +63,6 @@ fn session_cookie(token: &str, max_age: u64) -> String {
     format!("meiro_access_token={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax")
 }
 
-fn assert_json(headers: &HeaderMap) {
-    let ct = headers
-        .get(CONTENT_TYPE)
-        .expect("a Content-Type")
-        .to_str()
-        .unwrap();
-    assert!(ct.starts_with("application/json"), "content type {ct}");
-}
-
 /// The payload of a JWT, decoded without verification (verification is pinned by the JWKS
 /// test).
 fn claims(token: &str) -> Value {
@@ -85,13 +76,6 @@ fn claim_i64(token: &str, name: &str) -> i64 {
 
 fn claim_str(token: &str, name: &str) -> String {
     claims(token)[name].as_str().unwrap().to_owned()
-}
-
-/// Status and `{"message"}` of a response.
-async fn status_message(response: reqwest::Response) -> (StatusCode, String) {
-    let status = response.status();
-    assert_json(response.headers());
-    (status, message(response).await)
 }
 
 async fn login_raw(

@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::smtp::{ReceivedMail, SmtpSink};
-use common::{FakeUpstream, Gateway, PASSWORD, message};
+use common::{FakeUpstream, Gateway, PASSWORD, smtp_toml, status_json, status_message};
 use meiro_gate::store::Role;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap};
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -30,13 +29,6 @@ const QUIET: Duration = Duration::from_millis(400);
 
 // ---------------------------------------------------------------------------------------
 // helpers
-
-fn smtp_toml(addr: SocketAddr) -> String {
-    format!(
-        "[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtp://{addr}\"\n\
-         retry_initial = \"100ms\"\nretry_max = \"500ms\"\n"
-    )
-}
 
 /// A gateway delivering over SMTP to `sink`, with an admin logged in.
 struct Env {
@@ -60,29 +52,6 @@ async fn setup() -> Env {
         admin_id: admin_user.id.to_string(),
         admin,
     }
-}
-
-fn assert_json(headers: &HeaderMap) {
-    let ct = headers
-        .get(CONTENT_TYPE)
-        .expect("a Content-Type")
-        .to_str()
-        .unwrap();
-    assert!(ct.starts_with("application/json"), "content type {ct}");
-}
-
-/// Status and `{"message"}` of a response, asserting the JSON shape.
-async fn status_message(response: reqwest::Response) -> (StatusCode, String) {
-    let status = response.status();
-    assert_json(response.headers());
-    (status, message(response).await)
-}
-
-/// Status and the whole JSON body.
-async fn status_json(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    assert_json(response.headers());
-    (status, response.json().await.expect("a JSON body"))
 }
 
 async fn invite(gw: &Gateway, admin: &str, body: Value) -> reqwest::Response {

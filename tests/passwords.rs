@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::smtp::{ReceivedMail, SmtpSink};
-use common::{FakeUpstream, Gateway, PASSWORD, message};
+use common::{
+    FakeUpstream, Gateway, PASSWORD, assert_json, smtp_toml, status_json, status_message,
+};
 use meiro_gate::store::{NewUser, Role};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -31,13 +32,6 @@ const QUIET: Duration = Duration::from_millis(400);
 
 // ---------------------------------------------------------------------------------------
 // helpers
-
-fn smtp_toml(addr: SocketAddr) -> String {
-    format!(
-        "[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtp://{addr}\"\n\
-         retry_initial = \"100ms\"\nretry_max = \"500ms\"\n"
-    )
-}
 
 /// A gateway delivering over SMTP to `sink`, with alice and bob as active users.
 struct Env {
@@ -62,27 +56,6 @@ async fn setup_with(extra_toml: &str) -> Env {
 
 async fn setup() -> Env {
     setup_with("").await
-}
-
-fn assert_json(headers: &HeaderMap) {
-    let ct = headers
-        .get(CONTENT_TYPE)
-        .expect("a Content-Type")
-        .to_str()
-        .unwrap();
-    assert!(ct.starts_with("application/json"), "content type {ct}");
-}
-
-async fn status_message(response: reqwest::Response) -> (StatusCode, String) {
-    let status = response.status();
-    assert_json(response.headers());
-    (status, message(response).await)
-}
-
-async fn status_json(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    assert_json(response.headers());
-    (status, response.json().await.expect("a JSON body"))
 }
 
 async fn forgot(gw: &Gateway, email: &str) -> reqwest::Response {

@@ -276,3 +276,35 @@ pub async fn message(response: reqwest::Response) -> String {
         .expect("error body has a message")
         .to_owned()
 }
+
+/// Asserts a JSON content type (every response of the contract is JSON).
+pub fn assert_json(headers: &http::HeaderMap) {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .expect("a Content-Type")
+        .to_str()
+        .unwrap();
+    assert!(ct.starts_with("application/json"), "content type {ct}");
+}
+
+/// Status and `{"message"}` of a response, asserting the JSON shape.
+pub async fn status_message(response: reqwest::Response) -> (reqwest::StatusCode, String) {
+    let status = response.status();
+    assert_json(response.headers());
+    (status, message(response).await)
+}
+
+/// Status and the whole JSON body.
+pub async fn status_json(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = response.status();
+    assert_json(response.headers());
+    (status, response.json().await.expect("a JSON body"))
+}
+
+/// Extra TOML sending mail over SMTP to `addr`, with quick retries.
+pub fn smtp_toml(addr: SocketAddr) -> String {
+    format!(
+        "[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtp://{addr}\"\n\
+         retry_initial = \"100ms\"\nretry_max = \"500ms\"\n"
+    )
+}
