@@ -560,31 +560,25 @@ fn limit_body(body: Body, headers: &http::HeaderMap, max: u64) -> Result<Body, P
     Ok(Body::new(Limited::new(body, max).map_err(axum::Error::new)))
 }
 
+/// Does any error in the `source()` chain satisfy `test`?
+fn caused_by(
+    error: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(test)
+}
+
+/// The route's body limit was hit while the body streamed to the upstream.
 fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    caused_by(error, |e| e.is::<http_body_util::LengthLimitError>())
 }
 
 /// A connect timeout surfaces as an error whose source chain holds `TimedOut`.
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>()
+    caused_by(error, |e| {
+        e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    })
 }
 
 /// The path and query the upstream receives: the normalized path (minus the prefix when the
@@ -595,17 +589,12 @@ fn upstream_target(
     normalized: Cow<'_, str>,
     route: &Route,
 ) -> Result<PathAndQuery, ProxyError> {
-    let path = route.upstream_path(&normalized);
     if let (Cow::Borrowed(_), false, Some(pq)) =
         (&normalized, route.strip_prefix, uri.path_and_query())
     {
         return Ok(pq.clone());
     }
-    let target = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
+    upstream_target_plain(uri, route.upstream_path(&normalized))
 }
 
 fn log_access(
