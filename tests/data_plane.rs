@@ -818,7 +818,10 @@ async fn a_killed_instance_fails_no_get_and_is_ejected() {
     }
     assert!(failures.is_empty(), "failed GETs: {failures:?}");
     assert!(c.count() > 0, "c served before it died");
-    assert_eq!(a.count() + b.count() + c.count(), 50);
+    // Every GET was served; a GET that c had already counted when it died is legitimately
+    // served again elsewhere (idempotent, connection broken), at most once per client in flight.
+    let served = a.count() + b.count() + c.count();
+    assert!((50..=55).contains(&served), "served {served} for 50 GETs");
 
     // c is back on its port, but its ejection (30 s) still holds: not one request tries it.
     let served_before = c.count();
