@@ -3,6 +3,7 @@
 //! graceful drain on shutdown.
 
 pub mod cors;
+mod framing;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+use framing::{Verdicts, Watched};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
 /// `max_header_bytes` under it is checked on each parsed head instead.
@@ -45,11 +48,10 @@ fn http1_head_size<B>(request: &hyper::Request<B>) -> usize {
     line + headers + 2
 }
 
-fn head_too_large() -> Response<axum::body::Body> {
-    let mut response = Response::new(axum::body::Body::from(
-        r#"{"message":"Request header fields too large"}"#,
-    ));
-    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+/// A refusal made below the router, in the API's JSON error shape.
+fn refusal(status: http::StatusCode, body: &'static str) -> Response<axum::body::Body> {
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json; charset=utf-8"),
@@ -116,9 +118,24 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let head_limit = limits.max_header_bytes;
+        // hyper keeps at most this much of a head before refusing it.
+        let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
+        let verdicts = Arc::new(Verdicts::default());
+        let watched_verdicts = verdicts.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            if request.version() <= http::Version::HTTP_11 && verdicts.next_request_is_conflicting()
+            {
+                // Never forwarded; hyper closes the connection after this answer.
+                return Either::Left(std::future::ready(Ok(refusal(
+                    http::StatusCode::BAD_REQUEST,
+                    r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
+                ))));
+            }
             if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
-                return Either::Left(std::future::ready(Ok(head_too_large())));
+                return Either::Left(std::future::ready(Ok(refusal(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    r#"{"message":"Request header fields too large"}"#,
+                ))));
             }
             let mut request = request.map(axum::body::Body::new);
             request
@@ -134,6 +151,7 @@ pub async fn serve(
             let result =
                 match tls {
                     None => {
+                        let stream = Watched::new(stream, scan_limit, watched_verdicts);
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(connection.into_owned()).await
@@ -155,6 +173,7 @@ pub async fn serve(
                                     return;
                                 }
                             };
+                        let stream = Watched::new(stream, scan_limit, watched_verdicts);
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(connection.into_owned()).await
