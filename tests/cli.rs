@@ -787,7 +787,13 @@ async fn keys_rotate_signs_with_a_new_key_and_old_tokens_survive_a_restart() {
             .is_file()
     );
 
-    let second = setup.serve(&BOOTSTRAP_ENV);
+    // Restarted with two keys, a gateway signs with the newest only after
+    // auth.key_activation_delay (its peers may not have it yet): zero here.
+    let second = setup.serve(&[
+        BOOTSTRAP_ENV[0],
+        BOOTSTRAP_ENV[1],
+        ("MEIRO_GATE_AUTH__KEY_ACTIVATION_DELAY", "0s"),
+    ]);
     let mut both = vec![old_kid.clone(), new_kid.clone()];
     both.sort();
     assert_eq!(second.jwks_kids().await, both);
