@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::FakeUpstream;
+use common::{FakeUpstream, kid_of};
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meiro-gate");
@@ -327,13 +325,6 @@ impl Served {
         self.sigterm();
         self.guard.wait_exit(Duration::from_secs(5))
     }
-}
-
-fn kid_of(token: &str) -> String {
-    let header = token.split('.').next().unwrap();
-    let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
-    header["kid"].as_str().unwrap().to_owned()
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
