@@ -177,21 +177,31 @@ async fn start_local(
     // Read before serving: a revocation racing the first cached tokens is then never skipped.
     let cursor = store.revocation_cursor().await?;
     let follower = tokio::spawn(revocation::follow(auth.clone(), cursor, shutdown.clone()));
+    // Keys added or removed by a rotation on another machine (a shared Secret) arrive here.
+    let rescans = tokio::spawn(
+        auth.keys()
+            .clone()
+            .rescan_periodically(config.auth.keys_rescan_interval, shutdown.clone()),
+    );
     Ok(Local {
         auth,
         store,
-        background: vec![mailer, follower],
+        background: vec![mailer, follower, rescans],
     })
 }
 
 impl RunningApp {
-    /// SIGHUP: re-reads the TLS certificate and key (a failure keeps the current ones).
-    /// Routes and upstreams are fixed for the life of the process in this version.
+    /// SIGHUP: re-reads the TLS certificate and key and the signing-key directory (a failure
+    /// keeps the current ones). Routes and upstreams are fixed for the life of the process in
+    /// this version.
     pub fn reload(&self) {
         if let Some(store) = &self.cert_store
             && let Err(e) = store.reload()
         {
             tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one");
+        }
+        if let Some(auth) = &self.local_auth {
+            auth.keys().rescan();
         }
     }
 

@@ -114,7 +114,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Users(users) => users_command(users, &config).await,
         Command::Keys(KeysCommand::Rotate) => {
             let kid = tokens::generate_key(&config.auth.keys_dir, config.auth.signing_algorithm)?;
-            println!("new signing key {kid}; restart the gateways to sign with it");
+            let delay = humantime::format_duration(config.auth.key_activation_delay);
+            println!(
+                "new signing key {kid}; running gateways sign with it {delay} after their next key re-scan"
+            );
             Ok(())
         }
     }
@@ -149,12 +152,13 @@ async fn shutdown_signal(app: &meiro_gate::RunningApp) {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     // SIGHUP's default action would end the process, dropping every connection: caught, it
-    // reloads the TLS certificate (routes, upstreams and keys need a restart in this version).
+    // reloads the TLS certificate and re-reads the key directory (routes and upstreams need a
+    // restart in this version).
     #[cfg(unix)]
     let hangup = async {
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while s.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the TLS certificate");
+                tracing::info!("SIGHUP: reloading the TLS certificate and the signing keys");
                 app.reload();
             }
         }

@@ -1,6 +1,6 @@
 //! The `meiro-gate` binary as operators run it (operations.md): `check-config`, `users …`,
 //! `keys rotate`, and `serve` end to end — bootstrap, proxying, health, live revocation by the
-//! CLI, graceful SIGTERM, and key rotation across a restart.
+//! CLI, graceful SIGTERM, and key rotation (SIGHUP, then a restart).
 
 mod common;
 
@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::FakeUpstream;
+use common::{FakeUpstream, kid_of};
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meiro-gate");
@@ -327,13 +325,6 @@ impl Served {
         self.sigterm();
         self.guard.wait_exit(Duration::from_secs(5))
     }
-}
-
-fn kid_of(token: &str) -> String {
-    let header = token.split('.').next().unwrap();
-    let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
-    header["kid"].as_str().unwrap().to_owned()
 }
 
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
@@ -745,7 +736,7 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_rotate_signs_with_a_new_key_and_old_tokens_survive_a_restart() {
+async fn keys_rotate_is_loaded_on_sighup_and_old_tokens_survive_a_restart() {
     let up = FakeUpstream::start().await;
     let setup = Setup::valid(&up.url(), "");
 
@@ -754,7 +745,6 @@ async fn keys_rotate_signs_with_a_new_key_and_old_tokens_survive_a_restart() {
     let old_kid = kid_of(&old_token);
     assert_eq!(first.jwks_kids().await, [old_kid.as_str()]);
     assert_eq!(first.get("/x", &old_token).await.status(), 200);
-    assert_eq!(tokio::task::block_in_place(|| first.stop()).code(), Some(0));
 
     // Key names start with their creation second, and the greatest name signs: rotating within
     // the second the first key was made could sort the new key first. Operators never do that.
@@ -786,10 +776,23 @@ async fn keys_rotate_signs_with_a_new_key_and_old_tokens_survive_a_restart() {
             .join(format!("{new_kid}.pem"))
             .is_file()
     );
-
-    let second = setup.serve(&BOOTSTRAP_ENV);
     let mut both = vec![old_kid.clone(), new_kid.clone()];
     both.sort();
+    // The running gateway re-reads the key directory on SIGHUP.
+    first.signal("HUP");
+    eventually!(
+        first.jwks_kids().await == both,
+        "SIGHUP did not load the rotated key"
+    );
+    assert_eq!(tokio::task::block_in_place(|| first.stop()).code(), Some(0));
+
+    // Restarted with two keys, a gateway signs with the newest only after
+    // auth.key_activation_delay (its peers may not have it yet): zero here.
+    let second = setup.serve(&[
+        BOOTSTRAP_ENV[0],
+        BOOTSTRAP_ENV[1],
+        ("MEIRO_GATE_AUTH__KEY_ACTIVATION_DELAY", "0s"),
+    ]);
     assert_eq!(second.jwks_kids().await, both);
     let response = second.get("/after-restart", &old_token).await;
     assert_eq!(

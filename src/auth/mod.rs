@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod clock;
 pub mod invitations;
+pub mod keyring;
 pub mod layer;
 pub mod oidc;
 pub mod passwords;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use cache::{Principal, TokenCache};
 pub use clock::Clock;
+pub use keyring::Keyring;
 pub use sessions::IssuedToken;
 pub use tokens::KeySet;
 
@@ -110,7 +112,7 @@ pub struct Settings {
 /// The auth subsystem: shared by the API handlers and the data plane.
 pub struct Auth {
     store: Arc<dyn Store>,
-    keys: KeySet,
+    keys: Arc<Keyring>,
     link_secret: LinkSecret,
     cache: TokenCache,
     passwords: Passwords,
@@ -133,7 +135,13 @@ impl Auth {
     ) -> Result<Auth, AuthInitError> {
         let auth = &config.auth;
         let issuer = config.server.public_url.as_str().trim_end_matches('/');
-        let keys = KeySet::load_or_generate(&auth.keys_dir, issuer, auth.signing_algorithm)?;
+        let keys = Arc::new(Keyring::open(
+            &auth.keys_dir,
+            issuer,
+            auth.signing_algorithm,
+            auth.key_activation_delay,
+            clock.clone(),
+        )?);
         let link_secret = LinkSecret::load_or_generate(&auth.keys_dir)?;
         let passwords =
             Passwords::new(auth.password_hash_concurrency, PASSWORD_QUEUE_TIMEOUT).await?;
@@ -177,7 +185,8 @@ impl Auth {
         &self.settings
     }
 
-    pub fn keys(&self) -> &KeySet {
+    /// The signing keys, following `auth.keys_dir`.
+    pub fn keys(&self) -> &Arc<Keyring> {
         &self.keys
     }
 

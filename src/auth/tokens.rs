@@ -105,6 +105,8 @@ struct SigningKey {
     kid: String,
     alg: SigningAlgorithm,
     key: EncodingKey,
+    /// From this time on (this replica's clock) the key may sign: see [`KeySet::signing_key`].
+    active_from: UnixTime,
 }
 
 /// A public key and the only algorithm it verifies.
@@ -114,34 +116,28 @@ struct VerifyingKey {
     validation: Validation,
 }
 
-/// Every key that verifies, and the newest one, which signs.
+/// One snapshot of the key directory: every key that verifies, and which of them signs when.
+/// Immutable; [`super::keyring::Keyring`] swaps in a new one when the directory changes.
 pub struct KeySet {
-    signing: SigningKey,
+    /// Oldest first (file names start with the creation time); never empty.
+    signers: Vec<SigningKey>,
     verifying: HashMap<String, VerifyingKey>,
     jwks: Bytes,
     issuer: String,
 }
 
 impl KeySet {
-    /// Loads every `*.pem` in `dir` (creating the directory and a first key of algorithm
-    /// `alg` when there is none). The lexically greatest file name is the newest key: names
-    /// start with the creation time. Each file keeps its own algorithm; `alg` only chooses
-    /// the type of a key generated here.
-    pub fn load_or_generate(
-        dir: &Path,
+    /// Builds the set from key files; `active_from(kid)` says when each may start signing.
+    /// `None` when `files` is empty.
+    pub(crate) fn build(
+        files: Vec<KeyFile>,
         issuer: &str,
-        alg: SigningAlgorithm,
-    ) -> Result<KeySet, KeyError> {
-        let mut files = pem_files(dir)?;
-        if files.is_empty() {
-            generate_key(dir, alg)?;
-            files = pem_files(dir)?;
-        }
+        active_from: impl Fn(&str) -> UnixTime,
+    ) -> Option<KeySet> {
         let mut verifying = HashMap::new();
         let mut jwks_keys = Vec::new();
-        let mut signing = None;
-        for path in files {
-            let key = read_key(&path)?;
+        let mut signers = Vec::with_capacity(files.len());
+        for key in files {
             let (decoding, encoding, jwk) = match key.alg {
                 SigningAlgorithm::EdDsa => (
                     DecodingKey::from_ed_der(&key.public),
@@ -181,35 +177,56 @@ impl KeySet {
                     validation: validation(key.alg, issuer),
                 },
             );
-            signing = Some(SigningKey {
+            signers.push(SigningKey {
+                active_from: active_from(&key.kid),
                 kid: key.kid,
                 alg: key.alg,
                 key: encoding,
             });
         }
-        let signing = signing.ok_or(KeyError::Generate)?;
-        if signing.alg != alg {
-            tracing::warn!(
-                kid = %signing.kid,
-                key_algorithm = signing.alg.as_str(),
-                configured = alg.as_str(),
-                "the newest signing key is not of auth.signing_algorithm; `meiro-gate keys rotate` adds one that is"
-            );
+        if signers.is_empty() {
+            return None;
         }
+        // Every key is published, active or not: a backend that verifies tokens itself (JWKS)
+        // then has a new key before any token signed with it exists.
         let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks_keys }))
             .expect("a JSON value always serializes");
-
-        Ok(KeySet {
-            signing,
+        Some(KeySet {
+            signers,
             verifying,
             jwks: Bytes::from(jwks),
             issuer: issuer.to_owned(),
         })
     }
 
-    /// The algorithm of the key that signs new tokens.
-    pub fn signing_algorithm(&self) -> SigningAlgorithm {
-        self.signing.alg
+    /// The key that signs at `now`: the newest active one. When none is active yet (every
+    /// key was replaced at once), the one that activates first (the newest of those).
+    fn signing_key(&self, now: UnixTime) -> &SigningKey {
+        self.signers
+            .iter()
+            .rev()
+            .find(|k| k.active_from <= now)
+            .or_else(|| self.signers.iter().rev().min_by_key(|k| k.active_from))
+            .expect("a key set is never empty")
+    }
+
+    /// The `kid` of the key that signs at `now`.
+    pub fn signing_kid(&self, now: UnixTime) -> &str {
+        &self.signing_key(now).kid
+    }
+
+    /// The algorithm of the key that signs at `now`.
+    pub fn signing_algorithm(&self, now: UnixTime) -> SigningAlgorithm {
+        self.signing_key(now).alg
+    }
+
+    /// Every `kid` that verifies, oldest first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.signers.iter().map(|k| k.kid.as_str())
+    }
+
+    pub(crate) fn has_kid(&self, kid: &str) -> bool {
+        self.verifying.contains_key(kid)
     }
 
     pub fn issuer(&self) -> &str {
@@ -221,19 +238,28 @@ impl KeySet {
         self.jwks.clone()
     }
 
-    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        let mut header = Header::new(self.signing.alg.jwt());
-        header.kid = Some(self.signing.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.signing.key).map_err(TokenError::Signing)
+    /// Signs with the key that is the signing key at `now`.
+    pub fn sign(&self, claims: &Claims, now: UnixTime) -> Result<String, TokenError> {
+        let signing = self.signing_key(now);
+        let mut header = Header::new(signing.alg.jwt());
+        header.kid = Some(signing.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signing.key).map_err(TokenError::Signing)
     }
 
     /// Checks the header, `kid`, that `alg` is that key's algorithm, the signature and the
     /// issuer. Does NOT check expiry: see [`is_expired`].
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        let key = header
-            .kid
-            .as_deref()
+        self.verify_with_kid(header.kid.as_deref(), token)
+    }
+
+    /// [`KeySet::verify`] with the header's `kid` already read.
+    pub(crate) fn verify_with_kid(
+        &self,
+        kid: Option<&str>,
+        token: &str,
+    ) -> Result<Claims, TokenError> {
+        let key = kid
             .and_then(|kid| self.verifying.get(kid))
             .ok_or(TokenError::UnknownKey)?;
         // `key.validation` allows only the key's own algorithm: jsonwebtoken rejects any other
@@ -269,9 +295,10 @@ pub fn is_expired(exp: UnixTime, now: UnixTime) -> bool {
     now >= exp
 }
 
-/// Writes a new key of algorithm `alg` (PKCS#8 PEM, 0600) into `dir` and returns its `kid`.
-/// Running gateways pick it up on restart; tokens signed by older keys keep verifying because
-/// old files stay.
+/// `meiro-gate keys rotate` (and a first start): writes a new key of algorithm `alg` (PKCS#8
+/// PEM, 0600) into `dir` and returns its `kid`. Running gateways pick it up at their next
+/// re-scan and sign with it `auth.key_activation_delay` later; tokens signed by older keys keep
+/// verifying as long as their files stay.
 pub fn generate_key(dir: &Path, alg: SigningAlgorithm) -> Result<String, KeyError> {
     let io = |source| KeyError::Io {
         path: dir.to_owned(),
@@ -308,7 +335,7 @@ pub fn generate_key(dir: &Path, alg: SigningAlgorithm) -> Result<String, KeyErro
     );
     let path = dir.join(format!("{kid}.pem"));
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, pkcs8));
-    write_private(&path, pem.as_bytes()).map_err(|source| KeyError::Io {
+    write_private_atomic(&path, pem.as_bytes()).map_err(|source| KeyError::Io {
         path: path.clone(),
         source,
     })?;
@@ -344,16 +371,55 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()>
     file.sync_all()
 }
 
+/// Writes `path` so that a concurrent directory scan sees either no file or the whole of it:
+/// a hidden temp file (scans skip it) written, synced, renamed into place, then the directory
+/// synced so the rename survives a crash.
+fn write_private_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let temp = path.with_file_name(format!(".{name}.tmp"));
+    let written = write_private(&temp, contents).and_then(|()| fs::rename(&temp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` if needed (a first start); every key in it, oldest first.
+pub(crate) fn create_and_read_keys(dir: &Path) -> Result<Vec<KeyFile>, KeyError> {
+    fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    read_keys(dir)
+}
+
+/// Every key in `dir`, oldest first. Fails on the first unreadable or malformed key file, so a
+/// half-broken directory is noticed instead of silently dropping keys.
+pub(crate) fn read_keys(dir: &Path) -> Result<Vec<KeyFile>, KeyError> {
+    pem_files(dir)?
+        .iter()
+        .map(|path| read_key(path))
+        .collect::<Result<_, _>>()
+}
+
+/// The `*.pem` files of `dir`, sorted by name. Names starting with a dot are skipped: our temp
+/// files, and the `..data` links and timestamped directories of a Kubernetes Secret volume.
 fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
     let io = |source| KeyError::Io {
         path: dir.to_owned(),
         source,
     };
-    fs::create_dir_all(dir).map_err(io)?;
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.extension().is_some_and(|e| e == "pem") {
+        let entry = entry.map_err(io)?;
+        let hidden = entry.file_name().as_encoded_bytes().starts_with(b".");
+        let path = entry.path();
+        if !hidden && path.extension().is_some_and(|e| e == "pem") {
             files.push(path);
         }
     }
@@ -362,8 +428,8 @@ fn pem_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
 }
 
 /// A key file as read: its algorithm is what the PKCS#8 document holds.
-struct KeyFile {
-    kid: String,
+pub(crate) struct KeyFile {
+    pub(crate) kid: String,
     alg: SigningAlgorithm,
     pkcs8: Vec<u8>,
     /// Ed25519: the 32-byte key; P-256: the 65-byte uncompressed point.
@@ -423,8 +489,15 @@ mod tests {
         keyset_of(dir, SigningAlgorithm::EdDsa)
     }
 
+    /// Any time: every key of [`keyset_of`] is active from 0.
+    const NOW: UnixTime = 1_000;
+
+    /// The keys of `dir` (a first key of `alg` generated if there is none), all active.
     fn keyset_of(dir: &Path, alg: SigningAlgorithm) -> KeySet {
-        KeySet::load_or_generate(dir, "https://gate.test", alg).unwrap()
+        if create_and_read_keys(dir).unwrap().is_empty() {
+            generate_key(dir, alg).unwrap();
+        }
+        KeySet::build(read_keys(dir).unwrap(), "https://gate.test", |_| 0).unwrap()
     }
 
     /// `claims` signed with `key` under a header naming `alg` and `kid`, whatever they are.
@@ -439,10 +512,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = keyset(dir.path());
         let c = claims("https://gate.test");
-        let token = keys.sign(&c).unwrap();
+        let token = keys.sign(&c, NOW).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
-        assert_eq!(header.kid.as_deref(), Some(keys.signing.kid.as_str()));
+        assert_eq!(header.kid.as_deref(), Some(keys.signing_kid(NOW)));
         assert_eq!(keys.verify(&token).unwrap(), c);
     }
 
@@ -456,7 +529,7 @@ mod tests {
         assert_eq!(files.len(), 1);
         let mode = fs::metadata(&files[0]).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let token = first.sign(&claims("https://gate.test")).unwrap();
+        let token = first.sign(&claims("https://gate.test"), NOW).unwrap();
         let again = keyset(dir.path());
         assert!(again.verify(&token).is_ok(), "a restart keeps verifying");
     }
@@ -465,12 +538,12 @@ mod tests {
     fn rotation_signs_with_the_new_key_and_still_verifies_the_old() {
         let dir = tempfile::tempdir().unwrap();
         let old = keyset(dir.path());
-        let old_token = old.sign(&claims("https://gate.test")).unwrap();
+        let old_token = old.sign(&claims("https://gate.test"), NOW).unwrap();
         // A later creation time sorts after the first key.
         std::thread::sleep(std::time::Duration::from_millis(2));
         let new_kid = generate_key(dir.path(), SigningAlgorithm::EdDsa).unwrap();
         let rotated = keyset(dir.path());
-        assert_eq!(rotated.signing.kid, new_kid);
+        assert_eq!(rotated.signing_kid(NOW), new_kid);
         assert!(rotated.verify(&old_token).is_ok());
         let jwks: serde_json::Value = serde_json::from_slice(&rotated.jwks_json()).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
@@ -481,7 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = keyset(dir.path());
 
-        let wrong_iss = keys.sign(&claims("https://evil.test")).unwrap();
+        let wrong_iss = keys.sign(&claims("https://evil.test"), NOW).unwrap();
         assert!(matches!(
             keys.verify(&wrong_iss),
             Err(TokenError::Invalid(_))
@@ -489,11 +562,11 @@ mod tests {
 
         let other_dir = tempfile::tempdir().unwrap();
         let foreign = keyset(other_dir.path())
-            .sign(&claims("https://gate.test"))
+            .sign(&claims("https://gate.test"), NOW)
             .unwrap();
         assert!(matches!(keys.verify(&foreign), Err(TokenError::UnknownKey)));
 
-        let good = keys.sign(&claims("https://gate.test")).unwrap();
+        let good = keys.sign(&claims("https://gate.test"), NOW).unwrap();
         let mut parts: Vec<&str> = good.split('.').collect();
         let mut forged_claims = claims("https://gate.test");
         forged_claims.exp = i64::MAX / 2;
@@ -507,7 +580,7 @@ mod tests {
         // alg: none with our kid
         let none_header = URL_SAFE_NO_PAD.encode(format!(
             r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
-            keys.signing.kid
+            keys.signing_kid(NOW)
         ));
         let none_token = format!("{none_header}.{forged_payload}.");
         assert!(keys.verify(&none_token).is_err());
@@ -517,7 +590,7 @@ mod tests {
         let jwks: serde_json::Value = serde_json::from_slice(public).unwrap();
         let x = jwks["keys"][0]["x"].as_str().unwrap();
         let mut hs_header = Header::new(Algorithm::HS256);
-        hs_header.kid = Some(keys.signing.kid.clone());
+        hs_header.kid = Some(keys.signing_kid(NOW).to_owned());
         let hs_token = jsonwebtoken::encode(
             &hs_header,
             &claims("https://gate.test"),
@@ -533,12 +606,12 @@ mod tests {
     fn es256_signs_and_verifies_and_keeps_the_kid() {
         let dir = tempfile::tempdir().unwrap();
         let keys = keyset_of(dir.path(), SigningAlgorithm::Es256);
-        assert_eq!(keys.signing_algorithm(), SigningAlgorithm::Es256);
+        assert_eq!(keys.signing_algorithm(NOW), SigningAlgorithm::Es256);
         let c = claims("https://gate.test");
-        let token = keys.sign(&c).unwrap();
+        let token = keys.sign(&c, NOW).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::ES256);
-        assert_eq!(header.kid.as_deref(), Some(keys.signing.kid.as_str()));
+        assert_eq!(header.kid.as_deref(), Some(keys.signing_kid(NOW)));
         assert_eq!(keys.verify(&token).unwrap(), c);
         // A P-256 signature is r || s, 64 bytes.
         let signature = URL_SAFE_NO_PAD
@@ -570,12 +643,12 @@ mod tests {
         assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
         assert_eq!(
             files[0].file_stem().unwrap().to_str().unwrap(),
-            first.signing.kid
+            first.signing_kid(NOW)
         );
-        let token = first.sign(&claims("https://gate.test")).unwrap();
+        let token = first.sign(&claims("https://gate.test"), NOW).unwrap();
         // Loaded with another configured algorithm, the file still is what it is.
         let again = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
-        assert_eq!(again.signing_algorithm(), SigningAlgorithm::Es256);
+        assert_eq!(again.signing_algorithm(NOW), SigningAlgorithm::Es256);
         assert!(again.verify(&token).is_ok());
     }
 
@@ -597,7 +670,7 @@ mod tests {
         assert_eq!(key["crv"], "P-256");
         assert_eq!(key["alg"], "ES256");
         assert_eq!(key["use"], "sig");
-        assert_eq!(key["kid"], keys.signing.kid.as_str());
+        assert_eq!(key["kid"], keys.signing_kid(NOW));
         for coordinate in ["x", "y"] {
             let bytes = URL_SAFE_NO_PAD
                 .decode(key[coordinate].as_str().unwrap())
@@ -607,7 +680,7 @@ mod tests {
         // What a Meiro backend does with it: build the key from the JWK and verify a token.
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).unwrap();
         let decoding = DecodingKey::from_jwk(&jwk).unwrap();
-        let token = keys.sign(&claims("https://gate.test")).unwrap();
+        let token = keys.sign(&claims("https://gate.test"), NOW).unwrap();
         let mut validation = Validation::new(Algorithm::ES256);
         validation.validate_exp = false;
         assert!(jsonwebtoken::decode::<Claims>(&token, &decoding, &validation).is_ok());
@@ -617,14 +690,14 @@ mod tests {
     fn a_mixed_key_set_verifies_each_key_with_its_own_algorithm() {
         let dir = tempfile::tempdir().unwrap();
         let ed = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
-        let ed_token = ed.sign(&claims("https://gate.test")).unwrap();
+        let ed_token = ed.sign(&claims("https://gate.test"), NOW).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let es_kid = generate_key(dir.path(), SigningAlgorithm::Es256).unwrap();
 
         let mixed = keyset_of(dir.path(), SigningAlgorithm::Es256);
-        assert_eq!(mixed.signing.kid, es_kid, "the newest key signs");
-        assert_eq!(mixed.signing_algorithm(), SigningAlgorithm::Es256);
-        let es_token = mixed.sign(&claims("https://gate.test")).unwrap();
+        assert_eq!(mixed.signing_kid(NOW), es_kid, "the newest key signs");
+        assert_eq!(mixed.signing_algorithm(NOW), SigningAlgorithm::Es256);
+        let es_token = mixed.sign(&claims("https://gate.test"), NOW).unwrap();
         assert_eq!(
             jsonwebtoken::decode_header(&es_token).unwrap().alg,
             Algorithm::ES256
@@ -646,11 +719,11 @@ mod tests {
     fn a_header_alg_other_than_the_keys_own_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let ed = keyset_of(dir.path(), SigningAlgorithm::EdDsa);
-        let ed_kid = ed.signing.kid.clone();
+        let ed_kid = ed.signing_kid(NOW).to_owned();
         std::thread::sleep(std::time::Duration::from_millis(2));
         generate_key(dir.path(), SigningAlgorithm::Es256).unwrap();
         let keys = keyset_of(dir.path(), SigningAlgorithm::Es256);
-        let es_kid = keys.signing.kid.clone();
+        let es_kid = keys.signing_kid(NOW).to_owned();
         let es_pkcs8 = read_key(&dir.path().join(format!("{es_kid}.pem")))
             .unwrap()
             .pkcs8;
@@ -710,7 +783,7 @@ mod tests {
         let pem = pem::encode(&pem::Pem::new(PEM_TAG, p384.as_ref().to_vec()));
         fs::write(&path, pem).unwrap();
         assert!(matches!(
-            KeySet::load_or_generate(dir.path(), "https://gate.test", SigningAlgorithm::Es256),
+            read_keys(dir.path()),
             Err(KeyError::BadKey { .. })
         ));
     }
@@ -728,6 +801,83 @@ mod tests {
             assert_eq!(SigningAlgorithm::parse(other), None, "{other}");
         }
         assert_eq!(SigningAlgorithm::default(), SigningAlgorithm::EdDsa);
+    }
+
+    /// Three keys in one directory, oldest first, with distinct creation times.
+    fn three_keys(dir: &Path) -> Vec<String> {
+        (0..3)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                generate_key(dir, SigningAlgorithm::EdDsa).unwrap()
+            })
+            .collect()
+    }
+
+    fn keyset_active_from(dir: &Path, active_from: &[(&str, UnixTime)]) -> KeySet {
+        let map: HashMap<&str, UnixTime> = active_from.iter().copied().collect();
+        KeySet::build(read_keys(dir).unwrap(), "https://gate.test", |kid| map[kid]).unwrap()
+    }
+
+    #[test]
+    fn the_newest_active_key_signs_and_a_key_signs_from_its_activation_second_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let kids = three_keys(dir.path());
+        let keys = keyset_active_from(
+            dir.path(),
+            &[(&kids[0], 0), (&kids[1], 100), (&kids[2], 200)],
+        );
+        assert_eq!(keys.signing_kid(99), kids[0]);
+        assert_eq!(
+            keys.signing_kid(100),
+            kids[1],
+            "active at its activation second"
+        );
+        assert_eq!(keys.signing_kid(199), kids[1]);
+        assert_eq!(keys.signing_kid(200), kids[2]);
+        let token = keys.sign(&claims("https://gate.test"), 150).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
+            Some(kids[1].as_str())
+        );
+        // Inactive keys verify all the same: another replica may already sign with them.
+        let newest_only =
+            keyset_active_from(dir.path(), &[(&kids[0], 0), (&kids[1], 0), (&kids[2], 0)]);
+        let by_newest = newest_only.sign(&claims("https://gate.test"), 0).unwrap();
+        assert!(keys.verify(&by_newest).is_ok());
+    }
+
+    #[test]
+    fn an_older_key_activating_later_does_not_displace_a_newer_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let kids = three_keys(dir.path());
+        // The oldest file reappeared (re-added to the Secret) after the others were active.
+        let keys = keyset_active_from(
+            dir.path(),
+            &[(&kids[0], 500), (&kids[1], 0), (&kids[2], 300)],
+        );
+        assert_eq!(keys.signing_kid(100), kids[1]);
+        assert_eq!(
+            keys.signing_kid(600),
+            kids[2],
+            "newest active, not last activated"
+        );
+    }
+
+    #[test]
+    fn with_no_active_key_the_first_to_activate_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let kids = three_keys(dir.path());
+        let keys = keyset_active_from(
+            dir.path(),
+            &[(&kids[0], 300), (&kids[1], 200), (&kids[2], 200)],
+        );
+        // Every key was replaced at once: nothing is active, so signing must not wait.
+        assert_eq!(
+            keys.signing_kid(0),
+            kids[2],
+            "earliest activation, newest of a tie"
+        );
+        assert_eq!(keys.signing_kid(250), kids[2]);
     }
 
     #[test]

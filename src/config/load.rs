@@ -1015,6 +1015,13 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
         SigningAlgorithm::default(),
         signing_algorithm,
     );
+    let keys_rescan_interval = s.get("keys_rescan_interval", secs(60), duration);
+    let key_activation_delay = s.get("key_activation_delay", secs(120), duration);
+    s.check(
+        "keys_rescan_interval",
+        !keys_rescan_interval.is_zero(),
+        POSITIVE,
+    );
     let password_hash_concurrency = s.get(
         "password_hash_concurrency",
         default_hash_concurrency(),
@@ -1067,6 +1074,8 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
         cookie_secure,
         keys_dir,
         signing_algorithm,
+        keys_rescan_interval,
+        key_activation_delay,
         password_hash_concurrency,
         login_throttle,
         reset_throttle,
@@ -2220,6 +2229,32 @@ mod tests {
         ]);
         let c = ok("auth.password_hash_concurrency = 4");
         assert_eq!(c.auth.password_hash_concurrency, 4);
+    }
+
+    #[test]
+    fn key_rescan_interval_and_activation_delay() {
+        let c = ok("");
+        assert_eq!(c.auth.keys_rescan_interval, secs(60));
+        assert_eq!(c.auth.key_activation_delay, secs(120));
+        let c = ok("auth.keys_rescan_interval = \"5s\"\nauth.key_activation_delay = \"0s\"");
+        assert_eq!(c.auth.keys_rescan_interval, secs(5));
+        assert_eq!(
+            c.auth.key_activation_delay,
+            Duration::ZERO,
+            "0s: one replica"
+        );
+        assert_problems(&[
+            (
+                "auth.keys_rescan_interval = \"0s\"",
+                "auth.keys_rescan_interval",
+                POSITIVE,
+            ),
+            (
+                "auth.key_activation_delay = \"soon\"",
+                "auth.key_activation_delay",
+                "",
+            ),
+        ]);
     }
 
     #[test]

@@ -131,6 +131,15 @@ pub struct AuthConfig {
     /// (Ed25519) or `"ES256"` (P-256, for verifiers without EdDSA such as HAProxy 2.6).
     /// Existing key files keep verifying with their own algorithm. Default `"EdDSA"`.
     pub signing_algorithm: SigningAlgorithm,
+    /// How often `keys_dir` is re-read for keys added or removed by a rotation (also on
+    /// SIGHUP, and at once for a token of an unknown key). Default `60s`.
+    #[serde(with = "duration_serde")]
+    pub keys_rescan_interval: Duration,
+    /// How long after this replica first sees a new key it starts signing with it: longer
+    /// than the Secret sync across replicas, so every replica can verify the first token.
+    /// `0s` signs at once (one replica). Default `2m`.
+    #[serde(with = "duration_serde")]
+    pub key_activation_delay: Duration,
     /// Concurrent argon2 computations (each ~30 ms CPU, 19 MiB). Default: half the cores, at least 1.
     pub password_hash_concurrency: usize,
     /// Failed `POST /users/login` attempts; successful logins do not count.

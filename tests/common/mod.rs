@@ -266,6 +266,33 @@ impl Gateway {
     pub async fn shutdown(mut self) -> bool {
         self.app.take().unwrap().shutdown().await
     }
+
+    /// This gateway's `auth.keys_dir`.
+    pub fn keys_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// Extra TOML that makes another gateway a replica of this one: the same store and keys
+    /// directory, as replicas sharing a database and a mounted Secret. (One SQLite file is
+    /// fine for replicas in one process on one host; in production they share PostgreSQL.)
+    /// `auth_lines` go into its `[auth]` table.
+    pub fn replica_toml(&self, auth_lines: &str) -> String {
+        format!(
+            "[store]\nurl = \"sqlite://{dir}/gate.db\"\n[auth]\nkeys_dir = \"{dir}/keys\"\n{auth_lines}\n",
+            dir = self.dir.path().display()
+        )
+    }
+}
+
+/// The `kid` in a JWT's header.
+pub fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
 }
 
 /// `{"message": …}` of an error response, asserting the JSON shape.
