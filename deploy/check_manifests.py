@@ -37,8 +37,7 @@ SECRET_ENV = {
 
 
 class Problems:
-    def __init__(self, overlay):
-        self.overlay = overlay
+    def __init__(self):
         self.items = []
 
     def check(self, ok, message):
@@ -194,7 +193,6 @@ def check_gateway_pod(deploy, docs, check_config_cmd, p):
         pre_stop + drain < grace,
         f"{name}: preStop {pre_stop}s + drain_timeout {drain}s >= grace period {grace}s",
     )
-    return deploy
 
 
 def selects(selector, labels):
@@ -258,7 +256,7 @@ def main():
     sep = sys.argv.index("--")
     overlay_dir, rendered, rendered_base = sys.argv[1:sep]
     check_config_cmd = sys.argv[sep + 1 :]
-    p = Problems(overlay_dir)
+    p = Problems()
     docs = load_all(rendered)
     gateways = [
         d

@@ -15,7 +15,9 @@ cd "$(dirname "$0")/.."
 K8S_VERSIONS=(1.30.0 1.37.0)
 OVERLAYS=(deploy/k8s/overlays/edge deploy/k8s/overlays/sidecar)
 
-fail() { echo "deploy/validate.sh: FAIL: $*" >&2; exit 1; }
+passed=0
+fail() { echo "deploy/validate.sh: FAIL: $*" >&2; echo "deploy: $passed passed, 1 failed" >&2; exit 1; }
+pass() { passed=$((passed + 1)); }
 
 venv=deploy/.venv
 requirements=deploy/requirements-validate.txt
@@ -32,11 +34,13 @@ bin="$venv/bin"
 
 echo "validate: hadolint deploy/Dockerfile"
 "$bin/hadolint" --no-color deploy/Dockerfile || fail "hadolint deploy/Dockerfile"
+pass
 # The dependency layer builds against stub targets; cargo refuses a manifest whose declared
 # bench has no file, so the stub list must name every [[bench]].
 benches=$(sed -n '/^\[\[bench\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' Cargo.toml | sort | xargs)
 stubs=$(sed -n 's/.*for bench in \([a-z_ ]*\); do.*/\1/p' deploy/Dockerfile | xargs -n1 | sort | xargs)
 [ "$benches" = "$stubs" ] || fail "Dockerfile stubs benches '$stubs', Cargo.toml declares '$benches'"
+pass
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -48,6 +52,7 @@ render() { # DIR OUT
       || fail "$1 is not valid Kubernetes $version"
   done
   echo "validate: $1 renders and is valid Kubernetes ${K8S_VERSIONS[*]} (strict)"
+  pass
 }
 
 render deploy/k8s/base "$out/base.yaml"
@@ -59,5 +64,6 @@ for overlay in "${OVERLAYS[@]}"; do
   "$bin/python" deploy/check_manifests.py "$overlay" "$rendered" "$out/base.yaml" \
     -- cargo run --quiet --locked --bin meiro-gate -- check-config \
     || fail "$overlay: config or manifests inconsistent"
+  pass
 done
-echo "validate: deploy/ OK"
+echo "deploy: $passed passed, 0 failed"
