@@ -141,7 +141,11 @@ impl Provider for EnvLayer {
             else {
                 continue;
             };
-            if key.is_empty() || key == ENV_CONFIG_KEY || key.starts_with(ENV_TEST_PREFIX) {
+            if key.is_empty()
+                || key == ENV_CONFIG_KEY
+                || key.starts_with(ENV_TEST_PREFIX)
+                || is_kubernetes_service_link(&key)
+            {
                 continue;
             }
             let value = value
@@ -171,6 +175,18 @@ impl Provider for EnvLayer {
         }
         Ok(Profile::Default.collect(root))
     }
+}
+
+/// Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP_ADDR`, … for
+/// each Service in its namespace; a Service named `meiro-gate` would otherwise stop the gateway
+/// with "unknown key". No config section is called `service_*` or `port*`, so a typo of a real
+/// key is still reported.
+fn is_kubernetes_service_link(key: &str) -> bool {
+    key == "service_host"
+        || key == "service_port"
+        || key.starts_with("service_port_")
+        || key == "port"
+        || key.starts_with("port_")
 }
 
 fn env_var_name(key: &str) -> String {
@@ -1781,6 +1797,27 @@ mod tests {
             ]),
         );
         assert!(load_from_figment(&figment).is_ok());
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        let figment = layers(
+            None,
+            env(&[
+                ("MEIRO_GATE_SERVICE_HOST", "10.0.0.7"),
+                ("MEIRO_GATE_SERVICE_PORT", "80"),
+                ("MEIRO_GATE_SERVICE_PORT_HTTP", "80"),
+                ("MEIRO_GATE_PORT", "tcp://10.0.0.7:80"),
+                ("MEIRO_GATE_PORT_80_TCP", "tcp://10.0.0.7:80"),
+                ("MEIRO_GATE_PORT_80_TCP_PROTO", "tcp"),
+                ("MEIRO_GATE_PORT_80_TCP_PORT", "80"),
+                ("MEIRO_GATE_PORT_80_TCP_ADDR", "10.0.0.7"),
+            ]),
+        );
+        assert!(load_from_figment(&figment).is_ok());
+        // A near miss of a real key is still an error.
+        let figment = layers(None, env(&[("MEIRO_GATE_SERVICE__LISTEN", "0.0.0.0:1")]));
+        assert!(load_from_figment(&figment).is_err());
     }
 
     #[test]
