@@ -89,20 +89,33 @@ impl App {
             clock,
         )?);
         proxy.spawn_health_checks(&shutdown_rx);
-        let mut router = match &local {
-            Some(local) => crate::api::router(
-                local.auth.clone(),
-                config.limits.api_max_body.as_usize(),
-                ProxyService(proxy.clone()),
+        let (mut router, is_api): (Router, fn(&str) -> bool) = match &local {
+            Some(local) => (
+                crate::api::router(
+                    local.auth.clone(),
+                    config.limits.api_max_body.as_usize(),
+                    ProxyService(proxy.clone()),
+                ),
+                crate::api::may_serve,
             ),
-            None => Router::new().fallback_service(ProxyService(proxy.clone())),
+            // Upstream mode: the data plane itself passes the auth API through.
+            None => (
+                Router::new().fallback_service(ProxyService(proxy.clone())),
+                |_| false,
+            ),
         };
+        let mut direct = Some(server::DirectDataPlane {
+            proxy: proxy.clone(),
+            is_api,
+        });
         if let Some(cors) = &config.cors {
-            // Outermost: a preflight is answered before any route, token check or proxying.
+            // Outermost: a preflight is answered before any route, token check or proxying,
+            // so every request goes through the router.
             router = router.layer(axum::middleware::from_fn_with_state(
                 Arc::new(server::cors::Cors::new(cors)),
                 server::cors::apply,
             ));
+            direct = None;
         }
         let (tls, cert_store) = match &config.server.tls {
             Some(tls) => {
@@ -126,7 +139,7 @@ impl App {
         let drain = config.server.drain_timeout;
         let main = tokio::spawn(server::serve(
             main_listener,
-            router,
+            server::Routing { router, direct },
             limits.clone(),
             tls,
             shutdown_rx.clone(),
@@ -134,7 +147,7 @@ impl App {
         ));
         let admin = tokio::spawn(server::serve(
             admin_listener,
-            admin_router(local.as_ref().map(|l| l.store.clone()), proxy),
+            admin_router(local.as_ref().map(|l| l.store.clone()), proxy).into(),
             limits,
             None,
             shutdown_rx,

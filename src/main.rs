@@ -14,6 +14,13 @@ use meiro_gate::store::{self, NewUser, Role, StoreError};
 use meiro_gate::telemetry::{self, LogFormat};
 use meiro_gate::{App, Config, config};
 
+/// mimalloc instead of glibc malloc: the request path allocates small, short-lived buffers on
+/// every request (header maps, futures, body frames), where mimalloc's thread-local free lists
+/// cost fewer instructions (see README, "Benchmarks"). The library and tests keep the system
+/// allocator; only the binary chooses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meiro-gate",

@@ -54,6 +54,12 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
         .fallback_service(proxy)
 }
 
+/// Could [`router`] have a route for `path`? Every route above is under one of these; the
+/// listener sends any other path straight to the data plane (the router's fallback).
+pub fn may_serve(path: &str) -> bool {
+    path == "/auth_options" || path.starts_with("/users/") || path.starts_with("/.well-known/")
+}
+
 /// Okta login is offered only with a link to follow: while its provider cannot be discovered
 /// (or Okta is off) the answer is `false` / `null`, so a client never shows a dead button.
 /// Credentials login is always on.
@@ -83,4 +89,33 @@ async fn jwks(State(auth): State<Arc<Auth>>) -> Response {
         auth.keys().jwks_json(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_serve;
+
+    #[test]
+    fn may_serve_claims_every_api_route_and_nothing_the_data_plane_owns() {
+        for path in [
+            "/auth_options",
+            "/users/login",
+            "/users/okta_login",
+            "/users/invite",
+            "/users/42/invitation_link",
+            "/users/password",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(may_serve(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/api/users/login",
+            "/users",
+            "/auth_options/x",
+            "/usersx/login",
+        ] {
+            assert!(!may_serve(path), "{path}");
+        }
+    }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use futures_util::future::Either;
+
+use crate::proxy::Proxy;
 use http::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -59,6 +61,34 @@ fn refusal(status: http::StatusCode, body: &'static str) -> Response<axum::body:
     response
 }
 
+/// What a listener serves: an axum router, and optionally the data plane called directly.
+#[derive(Clone)]
+pub struct Routing {
+    pub router: Router,
+    /// When set, a request whose path `is_api` does not claim goes straight to the data plane
+    /// instead of through the router, whose fallback it would reach anyway: no route lookup,
+    /// no boxed future, no extra service clone per proxied request. Unset when a middleware
+    /// (CORS) must see every request.
+    pub direct: Option<DirectDataPlane>,
+}
+
+#[derive(Clone)]
+pub struct DirectDataPlane {
+    pub proxy: Arc<Proxy>,
+    /// Paths the router may serve itself; must cover every route it has (more is harmless:
+    /// the router's fallback is the same data plane).
+    pub is_api: fn(&str) -> bool,
+}
+
+impl From<Router> for Routing {
+    fn from(router: Router) -> Routing {
+        Routing {
+            router,
+            direct: None,
+        }
+    }
+}
+
 /// Per-listener connection settings (from `[limits]`).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -72,7 +102,7 @@ pub struct ConnectionLimits {
 /// connection drained in time.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routing: Routing,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
@@ -116,7 +146,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let routing = routing.clone();
         let head_limit = limits.max_header_bytes;
         // hyper keeps at most this much of a head before refusing it.
         let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
@@ -141,7 +171,15 @@ pub async fn serve(
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
-            Either::Right(router.clone().oneshot(request))
+            match &routing.direct {
+                Some(direct) if !(direct.is_api)(request.uri().path()) => {
+                    let proxy = direct.proxy.clone();
+                    Either::Right(Either::Left(async move {
+                        Ok::<_, std::convert::Infallible>(proxy.handle(request).await)
+                    }))
+                }
+                _ => Either::Right(Either::Right(routing.router.clone().oneshot(request))),
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
