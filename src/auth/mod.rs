@@ -103,6 +103,8 @@ pub struct Settings {
     pub invitation_ttl: i64,
     pub reset_ttl: i64,
     pub password_min_length: usize,
+    /// Seconds after which a cached session is re-checked in the store (`auth.layer`).
+    pub recheck_interval: i64,
     /// Base of the links in e-mails, without a trailing slash.
     pub frontend_url: String,
 }
@@ -162,6 +164,7 @@ impl Auth {
                 invitation_ttl: secs(auth.invitation_ttl),
                 reset_ttl: secs(auth.reset_ttl),
                 password_min_length: auth.password_min_length,
+                recheck_interval: secs(auth.recheck_interval),
                 frontend_url: config
                     .server
                     .frontend_url
