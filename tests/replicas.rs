@@ -20,9 +20,14 @@ use reqwest::StatusCode;
 const PROPAGATION: Duration = Duration::from_secs(1);
 
 async fn two_replicas(test: &str) -> Option<(Replicas, Gateway, Gateway)> {
+    two_replicas_with(test, "").await
+}
+
+/// Two replicas, both with `extra_toml`.
+async fn two_replicas_with(test: &str, extra_toml: &str) -> Option<(Replicas, Gateway, Gateway)> {
     let replicas = Replicas::new(test).await?;
-    let a = replicas.start("").await;
-    let b = replicas.start("").await;
+    let a = replicas.start(extra_toml).await;
+    let b = replicas.start(extra_toml).await;
     // Both subscribed: from here on a revocation is pushed, not found by a poll.
     eventually!(
         replicas.schema.listeners().await == 2,
@@ -354,6 +359,31 @@ async fn a_postgresql_outage_keeps_cached_tokens_working_and_heals_by_itself() {
     let since = Instant::now();
     b.logout(&fresh).await;
     rejected_within(&a, &fresh, since, PROPAGATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_spread_over_a_and_b_together_hit_the_account_limit() {
+    let limit = "[auth.login_throttle]\nper_account = 4\n";
+    let Some((_replicas, a, b)) = two_replicas_with("shared_login_limit", limit).await else {
+        return;
+    };
+    a.add_user("jack@example.test", Role::User).await;
+    for gw in [&a, &b, &a, &b] {
+        let (status, message) = status_message(
+            gw.login_response("jack@example.test", "wrong password")
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{message}");
+    }
+    // Four failures in all, two on each: the account is blocked on both, even for the right
+    // password.
+    for gw in [&a, &b] {
+        let response = gw.login_response("jack@example.test", PASSWORD).await;
+        assert!(response.headers().contains_key("retry-after"));
+        let (status, message) = status_message(response).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{message}");
+    }
 }
 
 /// The revocation delay over many logouts: each token is cached on B, logged out on A over

@@ -144,15 +144,19 @@ impl Auth {
         } else {
             None
         };
-        let throttle = |t: &ThrottleConfig| Throttle::new(t.per_account, t.per_ip, t.window);
+        let throttle = |scope, t: &ThrottleConfig| {
+            Throttle::new(scope, store.clone(), t.per_account, t.per_ip, t.window)
+        };
+        let login_throttle = throttle("login", &auth.login_throttle);
+        let reset_throttle = throttle("reset", &auth.reset_throttle);
         Ok(Auth {
             store,
             keys,
             link_secret,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
             passwords,
-            login_throttle: throttle(&auth.login_throttle),
-            reset_throttle: throttle(&auth.reset_throttle),
+            login_throttle,
+            reset_throttle,
             mail,
             clock,
             settings: Settings {

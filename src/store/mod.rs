@@ -272,8 +272,30 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
     /// Highest `seq` in the feed (0 when empty): where a fresh replica starts polling.
     async fn revocation_cursor(&self) -> StoreResult<i64>;
-    /// Deletes feed entries older than `before`, and sessions that ended before it.
+    /// Deletes feed entries older than `before`, sessions that ended before it and throttle
+    /// windows that ended before it.
     async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
+    /// Counts one attempt of `key` in `scope` (per-account login or reset limit) unless it
+    /// already has `limit` in its window, atomically (replicas share the count). A window is
+    /// `window` seconds from its first attempt; an attempt after it starts a new one. Returns
+    /// the start of the window counted in (for [`Store::throttle_refund`]), or
+    /// `Err(seconds until the window ends)` when over the limit.
+    async fn throttle_reserve(
+        &self,
+        scope: &str,
+        key: &str,
+        limit: u32,
+        window: i64,
+        now: UnixTime,
+    ) -> StoreResult<Result<UnixTime, u64>>;
+    /// Takes back one attempt counted in the window that started at `window_start`; nothing if
+    /// that window has since been replaced.
+    async fn throttle_refund(
+        &self,
+        scope: &str,
+        key: &str,
+        window_start: UnixTime,
+    ) -> StoreResult<()>;
     /// Push wake-ups for feed appends by any replica, or `None` when the backend has none
     /// (SQLite: one replica, which revokes in its own cache directly and polls for the CLI's
     /// changes). Connects lazily: the first [`FeedListener::next`] subscribes.
