@@ -178,7 +178,7 @@ async fn start_local(
     clock: Clock,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Local, StartError> {
-    let store = store::open(config.store.url.expose()).await?;
+    let store = store::open_with_timeout(config.store.url.expose(), config.store.timeout).await?;
     bootstrap_admin(config, store.as_ref(), &clock).await?;
     let (mail, mailer) = Mail::start(&config.mail, shutdown.clone()).await?;
     let auth = Arc::new(Auth::new(config, store.clone(), mail, clock).await?);

@@ -115,6 +115,7 @@ mod tests {
             invitation_ttl: 432_000,
             reset_ttl: 3_600,
             password_min_length: 12,
+            recheck_interval: 30,
             frontend_url: "http://app.test".into(),
         }
     }

@@ -32,7 +32,8 @@ pub async fn forgot(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<ForgotPasswordBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth.request_password_reset(&body.email, Some(client.ip()))?;
+    auth.request_password_reset(&body.email, Some(client.ip()))
+        .await?;
     Ok(ok())
 }
 

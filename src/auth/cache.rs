@@ -6,9 +6,13 @@
 //!
 //! Revocation does not scan the cache: every cached [`Principal`] of a session shares one
 //! [`SessionFlag`], so ending a session is one atomic store that all its tokens see at once.
+//! The flag also holds when the session is next due for a re-check against the store (the
+//! safety net behind the revocation feed, see `auth::layer`), so a hit pays one more atomic
+//! load and comparison, and a session is re-checked once per interval however many tokens
+//! and requests it has.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,14 +41,54 @@ pub fn token_digest(vouched_by: &[u8], token: &[u8]) -> TokenDigest {
 }
 
 /// Shared by every cached token of one session; set when the session ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionFlag {
     revoked: AtomicBool,
+    /// Unix time from which a cache hit re-checks the session in the store. Starts at
+    /// "never": the miss that caches the first principal sets it after reading the store.
+    next_check: AtomicI64,
+}
+
+impl Default for SessionFlag {
+    fn default() -> Self {
+        SessionFlag {
+            revoked: AtomicBool::new(false),
+            next_check: AtomicI64::new(UnixTime::MAX),
+        }
+    }
 }
 
 impl SessionFlag {
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Every token of the session is rejected from now on.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// The per-hit test: one load and one comparison.
+    #[inline]
+    pub fn recheck_due(&self, now: UnixTime) -> bool {
+        now >= self.next_check.load(Ordering::Relaxed)
+    }
+
+    /// Of the hits that found a re-check due, exactly one gets `true` and must run it; the
+    /// others go on with the cached verdict. Until the re-check reports with
+    /// [`SessionFlag::checked_until`], the next one is due at `retry_at`.
+    pub fn claim_recheck(&self, now: UnixTime, retry_at: UnixTime) -> bool {
+        let due = self.next_check.load(Ordering::Relaxed);
+        due <= now
+            && self
+                .next_check
+                .compare_exchange(due, retry_at, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The store confirmed the session; the next re-check is due at `next`.
+    pub fn checked_until(&self, next: UnixTime) {
+        self.next_check.store(next, Ordering::Relaxed);
     }
 }
 
@@ -190,7 +234,7 @@ impl TokenCache {
     pub fn revoke_session(&self, session: SessionId) {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flag) = sessions.get(&session).and_then(Weak::upgrade) {
-            flag.revoked.store(true, Ordering::Release);
+            flag.revoke();
         }
     }
 
@@ -252,6 +296,26 @@ mod tests {
         let flag = cache.session_flag(sid);
         cache.revoke_session(sid);
         assert!(flag.is_revoked());
+    }
+
+    #[test]
+    fn one_hit_claims_a_due_recheck_and_a_fresh_flag_is_never_due() {
+        let flag = SessionFlag::default();
+        assert!(
+            !flag.recheck_due(i64::MAX - 1),
+            "not due before the first check"
+        );
+        flag.checked_until(100);
+        assert!(!flag.recheck_due(99));
+        assert!(flag.recheck_due(100));
+        assert!(!flag.claim_recheck(99, 105), "not yet due");
+        assert!(flag.claim_recheck(100, 105));
+        assert!(!flag.claim_recheck(100, 105), "claimed once");
+        assert!(
+            !flag.recheck_due(104),
+            "the claim postponed it to the retry time"
+        );
+        assert!(flag.claim_recheck(105, 110), "a failed re-check is retried");
     }
 
     #[test]

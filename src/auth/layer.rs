@@ -1,15 +1,26 @@
 //! The check every protected request goes through: find the token, look its digest up in the
 //! cache, and on a miss verify it and load its session once (concurrent misses for the same
 //! token share one verification through moka's `try_get_with`).
+//!
+//! Safety net behind the revocation feed: a hit on a session last confirmed by the store more
+//! than `auth.recheck_interval` ago starts one re-check of the session and its user in the
+//! background and is itself served from the cache; a revocation the feed never delivered is
+//! thus enforced at most one interval (plus a store round trip) late. A store that cannot be
+//! reached leaves the cached verdict standing and the re-check is retried later: cached tokens
+//! keep working through a database outage.
 
 use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-use super::cache::{Principal, VOUCHED_LOCALLY, Verdict, token_digest};
+use super::cache::{LocalIdentity, Principal, SessionFlag, VOUCHED_LOCALLY, Verdict, token_digest};
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
+use crate::store::{SessionId, Store, StoreResult, UnixTime, User, UserId};
+
+/// After a re-check could not reach the store, the next hit retries this much later.
+const RECHECK_RETRY: UnixTime = 5;
 
 pub static X_ACCESS_TOKEN: http::HeaderName = http::HeaderName::from_static("x-access-token");
 
@@ -44,10 +55,35 @@ impl Auth {
         };
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
-        if principal.session.is_revoked() || is_expired(principal.exp, self.clock.now()) {
+        let now = self.clock.now();
+        if principal.session.is_revoked() || is_expired(principal.exp, now) {
             return Err(AuthError::InvalidToken);
         }
+        if principal.session.recheck_due(now) {
+            self.start_recheck(&principal, now);
+        }
         Ok(principal)
+    }
+
+    /// Re-checks the principal's session in the background, unless another hit already does.
+    #[cold]
+    fn start_recheck(&self, principal: &Principal, now: UnixTime) {
+        let Some(identity) = principal.local else {
+            return;
+        };
+        let interval = self.settings.recheck_interval;
+        if !principal
+            .session
+            .claim_recheck(now, now.saturating_add(RECHECK_RETRY.min(interval)))
+        {
+            return;
+        }
+        let (store, clock, flag) = (
+            self.store.clone(),
+            self.clock.clone(),
+            principal.session.clone(),
+        );
+        tokio::spawn(recheck(store, clock, identity, flag, interval));
     }
 
     async fn load_principal(&self, token: &str) -> Result<Verdict, LoadError> {
@@ -58,19 +94,10 @@ impl Auth {
         }
         // Taken before the store is read, so a revocation racing this load still flags it.
         let flag = self.cache.session_flag(claims.sid);
-        let session = self.store.session(claims.sid).await?;
-        let session_ok = session.is_some_and(|s| {
-            s.revoked_at.is_none() && s.user_id == claims.sub && !is_expired(s.expires_at, now)
-        });
-        if !session_ok {
-            return Err(LoadError::Invalid);
-        }
-        let user = self
-            .store
-            .user_by_id(claims.sub)
+        let user = live_user(self.store.as_ref(), claims.sid, claims.sub, now)
             .await?
-            .filter(|u| u.is_active())
             .ok_or(LoadError::Invalid)?;
+        flag.checked_until(now.saturating_add(self.settings.recheck_interval));
         Ok(Verdict::Valid(Arc::new(Principal::new(
             user.id,
             &user.email,
@@ -79,6 +106,46 @@ impl Auth {
             claims.exp,
             flag,
         ))))
+    }
+}
+
+/// The user of a session that is open, unexpired at `now` and belongs to `user`, if that user
+/// is active: what a token needs from the store to be valid.
+async fn live_user(
+    store: &dyn Store,
+    session: SessionId,
+    user: UserId,
+    now: UnixTime,
+) -> StoreResult<Option<User>> {
+    let session_ok = store.session(session).await?.is_some_and(|s| {
+        s.revoked_at.is_none() && s.user_id == user && !is_expired(s.expires_at, now)
+    });
+    if !session_ok {
+        return Ok(None);
+    }
+    Ok(store.user_by_id(user).await?.filter(User::is_active))
+}
+
+/// The background half of the safety net: ends the session in the cache when the store says
+/// it is over, else confirms it for another interval. On a store error the claim's retry time
+/// stands and the cached verdict with it.
+async fn recheck(
+    store: std::sync::Arc<dyn Store>,
+    clock: super::Clock,
+    identity: LocalIdentity,
+    flag: Arc<SessionFlag>,
+    interval: UnixTime,
+) {
+    let now = clock.now();
+    match live_user(store.as_ref(), identity.session_id, identity.user_id, now).await {
+        Ok(Some(_)) => flag.checked_until(now.saturating_add(interval)),
+        Ok(None) => {
+            tracing::info!(session = %identity.session_id, "re-check found the session ended; revoked in the cache");
+            flag.revoke();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, session = %identity.session_id, "re-checking a cached session failed; keeping the cached verdict")
+        }
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Settings {
     pub invitation_ttl: i64,
     pub reset_ttl: i64,
     pub password_min_length: usize,
+    /// Seconds after which a cached session is re-checked in the store (`auth.layer`).
+    pub recheck_interval: i64,
     /// Base of the links in e-mails, without a trailing slash.
     pub frontend_url: String,
 }
@@ -150,15 +152,19 @@ impl Auth {
         } else {
             None
         };
-        let throttle = |t: &ThrottleConfig| Throttle::new(t.per_account, t.per_ip, t.window);
+        let throttle = |scope, t: &ThrottleConfig| {
+            Throttle::new(scope, store.clone(), t.per_account, t.per_ip, t.window)
+        };
+        let login_throttle = throttle("login", &auth.login_throttle);
+        let reset_throttle = throttle("reset", &auth.reset_throttle);
         Ok(Auth {
             store,
             keys,
             link_secret,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
             passwords,
-            login_throttle: throttle(&auth.login_throttle),
-            reset_throttle: throttle(&auth.reset_throttle),
+            login_throttle,
+            reset_throttle,
             mail,
             clock,
             settings: Settings {
@@ -170,6 +176,7 @@ impl Auth {
                 invitation_ttl: secs(auth.invitation_ttl),
                 reset_ttl: secs(auth.reset_ttl),
                 password_min_length: auth.password_min_length,
+                recheck_interval: secs(auth.recheck_interval),
                 frontend_url: config
                     .server
                     .frontend_url

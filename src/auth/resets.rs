@@ -26,7 +26,7 @@ impl Auth {
     /// `POST /users/password`. Answers the same, at the same speed, for every address: the
     /// lookup, token and e-mail happen in a background task, so neither the response nor its
     /// timing tells whether the address has an account. Only the throttle can refuse.
-    pub fn request_password_reset(
+    pub async fn request_password_reset(
         self: &Arc<Self>,
         email: &str,
         client_ip: Option<IpAddr>,
@@ -34,7 +34,7 @@ impl Auth {
         let email = normalize_email(email);
         self.reset_throttle
             .begin(&email, client_ip, self.clock.now())
-            .map_err(|retry_after_secs| AuthError::Throttled { retry_after_secs })?
+            .await?
             .keep();
         let auth = self.clone();
         tokio::spawn(async move {

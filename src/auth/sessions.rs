@@ -31,10 +31,7 @@ impl Auth {
         let now = self.clock.now();
         // Counted as a failure until it proves otherwise, so concurrent attempts cannot all
         // pass the limit before the first failure is recorded.
-        let attempt = self
-            .login_throttle
-            .begin(&email, client_ip, now)
-            .map_err(|retry_after_secs| AuthError::Throttled { retry_after_secs })?;
+        let attempt = self.login_throttle.begin(&email, client_ip, now).await?;
         let user = self
             .store
             .user_by_email(&email)

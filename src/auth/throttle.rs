@@ -2,8 +2,9 @@
 //!
 //! Only failures are counted, and a key that is over its limit is refused *before* the
 //! password is checked, so a blocked attacker cannot even burn argon2 time. governor's GCRA
-//! limiters consume a cell on every check, which would count successes too; this fixed-window
-//! counter (one moka entry per key, expiring with its window) is all the rule needs.
+//! limiters consume a cell on every check, which would count successes too; a fixed-window
+//! counter is all the rule needs: per account in the store (shared by replicas, see
+//! [`Throttle`]), per client IP in a moka cache whose entries expire with their window.
 //!
 //! [`Throttle::begin`] checks and counts an attempt as a failure in one step, before the
 //! password is verified, and a success takes it back: checking first and counting afterwards
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::store::UnixTime;
+use super::AuthError;
+use crate::store::{Store, UnixTime};
 
 /// Failures of one key inside the current window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,7 @@ impl Window {
     }
 }
 
+#[derive(Clone)]
 struct Counter<K> {
     windows: Cache<K, Arc<Mutex<Window>>>,
     limit: u32,
@@ -60,29 +63,6 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Counter<K> {
             limit,
             window_secs: window.as_secs().max(1) as i64,
         }
-    }
-
-    fn blocked_for<Q>(&self, key: &Q, now: UnixTime) -> Option<u64>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let window = self.windows.get(key)?;
-        let window = *window.lock().unwrap_or_else(|e| e.into_inner());
-        window.blocked_for(now, self.limit, self.window_secs)
-    }
-
-    fn record_failure(&self, key: K, now: UnixTime) {
-        let entry = self.windows.get_with(key, || {
-            Arc::new(Mutex::new(Window {
-                started: now,
-                failures: 0,
-            }))
-        });
-        entry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_failure(now, self.window_secs);
     }
 
     /// Atomically: `Err(retry_after_secs)` when blocked, else counts one failure in advance
@@ -117,66 +97,85 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> Counter<K> {
     }
 }
 
-/// Two counters — per account (email) and per client IP — over one window. `POST
+/// Two limits over one window: per account (email), counted in the store so that every
+/// replica sees the same count, and per client IP, counted in this replica's memory. `POST
 /// /users/login` counts failures only; `POST /users/password` counts every request.
+///
+/// The per-IP counter stays local on purpose: it is checked first and costs no round trip, so a
+/// client over its limit (a spray across many accounts) is refused without touching the
+/// database, also while the database is down; its state is bounded by the in-memory cache,
+/// where a shared table would grow with every address an attacker can source. The price is
+/// that a client whose requests a load balancer spreads over N replicas gets up to N ×
+/// `per_ip`; the per-account limit, which guards each password, holds exactly.
 pub struct Throttle {
-    per_account: Counter<String>,
+    /// Names the account counters in the store (`login`, `reset`).
+    scope: &'static str,
+    store: Arc<dyn Store>,
+    per_account: u32,
+    window_secs: i64,
     per_ip: Counter<IpAddr>,
 }
 
 impl Throttle {
-    pub fn new(per_account: u32, per_ip: u32, window: Duration) -> Self {
-        // Bounded so a spray of random emails cannot grow memory without limit.
+    pub fn new(
+        scope: &'static str,
+        store: Arc<dyn Store>,
+        per_account: u32,
+        per_ip: u32,
+        window: Duration,
+    ) -> Self {
+        // Bounded so a spray of random source addresses cannot grow memory without limit.
         const CAPACITY: u64 = 100_000;
         Self {
-            per_account: Counter::new(per_account, window, CAPACITY),
+            scope,
+            store,
+            per_account,
+            window_secs: window.as_secs().max(1) as i64,
             per_ip: Counter::new(per_ip, window, CAPACITY),
         }
     }
 
-    /// `Some(retry_after_secs)` when either the account or the client is over its limit.
-    pub fn blocked_for(&self, email: &str, ip: Option<IpAddr>, now: UnixTime) -> Option<u64> {
-        let by_ip = ip.and_then(|ip| self.per_ip.blocked_for(&ip, now));
-        let by_account = self.per_account.blocked_for(email, now);
-        by_ip.max(by_account)
-    }
-
-    pub fn record_failure(&self, email: &str, ip: Option<IpAddr>, now: UnixTime) {
-        self.per_account.record_failure(email.to_owned(), now);
-        if let Some(ip) = ip {
-            self.per_ip.record_failure(ip, now);
-        }
-    }
-
-    /// Starts a login attempt: `Err(retry_after_secs)` when the account or the client is over
-    /// its limit, else an [`Attempt`] already counted as a failure. Call [`Attempt::keep`]
-    /// when the credentials were wrong; dropping it otherwise (success, or an error that says
-    /// nothing about the password) takes the failure back.
-    pub fn begin(
+    /// Starts an attempt: [`AuthError::Throttled`] when the client or the account is over its
+    /// limit, else an [`Attempt`] already counted as a failure. Call [`Attempt::keep`] when the
+    /// credentials were wrong (or the request always counts); dropping it otherwise (success,
+    /// or an error that says nothing about the password) takes the failure back.
+    pub async fn begin(
         &self,
         email: &str,
         ip: Option<IpAddr>,
         now: UnixTime,
-    ) -> Result<Attempt<'_>, u64> {
-        let account = self
-            .per_account
-            .reserve(email.to_owned(), now)
-            .map_err(|by_account| {
-                let by_ip = ip.and_then(|ip| self.per_ip.blocked_for(&ip, now));
-                by_ip.map_or(by_account, |by_ip| by_ip.max(by_account))
-            })?;
+    ) -> Result<Attempt, AuthError> {
         let ip = match ip {
             None => None,
             Some(ip) => match self.per_ip.reserve(ip, now) {
                 Ok(started) => Some((ip, started)),
-                Err(by_ip) => {
-                    self.per_account.refund(email, account);
-                    return Err(by_ip);
-                }
+                Err(retry_after_secs) => return Err(AuthError::Throttled { retry_after_secs }),
             },
         };
+        let refund_ip = |ip: Option<(IpAddr, UnixTime)>| {
+            if let Some((ip, started)) = ip {
+                self.per_ip.refund(&ip, started);
+            }
+        };
+        let reserved = self
+            .store
+            .throttle_reserve(self.scope, email, self.per_account, self.window_secs, now)
+            .await;
+        let account = match reserved {
+            Ok(Ok(started)) => started,
+            Ok(Err(retry_after_secs)) => {
+                refund_ip(ip);
+                return Err(AuthError::Throttled { retry_after_secs });
+            }
+            Err(e) => {
+                refund_ip(ip);
+                return Err(e.into());
+            }
+        };
         Ok(Attempt {
-            throttle: self,
+            ip_counter: self.per_ip.clone(),
+            store: self.store.clone(),
+            scope: self.scope,
             email: email.to_owned(),
             account,
             ip,
@@ -185,34 +184,46 @@ impl Throttle {
     }
 }
 
-/// A login attempt counted in advance as a failure; see [`Throttle::begin`].
+/// An attempt counted in advance as a failure; see [`Throttle::begin`].
 #[must_use]
-pub struct Attempt<'a> {
-    throttle: &'a Throttle,
+pub struct Attempt {
+    ip_counter: Counter<IpAddr>,
+    store: Arc<dyn Store>,
+    scope: &'static str,
     email: String,
     account: UnixTime,
     ip: Option<(IpAddr, UnixTime)>,
     failed: bool,
 }
 
-impl Attempt<'_> {
+impl Attempt {
     /// Keeps the attempt counted (wrong credentials, or a request that always counts).
     pub fn keep(mut self) {
         self.failed = true;
     }
 }
 
-impl Drop for Attempt<'_> {
+impl Drop for Attempt {
     fn drop(&mut self) {
         if self.failed {
             return;
         }
-        self.throttle
-            .per_account
-            .refund(self.email.as_str(), self.account);
         if let Some((ip, started)) = self.ip {
-            self.throttle.per_ip.refund(&ip, started);
+            self.ip_counter.refund(&ip, started);
         }
+        // Drop cannot wait for the store; the refund is best effort (a failed one leaves the
+        // attempt counted, the safe side).
+        let (store, scope, email, started) = (
+            self.store.clone(),
+            self.scope,
+            std::mem::take(&mut self.email),
+            self.account,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = store.throttle_refund(scope, &email, started).await {
+                tracing::warn!(error = %e, "taking back a throttled attempt failed");
+            }
+        });
     }
 }
 
@@ -251,52 +262,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn account_and_ip_limits_are_independent() {
-        let t = Throttle::new(2, 3, Duration::from_secs(60));
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let other_ip: IpAddr = "10.0.0.2".parse().unwrap();
-        t.record_failure("a@x", Some(ip), 0);
-        t.record_failure("a@x", Some(ip), 0);
-        // account a@x is blocked from any IP
-        assert!(t.blocked_for("a@x", Some(other_ip), 1).is_some());
-        // ip has 2 of 3
-        assert_eq!(t.blocked_for("b@x", Some(ip), 1), None);
-        t.record_failure("b@x", Some(ip), 1);
-        assert!(t.blocked_for("c@x", Some(ip), 2).is_some());
-        assert_eq!(t.blocked_for("c@x", Some(other_ip), 2), None);
+    async fn throttle(per_account: u32, per_ip: u32) -> Throttle {
+        let store = crate::store::SqliteStore::open("sqlite::memory:")
+            .await
+            .unwrap();
+        Throttle::new(
+            "login",
+            Arc::new(store),
+            per_account,
+            per_ip,
+            Duration::from_secs(60),
+        )
     }
 
-    #[test]
-    fn attempts_in_flight_count_and_successes_are_taken_back() {
-        let t = Throttle::new(2, 10, Duration::from_secs(60));
+    fn retry_after(r: Result<Attempt, AuthError>) -> Option<u64> {
+        match r {
+            Err(AuthError::Throttled { retry_after_secs }) => Some(retry_after_secs),
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => None,
+        }
+    }
+
+    /// Lets the refunds spawned by dropped attempts reach the store.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn account_and_ip_limits_are_independent() {
+        let t = throttle(2, 3).await;
+        let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let other_ip: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
+        t.begin("a@x", ip, 0).await.unwrap().keep();
+        t.begin("a@x", ip, 0).await.unwrap().keep();
+        // account a@x is blocked from any IP, and that refusal costs the IP nothing
+        assert_eq!(retry_after(t.begin("a@x", other_ip, 1).await), Some(59));
+        assert_eq!(retry_after(t.begin("a@x", ip, 1).await), Some(59));
+        // the IP has 2 of 3
+        t.begin("b@x", ip, 1).await.unwrap().keep();
+        assert_eq!(retry_after(t.begin("c@x", ip, 2).await), Some(58));
+        assert!(t.begin("c@x", other_ip, 2).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn attempts_in_flight_count_and_successes_are_taken_back() {
+        let t = throttle(2, 10).await;
         let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
         // Two attempts in flight at once use up the account's limit...
-        let first = t.begin("a@x", ip, 0).unwrap();
-        let second = t.begin("a@x", ip, 0).unwrap();
-        assert_eq!(t.begin("a@x", ip, 0).err(), Some(60));
+        let first = t.begin("a@x", ip, 0).await.unwrap();
+        let second = t.begin("a@x", ip, 0).await.unwrap();
+        assert_eq!(retry_after(t.begin("a@x", ip, 0).await), Some(60));
         // ...until one turns out to be a success.
         drop(first);
-        let third = t.begin("a@x", ip, 1).unwrap();
+        settle().await;
+        let third = t.begin("a@x", ip, 1).await.unwrap();
         second.keep();
         third.keep();
-        assert_eq!(t.begin("a@x", ip, 2).err(), Some(58));
-        // The refused attempts and the success left the client's count at 2 of 10.
-        for i in 0..8 {
-            assert!(t.begin("c@x", ip, 3).is_ok());
-            t.begin(&format!("b{i}@x"), ip, 3).unwrap().keep();
-        }
-        assert!(t.begin("c@x", ip, 3).is_err());
+        assert_eq!(retry_after(t.begin("a@x", ip, 2).await), Some(58));
     }
 
-    #[test]
-    fn a_refusal_by_ip_does_not_count_against_the_account() {
-        let t = Throttle::new(2, 1, Duration::from_secs(60));
+    #[tokio::test]
+    async fn a_refusal_by_ip_does_not_count_against_the_account() {
+        let t = throttle(2, 1).await;
         let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
-        t.begin("a@x", ip, 0).unwrap().keep();
-        assert!(t.begin("b@x", ip, 0).is_err());
-        assert!(t.begin("b@x", ip, 0).is_err());
-        assert!(t.begin("b@x", None, 0).is_ok());
-        assert!(t.begin("b@x", None, 0).is_ok());
+        t.begin("a@x", ip, 0).await.unwrap().keep();
+        assert!(retry_after(t.begin("b@x", ip, 0).await).is_some());
+        assert!(retry_after(t.begin("b@x", ip, 0).await).is_some());
+        assert!(t.begin("b@x", None, 0).await.is_ok());
+        assert!(t.begin("b@x", None, 0).await.is_ok());
     }
 }

@@ -787,8 +787,11 @@ fn read_store(mut s: Section<'_>) -> StoreConfig {
     if let Err(why) = crate::store::check_url(&url) {
         s.problem("url", why);
     }
+    let timeout = s.get("timeout", crate::store::DEFAULT_TIMEOUT, duration);
+    s.check("timeout", !timeout.is_zero(), POSITIVE);
     StoreConfig {
         url: Secret::url(url),
+        timeout,
     }
 }
 
@@ -1048,6 +1051,12 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
     let invitation_ttl = s.get("invitation_ttl", secs(5 * 86_400), duration);
     let reset_ttl = s.get("reset_ttl", secs(3600), duration);
     let password_min_length = s.get("password_min_length", 12, whole::<usize>);
+    let recheck_interval = s.get("recheck_interval", secs(30), duration);
+    s.check(
+        "recheck_interval",
+        recheck_interval.as_secs() >= 1,
+        "must be at least 1s",
+    );
     s.check("invitation_ttl", !invitation_ttl.is_zero(), POSITIVE);
     s.check("reset_ttl", !reset_ttl.is_zero(), POSITIVE);
     s.check(
@@ -1098,6 +1107,7 @@ fn read_auth(mut s: Section<'_>) -> AuthConfig {
         invitation_ttl,
         reset_ttl,
         password_min_length,
+        recheck_interval,
     }
 }
 

@@ -77,6 +77,10 @@ pub struct StoreConfig {
     /// `sqlite://path` (created on first start). Default `sqlite://data/meiro-gate.db`.
     /// Printed with any password redacted.
     pub url: Secret,
+    /// PostgreSQL: how long a query waits for a connection (opening one included) before
+    /// failing, so an unreachable database answers `503` instead of hanging. Default `5s`.
+    #[serde(with = "duration_serde")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,6 +158,11 @@ pub struct AuthConfig {
     pub reset_ttl: Duration,
     /// Shortest password accepted (it must also differ from the email). Default `12`.
     pub password_min_length: usize,
+    /// A cached token's session and user are re-checked in the store when a request uses it
+    /// this long after the last check: the bound on how long a revocation whose feed entry
+    /// never arrived stays unnoticed. Default `30s`.
+    #[serde(with = "duration_serde")]
+    pub recheck_interval: Duration,
 }
 
 /// Counted attempts allowed per account and per client IP within a window.

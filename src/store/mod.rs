@@ -10,6 +10,7 @@ pub(crate) mod suite;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -207,6 +208,25 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What woke the revocation follower (see [`Store::revocation_listener`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedWakeup {
+    /// A replica committed feed entries.
+    Appended,
+    /// The listener (re)subscribed: notifications sent while it was not subscribed are lost,
+    /// so the follower must read the feed now.
+    Subscribed,
+}
+
+/// Push notifications of feed appends. Only a wake-up: the feed read from the follower's cursor
+/// stays the source of truth, so a lost or duplicated wake-up never loses or reorders anything.
+#[async_trait]
+pub trait FeedListener: Send {
+    /// Waits for the next wake-up. After an error no wake-up arrives until the next
+    /// [`FeedWakeup::Subscribed`], which a later call attempts.
+    async fn next(&mut self) -> StoreResult<FeedWakeup>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for `/readyz`.
@@ -252,8 +272,36 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
     /// Highest `seq` in the feed (0 when empty): where a fresh replica starts polling.
     async fn revocation_cursor(&self) -> StoreResult<i64>;
-    /// Deletes feed entries older than `before`, and sessions that ended before it.
+    /// Deletes feed entries older than `before`, sessions that ended before it and throttle
+    /// windows that ended before it.
     async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
+    /// Counts one attempt of `key` in `scope` (per-account login or reset limit) unless it
+    /// already has `limit` in its window, atomically (replicas share the count). A window is
+    /// `window` seconds from its first attempt; an attempt after it starts a new one. Returns
+    /// the start of the window counted in (for [`Store::throttle_refund`]), or
+    /// `Err(seconds until the window ends)` when over the limit.
+    async fn throttle_reserve(
+        &self,
+        scope: &str,
+        key: &str,
+        limit: u32,
+        window: i64,
+        now: UnixTime,
+    ) -> StoreResult<Result<UnixTime, u64>>;
+    /// Takes back one attempt counted in the window that started at `window_start`; nothing if
+    /// that window has since been replaced.
+    async fn throttle_refund(
+        &self,
+        scope: &str,
+        key: &str,
+        window_start: UnixTime,
+    ) -> StoreResult<()>;
+    /// Push wake-ups for feed appends by any replica, or `None` when the backend has none
+    /// (SQLite: one replica, which revokes in its own cache directly and polls for the CLI's
+    /// changes). Connects lazily: the first [`FeedListener::next`] subscribes.
+    fn revocation_listener(&self) -> Option<Box<dyn FeedListener>> {
+        None
+    }
 
     /// Gives a still-pending user a new invitation (and `role`), which makes every earlier
     /// link stop working. Returns the updated user; `None` if the user is not pending.
@@ -288,12 +336,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Vec<SessionId>>>;
 }
 
+/// Default of `store.timeout`: how long a query waits for a database connection.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens the store named by `url` (creating and migrating it as needed): `sqlite:` for one
 /// replica, `postgres://` or `postgresql://` for several replicas sharing one database.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    open_with_timeout(url, DEFAULT_TIMEOUT).await
+}
+
+/// As [`open`]; on PostgreSQL, waiting for a connection fails after `timeout` (`store.timeout`).
+pub async fn open_with_timeout(url: &str, timeout: Duration) -> StoreResult<Arc<dyn Store>> {
     match backend(url) {
         Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
-        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::open(url).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(
+            PostgresStore::open_with_timeout(postgres::connect_options(url)?, timeout).await?,
+        )),
         None => Err(StoreError::InvalidUrl(
             "expected sqlite:, postgres:// or postgresql://".into(),
         )),

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::{
-    Invitation, NewUser, PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store,
-    StoreError, StoreResult, UnixTime, User, UserId,
+    DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser, PasswordReset, Revocation,
+    Role, Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro. Versions are kept
@@ -34,14 +34,11 @@ use super::{
 const INIT_SQL: &str = include_str!("../../migrations/postgres/0001_init.sql");
 const INVITATIONS_AND_RESETS_SQL: &str =
     include_str!("../../migrations/postgres/0002_invitations_and_resets.sql");
+const THROTTLE_SQL: &str = include_str!("../../migrations/postgres/0003_throttle.sql");
 
 /// Connections per replica. Queries are short; argon2 and the network, not the database, bound
 /// a gateway, and PostgreSQL's default `max_connections` (100) leaves room for several replicas.
 const POOL_SIZE: u32 = 10;
-
-/// Upper bound on waiting for a pooled connection, including opening a new one (TCP, TLS,
-/// authentication): an unreachable database fails requests and `/readyz` instead of hanging.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection that sat idle this long is pinged before use (a restarted server or a NAT that
 /// dropped it would otherwise fail the first query). Busy connections skip the round trip.
@@ -49,6 +46,15 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// The unique index behind [`StoreError::DuplicateEmail`].
 const EMAIL_INDEX: &str = "users_email_lower";
+
+/// The channel feed appends are announced on, computed by the server so that writers and
+/// listeners agree: suffixed with the feed table's oid (like [`FEED_LOCK_CLASS`]'s second key),
+/// so stores in different schemas of one database (tests) do not wake each other.
+macro_rules! feed_channel {
+    () => {
+        "'meiro_gate_feed_' || 'session_revocations'::regclass::oid"
+    };
+}
 
 /// First key of the feed's advisory lock (two-key form, whose key space does not overlap the
 /// one-key form sqlx's migrator locks with). The second key is the feed table's oid, so stores in
@@ -78,6 +84,8 @@ macro_rules! session_columns {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// One connection, outside `pool`, held by the revocation listener; connected lazily.
+    listener_pool: PgPool,
 }
 
 impl PostgresStore {
@@ -90,9 +98,26 @@ impl PostgresStore {
 
     /// Like [`PostgresStore::open`], with options already parsed (tests set a `search_path`).
     pub async fn open_with(options: PgConnectOptions) -> StoreResult<PostgresStore> {
+        PostgresStore::open_with_timeout(options, DEFAULT_TIMEOUT).await
+    }
+
+    /// `timeout` bounds waiting for a pooled connection, including opening a new one (TCP, TLS,
+    /// authentication): an unreachable database fails requests and `/readyz` within it instead
+    /// of hanging them.
+    pub async fn open_with_timeout(
+        options: PgConnectOptions,
+        timeout: Duration,
+    ) -> StoreResult<PostgresStore> {
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            // Held for the life of the process; a dead one is replaced on re-subscribing.
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(timeout)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -107,7 +132,10 @@ impl PostgresStore {
         // sqlx's migrator holds a database-wide advisory lock while it runs, so replicas
         // starting together apply each migration once.
         migrator().run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            listener_pool,
+        })
     }
 
     /// The underlying pool, for tests and diagnostics.
@@ -155,6 +183,7 @@ fn migrations() -> Vec<Migration> {
     [
         (1, "init", INIT_SQL),
         (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
+        (3, "throttle", THROTTLE_SQL),
     ]
     .into_iter()
     .map(|(version, description, sql)| {
@@ -274,10 +303,15 @@ async fn append_revocations(
     .await?;
     let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
     // unnest yields the array in order and the seq default is drawn row by row as they come.
-    sqlx::query(
-        "INSERT INTO session_revocations (session_id, revoked_at) \
-         SELECT id, $2 FROM unnest($1::uuid[]) AS t (id)",
-    )
+    // The NOTIFY is queued by the transaction and delivered only when it commits, so a woken
+    // listener always finds the entries; one statement keeps the lock's hold at two round trips.
+    sqlx::query(concat!(
+        "WITH appended AS (INSERT INTO session_revocations (session_id, revoked_at) \
+         SELECT id, $2 FROM unnest($1::uuid[]) AS t (id)) \
+         SELECT pg_notify(",
+        feed_channel!(),
+        ", '')"
+    ))
     .bind(&ids)
     .bind(at)
     .execute(conn)
@@ -313,6 +347,46 @@ async fn revoke_open_sessions(
     ids.sort();
     append_revocations(conn, &ids, at).await?;
     Ok(ids)
+}
+
+/// Wakes the revocation follower on feed appends by any replica (`LISTEN` on the feed's
+/// channel, on its own connection).
+struct PgFeedListener {
+    pool: PgPool,
+    /// `None` until subscribed, and again after an error.
+    listener: Option<PgListener>,
+}
+
+#[async_trait]
+impl FeedListener for PgFeedListener {
+    async fn next(&mut self) -> StoreResult<FeedWakeup> {
+        let Some(listener) = self.listener.as_mut() else {
+            self.listener = Some(subscribe(&self.pool).await?);
+            return Ok(FeedWakeup::Subscribed);
+        };
+        match listener.try_recv().await {
+            Ok(Some(_)) => Ok(FeedWakeup::Appended),
+            // The connection was lost; sqlx has already reconnected and re-issued the LISTEN
+            // (its `eager_reconnect`), and reports a failed reconnect as an error instead.
+            Ok(None) => Ok(FeedWakeup::Subscribed),
+            Err(e) => {
+                // A terminated backend reports its FATAL error here before the socket closes;
+                // either way, start over with a fresh connection on the next call, so that
+                // the moment the subscription is back is reported as `Subscribed`.
+                self.listener = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+async fn subscribe(pool: &PgPool) -> StoreResult<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    let channel: String = sqlx::query_scalar(concat!("SELECT ", feed_channel!()))
+        .fetch_one(&mut listener)
+        .await?;
+    listener.listen(&channel).await?;
+    Ok(listener)
 }
 
 #[async_trait]
@@ -615,8 +689,81 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(revocations + sessions + resets)
+        Ok(revocations + sessions + resets + windows)
+    }
+
+    async fn throttle_reserve(
+        &self,
+        scope: &str,
+        key: &str,
+        limit: u32,
+        window: i64,
+        now: UnixTime,
+    ) -> StoreResult<Result<UnixTime, u64>> {
+        // One statement, so replicas racing on one key are serialized by its row: insert the
+        // first window, or start a new window over an ended one, or count one more in a window
+        // below the limit. A full, current window matches the WHERE of neither and returns
+        // nothing. (SET expressions all read the row as it was.)
+        let started: Option<UnixTime> = sqlx::query_scalar(
+            "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
+             VALUES ($1, $2, $3, $3 + $4, 1) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+             window_start = CASE WHEN t.expires_at <= $3 THEN $3 ELSE t.window_start END, \
+             expires_at = CASE WHEN t.expires_at <= $3 THEN $3 + $4 ELSE t.expires_at END, \
+             attempts = CASE WHEN t.expires_at <= $3 THEN 1 ELSE t.attempts + 1 END \
+             WHERE t.expires_at <= $3 OR t.attempts < $5 \
+             RETURNING window_start",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .bind(window)
+        .bind(i64::from(limit))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(started) = started {
+            return Ok(Ok(started));
+        }
+        // Only the retry hint; the decision was made above.
+        let ends: Option<UnixTime> = sqlx::query_scalar(
+            "SELECT expires_at FROM throttle_windows WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+    }
+
+    async fn throttle_refund(
+        &self,
+        scope: &str,
+        key: &str,
+        window_start: UnixTime,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE throttle_windows SET attempts = attempts - 1 \
+             WHERE scope = $1 AND key = $2 AND window_start = $3 AND attempts > 0",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(window_start)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn revocation_listener(&self) -> Option<Box<dyn FeedListener>> {
+        Some(Box::new(PgFeedListener {
+            pool: self.listener_pool.clone(),
+            listener: None,
+        }))
     }
 
     async fn renew_invitation(
@@ -887,7 +1034,7 @@ mod tests {
                     .create_user(new_user("keep@example.test"))
                     .await
                     .unwrap();
-                assert_eq!(applied_migrations(&store).await, 2);
+                assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
                 store.pool().close().await;
 
                 // Two replicas starting at once: the migrator's lock lets one apply, none twice.
@@ -943,7 +1090,7 @@ mod tests {
                 assert_eq!(user.role, Role::Admin);
                 assert!(user.invitation_pending);
                 assert_eq!(user.invitation, None, "no invitation before migration 2");
-                assert_eq!(applied_migrations(&store).await, 2);
+                assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
             },
         )
         .await;
@@ -1188,6 +1335,36 @@ mod tests {
         .await;
     }
 
+    /// A feed append by one replica wakes another replica's listener, on commit and not
+    /// before: a woken follower always finds the entries it was woken for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listener_is_woken_by_another_replicas_commit() {
+        with_scratch_schema(
+            "listener_is_woken_by_another_replicas_commit",
+            |options| async move {
+                let (a, b) = (open(&options).await, open(&options).await);
+                let mut listener = b.revocation_listener().expect("PostgreSQL pushes");
+                assert_eq!(listener.next().await.unwrap(), FeedWakeup::Subscribed);
+                let sessions = sessions_of_new_user(&a, "listen@example.test", 2).await;
+
+                let mut tx = a.pool().begin().await.unwrap();
+                append_revocations(&mut tx, &[sessions[0].id], 10)
+                    .await
+                    .unwrap();
+                let early = tokio::time::timeout(Duration::from_millis(300), listener.next());
+                assert!(early.await.is_err(), "no wake-up before the commit");
+                tx.commit().await.unwrap();
+                let woken = tokio::time::timeout(Duration::from_secs(5), listener.next()).await;
+                assert_eq!(woken.expect("woken").unwrap(), FeedWakeup::Appended);
+
+                assert!(a.revoke_session(sessions[1].id, 11).await.unwrap());
+                let woken = tokio::time::timeout(Duration::from_secs(5), listener.next()).await;
+                assert_eq!(woken.expect("woken").unwrap(), FeedWakeup::Appended);
+            },
+        )
+        .await;
+    }
+
     /// Concurrent refreshes of one token through two replicas: exactly one wins.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn rotations_across_replicas_have_one_winner() {
@@ -1354,6 +1531,6 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Database(_)), "got {err:?}");
-        assert!(started.elapsed() <= ACQUIRE_TIMEOUT + Duration::from_secs(5));
+        assert!(started.elapsed() <= DEFAULT_TIMEOUT + Duration::from_secs(5));
     }
 }

@@ -22,6 +22,7 @@ use super::{
 const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 const INVITATIONS_AND_RESETS_SQL: &str =
     include_str!("../../migrations/sqlite/0002_invitations_and_resets.sql");
+const THROTTLE_SQL: &str = include_str!("../../migrations/sqlite/0003_throttle.sql");
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +128,7 @@ fn migrations() -> Vec<Migration> {
     [
         (1, "init", INIT_SQL),
         (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
+        (3, "throttle", THROTTLE_SQL),
     ]
     .into_iter()
     .map(|(version, description, sql)| {
@@ -534,8 +536,74 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(revocations + sessions + resets)
+        Ok(revocations + sessions + resets + windows)
+    }
+
+    async fn throttle_reserve(
+        &self,
+        scope: &str,
+        key: &str,
+        limit: u32,
+        window: i64,
+        now: UnixTime,
+    ) -> StoreResult<Result<UnixTime, u64>> {
+        // One statement, so replicas racing on one key are serialized by its row: insert the
+        // first window, or start a new window over an ended one, or count one more in a window
+        // below the limit. A full, current window matches the WHERE of neither and returns
+        // nothing. (SET expressions all read the row as it was.)
+        let started: Option<UnixTime> = sqlx::query_scalar(
+            "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
+             VALUES (?1, ?2, ?3, ?3 + ?4, 1) \
+             ON CONFLICT (scope, key) DO UPDATE SET \
+             window_start = CASE WHEN t.expires_at <= ?3 THEN ?3 ELSE t.window_start END, \
+             expires_at = CASE WHEN t.expires_at <= ?3 THEN ?3 + ?4 ELSE t.expires_at END, \
+             attempts = CASE WHEN t.expires_at <= ?3 THEN 1 ELSE t.attempts + 1 END \
+             WHERE t.expires_at <= ?3 OR t.attempts < ?5 \
+             RETURNING window_start",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(now)
+        .bind(window)
+        .bind(i64::from(limit))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(started) = started {
+            return Ok(Ok(started));
+        }
+        // Only the retry hint; the decision was made above.
+        let ends: Option<UnixTime> = sqlx::query_scalar(
+            "SELECT expires_at FROM throttle_windows WHERE scope = ?1 AND key = ?2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+    }
+
+    async fn throttle_refund(
+        &self,
+        scope: &str,
+        key: &str,
+        window_start: UnixTime,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE throttle_windows SET attempts = attempts - 1 \
+             WHERE scope = ?1 AND key = ?2 AND window_start = ?3 AND attempts > 0",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(window_start)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn renew_invitation(
@@ -799,7 +867,11 @@ mod tests {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(applied, 2, "migration 2 applied on top of 1");
+        assert_eq!(
+            applied,
+            migrations().len() as i64,
+            "later migrations applied on top of 1"
+        );
 
         // The upgraded database takes the new data too.
         let invitation = Invitation {

@@ -40,7 +40,64 @@ pub async fn run_all(store: Arc<dyn Store>) {
     password_reset_round_trip(s).await;
     new_reset_supersedes_older_ones(s).await;
     complete_password_reset(s).await;
+    throttle_windows(s).await;
+    concurrent_reservations_stop_at_the_limit(store.clone()).await;
     prune(s).await;
+}
+
+/// The per-account limit's counter: counts up to the limit, refuses with the seconds left,
+/// takes a refund back, and starts over once the window has ended.
+pub async fn throttle_windows(store: &dyn Store) {
+    let key = unique_email("throttle");
+    let t0: UnixTime = 1_700_000_000;
+    let reserve = |now| store.throttle_reserve("login", &key, 2, 60, now);
+    assert_eq!(reserve(t0).await.unwrap(), Ok(t0));
+    assert_eq!(reserve(t0 + 10).await.unwrap(), Ok(t0), "same window");
+    assert_eq!(
+        reserve(t0 + 20).await.unwrap(),
+        Err(40),
+        "full until t0 + 60"
+    );
+    assert_eq!(
+        store
+            .throttle_reserve("reset", &key, 2, 60, t0 + 20)
+            .await
+            .unwrap(),
+        Ok(t0 + 20),
+        "scopes are separate"
+    );
+    store.throttle_refund("login", &key, t0).await.unwrap();
+    assert_eq!(
+        reserve(t0 + 30).await.unwrap(),
+        Ok(t0),
+        "the refund freed one"
+    );
+    assert_eq!(reserve(t0 + 59).await.unwrap(), Err(1));
+    assert_eq!(reserve(t0 + 60).await.unwrap(), Ok(t0 + 60), "a new window");
+    store.throttle_refund("login", &key, t0).await.unwrap();
+    assert_eq!(reserve(t0 + 61).await.unwrap(), Ok(t0 + 60));
+    assert_eq!(
+        reserve(t0 + 62).await.unwrap(),
+        Err(58),
+        "a refund for an ended window changes nothing"
+    );
+}
+
+/// Many concurrent reservations of one key (replicas racing): exactly `limit` pass.
+pub async fn concurrent_reservations_stop_at_the_limit(store: Arc<dyn Store>) {
+    let key = unique_email("throttle-race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.spawn(async move {
+            store
+                .throttle_reserve("login", &key, 5, 900, 1_700_000_000)
+                .await
+                .unwrap()
+        });
+    }
+    let passed = tasks.join_all().await.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(passed, 5);
 }
 
 /// An email no other check (or earlier run) uses.

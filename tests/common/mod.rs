@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod oidc;
+pub mod replicas;
 pub mod smtp;
 
 use std::convert::Infallible;
@@ -160,6 +161,12 @@ impl Gateway {
 
     /// `extra_toml` is merged over the defaults (same keys win).
     pub async fn start_with(upstream_url: &str, extra_toml: &str) -> Gateway {
+        Self::start_with_layers(upstream_url, &[extra_toml]).await
+    }
+
+    /// Like [`Gateway::start_with`], with several TOML documents merged in order (later wins),
+    /// so helpers and tests can each set keys of the same section.
+    pub async fn start_with_layers(upstream_url: &str, layers: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let base = format!(
             r#"
@@ -192,7 +199,11 @@ impl Gateway {
             "#,
             dir = dir.path().display()
         );
-        let figment = Figment::from(Toml::string(&base)).merge(Toml::string(extra_toml));
+        let figment = layers
+            .iter()
+            .fold(Figment::from(Toml::string(&base)), |f, layer| {
+                f.merge(Toml::string(layer))
+            });
         let config = config::load_from_figment(&figment).expect("test config is valid");
         let clock = Clock::default();
         let app = App::start_with_clock(config, clock.clone()).await.unwrap();
@@ -261,6 +272,32 @@ impl Gateway {
             .send()
             .await
             .unwrap()
+    }
+
+    /// `PATCH /users/login` with the token in the body.
+    pub async fn refresh_response(&self, token: &str) -> reqwest::Response {
+        self.http
+            .patch(self.url("/users/login"))
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `DELETE /users/login` with `X-Access-Token`, asserting it succeeded.
+    pub async fn logout(&self, token: &str) {
+        let response = self
+            .http
+            .delete(self.url("/users/login"))
+            .header("x-access-token", token)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "logout: {}",
+            response.status()
+        );
     }
 
     pub async fn shutdown(mut self) -> bool {
