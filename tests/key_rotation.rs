@@ -88,15 +88,7 @@ async fn tokens_verify_on_both_replicas_before_and_after_a_rotation() {
     );
     assert_eq!(scans(&b), b_scans + 1, "through one unknown-kid scan");
     assert_eq!(status(&a, &new_token).await, 200);
-    let b_jwks: serde_json::Value = b
-        .http
-        .get(b.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b_jwks = b.jwks().await;
     let mut published: Vec<&str> = b_jwks["keys"]
         .as_array()
         .unwrap()

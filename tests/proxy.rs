@@ -170,15 +170,7 @@ async fn missing_and_forged_tokens_are_rejected_before_the_upstream() {
     let alg_none_with_sig = with_parts(&none_header, parts[1], parts[2]);
 
     // HS256 keyed with the gateway's public key bytes, under its kid: the classic confusion.
-    let jwks: serde_json::Value = gw
-        .http
-        .get(gw.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = gw.jwks().await;
     let key = jwks["keys"]
         .as_array()
         .unwrap()

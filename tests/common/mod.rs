@@ -223,6 +223,18 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The published key set (`/.well-known/jwks.json`).
+    pub async fn jwks(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.app().admin_addr, path)
     }
