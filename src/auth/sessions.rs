@@ -43,7 +43,7 @@ impl Auth {
             attempt.keep();
             return Err(AuthError::InvalidCredentials);
         };
-        drop(attempt); // a success does not count
+        attempt.succeeded().await; // a success does not count
         self.start_session(&user).await
     }
 

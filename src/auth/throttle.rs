@@ -201,6 +201,23 @@ impl Attempt {
     pub fn keep(mut self) {
         self.failed = true;
     }
+
+    /// Takes the attempt back before returning, so the caller's next attempt already sees it
+    /// gone (dropping an attempt refunds too, but in the background).
+    pub async fn succeeded(mut self) {
+        if let Some((ip, started)) = self.ip.take() {
+            self.ip_counter.refund(&ip, started);
+        }
+        // Done here: the drop below must not refund a second time.
+        self.failed = true;
+        if let Err(e) = self
+            .store
+            .throttle_refund(self.scope, &self.email, self.account)
+            .await
+        {
+            tracing::warn!(error = %e, "taking back a throttled attempt failed");
+        }
+    }
 }
 
 impl Drop for Attempt {
