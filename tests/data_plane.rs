@@ -52,6 +52,8 @@ impl Seen {
 
 #[derive(Default)]
 struct Log {
+    /// TCP connections accepted.
+    connections: AtomicUsize,
     /// Request heads that arrived (counted before the body is read or any delay).
     arrived: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
@@ -102,6 +104,10 @@ impl Upstream {
 
     fn count(&self) -> usize {
         self.log.seen.lock().unwrap().len()
+    }
+
+    fn connections(&self) -> usize {
+        self.log.connections.load(Ordering::SeqCst)
     }
 
     fn arrived(&self) -> usize {
@@ -170,6 +176,7 @@ fn spawn_upstream(
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { return };
+                    log.connections.fetch_add(1, Ordering::SeqCst);
                     let log = log.clone();
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
@@ -1466,6 +1473,64 @@ async fn content_length_with_transfer_encoding_is_400() {
     }
     let paths: Vec<String> = up.seen().into_iter().map(|s| s.path).collect();
     assert_eq!(paths, ["/sized", "/chunked", "/sized", "/chunked"]);
+    gw.shutdown().await;
+}
+
+/// The data plane's own keep-alive pool: sequential requests share one upstream connection
+/// (it is handed back when each response ends), and a pooled connection the upstream closed
+/// meanwhile costs nothing — a POST, which is never retried, still goes through, once.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_stale_ones_replaced() {
+    let mut up = Upstream::start("up").await;
+    let extra = [
+        upstream_toml("backend", &[up.url()], ""),
+        route_toml("/", "backend", "public = true"),
+    ]
+    .concat();
+    let gw = gateway(&extra).await;
+    for i in 0..20 {
+        let get = gw
+            .http
+            .get(gw.url(&format!("/get/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200);
+        let post = gw
+            .http
+            .post(gw.url(&format!("/post/{i}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 200);
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "40 sequential requests, one upstream connection"
+    );
+
+    // Every open connection is closed by the upstream; it comes back on the same port.
+    up.kill().await;
+    up.restart().await;
+    for i in 0..5 {
+        let post = gw
+            .http
+            .post(gw.url(&format!("/after/{i}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 200, "POST on a stale pooled connection");
+    }
+    let after = up
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/after/"))
+        .count();
+    assert_eq!(after, 5, "each POST arrived exactly once");
+    assert_eq!(up.connections(), 2);
     gw.shutdown().await;
 }
 

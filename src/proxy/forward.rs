@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::Checkout;
 use super::upstream::InFlight;
 use crate::auth::Principal;
 
@@ -143,17 +144,30 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
 }
 
 /// The upstream's response body, streamed as is, holding the instance's in-flight count
-/// until it ends or is dropped.
+/// until it ends or is dropped, and handing its pooled connection back once it has ended.
 pub struct TrackedBody {
     inner: Incoming,
     _in_flight: InFlight,
+    checkout: Option<Checkout>,
 }
 
 impl TrackedBody {
-    pub fn new(inner: Incoming, in_flight: InFlight) -> TrackedBody {
-        TrackedBody {
+    pub fn new(inner: Incoming, in_flight: InFlight, checkout: Option<Checkout>) -> TrackedBody {
+        let mut body = TrackedBody {
             inner,
             _in_flight: in_flight,
+            checkout,
+        };
+        // A bodiless response may never be polled: its connection is free already.
+        body.release_if_ended();
+        body
+    }
+
+    fn release_if_ended(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(checkout) = self.checkout.take()
+        {
+            checkout.release();
         }
     }
 }
@@ -166,7 +180,19 @@ impl HttpBody for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(checkout) = self.checkout.take() {
+                    checkout.release();
+                }
+            }
+            // A failed body leaves the connection in an unknown state: it is dropped.
+            Poll::Ready(Some(Err(_))) => self.checkout = None,
+            Poll::Ready(Some(Ok(_))) => self.release_if_ended(),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod health;
 pub mod introspect;
 pub mod path;
+mod pool;
 pub mod retry;
 pub mod routes;
 pub mod upstream;
@@ -396,18 +397,30 @@ impl Proxy {
             *request.headers_mut() = parts.headers.clone();
 
             let in_flight = InFlight::start(cluster.clone(), index);
-            let failure = match tokio::time::timeout(deadline, cluster.client.request(request))
-                .await
-            {
-                Ok(Ok(response)) => {
+            let sent = match &instance.pool {
+                Some(pool) => tokio::time::timeout(deadline, pool.send(request))
+                    .await
+                    .map(|r| {
+                        r.map(|(response, checkout)| (response, Some(checkout)))
+                            .map_err(SendError::Pool)
+                    }),
+                None => tokio::time::timeout(deadline, cluster.client.request(request))
+                    .await
+                    .map(|r| {
+                        r.map(|response| (response, None))
+                            .map_err(SendError::Client)
+                    }),
+            };
+            let failure = match sent {
+                Ok(Ok((response, checkout))) => {
                     cluster.succeeded(index);
                     let (mut head, incoming) = response.into_parts();
                     forward::strip_hop_by_hop(&mut head.headers);
-                    let body = Body::new(TrackedBody::new(incoming, in_flight));
+                    let body = Body::new(TrackedBody::new(incoming, in_flight, checkout));
                     return Ok(Response::from_parts(head, body));
                 }
                 Ok(Err(e)) => {
-                    if is_body_too_large(&e) {
+                    if is_body_too_large(e.as_error()) {
                         return Err(ProxyError::PayloadTooLarge);
                     }
                     cluster.counters.upstream_errors.fetch_add(1, relaxed());
@@ -416,11 +429,11 @@ impl Proxy {
                     } else {
                         Failure::Broken
                     };
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e, ?failure, "upstream attempt failed");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, "upstream attempt failed");
                     if failure == Failure::Connect {
                         cluster.eject(index);
                     }
-                    if is_timeout(&e) {
+                    if is_timeout(e.as_error()) {
                         // A connect timeout: it never left, but the answer is a 504.
                         Err(Failure::Connect)
                     } else {
@@ -513,6 +526,29 @@ impl Proxy {
         });
         // The 101 keeps its Connection/Upgrade headers: they are the switch itself.
         Ok(Response::from_parts(head, Body::empty()))
+    }
+}
+
+/// Why an attempt failed, from whichever client sent it.
+enum SendError {
+    Client(hyper_util::client::legacy::Error),
+    Pool(pool::PoolError),
+}
+
+impl SendError {
+    /// No connection was made: the request never left.
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Client(e) => e.is_connect(),
+            SendError::Pool(e) => matches!(e, pool::PoolError::Connect { .. }),
+        }
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            SendError::Client(e) => e,
+            SendError::Pool(e) => e,
+        }
     }
 }
 

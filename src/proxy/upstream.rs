@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::balance::{self, RoundRobin};
 use super::health::{ActiveHealth, Ejection};
+use super::pool::Http1Pool;
 use super::retry::RetryBudget;
 use crate::config::{Balance, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 
@@ -48,6 +49,9 @@ pub struct Instance {
     pub authority: Authority,
     /// Requests in flight (head sent, body not yet finished), for `least_request`.
     pub in_flight: AtomicUsize,
+    /// Plain-HTTP/1.1 instances: the data plane's own keep-alive pool (others use the
+    /// cluster's client).
+    pub pool: Option<Arc<Http1Pool>>,
     /// Mirrors of `state` read on every pick without taking the lock.
     available_flag: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -155,9 +159,18 @@ impl Cluster {
                     "http" => Scheme::HTTP,
                     _ => return Err(bad()),
                 };
+                let pool = (scheme == Scheme::HTTP && config.protocol == UpstreamProtocol::Http1)
+                    .then(|| {
+                        Arc::new(Http1Pool::new(
+                            authority.clone(),
+                            config.connect_timeout,
+                            config.idle_timeout,
+                        ))
+                    });
                 Ok(Instance {
                     scheme,
                     authority,
+                    pool,
                     in_flight: AtomicUsize::new(0),
                     available_flag: AtomicBool::new(true),
                     ejected_until_ms: AtomicU64::new(0),
