@@ -205,42 +205,57 @@ impl Attempt {
     /// Takes the attempt back before returning, so the caller's next attempt already sees it
     /// gone (dropping an attempt refunds too, but in the background).
     pub async fn succeeded(mut self) {
+        if let Some(refund) = self.take_refund() {
+            refund.run().await;
+        }
+    }
+
+    /// The in-memory refund is made at once; the store's is returned to be awaited or
+    /// spawned. `None` once the attempt is kept or already refunded.
+    fn take_refund(&mut self) -> Option<StoreRefund> {
+        if self.failed {
+            return None;
+        }
+        self.failed = true;
         if let Some((ip, started)) = self.ip.take() {
             self.ip_counter.refund(&ip, started);
         }
-        // Done here: the drop below must not refund a second time.
-        self.failed = true;
-        if let Err(e) = self
-            .store
-            .throttle_refund(self.scope, &self.email, self.account)
-            .await
-        {
-            tracing::warn!(error = %e, "taking back a throttled attempt failed");
-        }
+        Some(StoreRefund {
+            store: self.store.clone(),
+            scope: self.scope,
+            email: std::mem::take(&mut self.email),
+            started: self.account,
+        })
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if self.failed {
-            return;
-        }
-        if let Some((ip, started)) = self.ip {
-            self.ip_counter.refund(&ip, started);
-        }
         // Drop cannot wait for the store; the refund is best effort (a failed one leaves the
         // attempt counted, the safe side).
-        let (store, scope, email, started) = (
-            self.store.clone(),
-            self.scope,
-            std::mem::take(&mut self.email),
-            self.account,
-        );
-        tokio::spawn(async move {
-            if let Err(e) = store.throttle_refund(scope, &email, started).await {
-                tracing::warn!(error = %e, "taking back a throttled attempt failed");
-            }
-        });
+        if let Some(refund) = self.take_refund() {
+            tokio::spawn(refund.run());
+        }
+    }
+}
+
+/// Taking one attempt back from the account's window in the store.
+struct StoreRefund {
+    store: Arc<dyn Store>,
+    scope: &'static str,
+    email: String,
+    started: UnixTime,
+}
+
+impl StoreRefund {
+    async fn run(self) {
+        let refunded = self
+            .store
+            .throttle_refund(self.scope, &self.email, self.started)
+            .await;
+        if let Err(e) = refunded {
+            tracing::warn!(error = %e, "taking back a throttled attempt failed");
+        }
     }
 }
 
