@@ -380,12 +380,17 @@ impl Proxy {
             };
             outcome.instance = Some((cluster.clone(), index));
             let instance = &cluster.instances[index];
-            let uri = Uri::builder()
-                .scheme(instance.scheme.clone())
-                .authority(instance.authority.clone())
-                .path_and_query(target.clone())
-                .build()
-                .map_err(|_| ProxyError::Internal)?;
+            // The own pool writes the origin form (`/path?query`) on its direct connection;
+            // hyper-util's client wants the absolute URI to pick its connection.
+            let uri = match &instance.pool {
+                Some(_) => Uri::from(target.clone()),
+                None => Uri::builder()
+                    .scheme(instance.scheme.clone())
+                    .authority(instance.authority.clone())
+                    .path_and_query(target.clone())
+                    .build()
+                    .map_err(|_| ProxyError::Internal)?,
+            };
             let attempt_body = if replayable {
                 Body::empty()
             } else {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::HOST;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -79,17 +79,15 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` on an idle connection, or a new one. A request an idle connection
-    /// refused before writing anything (it had just been closed) moves on to the next one: it
-    /// provably never reached the upstream, so this is safe for every method.
+    /// Sends `request` (its URI in origin form, `/path?query`) on an idle connection, or a
+    /// new one. A request an idle connection refused before writing anything (it had just
+    /// been closed) moves on to the next one: it provably never reached the upstream, so this
+    /// is safe for every method.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Body>,
     ) -> Result<(Response<Incoming>, Checkout), PoolError> {
-        // On a direct connection the request target is the origin form (`/path?query`), and
-        // `Host` names the instance when the client sent none — as hyper-util's client does.
-        let target = request.uri().path_and_query().cloned();
-        *request.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
+        // `Host` names the instance when the client sent none, as hyper-util's client does.
         if !request.headers().contains_key(HOST)
             && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
         {

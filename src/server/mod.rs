@@ -13,8 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use futures_util::future::Either;
-
-use crate::proxy::Proxy;
 use http::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::proxy::Proxy;
 use framing::{Verdicts, Watched};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
