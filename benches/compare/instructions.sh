@@ -11,6 +11,8 @@
 # counting on. Prints instructions per request and the share spent in the allocator.
 # Needs valgrind, nginx and curl (apt-get install valgrind nginx-light curl).
 set -euo pipefail
+# shellcheck source=origin.sh
+source "$(dirname "${BASH_SOURCE[0]}")/origin.sh"
 
 REQUESTS=2000
 WARMUP=200
@@ -50,18 +52,7 @@ wait_port() {
 }
 
 mkdir -p "$W/origin"
-cat >"$W/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $W/origin/nginx.pid;
-error_log $W/origin/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    server { listen 127.0.0.1:$ORIGIN_PORT; location / { return 200 "ok\n"; } }
-}
-EOF
+origin_nginx_conf "$W/origin" "$ORIGIN_PORT" "$W/origin/error.log" >"$W/origin/nginx.conf"
 nginx -p "$W/origin" -c "$W/origin/nginx.conf" -e "$W/origin/error.log" &
 PIDS+=($!)
 wait_port "$ORIGIN_PORT"

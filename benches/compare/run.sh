@@ -11,6 +11,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=origin.sh
+source "$REPO/benches/compare/origin.sh"
 
 ROUNDS=3
 DURATION=6          # seconds per closed-loop (wrk) run
@@ -168,22 +170,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- configs
 mkdir -p "$W"/{origin,nginx,haproxy,gate,logs}
-cat >"$W/origin/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $W/origin/nginx.pid;
-error_log $W/logs/origin.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 10000000;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
+origin_nginx_conf "$W/origin" "$ORIGIN_PORT" "$W/logs/origin.log" >"$W/origin/nginx.conf"
 
 cat >"$W/nginx/nginx.conf" <<EOF
 worker_processes 1;
