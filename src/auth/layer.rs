@@ -130,7 +130,7 @@ async fn live_user(
 /// it is over, else confirms it for another interval. On a store error the claim's retry time
 /// stands and the cached verdict with it.
 async fn recheck(
-    store: std::sync::Arc<dyn Store>,
+    store: Arc<dyn Store>,
     clock: super::Clock,
     identity: LocalIdentity,
     flag: Arc<SessionFlag>,
