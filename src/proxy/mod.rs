@@ -32,8 +32,9 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 
+use crate::auth::cache::Grant;
 use crate::auth::layer::extract_token;
-use crate::auth::{Auth, AuthError, Clock, Principal};
+use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamProtocol};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
@@ -206,14 +207,16 @@ impl Proxy {
             None => body,
         };
 
-        let principal = if route.public {
+        let grant = if route.public {
             None
         } else {
             let token =
                 extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
             Some(self.authenticate(token).await?)
         };
-        outcome.user = principal.as_ref().and_then(|p| p.user_id_header.clone());
+        outcome.user = grant
+            .as_ref()
+            .and_then(|g| g.principal()?.user_id_header.clone());
 
         let client = parts
             .extensions
@@ -233,7 +236,7 @@ impl Proxy {
                 client,
                 proto: self.downstream_proto,
                 host,
-                principal: principal.as_deref(),
+                principal: grant.as_ref().and_then(Grant::principal),
                 upgrade: upgrade.clone(),
             },
         );
@@ -248,7 +251,7 @@ impl Proxy {
             .await
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, ProxyError> {
+    async fn authenticate(&self, token: &str) -> Result<Grant, ProxyError> {
         match &self.validator {
             Validator::Local(auth) => auth.authenticate(token).await.map_err(|e| match e {
                 AuthError::Internal(_) | AuthError::Store(_) => {
