@@ -14,20 +14,23 @@ use super::error::{ApiError, ApiJson};
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, IssuedToken, Settings};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Login)]
 pub struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub struct TokenBody {
     token: String,
 }
 
 /// Logout's optional body: the token may as well come in a header or the cookie, so `{}`
 /// (which some clients send with every DELETE) must not fail the logout.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Logout)]
 pub struct LogoutBody {
     token: Option<String>,
 }
