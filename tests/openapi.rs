@@ -327,6 +327,7 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
     let user = gw.login("user@example.com").await;
     let to_refresh = gw.login("user@example.com").await;
     let to_end = gw.login("user@example.com").await;
+    let to_end_too = gw.login("user@example.com").await;
 
     // Two pending users: one whose link is read and renewed, one who sets a password.
     let invite = |email: &'static str| {
@@ -421,6 +422,8 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
         case(M::PATCH, "/users/login", Body::Large, 413),
         // Logout
         case(M::DELETE, "/users/login", Body::None, 200).token(&to_end),
+        // An oversized body is ignored like any other that is not `{"token"}`: still a logout.
+        case(M::DELETE, "/users/login", Body::Large, 200).token(&to_end_too),
         case(
             M::DELETE,
             "/users/login",
@@ -623,6 +626,11 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
         problems.push(format!("{op:?}: requested but not documented"));
     }
     assert!(problems.is_empty(), "{problems:#?}");
+
+    for ended in [&to_end, &to_end_too] {
+        let through = okta.get_with_token("/reports", ended).await;
+        assert_eq!(through.status(), 401, "the logged-out token still works");
+    }
 
     okta.shutdown().await;
     plain.shutdown().await;

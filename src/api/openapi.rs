@@ -233,7 +233,7 @@ fn refresh() {}
 /// body's. Idempotent: an unknown or expired token gets the same answer.
 #[utoipa::path(
     delete, path = "/users/login", tag = "session",
-    request_body(content = Option<LogoutBody>, description = "Optional; a body that is not this is ignored"),
+    request_body(content = Option<LogoutBody>, description = "Optional. Any other body, or one past `limits.api_max_body`, is ignored: the logout still happens"),
     responses(
         (status = 200, description = "`{\"message\": \"Successfully logged-out\"}`", body = Message, headers(
             ("Set-Cookie" = String, description = "Deletes the session cookie"),
