@@ -715,3 +715,26 @@ fn fits(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Upstream mode: the backend serves the auth API, so the gateway does not describe it;
+/// `/openapi.json` is an ordinary data-plane path, forwarded by the route table like any other.
+#[tokio::test]
+async fn upstream_mode_leaves_openapi_json_to_the_route_table() {
+    let backend = FakeUpstream::start().await;
+    let gw = Gateway::start_with(
+        &backend.url(),
+        "[auth]\nmode = \"upstream\"\n[auth.upstream]\nupstream = \"backend\"\n\
+         introspect_path = \"/introspect\"\n",
+    )
+    .await;
+    // The `/` route is protected: no token, no document.
+    let anonymous = gw.http.get(gw.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(!anonymous.headers().contains_key("x-upstream"));
+    // With a token the backend vouches for, the request reaches the backend.
+    let response = gw.get_with_token("/openapi.json", "backend-token").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-upstream"], "fake");
+    assert_eq!(backend.last().uri.path(), "/openapi.json");
+    gw.shutdown().await;
+}
