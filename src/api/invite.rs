@@ -13,9 +13,11 @@ use super::users::UserBody;
 use crate::auth::{Auth, AuthError};
 use crate::store::{Role, UserId};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Invitation)]
 pub struct InvitationBody {
     email: String,
+    /// Default `user`.
     #[serde(default)]
     role: Option<Role>,
 }

@@ -11,7 +11,8 @@ use super::error::{ApiError, ApiJson};
 use super::login::token_response;
 use crate::auth::Auth;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = OktaLogin)]
 pub struct OktaLoginBody {
     code: String,
 }

@@ -11,12 +11,14 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiJson};
 use crate::auth::Auth;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ForgotPassword)]
 pub struct ForgotPasswordBody {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ResetPassword)]
 pub struct ResetPasswordBody {
     email: String,
     password: String,
