@@ -17,9 +17,9 @@ use url::Url;
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
     AdminConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig, Config,
-    CorsConfig, HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth,
-    OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig, ThrottleConfig,
-    TlsConfig, UpstreamConfig, UpstreamProtocol,
+    CorsConfig, HealthCheckConfig, LimitsConfig, LogConfig, MailConfig, MailTransport,
+    OktaClientAuth, OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig,
+    ThrottleConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
 
 const ENV_PREFIX: &str = "MEIRO_GATE_";
@@ -649,6 +649,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
     let auth = read_auth(root.section("auth"));
     let bootstrap = read_bootstrap(root.section("bootstrap"));
     let limits = read_limits(root.section("limits"));
+    let log = read_log(root.section("log"));
     let mail = read_mail(root.section("mail"));
     let okta = read_okta(root.section("okta"));
     let cors = root.has("cors").then(|| read_cors(root.section("cors")));
@@ -710,6 +711,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         auth,
         bootstrap,
         limits,
+        log,
         mail,
         okta,
         cors,
@@ -1200,6 +1202,14 @@ fn read_limits(mut s: Section<'_>) -> LimitsConfig {
         max_header_bytes,
         api_max_body,
     }
+}
+
+fn read_log(mut s: Section<'_>) -> LogConfig {
+    let filter = s.get("filter", "info".to_owned(), text);
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
+        s.problem("filter", format!("not a valid log filter: {e}"));
+    }
+    LogConfig { filter }
 }
 
 fn read_upstream(mut s: Section<'_>) -> UpstreamConfig {

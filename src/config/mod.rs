@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bootstrap: BootstrapConfig,
     pub limits: LimitsConfig,
+    pub log: LogConfig,
     pub mail: MailConfig,
     pub okta: OktaConfig,
     /// `[cors]`; absent: no CORS headers at all.
@@ -197,6 +198,15 @@ pub struct LimitsConfig {
     pub api_max_body: ByteSize,
 }
 
+/// `[log]`: what goes to stderr. Reloaded live (SIGHUP).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// `tracing` filter directives (`RUST_LOG` syntax), e.g. `"info,meiro_gate::access=warn"`.
+    /// The `RUST_LOG` variable, when set, overrides it (at start and on every reload).
+    /// Default `"info"`.
+    pub filter: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
@@ -215,7 +225,7 @@ pub enum UpstreamProtocol {
 }
 
 /// `[upstreams.health]`: active health checks.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheckConfig {
     /// GET this path on each instance; any 2xx is healthy.
     pub path: String,
@@ -231,7 +241,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
     pub name: String,
     /// `http://host:port` base URLs; at least one.
