@@ -2,6 +2,7 @@
 //! run many gateways in one process) and reports the addresses actually bound.
 
 mod reload_diff;
+mod reload_file;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,9 @@ pub struct RunningApp {
     cert_store: Option<Arc<CertStore>>,
     /// The process's log filter, when this app owns the logging (the binary does; tests not).
     log_filter: Option<LogFilter>,
+    /// The config file's contents as last loaded by a reload from the file (see
+    /// `reload_file.rs`).
+    seen_file: Mutex<Option<Vec<u8>>>,
 }
 
 /// The configuration in effect and the data plane built from it. Its health checks run until
@@ -254,6 +258,7 @@ impl App {
             background,
             cert_store,
             log_filter: None,
+            seen_file: Mutex::new(None),
         })
     }
 }

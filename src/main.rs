@@ -3,6 +3,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -119,27 +120,6 @@ struct Reload {
     log_filter: telemetry::LogFilter,
 }
 
-/// Loads the config again as at start (same file, same environment) and applies it; an
-/// invalid one is refused with each problem logged, and the running config stays.
-fn reload(app: &RunningApp, config_path: Option<&Path>) {
-    let config = match config::load(config_path) {
-        Ok(config) => config,
-        Err(e) => {
-            for problem in &e.problems {
-                tracing::error!(key = %problem.key, problem = %problem.message, "invalid config");
-            }
-            tracing::error!(
-                problems = e.problems.len(),
-                "reload refused: the config is invalid; keeping the running one"
-            );
-            return;
-        }
-    };
-    if let Err(e) = app.reload(config) {
-        tracing::error!(error = %e, "reload refused; keeping the running config");
-    }
-}
-
 async fn run(command: Command, config: Config, reload: Reload) -> Result<()> {
     match command {
         Command::Serve => serve(config, reload).await,
@@ -163,9 +143,10 @@ async fn run(command: Command, config: Config, reload: Reload) -> Result<()> {
 }
 
 async fn serve(config: Config, reload: Reload) -> Result<()> {
+    let watch_interval = config.server.config_watch_interval;
     let mut app = App::start(config).await.context("starting meiro-gate")?;
     app.set_log_filter(reload.log_filter);
-    shutdown_signal(&app, reload.config_path.as_deref()).await;
+    shutdown_signal(&app, reload.config_path.as_deref(), watch_interval).await;
     tracing::info!("shutdown requested; draining");
     if app.shutdown().await {
         tracing::info!("drained; bye");
@@ -175,8 +156,9 @@ async fn serve(config: Config, reload: Reload) -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the config.
-async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>) {
+/// Waits for SIGTERM or SIGINT; SIGHUP or a change of the config file (checked every
+/// `watch_interval`) meanwhile reloads the config.
+async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>, watch_interval: Duration) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -198,7 +180,7 @@ async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>) {
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while s.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the configuration");
-                reload(app, config_path);
+                app.reload_from_file(config_path);
             }
         }
         std::future::pending::<()>().await
@@ -209,6 +191,7 @@ async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>) {
         _ = ctrl_c => {},
         _ = term => {},
         _ = hangup => {},
+        _ = app.watch_config_file(config_path, watch_interval) => {},
     }
 }
 

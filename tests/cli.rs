@@ -809,14 +809,15 @@ async fn keys_rotate_is_loaded_on_sighup_and_old_tokens_survive_a_restart() {
     );
 }
 
-/// The config file `Setup::valid` writes, with `upstream` and extra TOML appended (after the
-/// route table), for rewriting it in place before a SIGHUP.
-fn rewrite_config(setup: &Setup, upstream: &str, route_extra: &str, tail: &str) {
+/// The config file `Setup::valid` writes, checked for changes every `watch` (`"0s"`: never),
+/// with `upstream` and extra TOML appended (after the route table), for rewriting it in place.
+fn rewrite_config(setup: &Setup, watch: &str, upstream: &str, route_extra: &str, tail: &str) {
     let body = format!(
         r#"
         [server]
         public_url = "http://gate.test"
         drain_timeout = "5s"
+        config_watch_interval = "{watch}"
         [store]
         url = "sqlite://{dir}/gate.db"
         [auth]
@@ -858,7 +859,9 @@ fn json_lines_lenient(text: &str) -> Vec<serde_json::Value> {
 async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart_keys() {
     let a = FakeUpstream::start().await;
     let b = FakeUpstream::start().await;
-    let setup = Setup::valid(&a.url(), "public = true");
+    let setup = Setup::valid(&a.url(), "");
+    // SIGHUP only: the file is not watched.
+    rewrite_config(&setup, "0s", &a.url(), "public = true", "");
     // An empty RUST_LOG leaves the filter to `log.filter`.
     let mut served = setup.serve(&[("RUST_LOG", "")]);
     assert_eq!(
@@ -876,6 +879,7 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
     // An invalid file: refused, every problem logged by key, the running config kept.
     rewrite_config(
         &setup,
+        "0s",
         "ftp://nowhere",
         "public = true\nupstream_typo = 1",
         "[limits]\nmax_header_bytes = 10\n[log]\nfilter = \"info,[[bad\"",
@@ -925,6 +929,7 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
     // and the new log filter silences the access log.
     rewrite_config(
         &setup,
+        "0s",
         &b.url(),
         "public = true",
         "[log]\nfilter = \"info,meiro_gate::access=off\"\n[mail]\nfrom = \"Renamed <no-reply@localhost>\"",
@@ -960,5 +965,60 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
     );
     assert_eq!(access_lines(&reloaded, "/one"), 1, "{reloaded}");
     assert_eq!(access_lines(&reloaded, "/three"), 0, "{reloaded}");
+    assert_eq!(served.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_is_reloaded_without_a_signal() {
+    let a = FakeUpstream::start().await;
+    let b = FakeUpstream::start().await;
+    let setup = Setup::valid(&a.url(), "");
+    rewrite_config(&setup, "100ms", &a.url(), "public = true", "");
+    let served = setup.serve(&[]);
+    let status = served
+        .http
+        .get(served.url("/one"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(a.recorded().len(), 1);
+
+    // An invalid edit is refused once (logged), not at every check.
+    rewrite_config(&setup, "100ms", &b.url(), "public = maybe", "");
+    eventually!(
+        served.guard.log_text().contains("reload refused"),
+        "the invalid edit was not noticed:\n{}",
+        served.guard.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refusals = served.guard.log_text().matches("reload refused").count();
+    assert_eq!(refusals, 1, "{}", served.guard.log_text());
+    let status = served
+        .http
+        .get(served.url("/two"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(a.recorded().len(), 2);
+
+    rewrite_config(&setup, "100ms", &b.url(), "public = true", "");
+    eventually!(
+        served
+            .http
+            .get(served.url("/three"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+            && !b.recorded().is_empty(),
+        "the edited file was not applied:\n{}",
+        served.guard.log_text()
+    );
+    assert_eq!(b.last().uri.path(), "/three");
     assert_eq!(served.stop().code(), Some(0));
 }

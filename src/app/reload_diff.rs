@@ -65,3 +65,44 @@ fn differing(path: &str, old: &Value, new: &Value, keys: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let toml = format!("[server]\npublic_url = \"http://gate.test\"\n{extra}");
+        crate::config::load_from_figment(&Figment::from(Toml::string(&toml))).unwrap()
+    }
+
+    #[test]
+    fn names_changed_keys_and_secrets_without_their_values() {
+        let old = config("");
+        assert!(restart_needed(&old, &old.clone()).is_empty());
+        let new = config(
+            "drain_timeout = \"1s\"\n[bootstrap]\nadmin_email = \"a@example.com\"\n\
+             admin_password = \"a long bootstrap password\"\n[mail]\nsmtp_timeout = \"3s\"",
+        );
+        let mut keys = restart_needed(&old, &new);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "bootstrap.admin_email",
+                "bootstrap.admin_password",
+                "mail.smtp_timeout",
+                "server.drain_timeout"
+            ]
+        );
+        // Only the password differs: it serializes redacted either way, and is still named.
+        let other = config(
+            "drain_timeout = \"1s\"\n[bootstrap]\nadmin_email = \"a@example.com\"\n\
+             admin_password = \"another bootstrap password\"\n[mail]\nsmtp_timeout = \"3s\"",
+        );
+        assert_eq!(restart_needed(&new, &other), ["bootstrap.admin_password"]);
+        assert!(!restart_needed(&new, &other).concat().contains("another"));
+    }
+}

@@ -84,6 +84,17 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     load_from_figment(&layers(file.as_deref(), EnvLayer::from_process()))
 }
 
+/// The file [`load`] reads for `path` (the same rules), if there is one: what `serve` watches.
+pub fn file(path: Option<&Path>) -> Option<PathBuf> {
+    config_file(
+        path,
+        std::env::var_os(ENV_CONFIG_VAR),
+        Path::new(DEFAULT_FILE),
+    )
+    .ok()
+    .flatten()
+}
+
 /// Chooses the file: an explicitly named one must exist; the conventional one is optional.
 fn config_file(
     explicit: Option<&Path>,
@@ -741,6 +752,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         .unwrap_or_else(|| public_url.clone());
     let drain_timeout = s.get("drain_timeout", secs(30), duration);
     let access_log = s.get("access_log", true, flag);
+    let config_watch_interval = s.get("config_watch_interval", secs(2), duration);
     let worker_threads = s.opt("worker_threads", whole::<usize>);
     if let Some(n) = worker_threads {
         s.check("worker_threads", n >= 1, "must be at least 1");
@@ -762,6 +774,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         access_log,
         worker_threads,
         tls,
+        config_watch_interval,
     }
 }
 

@@ -16,7 +16,7 @@ use url::Url;
 
 pub use crate::auth::tokens::SigningAlgorithm;
 
-pub use load::{ConfigError, Problem, load, load_from_figment};
+pub use load::{ConfigError, Problem, file, load, load_from_figment};
 pub use values::{ByteSize, Secret, duration_serde};
 
 /// The whole effective configuration. `Serialize` is what `check-config` prints; secrets
@@ -56,6 +56,11 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// `[server.tls]`: terminate TLS on the main listener. Absent: plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
+    /// How often `serve` compares the config file with what it last loaded and reloads it
+    /// when it changed (as SIGHUP does). `0s`: only SIGHUP reloads. Needs a restart to change.
+    /// Default `2s`.
+    #[serde(with = "duration_serde")]
+    pub config_watch_interval: Duration,
 }
 
 /// `[server.tls]`: PEM files, re-read on SIGHUP and when they change on disk.
