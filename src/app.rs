@@ -1,8 +1,13 @@
 //! Wires the subsystems together. [`App::start`] binds the listeners (port 0 works, so tests
 //! run many gateways in one process) and reports the addresses actually bound.
 
+mod reload_diff;
+mod reload_file;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use axum::Json;
 use axum::Router;
@@ -20,8 +25,9 @@ use crate::config::{AuthMode, Config};
 use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
 use crate::server::tls::{CertStore, TlsError};
-use crate::server::{self, ConnectionLimits};
+use crate::server::{self, ConnectionLimits, LiveSite, Site};
 use crate::store::{self, NewUser, Role, Store, StoreError};
+use crate::telemetry::LogFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +51,28 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("proxy: {0}")]
+    Proxy(#[from] ProxyBuildError),
+}
+
+/// The running config with every live-reloadable part taken from `new`; the rest stays as
+/// it runs (and [`reload_diff::restart_needed`] names what differs).
+fn live_part(running: &Config, new: Config) -> Config {
+    let mut effective = running.clone();
+    effective.upstreams = new.upstreams;
+    effective.routes = new.routes;
+    effective.cors = new.cors;
+    effective.log = new.log;
+    effective.server.access_log = new.server.access_log;
+    effective.limits.api_max_body = new.limits.api_max_body;
+    effective.limits.header_read_timeout = new.limits.header_read_timeout;
+    effective.limits.max_header_bytes = new.limits.max_header_bytes;
+    effective
+}
+
 pub struct App;
 
 /// A started gateway.
@@ -53,46 +81,54 @@ pub struct RunningApp {
     pub addr: SocketAddr,
     /// Admin listener (`/healthz`, `/readyz`).
     pub admin_addr: SocketAddr,
-    /// The local auth subsystem; `None` in upstream mode.
-    local_auth: Option<Arc<Auth>>,
+    /// The local auth subsystem and its store; `None` in upstream mode.
+    local: Option<(Arc<Auth>, Arc<dyn Store>)>,
+    clock: Clock,
+    /// What the two listeners serve; [`RunningApp::reload`] replaces both.
+    main_site: LiveSite,
+    admin_site: LiveSite,
+    /// The running generation; the lock also serializes reloads.
+    generation: Mutex<Generation>,
     shutdown: watch::Sender<bool>,
     main: JoinHandle<bool>,
     admin: JoinHandle<bool>,
     /// The revocation follower and the mail queue (local mode only).
     background: Vec<JoinHandle<()>>,
     cert_store: Option<Arc<CertStore>>,
+    /// The process's log filter, when this app owns the logging (the binary does; tests not).
+    log_filter: Option<LogFilter>,
+    /// The config file's contents as last loaded by a reload from the file (see
+    /// `reload_file.rs`).
+    seen_file: Mutex<Option<Vec<u8>>>,
 }
 
-/// What local mode runs besides the data plane.
-struct Local {
-    auth: Arc<Auth>,
-    store: Arc<dyn Store>,
-    background: Vec<JoinHandle<()>>,
+/// The configuration in effect and the data plane built from it. Its health checks run until
+/// `health` is dropped (replaced by a reload) or sent `true` (shutdown).
+struct Generation {
+    config: Config,
+    proxy: Arc<Proxy>,
+    health: watch::Sender<bool>,
 }
 
-impl App {
-    pub async fn start(config: Config) -> Result<RunningApp, StartError> {
-        Self::start_with_clock(config, Clock::default()).await
-    }
-
-    /// As [`App::start`], with the clock the auth rules read (tests move it forward).
-    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        // Upstream mode needs no store, keys or mail: the backend owns users and tokens.
-        let local = match config.auth.mode {
-            AuthMode::Local => Some(start_local(&config, clock.clone(), &shutdown_rx).await?),
-            AuthMode::Upstream => None,
-        };
+impl Generation {
+    /// Builds the data plane and both sites from `config`, taking over what `previous` had
+    /// for unchanged upstreams. Nothing runs until [`Generation::go_live`].
+    fn build(
+        config: Config,
+        local: Option<&(Arc<Auth>, Arc<dyn Store>)>,
+        clock: &Clock,
+        previous: Option<&Proxy>,
+    ) -> Result<(Generation, Site, Site), ProxyBuildError> {
         let proxy = Arc::new(Proxy::new(
             &config,
-            local.as_ref().map(|l| l.auth.clone()),
-            clock,
+            local.map(|(auth, _)| auth.clone()),
+            clock.clone(),
+            previous,
         )?);
-        proxy.spawn_health_checks(&shutdown_rx);
-        let (mut router, is_api): (Router, fn(&str) -> bool) = match &local {
-            Some(local) => (
+        let (mut router, is_api): (Router, fn(&str) -> bool) = match local {
+            Some((auth, _)) => (
                 crate::api::router(
-                    local.auth.clone(),
+                    auth.clone(),
                     config.limits.api_max_body.as_usize(),
                     ProxyService(proxy.clone()),
                 ),
@@ -117,7 +153,66 @@ impl App {
             ));
             direct = None;
         }
-        let (tls, cert_store) = match &config.server.tls {
+        let limits = ConnectionLimits {
+            max_connections: config.limits.max_connections,
+            header_read_timeout: config.limits.header_read_timeout,
+            max_header_bytes: config.limits.max_header_bytes,
+        };
+        let main = Site::new(server::Routing { router, direct }, limits.clone());
+        let admin = Site::new(
+            admin_router(local.map(|(_, store)| store.clone()), proxy.clone()).into(),
+            limits,
+        );
+        let (health, _) = watch::channel(false);
+        Ok((
+            Generation {
+                config,
+                proxy,
+                health,
+            },
+            main,
+            admin,
+        ))
+    }
+
+    fn start_health_checks(&self) {
+        self.proxy.spawn_health_checks(&self.health.subscribe());
+    }
+}
+
+/// What a successful [`RunningApp::reload`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Keys whose new value needs a restart; the running value was kept for each.
+    pub restart_needed: Vec<String>,
+    /// Upstream clusters taken over unchanged (pools, health state kept).
+    pub upstreams_kept: usize,
+    /// Upstream clusters built anew (new or changed entries).
+    pub upstreams_rebuilt: usize,
+}
+
+impl App {
+    pub async fn start(config: Config) -> Result<RunningApp, StartError> {
+        Self::start_with_clock(config, Clock::default()).await
+    }
+
+    /// As [`App::start`], with the clock the auth rules read (tests move it forward).
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        // Upstream mode needs no store, keys or mail: the backend owns users and tokens.
+        let local = match config.auth.mode {
+            AuthMode::Local => Some(start_local(&config, clock.clone(), &shutdown_rx).await?),
+            AuthMode::Upstream => None,
+        };
+        let local_parts = local.as_ref().map(|l| (l.auth.clone(), l.store.clone()));
+        let tls_config = config.server.tls.clone();
+        let (listen, admin_listen, mode) =
+            (config.server.listen, config.admin.listen, config.auth.mode);
+        let drain = config.server.drain_timeout;
+        let (generation, main_site, admin_site) =
+            Generation::build(config, local_parts.as_ref(), &clock, None)?;
+        generation.start_health_checks();
+        let (tls, cert_store) = match &tls_config {
             Some(tls) => {
                 let (server_config, store) = server::tls::server_config(tls)?;
                 tokio::spawn(server::tls::watch_files(store.clone(), shutdown_rx.clone()));
@@ -126,49 +221,53 @@ impl App {
             None => (None, None),
         };
 
-        let main_listener = bind(config.server.listen).await?;
-        let admin_listener = bind(config.admin.listen).await?;
-        let addr = local_addr(&main_listener, config.server.listen)?;
-        let admin_addr = local_addr(&admin_listener, config.admin.listen)?;
+        let main_listener = bind(listen).await?;
+        let admin_listener = bind(admin_listen).await?;
+        let addr = local_addr(&main_listener, listen)?;
+        let admin_addr = local_addr(&admin_listener, admin_listen)?;
 
-        let limits = ConnectionLimits {
-            max_connections: config.limits.max_connections,
-            header_read_timeout: config.limits.header_read_timeout,
-            max_header_bytes: config.limits.max_header_bytes,
-        };
-        let drain = config.server.drain_timeout;
+        let main_site: LiveSite = Arc::new(ArcSwap::from_pointee(main_site));
+        let admin_site: LiveSite = Arc::new(ArcSwap::from_pointee(admin_site));
         let main = tokio::spawn(server::serve(
             main_listener,
-            server::Routing { router, direct },
-            limits.clone(),
+            main_site.clone(),
             tls,
             shutdown_rx.clone(),
             drain,
         ));
         let admin = tokio::spawn(server::serve(
             admin_listener,
-            admin_router(local.as_ref().map(|l| l.store.clone()), proxy).into(),
-            limits,
+            admin_site.clone(),
             None,
             shutdown_rx,
             drain,
         ));
-        tracing::info!(%addr, %admin_addr, mode = ?config.auth.mode, "meiro-gate listening");
-        let (local_auth, background) = match local {
-            Some(local) => (Some(local.auth), local.background),
-            None => (None, Vec::new()),
-        };
+        tracing::info!(%addr, %admin_addr, ?mode, "meiro-gate listening");
+        let background = local.map(|l| l.background).unwrap_or_default();
         Ok(RunningApp {
             addr,
             admin_addr,
-            local_auth,
+            local: local_parts,
+            clock,
+            main_site,
+            admin_site,
+            generation: Mutex::new(generation),
             shutdown,
             main,
             admin,
             background,
             cert_store,
+            log_filter: None,
+            seen_file: Mutex::new(None),
         })
     }
+}
+
+/// What local mode runs besides the data plane.
+struct Local {
+    auth: Arc<Auth>,
+    store: Arc<dyn Store>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Local mode's subsystems: the store (migrated, bootstrapped), mail, auth, Okta discovery in
@@ -204,16 +303,84 @@ async fn start_local(
 }
 
 impl RunningApp {
-    /// SIGHUP: re-reads the TLS certificate and key and the signing-key directory (a failure
-    /// keeps the current ones). Routes and upstreams are fixed for the life of the process in
-    /// this version.
-    pub fn reload(&self) {
+    /// Applies a new configuration (already loaded and validated by [`crate::config::load`])
+    /// to the running gateway: routes, upstreams and their health checks, CORS, the auth API
+    /// body limit, the head limits of new connections and the access log switch. Also re-reads
+    /// the TLS certificate and the signing-key directory, and applies `log.filter` when
+    /// [`RunningApp::set_log_filter`] was given the process's filter. Requests in flight, open WebSockets
+    /// and streams finish on the data plane they started on; keep-alive connections take the
+    /// new one at their next request.
+    ///
+    /// Keys that cannot change while running (listeners, store, auth, mail, ...) keep their
+    /// running value and are listed in the report, each logged as needing a restart. On an
+    /// error (an upstream that cannot be built) nothing changes.
+    pub fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let mut current = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        let effective = live_part(&current.config, new.clone());
+        let restart_needed = reload_diff::restart_needed(&effective, &new);
+        for key in &restart_needed {
+            tracing::warn!(
+                key,
+                "config change needs a restart; keeping the running value"
+            );
+        }
+        let (next, main_site, admin_site) = Generation::build(
+            effective,
+            self.local.as_ref(),
+            &self.clock,
+            Some(&current.proxy),
+        )?;
+        let kept = next
+            .proxy
+            .clusters()
+            .iter()
+            .filter(|c| {
+                current
+                    .proxy
+                    .clusters()
+                    .iter()
+                    .any(|old| Arc::ptr_eq(c, old))
+            })
+            .count();
+        next.start_health_checks();
+        self.main_site.store(Arc::new(main_site));
+        self.admin_site.store(Arc::new(admin_site));
+        // Dropping the old generation's sender ends its health checks (those of kept clusters
+        // carry on in the new generation's tasks).
+        let report = ReloadReport {
+            restart_needed,
+            upstreams_kept: kept,
+            upstreams_rebuilt: next.proxy.clusters().len() - kept,
+        };
+        if let Some(log_filter) = &self.log_filter {
+            log_filter.apply(&next.config.log.filter);
+        }
+        *current = next;
+        drop(current);
+        self.reload_files();
+        tracing::info!(
+            upstreams_kept = report.upstreams_kept,
+            upstreams_rebuilt = report.upstreams_rebuilt,
+            restart_needed = report.restart_needed.len(),
+            "configuration reloaded"
+        );
+        Ok(report)
+    }
+
+    /// Lets [`RunningApp::reload`] apply `log.filter` to the process's logging.
+    pub fn set_log_filter(&mut self, log_filter: LogFilter) {
+        self.log_filter = Some(log_filter);
+    }
+
+    /// Re-reads the TLS certificate and key and the signing-key directory (a failure keeps
+    /// the current ones).
+    pub fn reload_files(&self) {
         if let Some(store) = &self.cert_store
             && let Err(e) = store.reload()
         {
             tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one");
         }
-        if let Some(auth) = &self.local_auth {
+        if let Some((auth, _)) = &self.local {
             auth.keys().rescan();
         }
     }
@@ -222,6 +389,12 @@ impl RunningApp {
     /// whether everything drained in time.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown.send(true);
+        let _ = self
+            .generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .health
+            .send(true);
         let main = self.main.await.unwrap_or(false);
         let admin = self.admin.await.unwrap_or(false);
         for task in self.background {
@@ -235,8 +408,9 @@ impl RunningApp {
     /// # Panics
     /// In upstream mode, which has none.
     pub fn auth(&self) -> &Arc<Auth> {
-        self.local_auth
+        self.local
             .as_ref()
+            .map(|(auth, _)| auth)
             .expect("the local auth subsystem exists in local mode only")
     }
 }

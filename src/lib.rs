@@ -18,5 +18,5 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use app::{App, RunningApp};
+pub use app::{App, ReloadError, ReloadReport, RunningApp};
 pub use config::Config;

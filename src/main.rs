@@ -2,7 +2,8 @@
 //! Loads config, builds the app, waits for a signal, drains.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -12,7 +13,7 @@ use meiro_gate::auth::passwords::{check_password_policy, hash_standalone};
 use meiro_gate::auth::{Clock, normalize_email, tokens};
 use meiro_gate::store::{self, NewUser, Role, StoreError};
 use meiro_gate::telemetry::{self, LogFormat};
-use meiro_gate::{App, Config, config};
+use meiro_gate::{App, Config, RunningApp, config};
 
 /// mimalloc instead of glibc malloc: the request path allocates small, short-lived buffers on
 /// every request (header maps, futures, body frames), where mimalloc's thread-local free lists
@@ -80,7 +81,7 @@ enum KeysCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let log_filter = telemetry::init(cli.log_format);
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -88,6 +89,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    log_filter.apply(&config.log.filter);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.server.worker_threads {
         runtime.worker_threads(threads);
@@ -99,7 +101,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let reload = Reload {
+        config_path: cli.config,
+        log_filter,
+    };
+    match runtime.block_on(run(cli.command, config, reload)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -108,9 +114,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> Result<()> {
+/// What `serve` needs to reload: where the config came from and the log filter to change.
+struct Reload {
+    config_path: Option<PathBuf>,
+    log_filter: telemetry::LogFilter,
+}
+
+async fn run(command: Command, config: Config, reload: Reload) -> Result<()> {
     match command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, reload).await,
         Command::CheckConfig => {
             print!(
                 "{}",
@@ -130,9 +142,11 @@ async fn run(command: Command, config: Config) -> Result<()> {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
-    let app = App::start(config).await.context("starting meiro-gate")?;
-    shutdown_signal(&app).await;
+async fn serve(config: Config, reload: Reload) -> Result<()> {
+    let watch_interval = config.server.config_watch_interval;
+    let mut app = App::start(config).await.context("starting meiro-gate")?;
+    app.set_log_filter(reload.log_filter);
+    shutdown_signal(&app, reload.config_path.as_deref(), watch_interval).await;
     tracing::info!("shutdown requested; draining");
     if app.shutdown().await {
         tracing::info!("drained; bye");
@@ -142,8 +156,9 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads what can be reloaded.
-async fn shutdown_signal(app: &meiro_gate::RunningApp) {
+/// Waits for SIGTERM or SIGINT; SIGHUP or a change of the config file (checked every
+/// `watch_interval`) meanwhile reloads the config.
+async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>, watch_interval: Duration) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -159,14 +174,13 @@ async fn shutdown_signal(app: &meiro_gate::RunningApp) {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     // SIGHUP's default action would end the process, dropping every connection: caught, it
-    // reloads the TLS certificate and re-reads the key directory (routes and upstreams need a
-    // restart in this version).
+    // reloads the config, the TLS certificate and the key directory.
     #[cfg(unix)]
     let hangup = async {
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while s.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the TLS certificate and the signing keys");
-                app.reload();
+                tracing::info!("SIGHUP: reloading the configuration");
+                app.reload_from_file(config_path);
             }
         }
         std::future::pending::<()>().await
@@ -177,6 +191,7 @@ async fn shutdown_signal(app: &meiro_gate::RunningApp) {
         _ = ctrl_c => {},
         _ = term => {},
         _ = hangup => {},
+        _ = app.watch_config_file(config_path, watch_interval) => {},
     }
 }
 

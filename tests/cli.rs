@@ -808,3 +808,217 @@ async fn keys_rotate_is_loaded_on_sighup_and_old_tokens_survive_a_restart() {
         Some(0)
     );
 }
+
+/// The config file `Setup::valid` writes, checked for changes every `watch` (`"0s"`: never),
+/// with `upstream` and extra TOML appended (after the route table), for rewriting it in place.
+fn rewrite_config(setup: &Setup, watch: &str, upstream: &str, route_extra: &str, tail: &str) {
+    let body = format!(
+        r#"
+        [server]
+        public_url = "http://gate.test"
+        drain_timeout = "5s"
+        config_watch_interval = "{watch}"
+        [store]
+        url = "sqlite://{dir}/gate.db"
+        [auth]
+        keys_dir = "{dir}/keys"
+        cookie_secure = false
+        password_hash_concurrency = 2
+        [[upstreams]]
+        name = "backend"
+        instances = ["{upstream}"]
+        connect_timeout = "1s"
+        response_timeout = "5s"
+        [[routes]]
+        prefix = "/"
+        upstream = "backend"
+        {route_extra}
+        {tail}
+        "#,
+        dir = setup.dir.path().display()
+    );
+    std::fs::write(&setup.config, body).unwrap();
+}
+
+/// Access-log lines (JSON on a pipe) for `path`.
+fn access_lines(log: &str, path: &str) -> usize {
+    json_lines_lenient(log)
+        .iter()
+        .filter(|l| l["target"] == "meiro_gate::access" && l["fields"]["path"] == path)
+        .count()
+}
+
+/// The JSON lines of a log, skipping any line that is not JSON.
+fn json_lines_lenient(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart_keys() {
+    let a = FakeUpstream::start().await;
+    let b = FakeUpstream::start().await;
+    let setup = Setup::valid(&a.url(), "");
+    // SIGHUP only: the file is not watched.
+    rewrite_config(&setup, "0s", &a.url(), "public = true", "");
+    // An empty RUST_LOG leaves the filter to `log.filter`.
+    let mut served = setup.serve(&[("RUST_LOG", "")]);
+    assert_eq!(
+        served
+            .http
+            .get(served.url("/one"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(a.recorded().len(), 1);
+
+    // An invalid file: refused, every problem logged by key, the running config kept.
+    rewrite_config(
+        &setup,
+        "0s",
+        "ftp://nowhere",
+        "public = true\nupstream_typo = 1",
+        "[limits]\nmax_header_bytes = 10\n[log]\nfilter = \"info,[[bad\"",
+    );
+    served.signal("HUP");
+    eventually!(
+        served.guard.log_text().contains("reload refused"),
+        "no refusal logged:\n{}",
+        served.guard.log_text()
+    );
+    let refused = served.guard.log_text();
+    for key in [
+        "upstreams[0].instances[0]",
+        "routes[0].upstream_typo",
+        "limits.max_header_bytes",
+        "log.filter",
+    ] {
+        assert!(
+            json_lines_lenient(&refused)
+                .iter()
+                .any(|l| l["fields"]["message"] == "invalid config" && l["fields"]["key"] == key),
+            "problem {key} not logged:\n{refused}"
+        );
+    }
+    assert!(
+        served.guard.child.try_wait().unwrap().is_none(),
+        "still running"
+    );
+    assert_eq!(
+        served
+            .http
+            .get(served.url("/two"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        a.recorded().len(),
+        2,
+        "the running config still routes to A"
+    );
+    assert_eq!(b.recorded().len(), 0);
+
+    // A valid file: B takes new requests, a restart-only change is named and not applied,
+    // and the new log filter silences the access log.
+    rewrite_config(
+        &setup,
+        "0s",
+        &b.url(),
+        "public = true",
+        "[log]\nfilter = \"info,meiro_gate::access=off\"\n[mail]\nfrom = \"Renamed <no-reply@localhost>\"",
+    );
+    served.signal("HUP");
+    eventually!(
+        served.guard.log_text().contains("configuration reloaded"),
+        "no reload logged:\n{}",
+        served.guard.log_text()
+    );
+    assert_eq!(
+        served
+            .http
+            .get(served.url("/three"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(b.last().uri.path(), "/three");
+    assert_eq!(a.recorded().len(), 2);
+    let reloaded = served.guard.log_text();
+    assert!(
+        json_lines_lenient(&reloaded).iter().any(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["key"] == "mail.from"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("needs a restart"))
+        }),
+        "mail.from not named as needing a restart:\n{reloaded}"
+    );
+    assert_eq!(access_lines(&reloaded, "/one"), 1, "{reloaded}");
+    assert_eq!(access_lines(&reloaded, "/three"), 0, "{reloaded}");
+    assert_eq!(served.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_is_reloaded_without_a_signal() {
+    let a = FakeUpstream::start().await;
+    let b = FakeUpstream::start().await;
+    let setup = Setup::valid(&a.url(), "");
+    rewrite_config(&setup, "100ms", &a.url(), "public = true", "");
+    let served = setup.serve(&[]);
+    let status = served
+        .http
+        .get(served.url("/one"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(a.recorded().len(), 1);
+
+    // An invalid edit is refused once (logged), not at every check.
+    rewrite_config(&setup, "100ms", &b.url(), "public = maybe", "");
+    eventually!(
+        served.guard.log_text().contains("reload refused"),
+        "the invalid edit was not noticed:\n{}",
+        served.guard.log_text()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refusals = served.guard.log_text().matches("reload refused").count();
+    assert_eq!(refusals, 1, "{}", served.guard.log_text());
+    let status = served
+        .http
+        .get(served.url("/two"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(a.recorded().len(), 2);
+
+    rewrite_config(&setup, "100ms", &b.url(), "public = true", "");
+    eventually!(
+        served
+            .http
+            .get(served.url("/three"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+            && !b.recorded().is_empty(),
+        "the edited file was not applied:\n{}",
+        served.guard.log_text()
+    );
+    assert_eq!(b.last().uri.path(), "/three");
+    assert_eq!(served.stop().code(), Some(0));
+}

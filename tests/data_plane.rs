@@ -1297,7 +1297,7 @@ async fn tls_with_alpn_h2_and_certificate_reload() {
 
     // Reload (the SIGHUP path): new connections get the new certificate.
     write_cert(certs.path(), &second);
-    gw.app().reload();
+    gw.app().reload_files();
     let fresh = tls_connect(gw.addr, &[&first, &second]).await.unwrap();
     assert_eq!(peer_leaf(&fresh), second.der, "the reloaded certificate");
     assert!(

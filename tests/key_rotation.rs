@@ -64,7 +64,7 @@ async fn tokens_verify_on_both_replicas_before_and_after_a_rotation() {
     assert_eq!(status(&a, &b_token).await, 200, "and B's on A");
 
     let new_kid = rotate(&a);
-    a.app().reload(); // SIGHUP: A re-reads the directory
+    a.app().reload_files(); // SIGHUP: A re-reads the directory
     assert_eq!(kids(&a), [old_kid.as_str(), new_kid.as_str()]);
     let before_activation = a.login(EMAIL).await;
     assert_eq!(
@@ -131,7 +131,7 @@ async fn a_key_removed_from_the_directory_stops_verifying_after_a_periodic_resca
     a.add_user(EMAIL, Role::User).await;
     let old_kid = kid_of(&a.login(EMAIL).await);
     let new_kid = rotate(&a);
-    a.app().reload();
+    a.app().reload_files();
     let new_token = a.login(EMAIL).await;
     assert_eq!(kid_of(&new_token), new_kid);
 

@@ -17,9 +17,9 @@ use url::Url;
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
     AdminConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig, Config,
-    CorsConfig, HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth,
-    OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig, ThrottleConfig,
-    TlsConfig, UpstreamConfig, UpstreamProtocol,
+    CorsConfig, HealthCheckConfig, LimitsConfig, LogConfig, MailConfig, MailTransport,
+    OktaClientAuth, OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig,
+    ThrottleConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
 
 const ENV_PREFIX: &str = "MEIRO_GATE_";
@@ -82,6 +82,17 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         Path::new(DEFAULT_FILE),
     )?;
     load_from_figment(&layers(file.as_deref(), EnvLayer::from_process()))
+}
+
+/// The file [`load`] reads for `path` (the same rules), if there is one: what `serve` watches.
+pub fn file(path: Option<&Path>) -> Option<PathBuf> {
+    config_file(
+        path,
+        std::env::var_os(ENV_CONFIG_VAR),
+        Path::new(DEFAULT_FILE),
+    )
+    .ok()
+    .flatten()
 }
 
 /// Chooses the file: an explicitly named one must exist; the conventional one is optional.
@@ -649,6 +660,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
     let auth = read_auth(root.section("auth"));
     let bootstrap = read_bootstrap(root.section("bootstrap"));
     let limits = read_limits(root.section("limits"));
+    let log = read_log(root.section("log"));
     let mail = read_mail(root.section("mail"));
     let okta = read_okta(root.section("okta"));
     let cors = root.has("cors").then(|| read_cors(root.section("cors")));
@@ -710,6 +722,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         auth,
         bootstrap,
         limits,
+        log,
         mail,
         okta,
         cors,
@@ -739,6 +752,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         .unwrap_or_else(|| public_url.clone());
     let drain_timeout = s.get("drain_timeout", secs(30), duration);
     let access_log = s.get("access_log", true, flag);
+    let config_watch_interval = s.get("config_watch_interval", secs(2), duration);
     let worker_threads = s.opt("worker_threads", whole::<usize>);
     if let Some(n) = worker_threads {
         s.check("worker_threads", n >= 1, "must be at least 1");
@@ -760,6 +774,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         access_log,
         worker_threads,
         tls,
+        config_watch_interval,
     }
 }
 
@@ -1200,6 +1215,14 @@ fn read_limits(mut s: Section<'_>) -> LimitsConfig {
         max_header_bytes,
         api_max_body,
     }
+}
+
+fn read_log(mut s: Section<'_>) -> LogConfig {
+    let filter = s.get("filter", "info".to_owned(), text);
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&filter) {
+        s.problem("filter", format!("not a valid log filter: {e}"));
+    }
+    LogConfig { filter }
 }
 
 fn read_upstream(mut s: Section<'_>) -> UpstreamConfig {

@@ -16,7 +16,7 @@ use url::Url;
 
 pub use crate::auth::tokens::SigningAlgorithm;
 
-pub use load::{ConfigError, Problem, load, load_from_figment};
+pub use load::{ConfigError, Problem, file, load, load_from_figment};
 pub use values::{ByteSize, Secret, duration_serde};
 
 /// The whole effective configuration. `Serialize` is what `check-config` prints; secrets
@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bootstrap: BootstrapConfig,
     pub limits: LimitsConfig,
+    pub log: LogConfig,
     pub mail: MailConfig,
     pub okta: OktaConfig,
     /// `[cors]`; absent: no CORS headers at all.
@@ -55,6 +56,11 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// `[server.tls]`: terminate TLS on the main listener. Absent: plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
+    /// How often `serve` compares the config file with what it last loaded and reloads it
+    /// when it changed (as SIGHUP does). `0s`: only SIGHUP reloads. Needs a restart to change.
+    /// Default `2s`.
+    #[serde(with = "duration_serde")]
+    pub config_watch_interval: Duration,
 }
 
 /// `[server.tls]`: PEM files, re-read on SIGHUP and when they change on disk.
@@ -197,6 +203,15 @@ pub struct LimitsConfig {
     pub api_max_body: ByteSize,
 }
 
+/// `[log]`: what goes to stderr. Reloaded live (SIGHUP).
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// `tracing` filter directives (`RUST_LOG` syntax), e.g. `"info,meiro_gate::access=warn"`.
+    /// The `RUST_LOG` variable, when set, overrides it (at start and on every reload).
+    /// Default `"info"`.
+    pub filter: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
@@ -215,7 +230,7 @@ pub enum UpstreamProtocol {
 }
 
 /// `[upstreams.health]`: active health checks.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheckConfig {
     /// GET this path on each instance; any 2xx is healthy.
     pub path: String,
@@ -231,7 +246,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpstreamConfig {
     pub name: String,
     /// `http://host:port` base URLs; at least one.

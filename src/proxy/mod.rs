@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::auth::cache::Grant;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError, Clock};
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
 use introspect::{IntrospectError, Introspector};
@@ -60,7 +60,8 @@ pub enum Validator {
     /// Local mode: this gateway's own tokens, verified and looked up by `auth`.
     Local(Arc<Auth>),
     /// Upstream mode: the Meiro backend is asked (cached); its auth API is passed through.
-    Introspect(Box<Introspector>),
+    /// Shared so a reload that keeps the introspection cluster keeps the answer cache too.
+    Introspect(Arc<Introspector>),
 }
 
 /// Shared, read-only state of the data plane.
@@ -81,16 +82,28 @@ struct Outcome {
 }
 
 impl Proxy {
-    /// `auth` is the local auth subsystem (local mode); `None` in upstream mode.
+    /// `auth` is the local auth subsystem (local mode); `None` in upstream mode. `previous`
+    /// is the data plane a reload replaces: its clusters whose `[[upstreams]]` entry did not
+    /// change are taken over as they are (keep-alive pools, health and ejection state,
+    /// counters), and so is the introspection cache when its cluster is.
     pub fn new(
         config: &Config,
         auth: Option<Arc<Auth>>,
         clock: Clock,
+        previous: Option<&Proxy>,
     ) -> Result<Proxy, ProxyBuildError> {
+        let kept =
+            |u: &UpstreamConfig| previous?.clusters.iter().find(|c| c.built_from(u)).cloned();
         let clusters: HashMap<&str, Arc<Cluster>> = config
             .upstreams
             .iter()
-            .map(|u| Ok((u.name.as_str(), Arc::new(Cluster::new(u)?))))
+            .map(|u| {
+                let cluster = match kept(u) {
+                    Some(cluster) => cluster,
+                    None => Arc::new(Cluster::new(u)?),
+                };
+                Ok((u.name.as_str(), cluster))
+            })
             .collect::<Result<_, ProxyBuildError>>()?;
         let routes = config
             .routes
@@ -114,7 +127,15 @@ impl Proxy {
                     .ok_or_else(|| {
                         ProxyBuildError::UnknownAuthUpstream(upstream.upstream.clone())
                     })?;
-                Validator::Introspect(Box::new(Introspector::new(upstream, cluster, clock)))
+                let same = previous.and_then(|p| match &p.validator {
+                    Validator::Introspect(i) if Arc::ptr_eq(i.cluster(), &cluster) => {
+                        Some(i.clone())
+                    }
+                    _ => None,
+                });
+                Validator::Introspect(
+                    same.unwrap_or_else(|| Arc::new(Introspector::new(upstream, cluster, clock))),
+                )
             }
             (None, None) => return Err(ProxyBuildError::MissingAuthUpstream),
         };
@@ -136,7 +157,8 @@ impl Proxy {
         &self.clusters
     }
 
-    /// Starts the active health checks of every cluster that has them.
+    /// Starts the active health checks of every cluster that has them, until `shutdown`
+    /// turns true or its sender is dropped (a reload ends the replaced data plane's checks so).
     pub fn spawn_health_checks(&self, shutdown: &watch::Receiver<bool>) {
         for cluster in self.clusters.iter().filter(|c| c.health.is_some()) {
             tokio::spawn(health::run_checks(cluster.clone(), shutdown.clone()));

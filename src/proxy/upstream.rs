@@ -139,6 +139,8 @@ pub struct Cluster {
     pub budget: RetryBudget,
     pub counters: ClusterCounters,
     round_robin: RoundRobin,
+    /// The entry this cluster was built from, so a reload can tell whether to keep it.
+    source: UpstreamConfig,
 }
 
 impl Cluster {
@@ -192,7 +194,13 @@ impl Cluster {
             budget: RetryBudget::new(config.retry_budget),
             counters: ClusterCounters::default(),
             round_robin: RoundRobin::default(),
+            source: config.clone(),
         })
+    }
+
+    /// Was this cluster built from exactly `config`? (A reload then keeps it.)
+    pub fn built_from(&self, config: &UpstreamConfig) -> bool {
+        self.source == *config
     }
 
     fn is_available(&self, index: usize, now_ms: u64) -> bool {

@@ -1,6 +1,7 @@
 //! Listeners: accept loops serving HTTP/1.1 and HTTP/2 (hyper-util auto; over TLS with ALPN,
 //! h2c with prior knowledge in the clear), a connection limit, the slowloris guard, and
-//! graceful drain on shutdown.
+//! graceful drain on shutdown. What a listener serves is a [`Site`] behind an `ArcSwap`, so a
+//! reload replaces it without touching open connections.
 
 pub mod cors;
 mod framing;
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use futures_util::future::Either;
@@ -96,31 +98,54 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
 }
 
-/// Serves `router` on `listener` (through `tls` when given) until `shutdown` turns true,
-/// then stops accepting and waits up to `drain` for in-flight requests. Returns whether every
-/// connection drained in time.
+/// Everything a listener serves that a reload may replace: the routing, read once per
+/// request (so a keep-alive connection follows a reload), and the head limits, read once per
+/// connection (they configure hyper's connection builder). `max_connections` sizes the
+/// accept semaphore and is only read at start.
+pub struct Site {
+    routing: Routing,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnectionLimits,
+}
+
+impl Site {
+    pub fn new(routing: Routing, limits: ConnectionLimits) -> Site {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper's floor for the read buffer is 8 KiB; the head must fit in it.
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Site {
+            routing,
+            builder: Arc::new(builder),
+            limits,
+        }
+    }
+}
+
+/// The current [`Site`] of a listener; [`ArcSwap::store`] replaces it for new requests while
+/// requests in flight keep the `Arc`s (router, data plane) they already took.
+pub type LiveSite = Arc<ArcSwap<Site>>;
+
+/// Serves the [`LiveSite`] on `listener` (through `tls` when given) until `shutdown` turns
+/// true, then stops accepting and waits up to `drain` for in-flight requests. Returns whether
+/// every connection drained in time.
 pub async fn serve(
     listener: TcpListener,
-    routing: Routing,
-    limits: ConnectionLimits,
+    site: LiveSite,
     tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> bool {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper's floor for the read buffer is 8 KiB; the head must fit in it.
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = site.load().limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
 
     loop {
         // Waiting for a permit before accepting leaves excess connections in the kernel's
@@ -145,8 +170,15 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let routing = routing.clone();
-        let head_limit = limits.max_header_bytes;
+        let (builder, head_limit, handshake_timeout) = {
+            let current = site.load();
+            (
+                current.builder.clone(),
+                current.limits.max_header_bytes,
+                current.limits.header_read_timeout,
+            )
+        };
+        let site = site.clone();
         // hyper keeps at most this much of a head before refusing it.
         let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
         let verdicts = Arc::new(Verdicts::default());
@@ -170,20 +202,23 @@ pub async fn serve(
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
-            match &routing.direct {
+            // One lock-free load per request; the guard is gone before the first await, the
+            // future owns clones of what it needs.
+            let current = site.load();
+            match &current.routing.direct {
                 Some(direct) if !(direct.is_api)(request.uri().path()) => {
                     let proxy = direct.proxy.clone();
                     Either::Right(Either::Left(async move {
                         Ok::<_, std::convert::Infallible>(proxy.handle(request).await)
                     }))
                 }
-                _ => Either::Right(Either::Right(routing.router.clone().oneshot(request))),
+                _ => Either::Right(Either::Right(
+                    current.routing.router.clone().oneshot(request),
+                )),
             }
         });
-        let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let result =
                 match tls {
