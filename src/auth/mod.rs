@@ -8,6 +8,7 @@ pub mod keyring;
 pub mod layer;
 pub mod oidc;
 pub mod passwords;
+mod registry;
 mod resets;
 pub mod revocation;
 mod sessions;

@@ -69,6 +69,8 @@ pub async fn follow(auth: Arc<Auth>, mut cursor: i64, mut shutdown: watch::Recei
                 }
             }
             _ = prune.tick() => {
+                let swept = auth.cache().sweep(auth.clock().now()).await;
+                tracing::debug!(swept, "dropped expired and revoked tokens from the cache");
                 auth.cache().prune_sessions();
                 let before = auth.clock().now() - RETENTION;
                 if let Err(e) = auth.store().prune(before).await {
