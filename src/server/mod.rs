@@ -22,8 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::proxy::Proxy;
+use crate::request_id::{self, RequestId};
 use framing::{Verdicts, Watched};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
@@ -57,6 +59,15 @@ fn refusal(status: http::StatusCode, body: &'static str) -> Response<axum::body:
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    response
+}
+
+/// Returns the request's id to the client on whatever answered it (an upstream's own
+/// `X-Request-Id` is replaced by the one the logs and the upstream saw).
+fn with_id(mut response: Response<axum::body::Body>, id: RequestId) -> Response<axum::body::Body> {
+    response
+        .headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), id.into_header_value());
     response
 }
 
@@ -151,33 +162,55 @@ pub async fn serve(
         let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
         let verdicts = Arc::new(Verdicts::default());
         let watched_verdicts = verdicts.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // First, so refusals carry it too; the upstream gets it in the request's headers.
+            let id = request_id::assign(request.headers_mut());
             if request.version() <= http::Version::HTTP_11 && verdicts.next_request_is_conflicting()
             {
                 // Never forwarded; hyper closes the connection after this answer.
-                return Either::Left(std::future::ready(Ok(refusal(
-                    http::StatusCode::BAD_REQUEST,
-                    r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
+                return Either::Left(std::future::ready(Ok(with_id(
+                    refusal(
+                        http::StatusCode::BAD_REQUEST,
+                        r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
+                    ),
+                    id,
                 ))));
             }
             if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
-                return Either::Left(std::future::ready(Ok(refusal(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    r#"{"message":"Request header fields too large"}"#,
+                return Either::Left(std::future::ready(Ok(with_id(
+                    refusal(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        r#"{"message":"Request header fields too large"}"#,
+                    ),
+                    id,
                 ))));
             }
+            // Every log line of the request carries its id through this span.
+            let span = tracing::info_span!("request", request_id = id.as_str());
             let mut request = request.map(axum::body::Body::new);
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(remote));
+            let extensions = request.extensions_mut();
+            extensions.insert(ConnectInfo::<SocketAddr>(remote));
+            extensions.insert(id.clone());
             match &routing.direct {
                 Some(direct) if !(direct.is_api)(request.uri().path()) => {
                     let proxy = direct.proxy.clone();
-                    Either::Right(Either::Left(async move {
-                        Ok::<_, std::convert::Infallible>(proxy.handle(request).await)
-                    }))
+                    Either::Right(Either::Left(
+                        async move {
+                            Ok::<_, std::convert::Infallible>(with_id(
+                                proxy.handle(request).await,
+                                id,
+                            ))
+                        }
+                        .instrument(span),
+                    ))
                 }
-                _ => Either::Right(Either::Right(routing.router.clone().oneshot(request))),
+                _ => {
+                    let router = routing.router.clone();
+                    Either::Right(Either::Right(
+                        async move { Ok(with_id(router.oneshot(request).await?, id)) }
+                            .instrument(span),
+                    ))
+                }
             }
         });
         let builder = builder.clone();
