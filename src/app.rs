@@ -224,6 +224,10 @@ impl RunningApp {
         let _ = self.shutdown.send(true);
         let main = self.main.await.unwrap_or(false);
         let admin = self.admin.await.unwrap_or(false);
+        if let Some(auth) = &self.local_auth {
+            // After the drain, so the last requests' audit events are written too.
+            auth.audit().close().await;
+        }
         for task in self.background {
             let _ = task.await;
         }

@@ -1,6 +1,7 @@
 //! The Meiro Authentication API as an axum `Router`: a thin adapter (parse → `auth` → JSON).
 //! Anything it does not serve falls through to the data plane.
 
+mod caller;
 pub mod error;
 mod invite;
 mod login;

@@ -16,8 +16,8 @@ use url::Url;
 
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
-    AdminConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig, Config,
-    CorsConfig, HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth,
+    AdminConfig, AuditConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig,
+    Config, CorsConfig, HealthCheckConfig, LimitsConfig, MailConfig, MailTransport, OktaClientAuth,
     OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig, ThrottleConfig,
     TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
@@ -651,6 +651,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
     let limits = read_limits(root.section("limits"));
     let mail = read_mail(root.section("mail"));
     let okta = read_okta(root.section("okta"));
+    let audit = read_audit(root.section("audit"));
     let cors = root.has("cors").then(|| read_cors(root.section("cors")));
 
     let mut upstreams = Vec::new();
@@ -712,10 +713,17 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         limits,
         mail,
         okta,
+        audit,
         cors,
         upstreams,
         routes,
     }
+}
+
+fn read_audit(mut s: Section<'_>) -> AuditConfig {
+    let retention = s.get("retention", secs(90 * 24 * 3600), duration);
+    s.check("retention", !retention.is_zero(), POSITIVE);
+    AuditConfig { retention }
 }
 
 fn read_server(mut s: Section<'_>) -> ServerConfig {
