@@ -1702,6 +1702,18 @@ mod tests {
         assert!(!c.routes[0].public);
     }
 
+    #[test]
+    fn audit_retention_defaults_to_90_days_and_must_be_positive() {
+        assert_eq!(ok("").audit.retention, secs(90 * 86_400));
+        let c = ok("[audit]\nretention = \"30d\"");
+        assert_eq!(c.audit.retention, secs(30 * 86_400));
+        for bad in ["\"0s\"", "30", "\"soon\""] {
+            let found = problems(&format!("[audit]\nretention = {bad}"));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].key, "audit.retention");
+        }
+    }
+
     /// `check-config` prints the effective config as TOML; saved as a file, it must load back.
     #[test]
     fn printed_config_loads_back_unchanged() {
