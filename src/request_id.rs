@@ -1,15 +1,21 @@
 //! Request ids (`X-Request-Id`): taken from the client when it sends a sane one, generated
-//! otherwise, set once per request at the server edge (`server`), passed to the upstream in the
-//! request's own headers, returned on every response, and carried in the request extensions
-//! for the audit trail and the request's log span.
+//! otherwise, set once per request at the server edge (`server`), returned on every response,
+//! and named by the request's log span.
+//!
+//! After [`assign`] the request's own `X-Request-Id` header *is* the id: the upstream gets it
+//! without any extra work, and the auth API reads it from there ([`of`]) rather than from a
+//! copy in the request extensions, which would cost the data plane one more allocation per
+//! request.
 //!
 //! Generation is a per-process random prefix and an atomic counter: unique across replicas
 //! (64 random bits per process) and across a process's life (64-bit counter), with no syscall,
-//! lock or random-number generation per request — only the header's one small buffer.
+//! lock or random-number generation per request — one small shared buffer, cloned by
+//! reference count into the request and the response.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,6 +69,14 @@ pub fn assign(headers: &mut HeaderMap) -> RequestId {
     id
 }
 
+/// The id [`assign`] gave a request, read back from its headers.
+pub fn of(headers: &HeaderMap) -> Option<RequestId> {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| is_valid(v.as_bytes()))
+        .map(|v| RequestId(v.clone()))
+}
+
 /// A new id: 32 lower-case hex digits, the process prefix then the counter.
 pub fn generate() -> RequestId {
     static PREFIX: OnceLock<u64> = OnceLock::new();
@@ -73,8 +87,12 @@ pub fn generate() -> RequestId {
     let mut text = [0u8; 32];
     hex(prefix, &mut text[..16]);
     hex(n, &mut text[16..]);
-    // Hex digits are always a valid header value.
-    RequestId(HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-")))
+    // One allocation that every clone shares (a copied buffer would be copied again, into a
+    // shared one, at its first clone). Hex digits are always a valid header value.
+    RequestId(
+        HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    )
 }
 
 fn hex(mut n: u64, out: &mut [u8]) {
@@ -97,6 +115,9 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(a.as_str()[..16], b.as_str()[..16], "one prefix per process");
+        let mut h = HeaderMap::new();
+        let assigned = assign(&mut h);
+        assert_eq!(of(&h), Some(assigned), "read back from the headers");
     }
 
     #[test]

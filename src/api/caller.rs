@@ -1,6 +1,6 @@
 //! The [`Caller`] extractor: who sent an auth API request, for the audit trail. The client IP
 //! is the connection's peer (no forwarded-for header is trusted, as everywhere else); the
-//! request id is the one the server edge assigned.
+//! request id is the one the server edge assigned (in the request's `X-Request-Id`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 
 use crate::auth::audit::Caller;
-use crate::request_id::RequestId;
+use crate::request_id;
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Infallible;
@@ -20,7 +20,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip()),
-            request_id: parts.extensions.get::<RequestId>().cloned(),
+            request_id: request_id::of(&parts.headers),
         })
     }
 }

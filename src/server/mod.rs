@@ -163,7 +163,8 @@ pub async fn serve(
         let verdicts = Arc::new(Verdicts::default());
         let watched_verdicts = verdicts.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            // First, so refusals carry it too; the upstream gets it in the request's headers.
+            // First, so refusals carry it too; from here on the request's `X-Request-Id` header
+            // is the id, so the upstream gets it as is.
             let id = request_id::assign(request.headers_mut());
             if request.version() <= http::Version::HTTP_11 && verdicts.next_request_is_conflicting()
             {
@@ -188,9 +189,9 @@ pub async fn serve(
             // Every log line of the request carries its id through this span.
             let span = tracing::info_span!("request", request_id = id.as_str());
             let mut request = request.map(axum::body::Body::new);
-            let extensions = request.extensions_mut();
-            extensions.insert(ConnectInfo::<SocketAddr>(remote));
-            extensions.insert(id.clone());
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
             match &routing.direct {
                 Some(direct) if !(direct.is_api)(request.uri().path()) => {
                     let proxy = direct.proxy.clone();
