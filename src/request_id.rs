@@ -1,11 +1,18 @@
 //! Request ids (`X-Request-Id`): taken from the client when it sends a sane one, generated
 //! otherwise, set once per request at the server edge (`server`), returned on every response,
-//! and named by the request's log span.
+//! and named on the request's log lines.
 //!
 //! After [`assign`] the request's own `X-Request-Id` header *is* the id: the upstream gets it
 //! without any extra work, and the auth API reads it from there ([`of`]) rather than from a
 //! copy in the request extensions, which would cost the data plane one more allocation per
 //! request.
+//!
+//! Log lines: the auth API's handlers run in a `request` span naming the id (`api`), so every
+//! line they log carries it. The data plane does not: a span costs ~6.8 k instructions per
+//! request (+10 %) on the cache-hit path with the default `info` filter, where nothing is
+//! logged at all unless something fails or the access log is on; instead its few log lines
+//! (access log, token-check and upstream failures) name the id as a field ([`field`]), read
+//! from the headers only when the line is actually written.
 //!
 //! Generation is a per-process random prefix and an atomic counter: unique across replicas
 //! (64 random bits per process) and across a process's life (64-bit counter), with no syscall,
@@ -75,6 +82,14 @@ pub fn of(headers: &HeaderMap) -> Option<RequestId> {
         .get(&X_REQUEST_ID)
         .filter(|v| is_valid(v.as_bytes()))
         .map(|v| RequestId(v.clone()))
+}
+
+/// The id as a log field, straight from the headers (no copy); empty if there is none.
+pub fn field(headers: &HeaderMap) -> &str {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// A new id: 32 lower-case hex digits, the process prefix then the counter.

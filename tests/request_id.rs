@@ -327,11 +327,33 @@ async fn the_request_id_is_on_the_requests_log_lines() {
         .iter()
         .find(|l| l["target"] == "meiro_gate::access")
         .unwrap_or_else(|| panic!("no access log line in {logs}"));
-    assert_eq!(access["span"]["request_id"], "id-logged-1", "{access}");
+    assert_eq!(access["fields"]["request_id"], "id-logged-1", "{access}");
     let audit = lines
         .iter()
         .find(|l| l["target"] == "audit")
         .unwrap_or_else(|| panic!("no audit log line in {logs}"));
     assert_eq!(audit["span"]["request_id"], "id-logged-2", "{audit}");
     assert_eq!(audit["fields"]["request_id"], "id-logged-2", "{audit}");
+
+    // A data-plane failure: the upstream refuses connections.
+    let down = Gateway::start_with("http://127.0.0.1:9", "").await;
+    down.add_user("alice@example.com", Role::User).await;
+    let token = down.login("alice@example.com").await;
+    take_logs();
+    let failed = down
+        .http
+        .get(down.url("/data"))
+        .header("x-access-token", &token)
+        .header("x-request-id", "id-logged-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    let logs = take_logs();
+    let warning = logs
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["fields"]["message"] == "upstream attempt failed")
+        .unwrap_or_else(|| panic!("no upstream failure logged in {logs}"));
+    assert_eq!(warning["fields"]["request_id"], "id-logged-3", "{warning}");
 }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError, Clock, Principal};
 use crate::config::{Config, UpstreamProtocol};
+use crate::request_id::{self, RequestId};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
 use introspect::{IntrospectError, Introspector};
@@ -152,6 +153,10 @@ impl Proxy {
         let started = self.access_log.then(Instant::now);
         let method = self.access_log.then(|| request.method().clone());
         let path = self.access_log.then(|| request.uri().path().to_owned());
+        let id = self
+            .access_log
+            .then(|| request_id::of(request.headers()))
+            .flatten();
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &mut outcome).await {
             Ok(response) => response,
@@ -161,6 +166,7 @@ impl Proxy {
             log_access(
                 &method,
                 &path,
+                id.as_ref(),
                 response.status(),
                 &outcome,
                 started.elapsed(),
@@ -211,7 +217,7 @@ impl Proxy {
         } else {
             let token =
                 extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
-            Some(self.authenticate(token).await?)
+            Some(self.authenticate(token, &parts.headers).await?)
         };
         outcome.user = principal.as_ref().and_then(|p| p.user_id_header.clone());
 
@@ -248,11 +254,16 @@ impl Proxy {
             .await
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, ProxyError> {
+    /// `headers` only name the request in a log line.
+    async fn authenticate(
+        &self,
+        token: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Arc<Principal>, ProxyError> {
         match &self.validator {
             Validator::Local(auth) => auth.authenticate(token).await.map_err(|e| match e {
                 AuthError::Internal(_) | AuthError::Store(_) => {
-                    tracing::error!(error = %e, "token validation failed");
+                    tracing::error!(error = %e, request_id = request_id::field(headers), "token validation failed");
                     ProxyError::AuthUnavailable
                 }
                 _ => ProxyError::InvalidToken,
@@ -261,7 +272,7 @@ impl Proxy {
                 introspector.authenticate(token).await.map_err(|e| match e {
                     IntrospectError::Invalid => ProxyError::InvalidToken,
                     IntrospectError::Unavailable(reason) => {
-                        tracing::warn!(%reason, "token introspection failed");
+                        tracing::warn!(%reason, request_id = request_id::field(headers), "token introspection failed");
                         ProxyError::AuthUnavailable
                     }
                 })
@@ -434,7 +445,7 @@ impl Proxy {
                     } else {
                         Failure::Broken
                     };
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, "upstream attempt failed");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id = request_id::field(&parts.headers), "upstream attempt failed");
                     if failure == Failure::Connect {
                         cluster.eject(index);
                     }
@@ -447,7 +458,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     cluster.counters.timeouts.fetch_add(1, relaxed());
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, "upstream response timed out");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field(&parts.headers), "upstream response timed out");
                     cluster.eject(index);
                     Err(Failure::Timeout)
                 }
@@ -492,6 +503,7 @@ impl Proxy {
         let index = cluster.pick(None).ok_or(ProxyError::NoInstance)?;
         outcome.instance = Some((cluster.clone(), index));
         let instance = &cluster.instances[index];
+        let id = request_id::of(&parts.headers);
         let mut request = Request::new(Body::empty());
         *request.method_mut() = parts.method;
         *request.uri_mut() = Uri::builder()
@@ -504,7 +516,7 @@ impl Proxy {
         let response = match tokio::time::timeout(deadline, cluster.client.request(request)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %cluster.name, error = %e, "upgrade request failed");
+                tracing::warn!(upstream = %cluster.name, error = %e, request_id = id.as_ref().map(RequestId::as_str), "upgrade request failed");
                 if e.is_connect() {
                     cluster.eject(index);
                 }
@@ -641,6 +653,7 @@ fn upstream_target(
 fn log_access(
     method: &Method,
     path: &str,
+    id: Option<&RequestId>,
     status: StatusCode,
     outcome: &Outcome,
     latency: Duration,
@@ -658,6 +671,7 @@ fn log_access(
         upstream,
         instance,
         latency_us = latency.as_micros() as u64,
+        request_id = id.map(RequestId::as_str),
         user = outcome.user.as_ref().and_then(|u| u.to_str().ok()),
     );
 }

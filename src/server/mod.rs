@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::proxy::Proxy;
 use crate::request_id::{self, RequestId};
@@ -186,8 +185,6 @@ pub async fn serve(
                     id,
                 ))));
             }
-            // Every log line of the request carries its id through this span.
-            let span = tracing::info_span!("request", request_id = id.as_str());
             let mut request = request.map(axum::body::Body::new);
             request
                 .extensions_mut()
@@ -195,22 +192,15 @@ pub async fn serve(
             match &routing.direct {
                 Some(direct) if !(direct.is_api)(request.uri().path()) => {
                     let proxy = direct.proxy.clone();
-                    Either::Right(Either::Left(
-                        async move {
-                            Ok::<_, std::convert::Infallible>(with_id(
-                                proxy.handle(request).await,
-                                id,
-                            ))
-                        }
-                        .instrument(span),
-                    ))
+                    Either::Right(Either::Left(async move {
+                        Ok::<_, std::convert::Infallible>(with_id(proxy.handle(request).await, id))
+                    }))
                 }
                 _ => {
                     let router = routing.router.clone();
-                    Either::Right(Either::Right(
-                        async move { Ok(with_id(router.oneshot(request).await?, id)) }
-                            .instrument(span),
-                    ))
+                    Either::Right(Either::Right(async move {
+                        Ok(with_id(router.oneshot(request).await?, id))
+                    }))
                 }
             }
         });
