@@ -5,13 +5,12 @@
 //! Run: `cargo bench --bench header_rewrite`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
-use meiro_gate::auth::{Principal, TokenCache};
+use meiro_gate::auth::Principal;
 use meiro_gate::proxy::forward::{Downstream, prepare_headers};
-use meiro_gate::store::{Role, SessionId, UserId};
+use meiro_gate::store::{Role, UserId};
 
 fn browser_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -45,16 +44,7 @@ fn browser_headers() -> HeaderMap {
 
 fn header_rewrite(c: &mut Criterion) {
     let template = browser_headers();
-    let cache = TokenCache::new(10);
-    let sid = SessionId::new_random();
-    let principal = Arc::new(Principal::new(
-        UserId::new_random(),
-        "someone@example.com",
-        Role::User,
-        sid,
-        i64::MAX / 4,
-        cache.session_flag(sid),
-    ));
+    let principal = Principal::new(UserId::new_random(), "someone@example.com", Role::User);
     let client: SocketAddr = "198.51.100.23:54321".parse().unwrap();
     let host = template.get("host").cloned();
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use figment::Figment;
 use figment::providers::{Format, Toml};
-use meiro_gate::auth::cache::{VOUCHED_LOCALLY, Verdict, token_digest};
-use meiro_gate::auth::{Auth, Clock, Principal};
+use meiro_gate::auth::cache::{Grant, VOUCHED_LOCALLY, token_digest};
+use meiro_gate::auth::{Auth, Clock};
 use meiro_gate::mail::Mail;
 use meiro_gate::store::{self, NewUser, Role, SessionId, UserId};
 
@@ -58,27 +58,19 @@ fn setup(
     })
 }
 
-/// Fills the token cache with `n` synthetic principals under random digests, as a busy
-/// gateway's cache would be.
+/// Fills the token cache with `n` synthetic grants under random digests, each of its own
+/// session and user, as a busy gateway's cache would be.
 fn fill_cache(rt: &tokio::runtime::Runtime, auth: &Auth, n: usize) {
     rt.block_on(async {
         let exp = auth.clock().now() + 3600;
         let cache = auth.cache();
         for _ in 0..n {
-            let sid = SessionId::new_random();
-            let principal = Principal::new(
-                UserId::new_random(),
-                "filler@example.com",
-                Role::User,
-                sid,
-                exp,
-                cache.session_flag(sid),
-            );
+            let session = cache.session(SessionId::new_random());
+            session
+                .bind(|| cache.principal(UserId::new_random(), "filler@example.com", Role::User));
+            let grant = Grant { exp, session };
             let digest = token_digest(VOUCHED_LOCALLY, uuid::Uuid::new_v4().as_bytes());
-            cache
-                .entries()
-                .insert(digest, Verdict::Valid(Arc::new(principal)))
-                .await;
+            cache.entries().insert(digest, grant).await;
         }
         cache.entries().run_pending_tasks().await;
     });

@@ -27,6 +27,7 @@ MEMORY=0
 MEMORY_TOKENS=1000000
 INSTALL=1
 BUILD=1
+PROFILE=release
 DRY_RUN=0
 KEEP=0
 RENICE=1
@@ -44,6 +45,7 @@ usage: $0 [options]
   --memory-tokens N   (default $MEMORY_TOKENS)
   --quick             smoke run: 1 round of 2 s runs, no storm
   --dry-run           check tools, build, write the configs and check them; run no load
+  --debug             use the debug build (target/debug; only sensible with --dry-run, as CI does)
   --no-install        do not apt-get missing tools
   --no-build          use the binaries already in \$CARGO_TARGET_DIR/release (no cargo build)
   --no-renice         do not raise the benchmark processes' priority (nice -10, root only)
@@ -63,7 +65,8 @@ while (($#)); do
     --memory) MEMORY=1 ;;
     --memory-tokens) MEMORY_TOKENS=$2; shift ;;
     --quick) ROUNDS=1; DURATION=2; FIXED_DURATION=2; STORM=0; MISS_TOKENS=2000 ;;
-    --dry-run) DRY_RUN=1 ;;
+    --dry-run) DRY_RUN=1; MISS_TOKENS=100 ;;
+    --debug) PROFILE=debug ;;
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
     --no-renice) RENICE=0 ;;
@@ -115,13 +118,15 @@ fi
 # ---------------------------------------------------------------- build
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 if ((BUILD)); then
-  log "building meiro-gate (release) and the load tools in $CARGO_TARGET_DIR"
-  (cd "$REPO" && cargo build --release --quiet --bin meiro-gate --example mint_tokens --example loadgen) \
-    || die "cargo build --release failed"
+  log "building meiro-gate ($PROFILE) and the load tools in $CARGO_TARGET_DIR"
+  cargo_profile=(--release)
+  [[ $PROFILE == release ]] || cargo_profile=()
+  (cd "$REPO" && cargo build --locked "${cargo_profile[@]}" --quiet --bin meiro-gate --example mint_tokens --example loadgen) \
+    || die "cargo build ($PROFILE) failed"
 fi
-GATE_BIN=$CARGO_TARGET_DIR/release/meiro-gate
-MINT_BIN=$CARGO_TARGET_DIR/release/examples/mint_tokens
-LOADGEN_BIN=$CARGO_TARGET_DIR/release/examples/loadgen
+GATE_BIN=$CARGO_TARGET_DIR/$PROFILE/meiro-gate
+MINT_BIN=$CARGO_TARGET_DIR/$PROFILE/examples/mint_tokens
+LOADGEN_BIN=$CARGO_TARGET_DIR/$PROFILE/examples/loadgen
 for bin in "$GATE_BIN" "$MINT_BIN" "$LOADGEN_BIN"; do
   [[ -x $bin ]] || die "missing $bin after the build"
 done
@@ -290,7 +295,6 @@ nginx -t -q -p "$W/nginx" -c "$W/nginx/nginx.conf" -e "$W/logs/nginx.log" >/dev/
 
 if ((DRY_RUN)); then
   log "dry run: tools, build, tokens and configs OK (nginx $NGINX_VERSION, HAProxy $HAPROXY_VERSION, wrk $WRK_VERSION)"
-  KEEP=1
   exit 0
 fi
 

@@ -14,9 +14,11 @@ use crate::auth::audit::Caller;
 use crate::auth::{Auth, AuthError};
 use crate::store::{Role, UserId};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Invitation)]
 pub struct InvitationBody {
     email: String,
+    /// Default `user`.
     #[serde(default)]
     role: Option<Role>,
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,20 +15,23 @@ use crate::auth::audit::Caller;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, IssuedToken, Settings};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Login)]
 pub struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub struct TokenBody {
     token: String,
 }
 
 /// Logout's optional body: the token may as well come in a header or the cookie, so `{}`
 /// (which some clients send with every DELETE) must not fail the logout.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Logout)]
 pub struct LogoutBody {
     token: Option<String>,
 }
@@ -54,15 +58,16 @@ pub async fn refresh(
 /// presented — header or cookie, and the body's — has its session ended: a client holding a
 /// stale cookie and sending the current token in the body must not stay logged in. A body
 /// that is not `{"token": …}` is ignored rather than refused, so it can never keep a session
-/// alive.
+/// alive — nor can one past `limits.api_max_body`, which is read up to the limit and dropped.
 pub async fn logout(
     State(auth): State<Arc<Auth>>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let from_body = serde_json::from_slice::<LogoutBody>(&body)
+    let from_body = body
         .ok()
+        .and_then(|body| serde_json::from_slice::<LogoutBody>(&body).ok())
         .and_then(|b| b.token);
     let from_headers = extract_token(&headers, &auth.settings().cookie_name);
     auth.logout(from_headers, &caller).await?;

@@ -6,6 +6,7 @@ pub mod error;
 mod invite;
 mod login;
 mod okta;
+pub mod openapi;
 mod password;
 mod principal;
 pub mod users;
@@ -47,6 +48,7 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
             axum::routing::post(password::forgot).patch(password::reset),
         )
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi::serve))
         // The API's requests are few and slow (argon2, store writes): a span naming the request
         // id is cheap here, and every line their handlers log carries it (see `request_id`).
         .route_layer(axum::middleware::from_fn(request_span))
@@ -62,7 +64,10 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
 /// Could [`router`] have a route for `path`? Every route above is under one of these; the
 /// listener sends any other path straight to the data plane (the router's fallback).
 pub fn may_serve(path: &str) -> bool {
-    path == "/auth_options" || path.starts_with("/users/") || path.starts_with("/.well-known/")
+    path == "/auth_options"
+        || path == "/openapi.json"
+        || path.starts_with("/users/")
+        || path.starts_with("/.well-known/")
 }
 
 /// Okta login is offered only with a link to follow: while its provider cannot be discovered
@@ -118,6 +123,7 @@ mod tests {
             "/users/42/invitation_link",
             "/users/password",
             "/.well-known/jwks.json",
+            "/openapi.json",
         ] {
             assert!(may_serve(path), "{path}");
         }

@@ -12,7 +12,8 @@ use super::login::token_response;
 use crate::auth::Auth;
 use crate::auth::audit::Caller;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = OktaLogin)]
 pub struct OktaLoginBody {
     code: String,
 }

@@ -11,12 +11,14 @@ use super::error::{ApiError, ApiJson};
 use crate::auth::Auth;
 use crate::auth::audit::Caller;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ForgotPassword)]
 pub struct ForgotPasswordBody {
     email: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ResetPassword)]
 pub struct ResetPasswordBody {
     email: String,
     password: String,

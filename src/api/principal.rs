@@ -21,8 +21,8 @@ impl FromRequestParts<Arc<Auth>> for Admin {
     async fn from_request_parts(parts: &mut Parts, auth: &Arc<Auth>) -> Result<Self, ApiError> {
         let token = extract_token(&parts.headers, &auth.settings().cookie_name)
             .ok_or(AuthError::MissingToken)?;
-        let principal = auth.authenticate(token).await?;
-        match principal.local {
+        let grant = auth.authenticate(token).await?;
+        match grant.local() {
             Some(identity) if identity.role == Role::Admin => Ok(Admin(identity)),
             _ => Err(AuthError::Forbidden.into()),
         }

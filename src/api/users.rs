@@ -6,8 +6,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::store::{Role, UnixTime, User, UserId};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = User)]
 pub struct UserBody {
+    #[schema(value_type = String, format = "uuid")]
     pub id: UserId,
     pub email: String,
     pub deleted: bool,
@@ -15,7 +17,9 @@ pub struct UserBody {
     pub role: Role,
     pub disabled: bool,
     pub invitation_pending: bool,
+    #[schema(format = DateTime, required = true)]
     pub last_login: Option<String>,
+    #[schema(format = DateTime)]
     pub created: String,
 }
 

@@ -1,19 +1,25 @@
-//! The validated-token cache on the per-request path: moka, keyed by a SHA-256 digest of the
-//! token (fixed size, and a collision cannot forge a hit), each entry living until its
-//! token's `exp`. The digest also covers who vouched for the token (this gateway's own
+//! The validated-token cache on the per-request path: moka, keyed by a digest of the token
+//! (fixed size, and a collision cannot forge a hit), each entry living until its token's
+//! `exp`. The digest also covers who vouched for the token (this gateway's own
 //! verification, or a named upstream's introspection), so an entry one validator wrote can
 //! never satisfy another (the class of bug of Oathkeeper CVE-2026-33496).
 //!
-//! Revocation does not scan the cache: every cached [`Principal`] of a session shares one
-//! [`SessionFlag`], so ending a session is one atomic store that all its tokens see at once.
+//! An entry is small because what tokens have in common is shared, not copied: a cached
+//! token is a [`Grant`] of two words — its `exp` and its [`CachedSession`] (one per
+//! session), which points to its user's [`Principal`] with the pre-built identity headers
+//! (one per user). moka's own bookkeeping is most of an entry's ~400 bytes.
+//!
+//! Revocation does not scan the cache: every cached token of a session shares one
+//! [`CachedSession`], so ending a session is one atomic store that all its tokens see at once.
 //! The flag also holds when the session is next due for a re-check against the store (the
 //! safety net behind the revocation feed, see `auth::layer`), so a hit pays one more atomic
 //! load and comparison, and a session is re-checked once per interval however many tokens
 //! and requests it has.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
@@ -23,8 +29,10 @@ use moka::future::Cache;
 
 use crate::store::{Role, SessionId, UnixTime, UserId};
 
-/// SHA-256 over the validator's tag and the token.
-pub type TokenDigest = [u8; 32];
+/// The first 128 bits of SHA-256 over the validator's tag and the token. Finding a token
+/// whose digest equals a cached one's is a second preimage on 128 bits (~2^128 hashes), so
+/// the truncation cannot forge a hit; it halves the key moka stores twice per entry.
+pub type TokenDigest = u128;
 
 /// The tag of tokens this gateway signed and verifies itself.
 pub const VOUCHED_LOCALLY: &[u8] = b"local";
@@ -35,30 +43,46 @@ pub fn token_digest(vouched_by: &[u8], token: &[u8]) -> TokenDigest {
     // NUL cannot occur in a tag or a token header value: tag and token stay separable.
     context.update(&[0]);
     context.update(token);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(context.finish().as_ref());
-    out
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&context.finish().as_ref()[..16]);
+    u128::from_le_bytes(first)
 }
 
-/// Shared by every cached token of one session; set when the session ends.
+/// One session as the cache knows it, shared by every cached token of it: who it speaks
+/// for, and the flag set when it ends.
 #[derive(Debug)]
-pub struct SessionFlag {
+pub struct CachedSession {
+    /// `None` for tokens an upstream vouched for: this gateway knows no session of theirs.
+    id: Option<SessionId>,
     revoked: AtomicBool,
     /// Unix time from which a cache hit re-checks the session in the store. Starts at
-    /// "never": the miss that caches the first principal sets it after reading the store.
+    /// "never": the miss that caches the first token sets it after reading the store.
     next_check: AtomicI64,
+    /// Set once the store has named the session's user: the session is registered before
+    /// that read (see [`TokenCache::session`]). A session never changes users; a changed
+    /// role or email shows in sessions started after the change.
+    principal: OnceLock<Arc<Principal>>,
 }
 
-impl Default for SessionFlag {
-    fn default() -> Self {
-        SessionFlag {
+impl CachedSession {
+    fn new(id: Option<SessionId>) -> CachedSession {
+        CachedSession {
+            id,
             revoked: AtomicBool::new(false),
             next_check: AtomicI64::new(UnixTime::MAX),
+            principal: OnceLock::new(),
         }
     }
-}
 
-impl SessionFlag {
+    /// Who the session speaks for; `principal` unless one is set already.
+    pub fn bind(&self, principal: impl FnOnce() -> Arc<Principal>) {
+        self.principal.get_or_init(principal);
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.get().map(|p| &**p)
+    }
+
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
     }
@@ -76,7 +100,7 @@ impl SessionFlag {
 
     /// Of the hits that found a re-check due, exactly one gets `true` and must run it; the
     /// others go on with the cached verdict. Until the re-check reports with
-    /// [`SessionFlag::checked_until`], the next one is due at `retry_at`.
+    /// [`CachedSession::checked_until`], the next one is due at `retry_at`.
     pub fn claim_recheck(&self, now: UnixTime, retry_at: UnixTime) -> bool {
         let due = self.next_check.load(Ordering::Relaxed);
         due <= now
@@ -100,107 +124,175 @@ pub struct LocalIdentity {
     pub role: Role,
 }
 
-/// Who a valid token speaks for, with the identity headers pre-built so forwarding a request
-/// clones a few `HeaderValue`s (reference counts) instead of formatting strings.
+/// Who tokens speak for, with the identity headers pre-built so forwarding a request clones
+/// a few `HeaderValue`s (reference counts) instead of formatting strings. One per user,
+/// shared by all the user's cached tokens.
 #[derive(Debug)]
 pub struct Principal {
-    /// Set for tokens of local mode; `None` for tokens an upstream vouched for.
-    pub local: Option<LocalIdentity>,
-    pub exp: UnixTime,
+    /// Set for users of local mode; `None` for identities an upstream vouched for.
+    pub local: Option<(UserId, Role)>,
     pub user_id_header: Option<HeaderValue>,
     pub email_header: Option<HeaderValue>,
     pub role_header: Option<HeaderValue>,
-    pub session: Arc<SessionFlag>,
 }
 
 impl Principal {
-    /// A principal of a token this gateway issued.
-    pub fn new(
-        user_id: UserId,
-        email: &str,
-        role: Role,
-        session_id: SessionId,
-        exp: UnixTime,
-        session: Arc<SessionFlag>,
-    ) -> Principal {
+    /// A user of this gateway.
+    pub fn new(user_id: UserId, email: &str, role: Role) -> Principal {
         Principal {
-            local: Some(LocalIdentity {
-                user_id,
-                session_id,
-                role,
-            }),
-            exp,
+            local: Some((user_id, role)),
             user_id_header: HeaderValue::try_from(user_id.to_string()).ok(),
             // An email with control characters cannot be a header; the upstream then gets
             // no email header rather than a broken one.
             email_header: HeaderValue::from_str(email).ok(),
             role_header: Some(HeaderValue::from_static(role.as_str())),
-            session,
         }
     }
 
-    /// A principal an upstream vouched for: identity headers only as far as it told us.
+    /// An identity an upstream vouched for: headers only as far as it told us.
     pub fn vouched(
         user_id: Option<HeaderValue>,
         email: Option<HeaderValue>,
         role: Option<HeaderValue>,
-        exp: UnixTime,
     ) -> Principal {
         Principal {
             local: None,
-            exp,
             user_id_header: user_id,
             email_header: email,
             role_header: role,
-            // Never registered: upstream-mode logout evicts the cache entry itself.
-            session: Arc::new(SessionFlag::default()),
         }
+    }
+
+    fn same_identity(&self, user_id: UserId, email: &str, role: Role) -> bool {
+        self.local == Some((user_id, role))
+            && self.email_header.as_ref().map(HeaderValue::as_bytes) == Some(email.as_bytes())
     }
 }
 
-/// What the cache remembers about a token.
+/// What a valid token grants: its session (and through it, who it speaks for) until `exp`.
+/// The value of a cache entry: two words, because moka's per-entry allocation grows with
+/// the value's size; cloning it takes one reference count.
 #[derive(Debug, Clone)]
-pub enum Verdict {
-    Valid(Arc<Principal>),
-    /// Refused by an upstream: trusted until `until` (unix seconds).
-    Invalid {
-        until: UnixTime,
-    },
+pub struct Grant {
+    pub exp: UnixTime,
+    pub session: Arc<CachedSession>,
 }
 
-impl Verdict {
-    fn expires_at(&self) -> UnixTime {
-        match self {
-            Verdict::Valid(p) => p.exp,
-            Verdict::Invalid { until } => *until,
+impl Grant {
+    /// A grant an upstream vouched for, until `exp`.
+    pub fn vouched(principal: Principal, exp: UnixTime) -> Grant {
+        // Never registered: upstream-mode logout evicts the cache entry itself.
+        let session = CachedSession::new(None);
+        session.bind(|| Arc::new(principal));
+        Grant {
+            exp,
+            session: Arc::new(session),
         }
     }
+
+    /// Who the token speaks for (always known for a grant the cache holds).
+    pub fn principal(&self) -> Option<&Principal> {
+        self.session.principal()
+    }
+
+    /// The user and session of a token this gateway issued.
+    pub fn local(&self) -> Option<LocalIdentity> {
+        let (user_id, role) = self.principal()?.local?;
+        Some(LocalIdentity {
+            user_id,
+            session_id: self.session.id?,
+            role,
+        })
+    }
+}
+
+/// Seconds from now until `at`, for moka's per-entry expiry.
+fn until_unix(at: UnixTime) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Duration::from_secs(at.saturating_sub(now).max(0) as u64)
 }
 
 struct UntilTokenExpiry;
 
-impl Expiry<TokenDigest, Verdict> for UntilTokenExpiry {
+impl Expiry<TokenDigest, Grant> for UntilTokenExpiry {
     fn expire_after_create(
         &self,
         _key: &TokenDigest,
-        value: &Verdict,
+        grant: &Grant,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        Some(Duration::from_secs(
-            value.expires_at().saturating_sub(now).max(0) as u64,
-        ))
+        Some(until_unix(grant.exp))
     }
 }
 
-/// The token cache and the registry of live [`SessionFlag`]s.
+/// Values some cached token still holds, by key. Weak: a value lives exactly as long as a
+/// cached token refers to it. Only misses and revocations take the locks, never a cache hit.
+///
+/// Sharded, so that misses on two cores rarely wait for each other and so that growing the
+/// map frees (and the allocator reuses) a shard's small old table instead of one table of
+/// tens of MiB at a million sessions.
+struct WeakRegistry<K, V> {
+    shards: Box<[Mutex<Shard<K, V>>]>,
+}
+
+type Shard<K, V> = HashMap<K, Weak<V>>;
+
+const REGISTRY_SHARDS: usize = 64;
+
+impl<K: Eq + Hash + Copy + AsRef<[u8]>, V> WeakRegistry<K, V> {
+    fn new() -> Self {
+        WeakRegistry {
+            shards: (0..REGISTRY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, Shard<K, V>> {
+        // Keys are random v4 UUIDs: their last byte spreads them evenly.
+        let byte = key.as_ref().last().copied().unwrap_or(0);
+        self.shards[usize::from(byte) % REGISTRY_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.shard(key).get(key).and_then(Weak::upgrade)
+    }
+
+    /// The live value of `key` if `keep` accepts it, else the one `make` builds (registered).
+    fn get_or_insert(&self, key: K, keep: impl Fn(&V) -> bool, make: impl FnOnce() -> V) -> Arc<V> {
+        let mut shard = self.shard(&key);
+        if let Some(value) = shard.get(&key).and_then(Weak::upgrade)
+            && keep(&value)
+        {
+            return value;
+        }
+        let value = Arc::new(make());
+        shard.insert(key, Arc::downgrade(&value));
+        value
+    }
+
+    fn prune(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, value| value.strong_count() > 0);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+}
+
+/// The token cache and the registries of live [`CachedSession`]s and [`Principal`]s.
 pub struct TokenCache {
-    entries: Cache<TokenDigest, Verdict>,
-    // Weak: a flag lives exactly as long as some cached principal holds it. Only misses and
-    // revocations take this lock, never a cache hit.
-    sessions: Mutex<HashMap<SessionId, Weak<SessionFlag>>>,
+    entries: Cache<TokenDigest, Grant>,
+    sessions: WeakRegistry<SessionId, CachedSession>,
+    principals: WeakRegistry<UserId, Principal>,
 }
 
 impl TokenCache {
@@ -210,38 +302,44 @@ impl TokenCache {
                 .max_capacity(max_entries)
                 .expire_after(UntilTokenExpiry)
                 .build(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: WeakRegistry::new(),
+            principals: WeakRegistry::new(),
         }
     }
 
-    pub fn entries(&self) -> &Cache<TokenDigest, Verdict> {
+    pub fn entries(&self) -> &Cache<TokenDigest, Grant> {
         &self.entries
     }
 
-    /// The flag all principals of `session` share. Take it BEFORE reading the session from
-    /// the store: a revocation that lands in between then still finds and sets it.
-    pub fn session_flag(&self, session: SessionId) -> Arc<SessionFlag> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flag) = sessions.get(&session).and_then(Weak::upgrade) {
-            return flag;
-        }
-        let flag = Arc::new(SessionFlag::default());
-        sessions.insert(session, Arc::downgrade(&flag));
-        flag
+    /// The state all tokens of `session` share. Take it BEFORE reading the session from the
+    /// store: a revocation that lands in between then still finds and sets its flag.
+    pub fn session(&self, session: SessionId) -> Arc<CachedSession> {
+        self.sessions
+            .get_or_insert(session, |_| true, || CachedSession::new(Some(session)))
+    }
+
+    /// The principal of a user as the store describes them now: the shared one while it
+    /// still says the same, else a new one (tokens cached earlier keep the old one until
+    /// they expire or are revoked).
+    pub fn principal(&self, user_id: UserId, email: &str, role: Role) -> Arc<Principal> {
+        self.principals.get_or_insert(
+            user_id,
+            |principal| principal.same_identity(user_id, email, role),
+            || Principal::new(user_id, email, role),
+        )
     }
 
     /// Every cached token of `session` is rejected from now on.
     pub fn revoke_session(&self, session: SessionId) {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flag) = sessions.get(&session).and_then(Weak::upgrade) {
+        if let Some(flag) = self.sessions.get(&session) {
             flag.revoke();
         }
     }
 
-    /// Drops registry entries no cached principal refers to any more.
+    /// Drops registry entries no cached token refers to any more.
     pub fn prune_sessions(&self) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions.retain(|_, flag| flag.strong_count() > 0);
+        self.sessions.prune();
+        self.principals.prune();
     }
 }
 
@@ -249,21 +347,22 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn principal(cache: &TokenCache, sid: SessionId, exp: UnixTime) -> Arc<Principal> {
-        Arc::new(Principal::new(
-            UserId::new_random(),
-            "a@example.com",
-            Role::User,
-            sid,
-            exp,
-            cache.session_flag(sid),
-        ))
+    fn grant(cache: &TokenCache, sid: SessionId, user: UserId, exp: UnixTime) -> Grant {
+        let session = cache.session(sid);
+        session.bind(|| cache.principal(user, "a@example.com", Role::User));
+        Grant { exp, session }
     }
 
     #[test]
     fn digest_is_fixed_size_and_distinguishes_tokens() {
         assert_ne!(token_digest(b"t", b"a.b.c"), token_digest(b"t", b"a.b.d"));
         assert_eq!(token_digest(b"t", b"a.b.c"), token_digest(b"t", b"a.b.c"));
+        // The first half of SHA-256("t\0a.b.c"), little-endian.
+        let full = digest::digest(&digest::SHA256, b"t\0a.b.c");
+        assert_eq!(
+            token_digest(b"t", b"a.b.c").to_le_bytes(),
+            full.as_ref()[..16]
+        );
     }
 
     #[tokio::test]
@@ -271,36 +370,34 @@ mod tests {
         let cache = TokenCache::new(100);
         let sid = SessionId::new_random();
         let other = SessionId::new_random();
+        let user = UserId::new_random();
         let far = i64::MAX / 4;
-        let a = principal(&cache, sid, far);
-        let b = principal(&cache, sid, far);
-        let c = principal(&cache, other, far);
-        cache.entries.insert([1; 32], Verdict::Valid(a)).await;
-        cache.entries.insert([2; 32], Verdict::Valid(b)).await;
-        cache.entries.insert([3; 32], Verdict::Valid(c)).await;
+        cache.entries.insert(1, grant(&cache, sid, user, far)).await;
+        cache.entries.insert(2, grant(&cache, sid, user, far)).await;
+        cache
+            .entries
+            .insert(3, grant(&cache, other, user, far))
+            .await;
 
         cache.revoke_session(sid);
-        let revoked = |v: Option<Verdict>| match v {
-            Some(Verdict::Valid(p)) => p.session.is_revoked(),
-            other => panic!("expected a valid entry, got {other:?}"),
-        };
-        assert!(revoked(cache.entries.get(&[1; 32]).await));
-        assert!(revoked(cache.entries.get(&[2; 32]).await));
-        assert!(!revoked(cache.entries.get(&[3; 32]).await));
+        let revoked = |g: Option<Grant>| g.expect("cached").session.is_revoked();
+        assert!(revoked(cache.entries.get(&1).await));
+        assert!(revoked(cache.entries.get(&2).await));
+        assert!(!revoked(cache.entries.get(&3).await));
     }
 
     #[tokio::test]
     async fn a_flag_taken_before_revocation_sees_it() {
         let cache = TokenCache::new(100);
         let sid = SessionId::new_random();
-        let flag = cache.session_flag(sid);
+        let session = cache.session(sid);
         cache.revoke_session(sid);
-        assert!(flag.is_revoked());
+        assert!(session.is_revoked());
     }
 
     #[test]
     fn one_hit_claims_a_due_recheck_and_a_fresh_flag_is_never_due() {
-        let flag = SessionFlag::default();
+        let flag = CachedSession::new(None);
         assert!(
             !flag.recheck_due(i64::MAX - 1),
             "not due before the first check"
@@ -319,25 +416,77 @@ mod tests {
     }
 
     #[test]
-    fn registry_forgets_sessions_nobody_holds() {
+    fn registries_forget_sessions_and_users_nobody_holds() {
         let cache = TokenCache::new(100);
-        let sid = SessionId::new_random();
-        drop(cache.session_flag(sid));
+        let kept = grant(&cache, SessionId::new_random(), UserId::new_random(), 10);
+        drop(grant(
+            &cache,
+            SessionId::new_random(),
+            UserId::new_random(),
+            10,
+        ));
         cache.prune_sessions();
-        assert!(cache.sessions.lock().unwrap().is_empty());
+        assert_eq!(cache.sessions.len(), 1);
+        assert_eq!(cache.principals.len(), 1);
+        drop(kept);
+        cache.prune_sessions();
+        assert_eq!(cache.sessions.len(), 0);
+        assert_eq!(cache.principals.len(), 0);
     }
 
     #[test]
-    fn identity_headers_are_prebuilt() {
-        let cache = TokenCache::new(10);
-        let p = principal(&cache, SessionId::new_random(), 10);
-        assert_eq!(p.role_header.as_ref().unwrap(), "user");
-        assert_eq!(p.email_header.as_ref().unwrap(), "a@example.com");
-        let local = p.local.unwrap();
-        assert_eq!(
-            p.user_id_header.as_ref().unwrap().to_str().unwrap(),
-            local.user_id.to_string()
+    fn a_users_tokens_share_one_principal_until_the_user_changes() {
+        let cache = TokenCache::new(100);
+        let user = UserId::new_random();
+        let a = cache.principal(user, "a@example.com", Role::User);
+        let b = cache.principal(user, "a@example.com", Role::User);
+        assert!(Arc::ptr_eq(&a, &b), "same user, same principal");
+        let promoted = cache.principal(user, "a@example.com", Role::Admin);
+        assert!(
+            !Arc::ptr_eq(&a, &promoted),
+            "a role change builds a new one"
         );
+        assert_eq!(promoted.role_header.as_ref().unwrap(), "admin");
+        let renamed = cache.principal(user, "b@example.com", Role::Admin);
+        assert_eq!(renamed.email_header.as_ref().unwrap(), "b@example.com");
+        let other = cache.principal(UserId::new_random(), "b@example.com", Role::Admin);
+        assert!(!Arc::ptr_eq(&renamed, &other), "never shared across users");
+    }
+
+    #[test]
+    fn a_session_speaks_for_the_user_it_was_first_bound_to() {
+        let cache = TokenCache::new(10);
+        let sid = SessionId::new_random();
+        let user = UserId::new_random();
+        let first = grant(&cache, sid, user, 10);
+        let later = cache.session(sid);
+        later.bind(|| panic!("already bound: not rebuilt"));
+        assert!(Arc::ptr_eq(&first.session, &later));
+        assert_eq!(later.principal().unwrap().local, Some((user, Role::User)));
+    }
+
+    #[test]
+    fn identity_headers_are_prebuilt_and_the_local_identity_joins_user_and_session() {
+        let cache = TokenCache::new(10);
+        let (sid, user) = (SessionId::new_random(), UserId::new_random());
+        let g = grant(&cache, sid, user, 10);
+        let principal = g.principal().expect("bound");
+        assert_eq!(principal.role_header.as_ref().unwrap(), "user");
+        assert_eq!(principal.email_header.as_ref().unwrap(), "a@example.com");
+        assert_eq!(
+            principal.user_id_header.as_ref().unwrap().to_str().unwrap(),
+            user.to_string()
+        );
+        assert_eq!(
+            g.local(),
+            Some(LocalIdentity {
+                user_id: user,
+                session_id: sid,
+                role: Role::User
+            })
+        );
+        let vouched = Grant::vouched(Principal::vouched(None, None, None), 10);
+        assert_eq!(vouched.local(), None);
     }
 
     #[tokio::test]
@@ -349,7 +498,7 @@ mod tests {
             .entries
             .insert(
                 by_upstream,
-                Verdict::Valid(Arc::new(Principal::vouched(None, None, None, i64::MAX / 4))),
+                Grant::vouched(Principal::vouched(None, None, None), i64::MAX / 4),
             )
             .await;
         assert!(cache.entries.get(&by_upstream).await.is_some());

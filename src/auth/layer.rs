@@ -14,7 +14,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-use super::cache::{LocalIdentity, Principal, SessionFlag, VOUCHED_LOCALLY, Verdict, token_digest};
+use super::cache::{CachedSession, Grant, LocalIdentity, VOUCHED_LOCALLY, token_digest};
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
 use crate::store::{SessionId, Store, StoreResult, UnixTime, User, UserId};
@@ -34,45 +34,42 @@ enum LoadError {
 }
 
 impl Auth {
-    /// The principal a token speaks for, or why it does not.
-    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
-        let verdict = self
+    /// What a token grants, or why it grants nothing.
+    pub async fn authenticate(&self, token: &str) -> Result<Grant, AuthError> {
+        let grant = self
             .cache
             .entries()
             .try_get_with(
                 token_digest(VOUCHED_LOCALLY, token.as_bytes()),
-                self.load_principal(token),
+                self.load_grant(token),
             )
             .await
             .map_err(|e| match &*e {
                 LoadError::Invalid => AuthError::InvalidToken,
                 LoadError::Store(e) => AuthError::Internal(format!("store: {e}")),
             })?;
-        // Local verification never caches a refusal (a forged token costs one signature
-        // check, and a store outage must not be remembered), so this is always `Valid`.
-        let Verdict::Valid(principal) = verdict else {
-            return Err(AuthError::InvalidToken);
-        };
+        // Local verification never caches a refusal: a forged token costs one signature
+        // check, and a store outage must not be remembered.
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
         let now = self.clock.now();
-        if principal.session.is_revoked() || is_expired(principal.exp, now) {
+        if grant.session.is_revoked() || is_expired(grant.exp, now) {
             return Err(AuthError::InvalidToken);
         }
-        if principal.session.recheck_due(now) {
-            self.start_recheck(&principal, now);
+        if grant.session.recheck_due(now) {
+            self.start_recheck(&grant, now);
         }
-        Ok(principal)
+        Ok(grant)
     }
 
     /// Re-checks the principal's session in the background, unless another hit already does.
     #[cold]
-    fn start_recheck(&self, principal: &Principal, now: UnixTime) {
-        let Some(identity) = principal.local else {
+    fn start_recheck(&self, grant: &Grant, now: UnixTime) {
+        let Some(identity) = grant.local() else {
             return;
         };
         let interval = self.settings.recheck_interval;
-        if !principal
+        if !grant
             .session
             .claim_recheck(now, now.saturating_add(RECHECK_RETRY.min(interval)))
         {
@@ -81,31 +78,28 @@ impl Auth {
         let (store, clock, flag) = (
             self.store.clone(),
             self.clock.clone(),
-            principal.session.clone(),
+            grant.session.clone(),
         );
         tokio::spawn(recheck(store, clock, identity, flag, interval));
     }
 
-    async fn load_principal(&self, token: &str) -> Result<Verdict, LoadError> {
+    async fn load_grant(&self, token: &str) -> Result<Grant, LoadError> {
         let claims = self.keys.verify(token).map_err(|_| LoadError::Invalid)?;
         let now = self.clock.now();
         if is_expired(claims.exp, now) {
             return Err(LoadError::Invalid);
         }
         // Taken before the store is read, so a revocation racing this load still flags it.
-        let flag = self.cache.session_flag(claims.sid);
+        let session = self.cache.session(claims.sid);
         let user = live_user(self.store.as_ref(), claims.sid, claims.sub, now)
             .await?
             .ok_or(LoadError::Invalid)?;
-        flag.checked_until(now.saturating_add(self.settings.recheck_interval));
-        Ok(Verdict::Valid(Arc::new(Principal::new(
-            user.id,
-            &user.email,
-            user.role,
-            claims.sid,
-            claims.exp,
-            flag,
-        ))))
+        session.checked_until(now.saturating_add(self.settings.recheck_interval));
+        session.bind(|| self.cache.principal(user.id, &user.email, user.role));
+        Ok(Grant {
+            exp: claims.exp,
+            session,
+        })
     }
 }
 
@@ -133,7 +127,7 @@ async fn recheck(
     store: Arc<dyn Store>,
     clock: super::Clock,
     identity: LocalIdentity,
-    flag: Arc<SessionFlag>,
+    flag: Arc<CachedSession>,
     interval: UnixTime,
 ) {
     let now = clock.now();

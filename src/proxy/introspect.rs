@@ -25,7 +25,7 @@ use moka::future::Cache;
 
 use super::upstream::Cluster;
 use crate::auth::Clock;
-use crate::auth::cache::{Principal, TokenDigest, Verdict, token_digest};
+use crate::auth::cache::{Grant, Principal, TokenDigest, token_digest};
 use crate::auth::layer::X_ACCESS_TOKEN;
 use crate::config::AuthUpstreamConfig;
 
@@ -56,11 +56,12 @@ pub struct Introspector {
     clock: Clock,
 }
 
-/// A remembered verdict and the instant it stops being trusted. (The unix times inside the
-/// verdict are informational; `until` decides.)
+/// A remembered answer and the instant it stops being trusted: what the backend vouched
+/// for, or `None` for a token it refused. (The grant's unix `exp` is informational; `until`
+/// decides.)
 #[derive(Debug, Clone)]
 struct Answer {
-    verdict: Verdict,
+    grant: Option<Grant>,
     until: Instant,
 }
 
@@ -113,7 +114,7 @@ impl Introspector {
     }
 
     /// The principal the backend vouches for, from the cache or by asking once.
-    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, IntrospectError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Grant, IntrospectError> {
         let key = token_digest(&self.tag, token.as_bytes());
         let answer = match self.answer(key, token).await? {
             // A fresh answer is used as is, however short its TTL; a cached one while trusted.
@@ -124,10 +125,7 @@ impl Introspector {
                 self.answer(key, token).await?.0
             }
         };
-        match answer.verdict {
-            Verdict::Valid(principal) => Ok(principal),
-            Verdict::Invalid { .. } => Err(IntrospectError::Invalid),
-        }
+        answer.grant.ok_or(IntrospectError::Invalid)
     }
 
     /// The cached answer, or the backend's (one call for all concurrent misses); `true` when
@@ -156,12 +154,12 @@ impl Introspector {
     /// A token seen in a successful login response: valid without asking.
     pub async fn learn(&self, token: &str) {
         let (until, exp) = self.expiry(self.positive_ttl);
-        let principal = Arc::new(Principal::vouched(None, None, None, exp));
+        let grant = Grant::vouched(Principal::vouched(None, None, None), exp);
         self.cache
             .insert(
                 token_digest(&self.tag, token.as_bytes()),
                 Answer {
-                    verdict: Verdict::Valid(principal),
+                    grant: Some(grant),
                     until,
                 },
             )
@@ -234,16 +232,13 @@ impl Introspector {
                 let (id, email, role) = identity(&body);
                 let (until, exp) = self.expiry(self.positive_ttl);
                 Ok(Answer {
-                    verdict: Verdict::Valid(Arc::new(Principal::vouched(id, email, role, exp))),
+                    grant: Some(Grant::vouched(Principal::vouched(id, email, role), exp)),
                     until,
                 })
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                let (until, unix) = self.expiry(self.negative_ttl);
-                Ok(Answer {
-                    verdict: Verdict::Invalid { until: unix },
-                    until,
-                })
+                let (until, _) = self.expiry(self.negative_ttl);
+                Ok(Answer { grant: None, until })
             }
             status => Err(IntrospectError::Unavailable(format!(
                 "unexpected status {status}"

@@ -32,8 +32,9 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 
+use crate::auth::cache::Grant;
 use crate::auth::layer::extract_token;
-use crate::auth::{Auth, AuthError, Clock, Principal};
+use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamProtocol};
 use crate::request_id::{self, RequestId};
 use error::ProxyError;
@@ -212,14 +213,16 @@ impl Proxy {
             None => body,
         };
 
-        let principal = if route.public {
+        let grant = if route.public {
             None
         } else {
             let token =
                 extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
             Some(self.authenticate(token, &parts.headers).await?)
         };
-        outcome.user = principal.as_ref().and_then(|p| p.user_id_header.clone());
+        outcome.user = grant
+            .as_ref()
+            .and_then(|g| g.principal()?.user_id_header.clone());
 
         let client = parts
             .extensions
@@ -239,7 +242,7 @@ impl Proxy {
                 client,
                 proto: self.downstream_proto,
                 host,
-                principal: principal.as_deref(),
+                principal: grant.as_ref().and_then(Grant::principal),
                 upgrade: upgrade.clone(),
             },
         );
@@ -259,7 +262,7 @@ impl Proxy {
         &self,
         token: &str,
         headers: &http::HeaderMap,
-    ) -> Result<Arc<Principal>, ProxyError> {
+    ) -> Result<Grant, ProxyError> {
         match &self.validator {
             Validator::Local(auth) => auth.authenticate(token).await.map_err(|e| match e {
                 AuthError::Internal(_) | AuthError::Store(_) => {
