@@ -397,6 +397,10 @@ impl RunningApp {
             .send(true);
         let main = self.main.await.unwrap_or(false);
         let admin = self.admin.await.unwrap_or(false);
+        if let Some((auth, _)) = &self.local {
+            // After the drain, so the last requests' audit events are written too.
+            auth.audit().close().await;
+        }
         for task in self.background {
             let _ = task.await;
         }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod mail;
 pub mod proxy;
+pub mod request_id;
 pub mod server;
 pub mod store;
 pub mod telemetry;

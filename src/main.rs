@@ -1,14 +1,16 @@
-//! The `meiro-gate` command line: `serve`, `check-config`, `users …`, `keys rotate`.
+//! The `meiro-gate` command line: `serve`, `check-config`, `users …`, `keys rotate`,
+//! `audit tail`.
 //! Loads config, builds the app, waits for a signal, drains.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-use meiro_gate::api::users::UserBody;
+use meiro_gate::api::users::{UserBody, rfc3339};
+use meiro_gate::auth::audit::{self, AuditKind, Caller, Entry};
 use meiro_gate::auth::passwords::{check_password_policy, hash_standalone};
 use meiro_gate::auth::{Clock, normalize_email, tokens};
 use meiro_gate::store::{self, NewUser, Role, StoreError};
@@ -51,6 +53,28 @@ enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print audit events, oldest first, one per line: the newest --limit of them.
+    Tail {
+        /// Only this user's events (and failed logins naming this address).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Only events of the last DURATION (e.g. 30m, 1h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = config::duration_serde::parse)]
+        since: Option<std::time::Duration>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,9 +161,83 @@ async fn run(command: Command, config: Config, reload: Reload) -> Result<()> {
             println!(
                 "new signing key {kid}; running gateways sign with it {delay} after their next key re-scan"
             );
+            let entry = cli_entry(AuditKind::KeyRotated).detail("kid", kid.clone());
+            match store::open(config.store.url.expose()).await {
+                Ok(store) => audit::record_now(&*store, entry).await,
+                // The key exists already; a store that cannot be reached must not hide that.
+                Err(e) => {
+                    tracing::error!(target: "audit", error = %e, "audit store unreachable; the key rotation is in this log only")
+                }
+            }
             Ok(())
         }
+        Command::Audit(AuditCommand::Tail {
+            user,
+            since,
+            limit,
+            json,
+        }) => audit_tail(&config, user, since, limit, json).await,
     }
+}
+
+/// An audit entry for something done on the command line: no client IP or request id.
+fn cli_entry(kind: AuditKind) -> Entry {
+    Entry::new(kind, Clock::default().now(), &Caller::default()).detail("actor", "cli")
+}
+
+async fn audit_tail(
+    config: &Config,
+    user: Option<String>,
+    since: Option<std::time::Duration>,
+    limit: u32,
+    json: bool,
+) -> Result<()> {
+    let store = store::open(config.store.url.expose()).await?;
+    let email = user.as_deref().map(normalize_email);
+    if email.as_deref() == Some("") {
+        bail!("--user must not be empty");
+    }
+    let user_id = match &email {
+        Some(email) => store.user_by_email(email).await?.map(|u| u.id),
+        None => None,
+    };
+    let now = Clock::default().now();
+    let filter = store::AuditFilter {
+        user_id,
+        email,
+        since: since.map(|d| now.saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+        limit: i64::from(limit),
+    };
+    let mut out = std::io::stdout().lock();
+    for event in store.audit_events(&filter).await? {
+        if json {
+            let mut value = serde_json::to_value(&event)?;
+            value["time"] = rfc3339(event.at).into();
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(out, "{}", audit_line(&event))?;
+        }
+    }
+    Ok(())
+}
+
+/// `2026-01-02T03:04:05Z login_failed user=… email=… ip=… request_id=… reason=…`; absent
+/// fields are left out.
+fn audit_line(e: &store::AuditEvent) -> String {
+    let mut line = format!("{} {}", rfc3339(e.at), e.kind);
+    let fields = [
+        ("user", e.user_id.map(|u| u.to_string())),
+        ("email", e.email.clone()),
+        ("ip", e.client_ip.map(|ip| ip.to_string())),
+        ("request_id", e.request_id.clone()),
+    ];
+    let present = fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?)));
+    for (key, value) in present.chain(e.detail.clone()) {
+        line.push_str(&format!(" {key}={value}"));
+    }
+    line
 }
 
 async fn serve(config: Config, reload: Reload) -> Result<()> {
@@ -259,6 +357,12 @@ async fn set_disabled(
         .set_user_disabled(&normalize_email(email), disabled, now)
         .await?
         .with_context(|| format!("no user with email {email}"))?;
+    let kind = if disabled {
+        AuditKind::UserDisabled
+    } else {
+        AuditKind::UserEnabled
+    };
+    audit::record_now(store, cli_entry(kind).user(&user)).await;
     println!("{}", serde_json::to_string(&UserBody::from(&user))?);
     Ok(())
 }

@@ -1022,3 +1022,116 @@ async fn a_changed_config_file_is_reloaded_without_a_signal() {
     assert_eq!(b.last().uri.path(), "/three");
     assert_eq!(served.stop().code(), Some(0));
 }
+
+// ---- audit ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
+    let up = FakeUpstream::start().await;
+    let setup = Setup::valid(&up.url(), "");
+    let served = setup.serve(&BOOTSTRAP_ENV);
+    let admin = "root@example.com";
+    let refused = served
+        .http
+        .post(served.url("/users/login"))
+        .header("x-request-id", "cli-audit-1")
+        .json(&serde_json::json!({ "email": ADMIN_EMAIL, "password": "not the password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let token = served.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let tail = |args: &[&str]| {
+        let args: Vec<&str> = ["audit", "tail"].iter().chain(args).copied().collect();
+        setup.run_blocking(&args, None).ok().stdout
+    };
+    // Written by serve's audit writer, in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tail(&[]).lines().count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "serve's events never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.run_blocking(&["users", "disable", admin], None).ok();
+    setup.run_blocking(&["users", "enable", admin], None).ok();
+    setup.run_blocking(&["keys", "rotate"], None).ok();
+
+    let text = tail(&[]);
+    let lines: Vec<&str> = text.lines().collect();
+    let kinds: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "login_failed",
+            "login_succeeded",
+            "user_disabled",
+            "user_enabled",
+            "key_rotated"
+        ],
+        "oldest first:\n{text}"
+    );
+    for field in [
+        "request_id=cli-audit-1",
+        "reason=wrong_password",
+        "ip=127.0.0.1",
+        "email=root@example.com",
+        "user=",
+    ] {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+    assert!(lines[2].contains("actor=cli"), "{}", lines[2]);
+    assert!(lines[4].contains("kid="), "{}", lines[4]);
+    assert!(
+        time::OffsetDateTime::parse(
+            lines[0].split(' ').next().unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok(),
+        "{}",
+        lines[0]
+    );
+
+    let json = json_lines(&tail(&["--json"]));
+    assert_eq!(json.len(), 5);
+    assert_eq!(json[0]["kind"], "login_failed");
+    assert_eq!(json[0]["request_id"], "cli-audit-1");
+    assert_eq!(json[0]["client_ip"], "127.0.0.1");
+    assert_eq!(json[0]["detail"]["reason"], "wrong_password");
+    assert!(
+        json[0]["time"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        json[0]
+    );
+
+    let of_admin = tail(&["--user", "ROOT@example.com"]);
+    assert_eq!(
+        of_admin.lines().count(),
+        4,
+        "not the key rotation:\n{of_admin}"
+    );
+    assert_eq!(tail(&["--user", "nobody@example.com"]), "");
+    let newest = tail(&["--limit", "2"]);
+    let newest: Vec<&str> = newest.lines().collect();
+    assert_eq!(newest.len(), 2);
+    assert!(newest[0].contains(" user_enabled "), "{newest:?}");
+    assert!(newest[1].contains(" key_rotated "), "{newest:?}");
+    assert_eq!(tail(&["--since", "1h"]).lines().count(), 5);
+
+    let bad = setup.run_blocking(&["audit", "tail", "--since", "soon"], None);
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("duration"), "{}", bad.stderr);
+    let zero = setup.run_blocking(&["audit", "tail", "--limit", "0"], None);
+    assert_ne!(zero.code, Some(0));
+
+    for output in [text, tail(&["--json"])] {
+        assert!(!output.contains(ADMIN_PASSWORD), "{output}");
+        assert!(!output.contains("not the password"), "{output}");
+        assert!(!output.contains(&token), "{output}");
+    }
+    drop(served);
+}

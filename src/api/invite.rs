@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiJson};
 use super::principal::Admin;
 use super::users::UserBody;
+use crate::auth::audit::Caller;
 use crate::auth::{Auth, AuthError};
 use crate::store::{Role, UserId};
 
@@ -25,18 +26,20 @@ pub struct InvitationBody {
 pub async fn invite(
     State(auth): State<Arc<Auth>>,
     Admin(admin): Admin,
+    caller: Caller,
     ApiJson(body): ApiJson<InvitationBody>,
 ) -> Result<Json<UserBody>, ApiError> {
-    let user = auth.invite(&admin, &body.email, body.role).await?;
+    let user = auth.invite(&admin, &body.email, body.role, &caller).await?;
     Ok(Json(UserBody::from(&user)))
 }
 
 pub async fn reinvite(
     State(auth): State<Arc<Auth>>,
     Admin(admin): Admin,
+    caller: Caller,
     ApiJson(body): ApiJson<InvitationBody>,
 ) -> Result<Json<UserBody>, ApiError> {
-    let user = auth.reinvite(&admin, &body.email).await?;
+    let user = auth.reinvite(&admin, &body.email, &caller).await?;
     Ok(Json(UserBody::from(&user)))
 }
 

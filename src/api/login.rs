@@ -1,17 +1,17 @@
 //! `/users/login`: credentials login (POST), refresh (PATCH), logout (DELETE).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiJson};
+use crate::auth::audit::Caller;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, IssuedToken, Settings};
 
@@ -38,20 +38,19 @@ pub struct LogoutBody {
 
 pub async fn login(
     State(auth): State<Arc<Auth>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    caller: Caller,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
-    let issued = auth
-        .login(&body.email, body.password, Some(client.ip()))
-        .await?;
+    let issued = auth.login(&body.email, body.password, &caller).await?;
     Ok(token_response(auth.settings(), issued))
 }
 
 pub async fn refresh(
     State(auth): State<Arc<Auth>>,
+    caller: Caller,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Response, ApiError> {
-    let issued = auth.refresh(&body.token).await?;
+    let issued = auth.refresh(&body.token, &caller).await?;
     Ok(token_response(auth.settings(), issued))
 }
 
@@ -62,6 +61,7 @@ pub async fn refresh(
 /// alive — nor can one past `limits.api_max_body`, which is read up to the limit and dropped.
 pub async fn logout(
     State(auth): State<Arc<Auth>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -70,9 +70,9 @@ pub async fn logout(
         .and_then(|body| serde_json::from_slice::<LogoutBody>(&body).ok())
         .and_then(|b| b.token);
     let from_headers = extract_token(&headers, &auth.settings().cookie_name);
-    auth.logout(from_headers).await?;
+    auth.logout(from_headers, &caller).await?;
     if from_body.as_deref() != from_headers {
-        auth.logout(from_body.as_deref()).await?;
+        auth.logout(from_body.as_deref(), &caller).await?;
     }
     let mut response =
         Json(serde_json::json!({ "message": "Successfully logged-out" })).into_response();

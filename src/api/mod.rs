@@ -1,6 +1,7 @@
 //! The Meiro Authentication API as an axum `Router`: a thin adapter (parse → `auth` → JSON).
 //! Anything it does not serve falls through to the data plane.
 
+mod caller;
 pub mod error;
 mod invite;
 mod login;
@@ -18,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::proxy::ProxyService;
@@ -47,6 +49,9 @@ pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Rout
         )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi::serve))
+        // The API's requests are few and slow (argon2, store writes): a span naming the request
+        // id is cheap here, and every line their handlers log carries it (see `request_id`).
+        .route_layer(axum::middleware::from_fn(request_span))
         // A known path with another method: 405 (axum keeps the `Allow` header) with the
         // contract's JSON error body instead of an empty one.
         .method_not_allowed_fallback(method_not_allowed)
@@ -75,6 +80,14 @@ async fn auth_options(State(auth): State<Arc<Auth>>) -> Json<serde_json::Value> 
         "is_okta_login_enabled": okta_auth_link.is_some(),
         "okta_auth_link": okta_auth_link,
     }))
+}
+
+async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        request_id = crate::request_id::field(request.headers())
+    );
+    next.run(request).instrument(span).await
 }
 
 async fn method_not_allowed() -> Response {

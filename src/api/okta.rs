@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::error::{ApiError, ApiJson};
 use super::login::token_response;
 use crate::auth::Auth;
+use crate::auth::audit::Caller;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = OktaLogin)]
@@ -19,8 +20,9 @@ pub struct OktaLoginBody {
 
 pub async fn okta_login(
     State(auth): State<Arc<Auth>>,
+    caller: Caller,
     ApiJson(body): ApiJson<OktaLoginBody>,
 ) -> Result<Response, ApiError> {
-    let issued = auth.okta_login(&body.code).await?;
+    let issued = auth.okta_login(&body.code, &caller).await?;
     Ok(token_response(auth.settings(), issued))
 }

@@ -1,15 +1,15 @@
 //! `/users/password`: forgotten password (POST) and setting a password from an invitation or
 //! reset token (PATCH).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiJson};
 use crate::auth::Auth;
+use crate::auth::audit::Caller;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = ForgotPassword)]
@@ -31,19 +31,19 @@ fn ok() -> Json<serde_json::Value> {
 
 pub async fn forgot(
     State(auth): State<Arc<Auth>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    caller: Caller,
     ApiJson(body): ApiJson<ForgotPasswordBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth.request_password_reset(&body.email, Some(client.ip()))
-        .await?;
+    auth.request_password_reset(&body.email, &caller).await?;
     Ok(ok())
 }
 
 pub async fn reset(
     State(auth): State<Arc<Auth>>,
+    caller: Caller,
     ApiJson(body): ApiJson<ResetPasswordBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth.set_password(&body.email, body.password, &body.token)
+    auth.set_password(&body.email, body.password, &body.token, &caller)
         .await?;
     Ok(ok())
 }

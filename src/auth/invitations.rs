@@ -13,6 +13,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::audit::{AuditKind, Caller, Entry};
 use super::cache::LocalIdentity;
 use super::tokens::{KeyError, random_base64url, write_private};
 use super::{Auth, AuthError, is_valid_email, normalize_email};
@@ -108,6 +109,7 @@ impl Auth {
         admin: &LocalIdentity,
         email: &str,
         role: Option<Role>,
+        caller: &Caller,
     ) -> Result<User, AuthError> {
         let email = normalize_email(email);
         if !is_valid_email(&email) {
@@ -122,7 +124,7 @@ impl Auth {
                     .renew_invitation(existing.id, &invitation, role.unwrap_or(existing.role))
                     .await?
                     .ok_or(AuthError::UserExists)?;
-                (user, "invitation_resent")
+                (user, AuditKind::InvitationResent)
             }
             Some(_) => return Err(AuthError::UserExists),
             None => {
@@ -138,7 +140,7 @@ impl Auth {
                     })
                     .await;
                 match created {
-                    Ok(user) => (user, "invitation_created"),
+                    Ok(user) => (user, AuditKind::InvitationCreated),
                     // Lost a race with a concurrent invite of the same address.
                     Err(StoreError::DuplicateEmail) => return Err(AuthError::UserExists),
                     Err(e) => return Err(e.into()),
@@ -146,12 +148,22 @@ impl Auth {
             }
         };
         self.mail_invitation(&user)?;
-        tracing::info!(target: "meiro_gate::audit", event, user = %user.id, by = %admin.user_id, role = user.role.as_str());
+        self.audit.record(
+            Entry::new(event, now, caller)
+                .user(&user)
+                .detail("by", admin.user_id.to_string())
+                .detail("role", user.role.as_str()),
+        );
         Ok(user)
     }
 
     /// `PATCH /users/invite`: a new link for a pending user; earlier links stop working.
-    pub async fn reinvite(&self, admin: &LocalIdentity, email: &str) -> Result<User, AuthError> {
+    pub async fn reinvite(
+        &self,
+        admin: &LocalIdentity,
+        email: &str,
+        caller: &Caller,
+    ) -> Result<User, AuthError> {
         let email = normalize_email(email);
         let existing = self
             .store
@@ -166,7 +178,11 @@ impl Auth {
             .await?
             .ok_or(AuthError::NoPendingInvitation)?;
         self.mail_invitation(&user)?;
-        tracing::info!(target: "meiro_gate::audit", event = "invitation_resent", user = %user.id, by = %admin.user_id);
+        self.audit.record(
+            Entry::new(AuditKind::InvitationResent, self.clock.now(), caller)
+                .user(&user)
+                .detail("by", admin.user_id.to_string()),
+        );
         Ok(user)
     }
 
@@ -219,6 +235,7 @@ impl Auth {
         user: &User,
         password: String,
         token: &str,
+        caller: &Caller,
     ) -> Result<(), AuthError> {
         let now = self.clock.now();
         let invitation = user
@@ -239,7 +256,8 @@ impl Auth {
         {
             return Err(AuthError::InvalidOneTimeToken);
         }
-        tracing::info!(target: "meiro_gate::audit", event = "invitation_accepted", user = %user.id);
+        self.audit
+            .record(Entry::new(AuditKind::InvitationAccepted, now, caller).user(user));
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The authentication rules: credentials login, refresh, logout, and the check every proxied
 //! request goes through. Knows no HTTP types beyond header values; `api/` and `proxy/` adapt.
 
+pub mod audit;
 pub mod cache;
 pub mod clock;
 pub mod invitations;
@@ -115,6 +116,7 @@ pub struct Settings {
 /// The auth subsystem: shared by the API handlers and the data plane.
 pub struct Auth {
     store: Arc<dyn Store>,
+    audit: audit::Audit,
     keys: Arc<Keyring>,
     link_secret: LinkSecret,
     cache: TokenCache,
@@ -158,8 +160,10 @@ impl Auth {
         };
         let login_throttle = throttle("login", &auth.login_throttle);
         let reset_throttle = throttle("reset", &auth.reset_throttle);
+        let audit = audit::Audit::start(store.clone(), config.audit.retention, clock.clone());
         Ok(Auth {
             store,
+            audit,
             keys,
             link_secret,
             cache: TokenCache::new(TOKEN_CACHE_CAPACITY),
@@ -200,6 +204,11 @@ impl Auth {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The audit trail (`auth::audit`).
+    pub fn audit(&self) -> &audit::Audit {
+        &self.audit
     }
 
     pub fn clock(&self) -> &Clock {

@@ -35,6 +35,7 @@ use openidconnect::{
 use tokio::time::Instant;
 use url::Url;
 
+use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::random_base64url;
 use super::{Auth, AuthError, Clock, IssuedToken, is_valid_email, normalize_email};
 use crate::config::{OktaClientAuth, OktaConfig};
@@ -83,6 +84,20 @@ pub enum Refusal {
     IdToken(String),
     #[error("id_token claims rejected: {0}")]
     Claims(String),
+}
+
+impl Refusal {
+    /// A short, fixed name for the audit record (the message may quote the provider).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Unreachable(_) | Refusal::HeldOff(_) => "provider_unreachable",
+            Refusal::BadCode => "bad_code",
+            Refusal::Exchange(_) => "code_exchange_failed",
+            Refusal::NoIdToken => "no_id_token",
+            Refusal::IdToken(_) => "id_token_rejected",
+            Refusal::Claims(_) => "claims_rejected",
+        }
+    }
 }
 
 /// The provider's HTTP client: reqwest 0.13 (rustls on aws-lc-rs) as oauth2's
@@ -464,21 +479,34 @@ impl Auth {
     /// `POST /users/okta_login`: the email proven by the provider's id_token → the existing
     /// active user (or, with `okta.auto_provision`, a new one), marked `sso_enabled`, with a
     /// session and token exactly like a credentials login.
-    pub async fn okta_login(&self, code: &str) -> Result<IssuedToken, AuthError> {
+    pub async fn okta_login(&self, code: &str, caller: &Caller) -> Result<IssuedToken, AuthError> {
         let okta = self.okta.as_ref().ok_or(AuthError::OktaDisabled)?;
-        let email = okta.identify(code).await.map_err(|refusal| {
-            tracing::warn!(reason = %refusal, "okta login refused");
-            AuthError::InvalidCredentials
-        })?;
+        let failed = |reason: &str| {
+            Entry::new(AuditKind::OktaLoginFailed, self.clock.now(), caller)
+                .detail("reason", reason)
+        };
+        let email = match okta.identify(code).await {
+            Ok(email) => email,
+            Err(refusal) => {
+                tracing::warn!(reason = %refusal, "okta login refused");
+                self.audit.record(failed(refusal.code()));
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
         let Some(user) = self.okta_user(okta, &email).await? else {
             tracing::warn!(%email, "okta login refused: no active user with this email");
+            self.audit
+                .record(failed("no_active_user").claimed_email(&email));
             return Err(AuthError::InvalidCredentials);
         };
         if !user.sso_enabled {
             self.store.set_sso_enabled(user.id).await?;
         }
         tracing::info!(user = %user.id, "okta login");
-        self.start_session(&user).await
+        let issued = self.start_session(&user).await?;
+        self.audit
+            .record(Entry::new(AuditKind::OktaLogin, self.clock.now(), caller).user(&user));
+        Ok(issued)
     }
 
     /// `okta_auth_link` of `GET /auth_options`: `None` when Okta is off or its provider has

@@ -4,11 +4,12 @@
 //! Reset tokens are 256 random bits; only their SHA-256 digest is stored, so a database
 //! leak yields no usable link. A new reset supersedes the user's earlier ones.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
+use tracing::Instrument;
 
+use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::{is_expired, random_base64url};
 use super::{Auth, AuthError, normalize_email};
 use crate::store::{PasswordReset, User};
@@ -29,32 +30,44 @@ impl Auth {
     pub async fn request_password_reset(
         self: &Arc<Self>,
         email: &str,
-        client_ip: Option<IpAddr>,
+        caller: &Caller,
     ) -> Result<(), AuthError> {
         let email = normalize_email(email);
         self.reset_throttle
-            .begin(&email, client_ip, self.clock.now())
+            .begin(&email, caller.client_ip, self.clock.now())
             .await?
             .keep();
         let auth = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = auth.send_password_reset(&email).await {
-                tracing::error!(error = %e, "password reset request failed");
+        let caller = caller.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = auth.send_password_reset(&email, &caller).await {
+                    tracing::error!(error = %e, "password reset request failed");
+                }
             }
-        });
+            // Its log lines still belong to the request.
+            .in_current_span(),
+        );
         Ok(())
     }
 
-    async fn send_password_reset(&self, email: &str) -> Result<(), AuthError> {
+    async fn send_password_reset(&self, email: &str, caller: &Caller) -> Result<(), AuthError> {
+        let now = self.clock.now();
+        let requested = Entry::new(AuditKind::PasswordResetRequested, now, caller);
         let Some(user) = self
             .store
             .user_by_email(email)
             .await?
             .filter(User::is_active)
         else {
+            // Recorded too (not answered differently): someone asked for this address.
+            self.audit.record(
+                requested
+                    .claimed_email(email)
+                    .detail("outcome", "no_active_user"),
+            );
             return Ok(());
         };
-        let now = self.clock.now();
         let token = random_base64url::<32>()?;
         self.store
             .create_password_reset(&PasswordReset {
@@ -67,7 +80,8 @@ impl Auth {
             .await?;
         let link = self.set_password_link(&user.email, &token, "reset-password");
         self.mail.send_password_reset(&user.email, &link);
-        tracing::info!(target: "meiro_gate::audit", event = "password_reset_requested", user = %user.id);
+        self.audit
+            .record(requested.user(&user).detail("outcome", "sent"));
         Ok(())
     }
 
@@ -79,6 +93,7 @@ impl Auth {
         email: &str,
         password: String,
         token: &str,
+        caller: &Caller,
     ) -> Result<(), AuthError> {
         let email = normalize_email(email);
         let user = self
@@ -87,7 +102,7 @@ impl Auth {
             .await?
             .ok_or(AuthError::InvalidOneTimeToken)?;
         if user.invitation_pending {
-            return self.accept_invitation(&user, password, token).await;
+            return self.accept_invitation(&user, password, token, caller).await;
         }
         if !user.is_active() {
             return Err(AuthError::InvalidOneTimeToken);
@@ -112,7 +127,11 @@ impl Auth {
         for session in &ended {
             self.cache.revoke_session(*session);
         }
-        tracing::info!(target: "meiro_gate::audit", event = "password_reset_completed", user = %user.id, sessions_ended = ended.len());
+        self.audit.record(
+            Entry::new(AuditKind::PasswordResetCompleted, now, caller)
+                .user(&user)
+                .detail("sessions_ended", ended.len().to_string()),
+        );
         Ok(())
     }
 }

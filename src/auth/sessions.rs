@@ -1,10 +1,9 @@
 //! Login, refresh and logout: the session rules of the contract (8 h tokens, refresh up to
 //! 4 h after expiry and only once per token, logout ending every token of the session).
 
-use std::net::IpAddr;
-
 use uuid::Uuid;
 
+use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::{Claims, is_expired};
 use super::{Auth, AuthError, normalize_email};
 use crate::store::{Rotation, Session, SessionId, UnixTime, User};
@@ -25,26 +24,45 @@ impl Auth {
         &self,
         email: &str,
         password: String,
-        client_ip: Option<IpAddr>,
+        caller: &Caller,
     ) -> Result<IssuedToken, AuthError> {
         let email = normalize_email(email);
         let now = self.clock.now();
+        let failed =
+            |reason: &str| Entry::new(AuditKind::LoginFailed, now, caller).detail("reason", reason);
         // Counted as a failure until it proves otherwise, so concurrent attempts cannot all
         // pass the limit before the first failure is recorded.
-        let attempt = self.login_throttle.begin(&email, client_ip, now).await?;
-        let user = self
-            .store
-            .user_by_email(&email)
-            .await?
-            .filter(User::is_active);
+        let attempt = match self
+            .login_throttle
+            .begin(&email, caller.client_ip, now)
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                if matches!(e, AuthError::Throttled { .. }) {
+                    self.audit.record(failed("throttled").claimed_email(&email));
+                }
+                return Err(e);
+            }
+        };
+        let found = self.store.user_by_email(&email).await?;
+        let user = found.clone().filter(User::is_active);
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(password, hash).await?;
         let Some(user) = user.filter(|_| verified) else {
             attempt.keep();
+            let entry = match &found {
+                Some(user) => failed(login_failure_reason(user)).user(user),
+                None => failed("unknown_user").claimed_email(&email),
+            };
+            self.audit.record(entry);
             return Err(AuthError::InvalidCredentials);
         };
         attempt.succeeded().await; // a success does not count
-        self.start_session(&user).await
+        let issued = self.start_session(&user).await?;
+        self.audit
+            .record(Entry::new(AuditKind::LoginSucceeded, now, caller).user(&user));
+        Ok(issued)
     }
 
     /// Opens a session for an already authenticated user and signs its first token.
@@ -66,7 +84,7 @@ impl Auth {
     }
 
     /// `PATCH /users/login`.
-    pub async fn refresh(&self, token: &str) -> Result<IssuedToken, AuthError> {
+    pub async fn refresh(&self, token: &str, caller: &Caller) -> Result<IssuedToken, AuthError> {
         let claims = self
             .keys
             .verify(token)
@@ -98,11 +116,24 @@ impl Auth {
             .rotate_session_token(session.id, claims.jti, new_jti, now)
             .await?
         {
-            Rotation::Rotated => self.sign(&session, new_jti, now),
+            Rotation::Rotated => {
+                let issued = self.sign(&session, new_jti, now)?;
+                self.audit.record(
+                    Entry::new(AuditKind::TokenRefreshed, now, caller)
+                        .user_id(session.user_id)
+                        .detail("session", session.id.to_string()),
+                );
+                Ok(issued)
+            }
             Rotation::NotCurrent => {
                 // A token refreshed twice has been copied: end the session for both holders.
                 self.end_session(session.id).await?;
                 tracing::warn!(session = %session.id, user = %session.user_id, "refresh token reuse; session ended");
+                self.audit.record(
+                    Entry::new(AuditKind::RefreshReused, now, caller)
+                        .user_id(session.user_id)
+                        .detail("session", session.id.to_string()),
+                );
                 Err(AuthError::TokenReused)
             }
             Rotation::Gone => Err(AuthError::InvalidToken),
@@ -111,11 +142,17 @@ impl Auth {
 
     /// `DELETE /users/login`: ends the token's session. Idempotent: an unknown, forged or
     /// long-expired token is simply nothing to end.
-    pub async fn logout(&self, token: Option<&str>) -> Result<(), AuthError> {
+    pub async fn logout(&self, token: Option<&str>, caller: &Caller) -> Result<(), AuthError> {
         let Some(claims) = token.and_then(|t| self.keys.verify(t).ok()) else {
             return Ok(());
         };
-        self.end_session(claims.sid).await
+        self.end_session(claims.sid).await?;
+        self.audit.record(
+            Entry::new(AuditKind::Logout, self.clock.now(), caller)
+                .user_id(claims.sub)
+                .detail("session", claims.sid.to_string()),
+        );
+        Ok(())
     }
 
     /// Revokes a session in the store (which feeds other replicas) and in this cache.
@@ -143,6 +180,21 @@ impl Auth {
             token,
             expires_in: exp - now,
         })
+    }
+}
+
+/// Why a known user's login failed, for the audit record only (the client sees one answer).
+fn login_failure_reason(user: &User) -> &'static str {
+    if user.deleted {
+        "deleted"
+    } else if user.disabled {
+        "disabled"
+    } else if user.invitation_pending {
+        "invitation_pending"
+    } else if user.password_hash.is_none() {
+        "no_password"
+    } else {
+        "wrong_password"
     }
 }
 

@@ -16,8 +16,8 @@ use url::Url;
 
 use super::values::{ByteSize, Secret, duration_serde};
 use super::{
-    AdminConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig, Config,
-    CorsConfig, HealthCheckConfig, LimitsConfig, LogConfig, MailConfig, MailTransport,
+    AdminConfig, AuditConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig,
+    Config, CorsConfig, HealthCheckConfig, LimitsConfig, LogConfig, MailConfig, MailTransport,
     OktaClientAuth, OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig,
     ThrottleConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
@@ -663,6 +663,7 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
     let log = read_log(root.section("log"));
     let mail = read_mail(root.section("mail"));
     let okta = read_okta(root.section("okta"));
+    let audit = read_audit(root.section("audit"));
     let cors = root.has("cors").then(|| read_cors(root.section("cors")));
 
     let mut upstreams = Vec::new();
@@ -725,10 +726,17 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
         log,
         mail,
         okta,
+        audit,
         cors,
         upstreams,
         routes,
     }
+}
+
+fn read_audit(mut s: Section<'_>) -> AuditConfig {
+    let retention = s.get("retention", secs(90 * 24 * 3600), duration);
+    s.check("retention", !retention.is_zero(), POSITIVE);
+    AuditConfig { retention }
 }
 
 fn read_server(mut s: Section<'_>) -> ServerConfig {
@@ -1715,6 +1723,18 @@ mod tests {
         assert_eq!(c.routes[0].prefix, "/");
         assert_eq!(c.routes[0].upstream, "meiro");
         assert!(!c.routes[0].public);
+    }
+
+    #[test]
+    fn audit_retention_defaults_to_90_days_and_must_be_positive() {
+        assert_eq!(ok("").audit.retention, secs(90 * 86_400));
+        let c = ok("[audit]\nretention = \"30d\"");
+        assert_eq!(c.audit.retention, secs(30 * 86_400));
+        for bad in ["\"0s\"", "30", "\"soon\""] {
+            let found = problems(&format!("[audit]\nretention = {bad}"));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].key, "audit.retention");
+        }
     }
 
     /// `check-config` prints the effective config as TOML; saved as a file, it must load back.

@@ -32,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub mail: MailConfig,
     pub okta: OktaConfig,
+    pub audit: AuditConfig,
     /// `[cors]`; absent: no CORS headers at all.
     pub cors: Option<CorsConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -70,6 +71,15 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PKCS#8, PKCS#1 or SEC1 private key.
     pub key: PathBuf,
+}
+
+/// `[audit]`: the audit trail (`auth::audit`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// How long audit records are kept in the store before the hourly prune deletes them
+    /// (the log lines are the log's business). Greater than zero. Default `90d`.
+    #[serde(with = "duration_serde")]
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -36,6 +36,7 @@ use crate::auth::cache::Grant;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
+use crate::request_id::{self, RequestId};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
 use introspect::{IntrospectError, Introspector};
@@ -175,6 +176,10 @@ impl Proxy {
         let started = self.access_log.then(Instant::now);
         let method = self.access_log.then(|| request.method().clone());
         let path = self.access_log.then(|| request.uri().path().to_owned());
+        let id = self
+            .access_log
+            .then(|| request_id::of(request.headers()))
+            .flatten();
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &mut outcome).await {
             Ok(response) => response,
@@ -184,6 +189,7 @@ impl Proxy {
             log_access(
                 &method,
                 &path,
+                id.as_ref(),
                 response.status(),
                 &outcome,
                 started.elapsed(),
@@ -234,7 +240,7 @@ impl Proxy {
         } else {
             let token =
                 extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
-            Some(self.authenticate(token).await?)
+            Some(self.authenticate(token, &parts.headers).await?)
         };
         outcome.user = grant
             .as_ref()
@@ -273,11 +279,16 @@ impl Proxy {
             .await
     }
 
-    async fn authenticate(&self, token: &str) -> Result<Grant, ProxyError> {
+    /// `headers` only name the request in a log line.
+    async fn authenticate(
+        &self,
+        token: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Grant, ProxyError> {
         match &self.validator {
             Validator::Local(auth) => auth.authenticate(token).await.map_err(|e| match e {
                 AuthError::Internal(_) | AuthError::Store(_) => {
-                    tracing::error!(error = %e, "token validation failed");
+                    tracing::error!(error = %e, request_id = request_id::field(headers), "token validation failed");
                     ProxyError::AuthUnavailable
                 }
                 _ => ProxyError::InvalidToken,
@@ -286,7 +297,7 @@ impl Proxy {
                 introspector.authenticate(token).await.map_err(|e| match e {
                     IntrospectError::Invalid => ProxyError::InvalidToken,
                     IntrospectError::Unavailable(reason) => {
-                        tracing::warn!(%reason, "token introspection failed");
+                        tracing::warn!(%reason, request_id = request_id::field(headers), "token introspection failed");
                         ProxyError::AuthUnavailable
                     }
                 })
@@ -459,7 +470,7 @@ impl Proxy {
                     } else {
                         Failure::Broken
                     };
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, "upstream attempt failed");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id = request_id::field(&parts.headers), "upstream attempt failed");
                     if failure == Failure::Connect {
                         cluster.eject(index);
                     }
@@ -472,7 +483,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     cluster.counters.timeouts.fetch_add(1, relaxed());
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, "upstream response timed out");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field(&parts.headers), "upstream response timed out");
                     cluster.eject(index);
                     Err(Failure::Timeout)
                 }
@@ -517,6 +528,7 @@ impl Proxy {
         let index = cluster.pick(None).ok_or(ProxyError::NoInstance)?;
         outcome.instance = Some((cluster.clone(), index));
         let instance = &cluster.instances[index];
+        let id = request_id::of(&parts.headers);
         let mut request = Request::new(Body::empty());
         *request.method_mut() = parts.method;
         *request.uri_mut() = Uri::builder()
@@ -529,7 +541,7 @@ impl Proxy {
         let response = match tokio::time::timeout(deadline, cluster.client.request(request)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %cluster.name, error = %e, "upgrade request failed");
+                tracing::warn!(upstream = %cluster.name, error = %e, request_id = id.as_ref().map(RequestId::as_str), "upgrade request failed");
                 if e.is_connect() {
                     cluster.eject(index);
                 }
@@ -666,6 +678,7 @@ fn upstream_target(
 fn log_access(
     method: &Method,
     path: &str,
+    id: Option<&RequestId>,
     status: StatusCode,
     outcome: &Outcome,
     latency: Duration,
@@ -683,6 +696,7 @@ fn log_access(
         upstream,
         instance,
         latency_us = latency.as_micros() as u64,
+        request_id = id.map(RequestId::as_str),
         user = outcome.user.as_ref().and_then(|u| u.to_str().ok()),
     );
 }

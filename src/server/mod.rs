@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::proxy::Proxy;
+use crate::request_id::{self, RequestId};
 use framing::{Verdicts, Watched};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
@@ -59,6 +60,15 @@ fn refusal(status: http::StatusCode, body: &'static str) -> Response<axum::body:
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    response
+}
+
+/// Returns the request's id to the client on whatever answered it (an upstream's own
+/// `X-Request-Id` is replaced by the one the logs and the upstream saw).
+fn with_id(mut response: Response<axum::body::Body>, id: RequestId) -> Response<axum::body::Body> {
+    response
+        .headers_mut()
+        .insert(request_id::X_REQUEST_ID.clone(), id.into_header_value());
     response
 }
 
@@ -183,19 +193,28 @@ pub async fn serve(
         let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
         let verdicts = Arc::new(Verdicts::default());
         let watched_verdicts = verdicts.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // First, so refusals carry it too; from here on the request's `X-Request-Id` header
+            // is the id, so the upstream gets it as is.
+            let id = request_id::assign(request.headers_mut());
             if request.version() <= http::Version::HTTP_11 && verdicts.next_request_is_conflicting()
             {
                 // Never forwarded; hyper closes the connection after this answer.
-                return Either::Left(std::future::ready(Ok(refusal(
-                    http::StatusCode::BAD_REQUEST,
-                    r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
+                return Either::Left(std::future::ready(Ok(with_id(
+                    refusal(
+                        http::StatusCode::BAD_REQUEST,
+                        r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
+                    ),
+                    id,
                 ))));
             }
             if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
-                return Either::Left(std::future::ready(Ok(refusal(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    r#"{"message":"Request header fields too large"}"#,
+                return Either::Left(std::future::ready(Ok(with_id(
+                    refusal(
+                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        r#"{"message":"Request header fields too large"}"#,
+                    ),
+                    id,
                 ))));
             }
             let mut request = request.map(axum::body::Body::new);
@@ -209,12 +228,15 @@ pub async fn serve(
                 Some(direct) if !(direct.is_api)(request.uri().path()) => {
                     let proxy = direct.proxy.clone();
                     Either::Right(Either::Left(async move {
-                        Ok::<_, std::convert::Infallible>(proxy.handle(request).await)
+                        Ok::<_, std::convert::Infallible>(with_id(proxy.handle(request).await, id))
                     }))
                 }
-                _ => Either::Right(Either::Right(
-                    current.routing.router.clone().oneshot(request),
-                )),
+                _ => {
+                    let router = current.routing.router.clone();
+                    Either::Right(Either::Right(async move {
+                        Ok(with_id(router.oneshot(request).await?, id))
+                    }))
+                }
             }
         });
         let watcher = graceful.watcher();

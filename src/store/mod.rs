@@ -8,7 +8,9 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,6 +204,35 @@ pub struct Revocation {
     pub session_id: SessionId,
 }
 
+/// One record of the audit trail (built by `auth::audit`, which owns the kinds and what goes
+/// in them). Never holds a token, password or link secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    pub at: UnixTime,
+    /// `login_succeeded`, `login_failed`, … (`auth::audit::AuditKind`).
+    pub kind: String,
+    pub user_id: Option<UserId>,
+    pub email: Option<String>,
+    /// The connection's peer address.
+    pub client_ip: Option<IpAddr>,
+    pub request_id: Option<String>,
+    /// Short, non-secret facts: a failure's reason, the acting admin, a key id.
+    pub detail: BTreeMap<String, String>,
+}
+
+/// Which audit records [`Store::audit_events`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Records of this user, or (see `email`) naming this email. Both `None`: everyone's.
+    pub user_id: Option<UserId>,
+    /// Also matches records with no user id, such as a failed login of an unknown address.
+    pub email: Option<String>,
+    /// Records at or after this time.
+    pub since: Option<UnixTime>,
+    /// The newest `limit` matching records.
+    pub limit: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("a user with this email already exists")]
@@ -346,6 +377,31 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>>;
+
+    /// Appends audit records, all or none.
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
+    /// The newest `filter.limit` matching records, returned oldest first (by time, then in
+    /// the order they were appended).
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+    /// Deletes audit records older than `before` (`audit.retention`); returns how many.
+    async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64>;
+}
+
+/// `detail` as stored: a JSON object.
+fn detail_json(detail: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(detail).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn detail_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))
+}
+
+fn ip_from_text(text: Option<String>) -> StoreResult<Option<IpAddr>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|_| StoreError::Corrupt(format!("audit client_ip {t:?}")))
+    })
+    .transpose()
 }
 
 /// Default of `store.timeout`: how long a query waits for a database connection.

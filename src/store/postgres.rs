@@ -25,8 +25,9 @@ use sqlx::{Connection, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::{
-    DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser, PasswordReset, Revocation,
-    Role, Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser,
+    PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
+    UnixTime, User, UserId, detail_from_json, detail_json, ip_from_text,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro. Versions are kept
@@ -35,6 +36,7 @@ const INIT_SQL: &str = include_str!("../../migrations/postgres/0001_init.sql");
 const INVITATIONS_AND_RESETS_SQL: &str =
     include_str!("../../migrations/postgres/0002_invitations_and_resets.sql");
 const THROTTLE_SQL: &str = include_str!("../../migrations/postgres/0003_throttle.sql");
+const AUDIT_SQL: &str = include_str!("../../migrations/postgres/0004_audit.sql");
 
 /// Connections per replica. Queries are short; argon2 and the network, not the database, bound
 /// a gateway, and PostgreSQL's default `max_connections` (100) leaves room for several replicas.
@@ -184,6 +186,7 @@ fn migrations() -> Vec<Migration> {
         (1, "init", INIT_SQL),
         (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
         (3, "throttle", THROTTLE_SQL),
+        (4, "audit", AUDIT_SQL),
     ]
     .into_iter()
     .map(|(version, description, sql)| {
@@ -889,6 +892,71 @@ impl Store for PostgresStore {
         tx.commit().await?;
         Ok(Some(revoked))
     }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO audit_events \
+                 (at, kind, user_id, email, client_ip, request_id, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(e.at)
+            .bind(&e.kind)
+            .bind(e.user_id.map(|u| u.0))
+            .bind(&e.email)
+            .bind(e.client_ip.map(|ip| ip.to_string()))
+            .bind(&e.request_id)
+            .bind(detail_json(&e.detail))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, kind, user_id, email, client_ip, request_id, detail \
+             FROM audit_events WHERE at >= $1 \
+             AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
+             ORDER BY at DESC, seq DESC LIMIT $4",
+        )
+        .bind(filter.since.unwrap_or(UnixTime::MIN))
+        .bind(filter.user_id.map(|u| u.0))
+        .bind(&filter.email)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(audit_event_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
+        Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+fn audit_event_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
+    let user_id: Option<Uuid> = row.try_get("user_id")?;
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditEvent {
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        user_id: user_id.map(UserId),
+        email: row.try_get("email")?,
+        client_ip: ip_from_text(row.try_get("client_ip")?)?,
+        request_id: row.try_get("request_id")?,
+        detail: detail_from_json(&detail)?,
+    })
 }
 
 #[cfg(test)]

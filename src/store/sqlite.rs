@@ -14,8 +14,9 @@ use sqlx::{Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::{
-    Invitation, NewUser, PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store,
-    StoreError, StoreResult, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
+    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_from_json,
+    detail_json, ip_from_text,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
@@ -23,6 +24,7 @@ const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
 const INVITATIONS_AND_RESETS_SQL: &str =
     include_str!("../../migrations/sqlite/0002_invitations_and_resets.sql");
 const THROTTLE_SQL: &str = include_str!("../../migrations/sqlite/0003_throttle.sql");
+const AUDIT_SQL: &str = include_str!("../../migrations/sqlite/0004_audit.sql");
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +48,12 @@ macro_rules! user_columns {
 macro_rules! password_reset_columns {
     () => {
         "digest, user_id, created, expires_at, used_at"
+    };
+}
+
+macro_rules! audit_columns {
+    () => {
+        "at, kind, user_id, email, client_ip, request_id, detail"
     };
 }
 
@@ -129,6 +137,7 @@ fn migrations() -> Vec<Migration> {
         (1, "init", INIT_SQL),
         (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
         (3, "throttle", THROTTLE_SQL),
+        (4, "audit", AUDIT_SQL),
     ]
     .into_iter()
     .map(|(version, description, sql)| {
@@ -723,6 +732,76 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(Some(revoked))
     }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        for e in events {
+            sqlx::query(concat!(
+                "INSERT INTO audit_events (",
+                audit_columns!(),
+                ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(e.at)
+            .bind(&e.kind)
+            .bind(e.user_id.map(|u| uuid_text(u.0)))
+            .bind(&e.email)
+            .bind(e.client_ip.map(|ip| ip.to_string()))
+            .bind(&e.request_id)
+            .bind(detail_json(&e.detail))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_events WHERE at >= ?1 \
+             AND ((?2 IS NULL AND ?3 IS NULL) OR user_id = ?2 OR email = ?3) \
+             ORDER BY at DESC, seq DESC LIMIT ?4"
+        ))
+        .bind(filter.since.unwrap_or(UnixTime::MIN))
+        .bind(filter.user_id.map(|u| uuid_text(u.0)))
+        .bind(&filter.email)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(audit_event_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
+        Ok(sqlx::query("DELETE FROM audit_events WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}
+
+fn audit_event_from_row(row: &SqliteRow) -> StoreResult<AuditEvent> {
+    let user_id: Option<String> = row.try_get("user_id")?;
+    let user_id = match user_id {
+        Some(_) => Some(UserId(uuid_column(row, "user_id")?)),
+        None => None,
+    };
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditEvent {
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        user_id,
+        email: row.try_get("email")?,
+        client_ip: ip_from_text(row.try_get("client_ip")?)?,
+        request_id: row.try_get("request_id")?,
+        detail: detail_from_json(&detail)?,
+    })
 }
 
 #[cfg(test)]

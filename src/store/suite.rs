@@ -8,8 +8,8 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use super::{
-    Invitation, NewUser, PasswordReset, Role, Rotation, Session, SessionId, Store, StoreError,
-    UnixTime, User, UserId,
+    AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Role, Rotation, Session,
+    SessionId, Store, StoreError, UnixTime, User, UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -43,6 +43,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     throttle_windows(s).await;
     concurrent_reservations_stop_at_the_limit(store.clone()).await;
     prune(s).await;
+    audit_trail(s).await;
+    prune_audit(s).await;
 }
 
 /// The per-account limit's counter: counts up to the limit, refuses with the seconds left,
@@ -1293,4 +1295,124 @@ pub async fn prune(store: &dyn Store) {
         "users are never pruned"
     );
     assert_eq!(store.prune(BEFORE).await.expect("prune"), 0, "idempotent");
+}
+
+fn audit_event(at: UnixTime, kind: &str, user_id: Option<UserId>, email: &str) -> AuditEvent {
+    AuditEvent {
+        at,
+        kind: kind.to_owned(),
+        user_id,
+        email: Some(email.to_owned()),
+        client_ip: Some("2001:db8::7".parse().unwrap()),
+        request_id: Some(format!("req-{at}")),
+        detail: [("reason".to_owned(), "wrong_password".to_owned())].into(),
+    }
+}
+
+fn audit_filter(
+    user_id: Option<UserId>,
+    email: Option<&str>,
+    since: Option<UnixTime>,
+) -> AuditFilter {
+    AuditFilter {
+        user_id,
+        email: email.map(str::to_owned),
+        since,
+        limit: 100,
+    }
+}
+
+/// Records come back as written, oldest first, filtered by user (id, or email for records
+/// with no user), time and count; the limit keeps the newest.
+pub async fn audit_trail(store: &dyn Store) {
+    let owner = user(store, "audit").await;
+    let email = unique_email("audit");
+    let stranger = unique_email("audit-unknown");
+    let first = audit_event(T0 + 10, "login_succeeded", Some(owner), &email);
+    let mut bare = audit_event(T0 + 11, "user_disabled", Some(owner), &email);
+    bare.email = None;
+    bare.client_ip = None;
+    bare.request_id = None;
+    bare.detail.clear();
+    let unknown = audit_event(T0 + 11, "login_failed", None, &stranger);
+    let later = audit_event(T0 + 30, "logout", Some(owner), &email);
+    store
+        .append_audit(&[later.clone(), first.clone()])
+        .await
+        .expect("append_audit");
+    store
+        .append_audit(&[bare.clone(), unknown.clone()])
+        .await
+        .expect("append_audit");
+    store.append_audit(&[]).await.expect("nothing to append");
+
+    let everything_of_owner = audit_filter(Some(owner), None, None);
+    let since_11 = audit_filter(Some(owner), None, Some(T0 + 11));
+    assert_eq!(
+        store
+            .audit_events(&everything_of_owner)
+            .await
+            .expect("audit_events"),
+        vec![first.clone(), bare.clone(), later.clone()],
+        "by time, not by append order; other users' records left out"
+    );
+    assert_eq!(
+        store.audit_events(&since_11).await.expect("audit_events"),
+        vec![bare.clone(), later.clone()],
+        "since is inclusive"
+    );
+    let mut newest_two = audit_filter(Some(owner), None, None);
+    newest_two.limit = 2;
+    assert_eq!(
+        store.audit_events(&newest_two).await.expect("audit_events"),
+        vec![bare.clone(), later.clone()],
+        "the limit keeps the newest, still oldest first"
+    );
+    assert_eq!(
+        store
+            .audit_events(&audit_filter(None, Some(&stranger), None))
+            .await
+            .expect("audit_events"),
+        vec![unknown.clone()],
+        "a record without a user is found by its email"
+    );
+    assert_eq!(
+        store
+            .audit_events(&audit_filter(Some(owner), Some(&stranger), None))
+            .await
+            .expect("audit_events")
+            .len(),
+        4,
+        "user id or email"
+    );
+    let everyone = store
+        .audit_events(&audit_filter(None, None, Some(T0 + 10)))
+        .await
+        .expect("audit_events");
+    for e in [&first, &bare, &unknown, &later] {
+        assert!(everyone.contains(e), "no filter: every record ({e:?})");
+    }
+}
+
+pub async fn prune_audit(store: &dyn Store) {
+    // Far below every other check's times.
+    const BEFORE: UnixTime = 2_000;
+    let owner = user(store, "audit-prune").await;
+    let email = unique_email("audit-prune");
+    let old = audit_event(1_000, "login_succeeded", Some(owner), &email);
+    let boundary = audit_event(BEFORE, "logout", Some(owner), &email);
+    store
+        .append_audit(&[old, boundary.clone()])
+        .await
+        .expect("append_audit");
+    assert_eq!(store.prune_audit(BEFORE).await.expect("prune_audit"), 1);
+    assert_eq!(
+        store
+            .audit_events(&audit_filter(Some(owner), None, None))
+            .await
+            .expect("audit_events"),
+        vec![boundary],
+        "a record exactly at `before` is kept"
+    );
+    assert_eq!(store.prune_audit(BEFORE).await.expect("prune_audit"), 0);
 }

@@ -1,0 +1,246 @@
+//! The audit trail: one [`AuditEvent`] per security-relevant action (logins and their failures,
+//! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, users enabled
+//! or disabled, key rotation), each with its time, user, client IP and request id, and never a
+//! token, password or link secret. [`Audit::record`] writes it to the log under target `audit`
+//! and persists it through the store (`meiro-gate audit tail` reads it back); records older
+//! than `audit.retention` are pruned in the background.
+//!
+//! Persisting is queued, not awaited: the request that caused an event answers without waiting
+//! for the audit row. A login already makes three store writes, and on SQLite every writer
+//! queues behind one lock, so an awaited fourth write would sit on the login's p99 for nothing
+//! the client needs. One writer task drains the queue in batches (one transaction each). A
+//! failed write, or a full queue, is logged and never fails the request; the event's log line
+//! is written synchronously either way, so the log stays complete.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::clock::Clock;
+use crate::request_id::RequestId;
+use crate::store::{AuditEvent, Store, UnixTime, User, UserId};
+
+/// Events waiting for the writer; beyond this a burst is only logged (never blocks a request).
+const QUEUE: usize = 4096;
+/// Rows per write transaction.
+const BATCH: usize = 256;
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What happened. The names are what the log and the store say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    LoginSucceeded,
+    /// Credentials login refused; the reason is in `detail`, never in the response.
+    LoginFailed,
+    TokenRefreshed,
+    /// A token refreshed twice: the session was ended.
+    RefreshReused,
+    Logout,
+    OktaLogin,
+    OktaLoginFailed,
+    InvitationCreated,
+    InvitationResent,
+    InvitationAccepted,
+    PasswordResetRequested,
+    PasswordResetCompleted,
+    UserEnabled,
+    UserDisabled,
+    KeyRotated,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::LoginSucceeded => "login_succeeded",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::TokenRefreshed => "token_refreshed",
+            AuditKind::RefreshReused => "refresh_reused",
+            AuditKind::Logout => "logout",
+            AuditKind::OktaLogin => "okta_login",
+            AuditKind::OktaLoginFailed => "okta_login_failed",
+            AuditKind::InvitationCreated => "invitation_created",
+            AuditKind::InvitationResent => "invitation_resent",
+            AuditKind::InvitationAccepted => "invitation_accepted",
+            AuditKind::PasswordResetRequested => "password_reset_requested",
+            AuditKind::PasswordResetCompleted => "password_reset_completed",
+            AuditKind::UserEnabled => "user_enabled",
+            AuditKind::UserDisabled => "user_disabled",
+            AuditKind::KeyRotated => "key_rotated",
+        }
+    }
+}
+
+/// Who asked: the connection's peer address (the gateway trusts no forwarded-for header) and
+/// the request's id. Empty for the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub client_ip: Option<IpAddr>,
+    pub request_id: Option<RequestId>,
+}
+
+/// Builds one [`AuditEvent`].
+#[derive(Debug, Clone)]
+pub struct Entry(AuditEvent);
+
+impl Entry {
+    pub fn new(kind: AuditKind, at: UnixTime, caller: &Caller) -> Entry {
+        Entry(AuditEvent {
+            at,
+            kind: kind.as_str().to_owned(),
+            user_id: None,
+            email: None,
+            client_ip: caller.client_ip,
+            request_id: caller.request_id.as_ref().map(|id| id.as_str().to_owned()),
+            detail: BTreeMap::new(),
+        })
+    }
+
+    /// The user it concerns (id and email).
+    pub fn user(mut self, user: &User) -> Entry {
+        self.0.user_id = Some(user.id);
+        self.0.email = Some(user.email.clone());
+        self
+    }
+
+    pub fn user_id(mut self, id: UserId) -> Entry {
+        self.0.user_id = Some(id);
+        self
+    }
+
+    /// An address that names no user (a failed login). Only something shaped like an address
+    /// is kept: people type passwords into the email field, and that must not be recorded.
+    pub fn claimed_email(mut self, email: &str) -> Entry {
+        if super::is_valid_email(email) {
+            self.0.email = Some(email.to_owned());
+        }
+        self
+    }
+
+    /// A short, non-secret fact (a reason, the acting admin, a key id).
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Entry {
+        self.0.detail.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn into_event(self) -> AuditEvent {
+        self.0
+    }
+}
+
+/// The running audit trail of a gateway: logs each event and queues it for the store.
+pub struct Audit {
+    queue: mpsc::Sender<AuditEvent>,
+    stop: Arc<Notify>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Audit {
+    /// Spawns the writer, which also prunes records older than `retention` every hour.
+    pub fn start(store: Arc<dyn Store>, retention: Duration, clock: Clock) -> Audit {
+        let (queue, events) = mpsc::channel(QUEUE);
+        let stop = Arc::new(Notify::new());
+        let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let writer = tokio::spawn(write(store, events, stop.clone(), retention, clock));
+        Audit {
+            queue,
+            stop,
+            writer: Mutex::new(Some(writer)),
+        }
+    }
+
+    /// Logs the event now and queues it for the store.
+    pub fn record(&self, entry: Entry) {
+        let event = entry.into_event();
+        log(&event);
+        if let Err(e) = self.queue.try_send(event) {
+            tracing::error!(target: "audit", kind = %e.into_inner().kind, "audit queue full or closed; this event is in the log only");
+        }
+    }
+
+    /// Writes what is queued and stops the writer; for shutdown, after the listeners drained.
+    pub async fn close(&self) {
+        self.stop.notify_one();
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// Logs and persists one event at once, for the command line (no writer task there). A failed
+/// write is reported on stderr and does not fail the command, whose action already happened.
+pub async fn record_now(store: &dyn Store, entry: Entry) {
+    let event = entry.into_event();
+    log(&event);
+    if let Err(e) = store.append_audit(std::slice::from_ref(&event)).await {
+        tracing::error!(target: "audit", error = %e, kind = %event.kind, "audit write failed; this event is in the log only");
+    }
+}
+
+fn log(e: &AuditEvent) {
+    let detail =
+        (!e.detail.is_empty()).then(|| serde_json::to_string(&e.detail).unwrap_or_default());
+    tracing::info!(
+        target: "audit",
+        kind = e.kind.as_str(),
+        at = e.at,
+        user = e.user_id.map(tracing::field::display),
+        email = e.email.as_deref(),
+        client_ip = e.client_ip.map(tracing::field::display),
+        request_id = e.request_id.as_deref(),
+        detail = detail.as_deref(),
+    );
+}
+
+async fn write(
+    store: Arc<dyn Store>,
+    mut events: mpsc::Receiver<AuditEvent>,
+    stop: Arc<Notify>,
+    retention: i64,
+    clock: Clock,
+) {
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            received = events.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                persist(store.as_ref(), &mut batch).await;
+            }
+            _ = prune.tick() => {
+                match store.prune_audit(clock.now().saturating_sub(retention)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "audit records past their retention pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
+                }
+            }
+            () = stop.notified() => {
+                while let Ok(event) = events.try_recv() {
+                    batch.push(event);
+                    if batch.len() == BATCH {
+                        persist(store.as_ref(), &mut batch).await;
+                    }
+                }
+                persist(store.as_ref(), &mut batch).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn persist(store: &dyn Store, batch: &mut Vec<AuditEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = store.append_audit(batch).await {
+        tracing::error!(target: "audit", error = %e, count = batch.len(), "audit write failed; these events are in the log only");
+    }
+    batch.clear();
+}
