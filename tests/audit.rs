@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Once;
 use std::time::Duration;
 
 use common::oidc::{CLIENT_SECRET, FakeIdp};
 use common::smtp::SmtpSink;
+use common::thread_log;
 use common::{FakeUpstream, Gateway, PASSWORD, smtp_toml};
 use meiro_gate::store::{AuditEvent, AuditFilter, Role, UserId};
 use serde_json::{Value, json};
@@ -29,41 +27,6 @@ const PASSWORD_AS_EMAIL: &str = "hunter2-typed-in-the-wrong-field";
 const LINK_PREFIX: &str = "http://gateway.test/set_password/";
 const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
 
-thread_local! {
-    /// What the gateway logged on this thread (each test's current-thread runtime runs its
-    /// gateway's handlers and tasks on the test's thread).
-    static LOGS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-struct ThreadLog;
-
-impl Write for ThreadLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.with(|logs| logs.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Everything at `info` and above, as JSON lines, into [`LOGS`].
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("info")
-            .with_writer(|| ThreadLog)
-            .init();
-    });
-}
-
-fn logs() -> String {
-    LOGS.with(|logs| String::from_utf8_lossy(&logs.borrow()).into_owned())
-}
-
 struct Env {
     _upstream: FakeUpstream,
     idp: FakeIdp,
@@ -72,7 +35,7 @@ struct Env {
 }
 
 async fn setup() -> Env {
-    capture_logs();
+    thread_log::capture("info", thread_log::Format::Json);
     let idp = FakeIdp::start().await;
     let sink = SmtpSink::start().await;
     let upstream = FakeUpstream::start().await;
@@ -327,7 +290,7 @@ async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_sec
     ]);
 
     // Every event is in the log under target `audit`, with its request id.
-    let logs = logs();
+    let logs = thread_log::logged();
     let audit_lines: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -361,7 +324,7 @@ async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_sec
 
 #[tokio::test]
 async fn a_throttled_login_is_recorded_as_a_failure() {
-    capture_logs();
+    thread_log::capture("info", thread_log::Format::Json);
     let upstream = FakeUpstream::start().await;
     let gw = Gateway::start_with(
         &upstream.url(),
@@ -386,7 +349,7 @@ async fn a_throttled_login_is_recorded_as_a_failure() {
 
 #[tokio::test]
 async fn events_queued_at_shutdown_are_written_and_old_ones_pruned() {
-    capture_logs();
+    thread_log::capture("info", thread_log::Format::Json);
     let upstream = FakeUpstream::start().await;
     let mut gw = Gateway::start_with(&upstream.url(), "").await;
     gw.add_user(ALICE, Role::User).await;

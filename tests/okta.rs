@@ -4,15 +4,13 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::io::Write;
-use std::sync::Once;
 use std::time::Duration;
 
 use common::oidc::{
     CLIENT_ID, CLIENT_SECRET, ClientAuth, FakeIdp, REDIRECT_URI, Signer, jwt, unix_now,
     unpublished_key,
 };
+use common::thread_log;
 use common::{FakeUpstream, Gateway, PASSWORD, message};
 use meiro_gate::store::{Invitation, NewUser, Role, User};
 use reqwest::StatusCode;
@@ -25,45 +23,9 @@ const TTL: i64 = 8 * 3600;
 // ---------------------------------------------------------------------------------------
 // helpers
 
-thread_local! {
-    /// What the gateway logged on this thread. Each `#[tokio::test]` runs its own
-    /// current-thread runtime, so its gateway's handlers log here and nowhere else.
-    static LOGS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-struct ThreadLog;
-
-impl Write for ThreadLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.with(|logs| logs.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Routes the gateway's `warn`s to [`LOGS`], once per test binary.
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        tracing_subscriber::fmt()
-            .with_env_filter("meiro_gate=warn")
-            .with_ansi(false)
-            .with_writer(|| ThreadLog)
-            .init();
-    });
-}
-
-/// Everything logged on this thread since the last call.
-fn take_logs() -> String {
-    LOGS.with(|logs| String::from_utf8_lossy(&std::mem::take(&mut *logs.borrow_mut())).into_owned())
-}
-
 /// A gateway whose `[okta]` points at `idp`, with `okta_extra` lines in that table.
 async fn gateway(idp: &FakeIdp, okta_extra: &str) -> (FakeUpstream, Gateway) {
-    capture_logs();
+    thread_log::capture("meiro_gate=warn", thread_log::Format::Text);
     let upstream = FakeUpstream::start().await;
     let gw = Gateway::start_with(&upstream.url(), &idp.okta_toml(okta_extra)).await;
     (upstream, gw)
@@ -80,13 +42,13 @@ async fn okta_login(gw: &Gateway, code: &str) -> reqwest::Response {
 
 /// Asserts a 200 with a token and returns the token.
 async fn okta_login_ok(gw: &Gateway, code: &str) -> String {
-    take_logs();
+    thread_log::take();
     let response = okta_login(gw, code).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,
         "okta login should succeed; the log says: {}",
-        take_logs()
+        thread_log::take()
     );
     let body: Value = response.json().await.unwrap();
     body["token"].as_str().expect("a token").to_owned()
@@ -95,9 +57,9 @@ async fn okta_login_ok(gw: &Gateway, code: &str) -> String {
 /// Asserts the contract's 401 for a refused Okta login, and that the log says why: the
 /// refusal line must contain `reason`.
 async fn assert_refused(gw: &Gateway, code: &str, why: &str, reason: &str) {
-    take_logs();
+    thread_log::take();
     let response = okta_login(gw, code).await;
-    let logs = take_logs();
+    let logs = thread_log::take();
     let refusal = logs
         .lines()
         .find(|l| l.contains("okta login refused"))

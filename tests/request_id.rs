@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Once;
 
 use bytes::Bytes;
+use common::thread_log;
 use common::{Gateway, PASSWORD};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -25,40 +23,6 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
 /// What the origin sends back as its own trace context (an origin may change it).
 const ORIGIN_TRACESTATE: &str = "origin=1,rojo=00f067aa0ba902b7";
-
-thread_local! {
-    /// What the gateway logged on this thread (each test's current-thread runtime runs its
-    /// gateway's handlers on the test's thread).
-    static LOGS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-struct ThreadLog;
-
-impl Write for ThreadLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.with(|logs| logs.borrow_mut().extend_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("info")
-            .with_writer(|| ThreadLog)
-            .init();
-    });
-}
-
-fn take_logs() -> String {
-    LOGS.with(|logs| String::from_utf8_lossy(&std::mem::take(&mut *logs.borrow_mut())).into_owned())
-}
 
 /// An origin that answers with the request headers it received as JSON, and returns the
 /// trace context it received (`traceparent` as is, `tracestate` with an entry of its own).
@@ -297,12 +261,12 @@ async fn upstream_mode_passes_the_request_id_and_trace_context_to_the_backend() 
 
 #[tokio::test]
 async fn the_request_id_is_on_the_requests_log_lines() {
-    capture_logs();
+    thread_log::capture("info", thread_log::Format::Json);
     let origin = EchoOrigin::start().await;
     let gw = Gateway::start_with(&origin.url(), "").await;
     gw.add_user("alice@example.com", Role::User).await;
     let token = gw.login("alice@example.com").await;
-    take_logs();
+    thread_log::take();
     gw.http
         .get(gw.url("/data"))
         .header("x-access-token", &token)
@@ -318,7 +282,7 @@ async fn the_request_id_is_on_the_requests_log_lines() {
         .send()
         .await
         .unwrap();
-    let logs = take_logs();
+    let logs = thread_log::take();
     let lines: Vec<Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON log lines"))
@@ -339,7 +303,7 @@ async fn the_request_id_is_on_the_requests_log_lines() {
     let down = Gateway::start_with("http://127.0.0.1:9", "").await;
     down.add_user("alice@example.com", Role::User).await;
     let token = down.login("alice@example.com").await;
-    take_logs();
+    thread_log::take();
     let failed = down
         .http
         .get(down.url("/data"))
@@ -349,7 +313,7 @@ async fn the_request_id_is_on_the_requests_log_lines() {
         .await
         .unwrap();
     assert_eq!(failed.status(), 502);
-    let logs = take_logs();
+    let logs = thread_log::take();
     let warning = logs
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())

@@ -7,6 +7,7 @@
 pub mod oidc;
 pub mod replicas;
 pub mod smtp;
+pub mod thread_log;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
