@@ -260,6 +260,11 @@ impl Served {
         format!("http://{}{path}", self.main)
     }
 
+    /// The status of a GET of `path` on the main listener, without a token.
+    async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+        self.http.get(self.url(path)).send().await.unwrap().status()
+    }
+
     fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
@@ -864,16 +869,7 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
     rewrite_config(&setup, "0s", &a.url(), "public = true", "");
     // An empty RUST_LOG leaves the filter to `log.filter`.
     let mut served = setup.serve(&[("RUST_LOG", "")]);
-    assert_eq!(
-        served
-            .http
-            .get(served.url("/one"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(served.get_status("/one").await, 200);
     assert_eq!(a.recorded().len(), 1);
 
     // An invalid file: refused, every problem logged by key, the running config kept.
@@ -908,16 +904,7 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
         served.guard.child.try_wait().unwrap().is_none(),
         "still running"
     );
-    assert_eq!(
-        served
-            .http
-            .get(served.url("/two"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(served.get_status("/two").await, 200);
     assert_eq!(
         a.recorded().len(),
         2,
@@ -940,16 +927,7 @@ async fn sighup_reloads_the_config_file_refuses_an_invalid_one_and_names_restart
         "no reload logged:\n{}",
         served.guard.log_text()
     );
-    assert_eq!(
-        served
-            .http
-            .get(served.url("/three"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(served.get_status("/three").await, 200);
     assert_eq!(b.last().uri.path(), "/three");
     assert_eq!(a.recorded().len(), 2);
     let reloaded = served.guard.log_text();
@@ -975,13 +953,7 @@ async fn a_changed_config_file_is_reloaded_without_a_signal() {
     let setup = Setup::valid(&a.url(), "");
     rewrite_config(&setup, "100ms", &a.url(), "public = true", "");
     let served = setup.serve(&[]);
-    let status = served
-        .http
-        .get(served.url("/one"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = served.get_status("/one").await;
     assert_eq!(status, 200);
     assert_eq!(a.recorded().len(), 1);
 
@@ -995,27 +967,13 @@ async fn a_changed_config_file_is_reloaded_without_a_signal() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let refusals = served.guard.log_text().matches("reload refused").count();
     assert_eq!(refusals, 1, "{}", served.guard.log_text());
-    let status = served
-        .http
-        .get(served.url("/two"))
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = served.get_status("/two").await;
     assert_eq!(status, 200);
     assert_eq!(a.recorded().len(), 2);
 
     rewrite_config(&setup, "100ms", &b.url(), "public = true", "");
     eventually!(
-        served
-            .http
-            .get(served.url("/three"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-            && !b.recorded().is_empty(),
+        served.get_status("/three").await == 200 && !b.recorded().is_empty(),
         "the edited file was not applied:\n{}",
         served.guard.log_text()
     );

@@ -146,26 +146,7 @@ async fn ws_echo() -> (SocketAddr, JoinHandle<()>) {
 /// A local-mode gateway config (store and keys in `dir`); `sections` are the upstreams,
 /// routes and anything else, in TOML.
 fn config(dir: &TempDir, sections: &str) -> Config {
-    let toml = format!(
-        r#"
-        [server]
-        listen = "127.0.0.1:0"
-        public_url = "http://gateway.test"
-        drain_timeout = "5s"
-        [admin]
-        listen = "127.0.0.1:0"
-        [store]
-        url = "sqlite://{dir}/gate.db"
-        [mail]
-        dir = "{dir}/outbox"
-        [auth]
-        keys_dir = "{dir}/keys"
-        cookie_secure = false
-        password_hash_concurrency = 1
-        {sections}
-        "#,
-        dir = dir.path().display()
-    );
+    let toml = format!("{}\n{sections}", common::local_toml(dir.path()));
     let figment = Figment::from(Toml::string(&toml));
     config::load_from_figment(&figment).expect("test config is valid")
 }

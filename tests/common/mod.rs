@@ -171,20 +171,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let base = format!(
             r#"
-            [server]
-            listen = "127.0.0.1:0"
-            public_url = "http://gateway.test"
-            drain_timeout = "5s"
-            [admin]
-            listen = "127.0.0.1:0"
-            [store]
-            url = "sqlite://{dir}/gate.db"
-            [mail]
-            dir = "{dir}/outbox"
-            [auth]
-            keys_dir = "{dir}/keys"
-            cookie_secure = false
-            password_hash_concurrency = 2
+            {local}
             [[upstreams]]
             name = "backend"
             instances = ["{upstream_url}"]
@@ -198,7 +185,7 @@ impl Gateway {
             upstream = "backend"
             public = true
             "#,
-            dir = dir.path().display()
+            local = local_toml(dir.path()),
         );
         let figment = layers
             .iter()
@@ -383,5 +370,29 @@ pub fn smtp_toml(addr: SocketAddr) -> String {
     format!(
         "[mail]\ntransport = \"smtp\"\nsmtp_url = \"smtp://{addr}\"\n\
          retry_initial = \"100ms\"\nretry_max = \"500ms\"\n"
+    )
+}
+
+/// The settings of a local-mode gateway on ephemeral ports with its store, keys and mail
+/// outbox in `dir`, as TOML (no upstreams or routes).
+pub fn local_toml(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        public_url = "http://gateway.test"
+        drain_timeout = "5s"
+        [admin]
+        listen = "127.0.0.1:0"
+        [store]
+        url = "sqlite://{dir}/gate.db"
+        [mail]
+        dir = "{dir}/outbox"
+        [auth]
+        keys_dir = "{dir}/keys"
+        cookie_secure = false
+        password_hash_concurrency = 2
+        "#,
+        dir = dir.display()
     )
 }
