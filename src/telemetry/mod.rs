@@ -1,5 +1,7 @@
 //! Logging: tracing to stderr, human-readable on a terminal and JSON otherwise.
-//! Nothing logged anywhere carries a token, password or secret.
+//! Nothing logged anywhere carries a token, password or secret. Metrics: [`metrics`].
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
