@@ -22,6 +22,7 @@ use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
 use crate::server::tls::{CertStore, TlsError};
 use crate::server::{self, ConnectionLimits};
 use crate::store::{self, NewUser, Role, Store, StoreError};
+use crate::telemetry::metrics::{self, Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,7 +52,7 @@ pub struct App;
 pub struct RunningApp {
     /// Main listener (auth API + data plane).
     pub addr: SocketAddr,
-    /// Admin listener (`/healthz`, `/readyz`).
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
     /// The local auth subsystem; `None` in upstream mode.
     local_auth: Option<Arc<Auth>>,
@@ -78,15 +79,20 @@ impl App {
     /// As [`App::start`], with the clock the auth rules read (tests move it forward).
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // For the life of the process: subsystems rebuilt later count into the same series.
+        let metrics = Arc::new(Metrics::new());
         // Upstream mode needs no store, keys or mail: the backend owns users and tokens.
         let local = match config.auth.mode {
-            AuthMode::Local => Some(start_local(&config, clock.clone(), &shutdown_rx).await?),
+            AuthMode::Local => {
+                Some(start_local(&config, clock.clone(), &shutdown_rx, &metrics).await?)
+            }
             AuthMode::Upstream => None,
         };
         let proxy = Arc::new(Proxy::new(
             &config,
             local.as_ref().map(|l| l.auth.clone()),
             clock,
+            &metrics,
         )?);
         proxy.spawn_health_checks(&shutdown_rx);
         let (mut router, is_api): (Router, fn(&str) -> bool) = match &local {
@@ -95,6 +101,7 @@ impl App {
                     local.auth.clone(),
                     config.limits.api_max_body.as_usize(),
                     ProxyService(proxy.clone()),
+                    &metrics,
                 ),
                 crate::api::may_serve,
             ),
@@ -147,7 +154,7 @@ impl App {
         ));
         let admin = tokio::spawn(server::serve(
             admin_listener,
-            admin_router(local.as_ref().map(|l| l.store.clone()), proxy).into(),
+            admin_router(local.as_ref().map(|l| l.store.clone()), proxy, metrics).into(),
             limits,
             None,
             shutdown_rx,
@@ -177,11 +184,14 @@ async fn start_local(
     config: &Config,
     clock: Clock,
     shutdown: &watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> Result<Local, StartError> {
     let store = store::open_with_timeout(config.store.url.expose(), config.store.timeout).await?;
     bootstrap_admin(config, store.as_ref(), &clock).await?;
-    let (mail, mailer) = Mail::start(&config.mail, shutdown.clone()).await?;
-    let auth = Arc::new(Auth::new(config, store.clone(), mail, clock).await?);
+    let (mail, mailer) =
+        Mail::start(&config.mail, shutdown.clone(), metrics.mail().clone()).await?;
+    let auth =
+        Arc::new(Auth::new(config, store.clone(), mail, clock, metrics.auth().clone()).await?);
     if let Some(okta) = auth.okta() {
         // In the background: a provider that is down must not keep the gateway from serving
         // credentials login; logins retry discovery after `okta.discovery_retry`.
@@ -285,16 +295,43 @@ struct Readiness {
     /// Local mode's store; upstream mode has none.
     store: Option<Arc<dyn Store>>,
     proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
 }
 
-fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>) -> Router {
+fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
-        .with_state(Readiness { store, proxy })
+        .route("/metrics", get(scrape))
+        .with_state(Readiness {
+            store,
+            proxy,
+            metrics,
+        })
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn scrape(State(admin): State<Readiness>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let state = admin.proxy.scrape_state().await;
+    match admin.metrics.render(&state) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"message": "metrics unavailable"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Ready: the store answers and at least one upstream instance is available (or no

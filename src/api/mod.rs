@@ -10,41 +10,71 @@ mod principal;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use crate::auth::Auth;
 use crate::proxy::ProxyService;
+use crate::telemetry::metrics::{MethodIndex, Metrics, RouteMetrics};
 
-/// The main listener's router: API routes, then the data plane as the fallback.
-pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Router {
+/// The main listener's router: API routes, then the data plane as the fallback. Each route
+/// is counted in `metrics` under a fixed `api_*` name.
+pub fn router(
+    auth: Arc<Auth>,
+    api_max_body: usize,
+    proxy: ProxyService,
+    metrics: &Metrics,
+) -> Router {
+    let counted = |name: &str, route: MethodRouter<Arc<Auth>>| {
+        route.layer(axum::middleware::from_fn_with_state(
+            Arc::new(metrics.route(name)),
+            count,
+        ))
+    };
     Router::new()
-        .route("/auth_options", get(auth_options))
+        .route(
+            "/auth_options",
+            counted("api_auth_options", get(auth_options)),
+        )
         .route(
             "/users/login",
-            axum::routing::post(login::login)
-                .patch(login::refresh)
-                .delete(login::logout),
+            counted(
+                "api_login",
+                axum::routing::post(login::login)
+                    .patch(login::refresh)
+                    .delete(login::logout),
+            ),
         )
-        .route("/users/okta_login", axum::routing::post(okta::okta_login))
+        .route(
+            "/users/okta_login",
+            counted("api_okta_login", axum::routing::post(okta::okta_login)),
+        )
         .route(
             "/users/invite",
-            axum::routing::post(invite::invite).patch(invite::reinvite),
+            counted(
+                "api_invite",
+                axum::routing::post(invite::invite).patch(invite::reinvite),
+            ),
         )
         .route(
             "/users/{user_id}/invitation_link",
-            get(invite::invitation_link),
+            counted("api_invitation_link", get(invite::invitation_link)),
         )
         .route(
             "/users/password",
-            axum::routing::post(password::forgot).patch(password::reset),
+            counted(
+                "api_password",
+                axum::routing::post(password::forgot).patch(password::reset),
+            ),
         )
-        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/jwks.json", counted("api_jwks", get(jwks)))
         // A known path with another method: 405 (axum keeps the `Allow` header) with the
         // contract's JSON error body instead of an empty one.
         .method_not_allowed_fallback(method_not_allowed)
@@ -70,6 +100,15 @@ async fn auth_options(State(auth): State<Arc<Auth>>) -> Json<serde_json::Value> 
         "is_okta_login_enabled": okta_auth_link.is_some(),
         "okta_auth_link": okta_auth_link,
     }))
+}
+
+/// Counts one API request under its route's fixed name.
+async fn count(State(route): State<Arc<RouteMetrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = MethodIndex::of(request.method());
+    let response = next.run(request).await;
+    route.record(method, response.status(), started.elapsed());
+    response
 }
 
 async fn method_not_allowed() -> Response {

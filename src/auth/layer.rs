@@ -18,6 +18,7 @@ use super::cache::{LocalIdentity, Principal, SessionFlag, VOUCHED_LOCALLY, Verdi
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
 use crate::store::{SessionId, Store, StoreResult, UnixTime, User, UserId};
+use crate::telemetry::metrics::Rejection;
 
 /// After a re-check could not reach the store, the next hit retries this much later.
 const RECHECK_RETRY: UnixTime = 5;
@@ -28,7 +29,7 @@ pub static X_ACCESS_TOKEN: http::HeaderName = http::HeaderName::from_static("x-a
 #[derive(Debug, thiserror::Error)]
 enum LoadError {
     #[error("invalid token")]
-    Invalid,
+    Invalid(Rejection),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -36,31 +37,52 @@ enum LoadError {
 impl Auth {
     /// The principal a token speaks for, or why it does not.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let checks = &self.metrics.tokens;
+        // Set only if this call ran the verification: a hit (or a concurrent miss that shared
+        // another call's verification) leaves it false, at no cost.
+        let mut verified = false;
         let verdict = self
             .cache
             .entries()
-            .try_get_with(
-                token_digest(VOUCHED_LOCALLY, token.as_bytes()),
-                self.load_principal(token),
-            )
+            .try_get_with(token_digest(VOUCHED_LOCALLY, token.as_bytes()), async {
+                verified = true;
+                self.load_principal(token).await
+            })
             .await
             .map_err(|e| match &*e {
-                LoadError::Invalid => AuthError::InvalidToken,
-                LoadError::Store(e) => AuthError::Internal(format!("store: {e}")),
+                LoadError::Invalid(why) => {
+                    checks.rejected(*why);
+                    AuthError::InvalidToken
+                }
+                LoadError::Store(e) => {
+                    checks.unavailable.inc();
+                    AuthError::Internal(format!("store: {e}"))
+                }
             })?;
         // Local verification never caches a refusal (a forged token costs one signature
         // check, and a store outage must not be remembered), so this is always `Valid`.
         let Verdict::Valid(principal) = verdict else {
+            checks.rejected(Rejection::Invalid);
             return Err(AuthError::InvalidToken);
         };
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
         let now = self.clock.now();
-        if principal.session.is_revoked() || is_expired(principal.exp, now) {
+        if principal.session.is_revoked() {
+            checks.rejected(Rejection::Revoked);
+            return Err(AuthError::InvalidToken);
+        }
+        if is_expired(principal.exp, now) {
+            checks.rejected(Rejection::Expired);
             return Err(AuthError::InvalidToken);
         }
         if principal.session.recheck_due(now) {
             self.start_recheck(&principal, now);
+        }
+        if verified {
+            checks.verified.inc();
+        } else {
+            checks.cache_hit.inc();
         }
         Ok(principal)
     }
@@ -87,16 +109,19 @@ impl Auth {
     }
 
     async fn load_principal(&self, token: &str) -> Result<Verdict, LoadError> {
-        let claims = self.keys.verify(token).map_err(|_| LoadError::Invalid)?;
+        let claims = self
+            .keys
+            .verify(token)
+            .map_err(|_| LoadError::Invalid(Rejection::Invalid))?;
         let now = self.clock.now();
         if is_expired(claims.exp, now) {
-            return Err(LoadError::Invalid);
+            return Err(LoadError::Invalid(Rejection::Expired));
         }
         // Taken before the store is read, so a revocation racing this load still flags it.
         let flag = self.cache.session_flag(claims.sid);
         let user = live_user(self.store.as_ref(), claims.sid, claims.sub, now)
             .await?
-            .ok_or(LoadError::Invalid)?;
+            .ok_or(LoadError::Invalid(Rejection::Revoked))?;
         flag.checked_until(now.saturating_add(self.settings.recheck_interval));
         Ok(Verdict::Valid(Arc::new(Principal::new(
             user.id,

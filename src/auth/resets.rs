@@ -112,6 +112,9 @@ impl Auth {
         for session in &ended {
             self.cache.revoke_session(*session);
         }
+        self.metrics
+            .revocations_sent
+            .inc_by(u64::try_from(ended.len()).unwrap_or(u64::MAX));
         tracing::info!(target: "meiro_gate::audit", event = "password_reset_completed", user = %user.id, sessions_ended = ended.len());
         Ok(())
     }
