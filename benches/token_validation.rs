@@ -15,6 +15,7 @@ use meiro_gate::auth::cache::{Grant, VOUCHED_LOCALLY, token_digest};
 use meiro_gate::auth::{Auth, Clock};
 use meiro_gate::mail::Mail;
 use meiro_gate::store::{self, NewUser, Role, SessionId, UserId};
+use meiro_gate::telemetry::metrics::Metrics;
 
 /// A gateway's auth subsystem on a temporary SQLite file with keys of `algorithm`, and
 /// `tokens` valid tokens (sessions) of an active user.
@@ -48,8 +49,16 @@ fn setup(
             .await
             .unwrap();
         let (_, shutdown) = tokio::sync::watch::channel(false);
-        let (mail, _) = Mail::start(&config.mail, shutdown).await.unwrap();
-        let auth = Arc::new(Auth::new(&config, store, mail, clock).await.unwrap());
+        // Counted into a real registry, as the gateway does.
+        let metrics = Metrics::new();
+        let (mail, _) = Mail::start(&config.mail, shutdown, metrics.mail().clone())
+            .await
+            .unwrap();
+        let auth = Arc::new(
+            Auth::new(&config, store, mail, clock, metrics.auth().clone())
+                .await
+                .unwrap(),
+        );
         let mut minted = Vec::with_capacity(tokens);
         for _ in 0..tokens {
             minted.push(auth.start_session(&user).await.unwrap().token);

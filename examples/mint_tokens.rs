@@ -24,6 +24,7 @@ use meiro_gate::auth::tokens::Claims;
 use meiro_gate::auth::{Auth, Clock, normalize_email};
 use meiro_gate::mail::Mail;
 use meiro_gate::store::{self, NewUser, Role, SessionId, User};
+use meiro_gate::telemetry::metrics::{AuthMetrics, MailMetrics};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -65,8 +66,18 @@ async fn run(args: Args, config: meiro_gate::Config) -> Result<()> {
     let clock = Clock::default();
     // Mail is never sent here; the file transport only needs its directory.
     let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (mail, _mailer) = Mail::start(&config.mail, shutdown_rx).await?;
-    let auth = Arc::new(Auth::new(&config, store.clone(), mail, clock.clone()).await?);
+    // Counted nowhere: this tool serves no `/metrics`.
+    let (mail, _mailer) = Mail::start(&config.mail, shutdown_rx, MailMetrics::default()).await?;
+    let auth = Arc::new(
+        Auth::new(
+            &config,
+            store.clone(),
+            mail,
+            clock.clone(),
+            AuthMetrics::default(),
+        )
+        .await?,
+    );
     let user = find_or_create_user(&*store, &normalize_email(&args.email), clock.now()).await?;
     let user = Arc::new(user);
 

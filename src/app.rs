@@ -28,6 +28,7 @@ use crate::server::tls::{CertStore, TlsError};
 use crate::server::{self, ConnectionLimits, LiveSite, Site};
 use crate::store::{self, NewUser, Role, Store, StoreError};
 use crate::telemetry::LogFilter;
+use crate::telemetry::metrics::{self, Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -79,11 +80,13 @@ pub struct App;
 pub struct RunningApp {
     /// Main listener (auth API + data plane).
     pub addr: SocketAddr,
-    /// Admin listener (`/healthz`, `/readyz`).
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin_addr: SocketAddr,
     /// The local auth subsystem and its store; `None` in upstream mode.
     local: Option<(Arc<Auth>, Arc<dyn Store>)>,
     clock: Clock,
+    /// For the life of the process, so a reloaded data plane counts on in the same series.
+    metrics: Arc<Metrics>,
     /// What the two listeners serve; [`RunningApp::reload`] replaces both.
     main_site: LiveSite,
     admin_site: LiveSite,
@@ -112,17 +115,19 @@ struct Generation {
 
 impl Generation {
     /// Builds the data plane and both sites from `config`, taking over what `previous` had
-    /// for unchanged upstreams. Nothing runs until [`Generation::go_live`].
+    /// for unchanged upstreams. Nothing runs until [`Generation::start_health_checks`].
     fn build(
         config: Config,
         local: Option<&(Arc<Auth>, Arc<dyn Store>)>,
         clock: &Clock,
+        metrics: &Arc<Metrics>,
         previous: Option<&Proxy>,
     ) -> Result<(Generation, Site, Site), ProxyBuildError> {
         let proxy = Arc::new(Proxy::new(
             &config,
             local.map(|(auth, _)| auth.clone()),
             clock.clone(),
+            metrics,
             previous,
         )?);
         let (mut router, is_api): (Router, fn(&str) -> bool) = match local {
@@ -131,6 +136,7 @@ impl Generation {
                     auth.clone(),
                     config.limits.api_max_body.as_usize(),
                     ProxyService(proxy.clone()),
+                    &metrics,
                 ),
                 crate::api::may_serve,
             ),
@@ -160,7 +166,12 @@ impl Generation {
         };
         let main = Site::new(server::Routing { router, direct }, limits.clone());
         let admin = Site::new(
-            admin_router(local.map(|(_, store)| store.clone()), proxy.clone()).into(),
+            admin_router(
+                local.map(|(_, store)| store.clone()),
+                proxy.clone(),
+                metrics.clone(),
+            )
+            .into(),
             limits,
         );
         let (health, _) = watch::channel(false);
@@ -199,9 +210,13 @@ impl App {
     /// As [`App::start`], with the clock the auth rules read (tests move it forward).
     pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningApp, StartError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // For the life of the process: subsystems rebuilt later count into the same series.
+        let metrics = Arc::new(Metrics::new());
         // Upstream mode needs no store, keys or mail: the backend owns users and tokens.
         let local = match config.auth.mode {
-            AuthMode::Local => Some(start_local(&config, clock.clone(), &shutdown_rx).await?),
+            AuthMode::Local => {
+                Some(start_local(&config, clock.clone(), &shutdown_rx, &metrics).await?)
+            }
             AuthMode::Upstream => None,
         };
         let local_parts = local.as_ref().map(|l| (l.auth.clone(), l.store.clone()));
@@ -210,7 +225,7 @@ impl App {
             (config.server.listen, config.admin.listen, config.auth.mode);
         let drain = config.server.drain_timeout;
         let (generation, main_site, admin_site) =
-            Generation::build(config, local_parts.as_ref(), &clock, None)?;
+            Generation::build(config, local_parts.as_ref(), &clock, &metrics, None)?;
         generation.start_health_checks();
         let (tls, cert_store) = match &tls_config {
             Some(tls) => {
@@ -249,6 +264,7 @@ impl App {
             admin_addr,
             local: local_parts,
             clock,
+            metrics,
             main_site,
             admin_site,
             generation: Mutex::new(generation),
@@ -276,11 +292,14 @@ async fn start_local(
     config: &Config,
     clock: Clock,
     shutdown: &watch::Receiver<bool>,
+    metrics: &Metrics,
 ) -> Result<Local, StartError> {
     let store = store::open_with_timeout(config.store.url.expose(), config.store.timeout).await?;
     bootstrap_admin(config, store.as_ref(), &clock).await?;
-    let (mail, mailer) = Mail::start(&config.mail, shutdown.clone()).await?;
-    let auth = Arc::new(Auth::new(config, store.clone(), mail, clock).await?);
+    let (mail, mailer) =
+        Mail::start(&config.mail, shutdown.clone(), metrics.mail().clone()).await?;
+    let auth =
+        Arc::new(Auth::new(config, store.clone(), mail, clock, metrics.auth().clone()).await?);
     if let Some(okta) = auth.okta() {
         // In the background: a provider that is down must not keep the gateway from serving
         // credentials login; logins retry discovery after `okta.discovery_retry`.
@@ -328,6 +347,7 @@ impl RunningApp {
             effective,
             self.local.as_ref(),
             &self.clock,
+            &self.metrics,
             Some(&current.proxy),
         )?;
         let kept = next
@@ -463,16 +483,43 @@ struct Readiness {
     /// Local mode's store; upstream mode has none.
     store: Option<Arc<dyn Store>>,
     proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
 }
 
-fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>) -> Router {
+fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
-        .with_state(Readiness { store, proxy })
+        .route("/metrics", get(scrape))
+        .with_state(Readiness {
+            store,
+            proxy,
+            metrics,
+        })
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn scrape(State(admin): State<Readiness>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let state = admin.proxy.scrape_state().await;
+    match admin.metrics.render(&state) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"message": "metrics unavailable"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Ready: the store answers and at least one upstream instance is available (or no

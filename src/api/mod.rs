@@ -12,43 +12,73 @@ mod principal;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::proxy::ProxyService;
+use crate::telemetry::metrics::{MethodIndex, Metrics, RouteMetrics};
 
-/// The main listener's router: API routes, then the data plane as the fallback.
-pub fn router(auth: Arc<Auth>, api_max_body: usize, proxy: ProxyService) -> Router {
+/// The main listener's router: API routes, then the data plane as the fallback. Each route
+/// is counted in `metrics` under a fixed `api_*` name.
+pub fn router(
+    auth: Arc<Auth>,
+    api_max_body: usize,
+    proxy: ProxyService,
+    metrics: &Metrics,
+) -> Router {
+    let counted = |name: &str, route: MethodRouter<Arc<Auth>>| {
+        route.layer(axum::middleware::from_fn_with_state(
+            Arc::new(metrics.route(name)),
+            count,
+        ))
+    };
     Router::new()
-        .route("/auth_options", get(auth_options))
+        .route(
+            "/auth_options",
+            counted("api_auth_options", get(auth_options)),
+        )
         .route(
             "/users/login",
-            axum::routing::post(login::login)
-                .patch(login::refresh)
-                .delete(login::logout),
+            counted(
+                "api_login",
+                axum::routing::post(login::login)
+                    .patch(login::refresh)
+                    .delete(login::logout),
+            ),
         )
-        .route("/users/okta_login", axum::routing::post(okta::okta_login))
+        .route(
+            "/users/okta_login",
+            counted("api_okta_login", axum::routing::post(okta::okta_login)),
+        )
         .route(
             "/users/invite",
-            axum::routing::post(invite::invite).patch(invite::reinvite),
+            counted(
+                "api_invite",
+                axum::routing::post(invite::invite).patch(invite::reinvite),
+            ),
         )
         .route(
             "/users/{user_id}/invitation_link",
-            get(invite::invitation_link),
+            counted("api_invitation_link", get(invite::invitation_link)),
         )
         .route(
             "/users/password",
-            axum::routing::post(password::forgot).patch(password::reset),
+            counted(
+                "api_password",
+                axum::routing::post(password::forgot).patch(password::reset),
+            ),
         )
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/openapi.json", get(openapi::serve))
+        .route("/.well-known/jwks.json", counted("api_jwks", get(jwks)))
+        .route("/openapi.json", counted("api_openapi", get(openapi::serve)))
         // The API's requests are few and slow (argon2, store writes): a span naming the request
         // id is cheap here, and every line their handlers log carries it (see `request_id`).
         .route_layer(axum::middleware::from_fn(request_span))
@@ -82,12 +112,21 @@ async fn auth_options(State(auth): State<Arc<Auth>>) -> Json<serde_json::Value> 
     }))
 }
 
-async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn request_span(request: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "request",
         request_id = crate::request_id::field(request.headers())
     );
     next.run(request).instrument(span).await
+}
+
+/// Counts one API request under its route's fixed name.
+async fn count(State(route): State<Arc<RouteMetrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = MethodIndex::of(request.method());
+    let response = next.run(request).await;
+    route.record(method, response.status(), started.elapsed());
+    response
 }
 
 async fn method_not_allowed() -> Response {

@@ -18,6 +18,7 @@ use super::cache::{CachedSession, Grant, LocalIdentity, VOUCHED_LOCALLY, token_d
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
 use crate::store::{SessionId, Store, StoreResult, UnixTime, User, UserId};
+use crate::telemetry::metrics::Rejection;
 
 /// After a re-check could not reach the store, the next hit retries this much later.
 const RECHECK_RETRY: UnixTime = 5;
@@ -28,7 +29,7 @@ pub static X_ACCESS_TOKEN: http::HeaderName = http::HeaderName::from_static("x-a
 #[derive(Debug, thiserror::Error)]
 enum LoadError {
     #[error("invalid token")]
-    Invalid,
+    Invalid(Rejection),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -36,28 +37,48 @@ enum LoadError {
 impl Auth {
     /// What a token grants, or why it grants nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Grant, AuthError> {
+        let checks = &self.metrics.tokens;
+        // Set only if this call ran the verification: a hit (or a concurrent miss that shared
+        // another call's verification) leaves it false, at no cost.
+        let mut verified = false;
         let grant = self
             .cache
             .entries()
-            .try_get_with(
-                token_digest(VOUCHED_LOCALLY, token.as_bytes()),
-                self.load_grant(token),
-            )
+            .try_get_with(token_digest(VOUCHED_LOCALLY, token.as_bytes()), async {
+                verified = true;
+                self.load_grant(token).await
+            })
             .await
             .map_err(|e| match &*e {
-                LoadError::Invalid => AuthError::InvalidToken,
-                LoadError::Store(e) => AuthError::Internal(format!("store: {e}")),
+                LoadError::Invalid(why) => {
+                    checks.rejected(*why);
+                    AuthError::InvalidToken
+                }
+                LoadError::Store(e) => {
+                    checks.unavailable.inc();
+                    AuthError::Internal(format!("store: {e}"))
+                }
             })?;
         // Local verification never caches a refusal: a forged token costs one signature
         // check, and a store outage must not be remembered.
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
         let now = self.clock.now();
-        if grant.session.is_revoked() || is_expired(grant.exp, now) {
+        if grant.session.is_revoked() {
+            checks.rejected(Rejection::Revoked);
+            return Err(AuthError::InvalidToken);
+        }
+        if is_expired(grant.exp, now) {
+            checks.rejected(Rejection::Expired);
             return Err(AuthError::InvalidToken);
         }
         if grant.session.recheck_due(now) {
             self.start_recheck(&grant, now);
+        }
+        if verified {
+            checks.verified.inc();
+        } else {
+            checks.cache_hit.inc();
         }
         Ok(grant)
     }
@@ -84,16 +105,19 @@ impl Auth {
     }
 
     async fn load_grant(&self, token: &str) -> Result<Grant, LoadError> {
-        let claims = self.keys.verify(token).map_err(|_| LoadError::Invalid)?;
+        let claims = self
+            .keys
+            .verify(token)
+            .map_err(|_| LoadError::Invalid(Rejection::Invalid))?;
         let now = self.clock.now();
         if is_expired(claims.exp, now) {
-            return Err(LoadError::Invalid);
+            return Err(LoadError::Invalid(Rejection::Expired));
         }
         // Taken before the store is read, so a revocation racing this load still flags it.
         let session = self.cache.session(claims.sid);
         let user = live_user(self.store.as_ref(), claims.sid, claims.sub, now)
             .await?
-            .ok_or(LoadError::Invalid)?;
+            .ok_or(LoadError::Invalid(Rejection::Revoked))?;
         session.checked_until(now.saturating_add(self.settings.recheck_interval));
         session.bind(|| self.cache.principal(user.id, &user.email, user.role));
         Ok(Grant {

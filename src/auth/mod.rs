@@ -28,6 +28,7 @@ pub use tokens::KeySet;
 use crate::config::{Config, ThrottleConfig};
 use crate::mail::Mail;
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::AuthMetrics;
 use invitations::LinkSecret;
 use passwords::{PasswordError, Passwords};
 use throttle::Throttle;
@@ -128,15 +129,18 @@ pub struct Auth {
     settings: Settings,
     /// `Some` when `okta.enabled`.
     okta: Option<Arc<oidc::Oidc>>,
+    metrics: AuthMetrics,
 }
 
 impl Auth {
-    /// Tokens are issued for `server.public_url` (their `iss`).
+    /// Tokens are issued for `server.public_url` (their `iss`). `metrics`: token checks,
+    /// logins and revocations are counted there (`AuthMetrics::default()`: nowhere).
     pub async fn new(
         config: &Config,
         store: Arc<dyn Store>,
         mail: Mail,
         clock: Clock,
+        metrics: AuthMetrics,
     ) -> Result<Auth, AuthInitError> {
         let auth = &config.auth;
         let issuer = config.server.public_url.as_str().trim_end_matches('/');
@@ -190,7 +194,12 @@ impl Auth {
                     .to_owned(),
             },
             okta,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &AuthMetrics {
+        &self.metrics
     }
 
     pub fn settings(&self) -> &Settings {

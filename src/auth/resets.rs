@@ -127,6 +127,9 @@ impl Auth {
         for session in &ended {
             self.cache.revoke_session(*session);
         }
+        self.metrics
+            .revocations_sent
+            .inc_by(u64::try_from(ended.len()).unwrap_or(u64::MAX));
         self.audit.record(
             Entry::new(AuditKind::PasswordResetCompleted, now, caller)
                 .user(&user)

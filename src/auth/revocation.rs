@@ -122,6 +122,9 @@ async fn apply_new_revocations(auth: &Auth, mut cursor: i64) -> i64 {
     loop {
         match auth.store().revocations_since(cursor, BATCH).await {
             Ok(batch) => {
+                auth.metrics()
+                    .revocations_received
+                    .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
                 for r in &batch {
                     auth.cache().revoke_session(r.session_id);
                     cursor = r.seq;

@@ -26,6 +26,23 @@ impl Auth {
         password: String,
         caller: &Caller,
     ) -> Result<IssuedToken, AuthError> {
+        let result = self.check_credentials(email, password, caller).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(_) => m.login_success.inc(),
+            Err(AuthError::InvalidCredentials) => m.login_failure.inc(),
+            Err(AuthError::Throttled { .. }) => m.login_rate_limited.inc(),
+            Err(_) => m.login_error.inc(),
+        };
+        result
+    }
+
+    async fn check_credentials(
+        &self,
+        email: &str,
+        password: String,
+        caller: &Caller,
+    ) -> Result<IssuedToken, AuthError> {
         let email = normalize_email(email);
         let now = self.clock.now();
         let failed =
@@ -157,7 +174,9 @@ impl Auth {
 
     /// Revokes a session in the store (which feeds other replicas) and in this cache.
     pub async fn end_session(&self, session: SessionId) -> Result<(), AuthError> {
-        self.store.revoke_session(session, self.clock.now()).await?;
+        if self.store.revoke_session(session, self.clock.now()).await? {
+            self.metrics.revocations_sent.inc();
+        }
         self.cache.revoke_session(session);
         Ok(())
     }

@@ -1382,6 +1382,17 @@ fn read_cors(mut s: Section<'_>) -> CorsConfig {
 }
 
 fn read_route(mut s: Section<'_>) -> RouteConfig {
+    let name = s.opt("name", non_empty_text);
+    if let Some(name) = &name {
+        s.check(
+            "name",
+            name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')),
+            "must be up to 64 letters, digits, \"_\", \"-\" or \".\"",
+        );
+    }
     let prefix = s.required("prefix", route_prefix).unwrap_or_default();
     let upstream = s.required("upstream", text).unwrap_or_default();
     let public = s.get("public", false, flag);
@@ -1402,6 +1413,7 @@ fn read_route(mut s: Section<'_>) -> RouteConfig {
         s.problem("timeout", POSITIVE);
     }
     RouteConfig {
+        name,
         prefix,
         upstream,
         public,
@@ -1559,6 +1571,18 @@ mod tests {
         assert_problem(&route("timeout = \"0s\""), "routes[0].timeout", POSITIVE);
         assert_problem(&route("host = \"a/b\""), "routes[0].host", "host name");
         assert_problem(&route("max_body = \"lots\""), "routes[0].max_body", "");
+        assert_problem(
+            &route("name = \"a b\""),
+            "routes[0].name",
+            "letters, digits",
+        );
+        assert_problem(&route("name = \"\""), "routes[0].name", "empty");
+        assert_eq!(
+            ok(&route("name = \"api-v1.2_x\"")).routes[0]
+                .name
+                .as_deref(),
+            Some("api-v1.2_x")
+        );
     }
 
     #[test]

@@ -293,6 +293,9 @@ pub struct UpstreamConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteConfig {
+    /// The `route` label of the route's metrics (`/metrics`): letters, digits, `_`, `-`, `.`;
+    /// up to 64. Default: the upstream's name (routes to one upstream then share series).
+    pub name: Option<String>,
     /// Path prefix, matched on segment boundaries of the normalized path; longest wins.
     pub prefix: String,
     /// Name of an `[[upstreams]]` entry.

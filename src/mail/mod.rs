@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{MailConfig, MailTransport};
+use crate::telemetry::metrics::MailMetrics;
 
 pub use file::FileTransport;
 #[cfg(test)]
@@ -94,15 +95,17 @@ pub struct Mail {
 struct Inner {
     templates: Templates,
     queue: mpsc::UnboundedSender<queue::Queued>,
+    metrics: MailMetrics,
 }
 
 impl Mail {
     /// Builds the configured transport, loads the templates and spawns the queue worker, which
     /// runs until `shutdown` turns `true` or every `Mail` clone is dropped. A dropped
-    /// `shutdown` sender does not stop it.
+    /// `shutdown` sender does not stop it. Queue depth, sent and failed go to `metrics`.
     pub async fn start(
         config: &MailConfig,
         shutdown: watch::Receiver<bool>,
+        metrics: MailMetrics,
     ) -> Result<(Mail, JoinHandle<()>), MailError> {
         let from: Mailbox = config
             .from
@@ -128,6 +131,7 @@ impl Mail {
             templates,
             RetryPolicy::from_config(config),
             shutdown,
+            metrics,
         ))
     }
 
@@ -138,15 +142,17 @@ impl Mail {
         templates: Templates,
         policy: RetryPolicy,
         shutdown: watch::Receiver<bool>,
+        metrics: MailMetrics,
     ) -> (Mail, JoinHandle<()>) {
         // Unbounded: the producers are rate-limited API calls, and a bound would force the
         // caller to either wait or drop mail.
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(queue::run(transport, policy, rx, shutdown));
+        let worker = tokio::spawn(queue::run(transport, policy, rx, shutdown, metrics.clone()));
         let mail = Mail {
             inner: Arc::new(Inner {
                 templates,
                 queue: tx,
+                metrics,
             }),
         };
         (mail, worker)
@@ -164,11 +170,14 @@ impl Mail {
         let message = self.inner.templates.render(kind, to, link);
         let queued = queue::Queued::new(kind, message);
         match self.inner.queue.send(queued) {
-            Ok(()) => tracing::debug!(
-                kind = kind.as_str(),
-                recipient_domain = recipient_domain(to),
-                "mail queued"
-            ),
+            Ok(()) => {
+                self.inner.metrics.queue_depth.inc();
+                tracing::debug!(
+                    kind = kind.as_str(),
+                    recipient_domain = recipient_domain(to),
+                    "mail queued"
+                );
+            }
             // The link is a credential: it is not logged, so this mail is lost.
             Err(_) => tracing::error!(
                 kind = kind.as_str(),

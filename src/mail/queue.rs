@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{Kind, Message, Transport, recipient_domain};
 use crate::config::MailConfig;
+use crate::telemetry::metrics::MailMetrics;
 
 /// When to retry a message whose delivery failed transiently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,7 @@ pub(crate) async fn run(
     policy: RetryPolicy,
     mut queue: mpsc::UnboundedReceiver<Queued>,
     shutdown: watch::Receiver<bool>,
+    metrics: MailMetrics,
 ) {
     let stop = shutdown_requested(shutdown);
     tokio::pin!(stop);
@@ -103,7 +105,10 @@ pub(crate) async fn run(
                 log_dropped(1 + queue.len());
                 return;
             }
-            () = deliver(transport.as_ref(), &policy, queued) => {}
+            delivered = deliver(transport.as_ref(), &policy, queued) => {
+                metrics.queue_depth.dec();
+                if delivered { metrics.sent.inc() } else { metrics.failed.inc() };
+            }
         }
     }
 }
@@ -132,9 +137,10 @@ async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Sends one message until it is delivered, refused permanently, or too old. Logs name the
-/// recipient's domain only: the address is personal data and the body holds a credential.
-async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued) {
+/// Sends one message until it is delivered (`true`), refused permanently, or too old. Logs
+/// name the recipient's domain only: the address is personal data and the body holds a
+/// credential.
+async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued) -> bool {
     let kind = queued.kind.as_str();
     let domain = recipient_domain(&queued.message.to);
     let mut failures: u32 = 0;
@@ -147,7 +153,7 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                     attempts = failures + 1,
                     "mail delivered"
                 );
-                return;
+                return true;
             }
             Err(error) => error,
         };
@@ -160,7 +166,7 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                 error = %error.detail,
                 "mail refused permanently; dropped"
             );
-            return;
+            return false;
         }
         match after_failure(policy, failures, queued.queued_at.elapsed()) {
             Next::RetryIn(delay) => {
@@ -183,7 +189,7 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                     error = %error.detail,
                     "mail undelivered for too long; dropped"
                 );
-                return;
+                return false;
             }
         }
     }

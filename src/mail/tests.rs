@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::test_smtp_sink::{SmtpSink, text_body_of};
 use super::*;
 use crate::config::{MailConfig, MailTransport, Secret};
+use crate::telemetry::metrics::MailMetrics;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -88,7 +89,13 @@ fn start(
     policy: RetryPolicy,
 ) -> (Mail, JoinHandle<()>, watch::Sender<bool>) {
     let (stop, shutdown) = watch::channel(false);
-    let (mail, worker) = Mail::with_transport(transport, Templates::default(), policy, shutdown);
+    let (mail, worker) = Mail::with_transport(
+        transport,
+        Templates::default(),
+        policy,
+        shutdown,
+        MailMetrics::default(),
+    );
     (mail, worker, stop)
 }
 
@@ -219,6 +226,7 @@ async fn shutdown_already_signalled_means_no_delivery() {
         Templates::default(),
         policy(10, 10, 1000),
         shutdown,
+        MailMetrics::default(),
     );
     mail.send_invitation("ann@example.com", "https://x/1");
     tokio::time::timeout(Duration::from_secs(2), worker)
@@ -259,9 +267,13 @@ async fn file_transport_end_to_end() {
     let root = tempfile::tempdir().unwrap();
     let outbox = root.path().join("outbox");
     let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(&config(MailTransport::File, &outbox, ""), shutdown)
-        .await
-        .unwrap();
+    let (mail, _worker) = Mail::start(
+        &config(MailTransport::File, &outbox, ""),
+        shutdown,
+        MailMetrics::default(),
+    )
+    .await
+    .unwrap();
     mail.send_password_reset("ann@example.com", LINK);
 
     let read_outbox = || -> Vec<String> {
@@ -289,7 +301,7 @@ async fn start_refuses_bad_settings() {
 
     let mut bad_from = config(MailTransport::File, root.path(), "");
     bad_from.from = "not a mailbox".to_owned();
-    let err = Mail::start(&bad_from, shutdown.clone())
+    let err = Mail::start(&bad_from, shutdown.clone(), MailMetrics::default())
         .await
         .err()
         .unwrap();
@@ -300,13 +312,16 @@ async fn start_refuses_bad_settings() {
         root.path(),
         "smtp://u:hunter2@mail?tls=x",
     );
-    let err = Mail::start(&bad_url, shutdown.clone()).await.err().unwrap();
+    let err = Mail::start(&bad_url, shutdown.clone(), MailMetrics::default())
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(err, MailError::SmtpUrl(_)), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
 
     let mut bad_templates = config(MailTransport::File, root.path(), "");
     bad_templates.templates_dir = Some(root.path().join("missing"));
-    let err = Mail::start(&bad_templates, shutdown.clone())
+    let err = Mail::start(&bad_templates, shutdown.clone(), MailMetrics::default())
         .await
         .err()
         .unwrap();
@@ -315,10 +330,14 @@ async fn start_refuses_bad_settings() {
     // The outbox path is a file, so it cannot be created as a directory.
     let file = root.path().join("a-file");
     std::fs::write(&file, "").unwrap();
-    let err = Mail::start(&config(MailTransport::File, &file, ""), shutdown)
-        .await
-        .err()
-        .unwrap();
+    let err = Mail::start(
+        &config(MailTransport::File, &file, ""),
+        shutdown,
+        MailMetrics::default(),
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(matches!(err, MailError::Outbox { .. }), "{err}");
 }
 
@@ -327,9 +346,13 @@ async fn smtp_round_trip_through_a_real_server() {
     let sink = SmtpSink::start().await;
     let url = format!("smtp://{}", sink.addr);
     let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(&config(MailTransport::Smtp, Path::new("."), &url), shutdown)
-        .await
-        .unwrap();
+    let (mail, _worker) = Mail::start(
+        &config(MailTransport::Smtp, Path::new("."), &url),
+        shutdown,
+        MailMetrics::default(),
+    )
+    .await
+    .unwrap();
     mail.send_invitation("ann@example.com", LINK);
 
     let received = sink.wait_for(1, WAIT).await;
@@ -387,9 +410,13 @@ async fn smtp_down_then_back_is_retried_until_delivered() {
 
     let url = format!("smtp://{addr}");
     let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(&config(MailTransport::Smtp, Path::new("."), &url), shutdown)
-        .await
-        .unwrap();
+    let (mail, _worker) = Mail::start(
+        &config(MailTransport::Smtp, Path::new("."), &url),
+        shutdown,
+        MailMetrics::default(),
+    )
+    .await
+    .unwrap();
     mail.send_password_reset("ann@example.com", LINK);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -397,4 +424,42 @@ async fn smtp_down_then_back_is_retried_until_delivered() {
     let received = back.wait_for(1, WAIT).await;
     assert_eq!(received.len(), 1);
     assert!(received[0].text_body().unwrap().contains(LINK));
+}
+
+#[tokio::test]
+async fn queue_depth_sent_and_failed_are_counted() {
+    // The first message is refused permanently, the next two are delivered; the stuck
+    // recipient stays in the queue (transient failures, long give-up time).
+    let transport = Scripted::failing([SendError::permanent("550 no such user")]);
+    let metrics = MailMetrics::default();
+    let (_stop, shutdown) = watch::channel(false);
+    let (mail, _worker) = Mail::with_transport(
+        transport.clone(),
+        Templates::default(),
+        policy(10, 10, 60_000),
+        shutdown,
+        metrics.clone(),
+    );
+    mail.send_invitation("refused@example.com", "https://x/1");
+    mail.send_invitation("ann@example.com", "https://x/2");
+    mail.send_password_reset("bob@example.com", "https://x/3");
+    eventually(|| metrics.sent.get() == 2).await;
+    assert_eq!(metrics.failed.get(), 1);
+    assert_eq!(metrics.queue_depth.get(), 0);
+
+    let stuck = Scripted::stuck_on("stuck@example.com");
+    let metrics = MailMetrics::default();
+    let (_stop, shutdown) = watch::channel(false);
+    let (mail, _worker) = Mail::with_transport(
+        stuck.clone(),
+        Templates::default(),
+        policy(10, 10, 60_000),
+        shutdown,
+        metrics.clone(),
+    );
+    mail.send_invitation("stuck@example.com", "https://x/4");
+    mail.send_invitation("next@example.com", "https://x/5");
+    eventually(|| stuck.attempts().len() >= 2).await;
+    assert_eq!(metrics.queue_depth.get(), 2, "one retrying, one waiting");
+    assert_eq!(metrics.sent.get() + metrics.failed.get(), 0);
 }

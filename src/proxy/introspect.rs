@@ -28,6 +28,7 @@ use crate::auth::Clock;
 use crate::auth::cache::{Grant, Principal, TokenDigest, token_digest};
 use crate::auth::layer::X_ACCESS_TOKEN;
 use crate::config::AuthUpstreamConfig;
+use crate::telemetry::metrics::{Rejection, TokenCheckMetrics};
 
 /// Largest introspection or login response body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -54,6 +55,7 @@ pub struct Introspector {
     /// may predate it, so it is used for its own request but not remembered.
     forgets: AtomicU64,
     clock: Clock,
+    checks: TokenCheckMetrics,
 }
 
 /// A remembered answer and the instant it stops being trusted: what the backend vouched
@@ -91,7 +93,12 @@ impl Expiry<TokenDigest, Answer> for UntilAnswerExpires {
 }
 
 impl Introspector {
-    pub fn new(config: &AuthUpstreamConfig, cluster: Arc<Cluster>, clock: Clock) -> Introspector {
+    pub fn new(
+        config: &AuthUpstreamConfig,
+        cluster: Arc<Cluster>,
+        clock: Clock,
+        checks: TokenCheckMetrics,
+    ) -> Introspector {
         Introspector {
             tag: format!("introspect:{}", cluster.name).into_bytes(),
             cluster,
@@ -106,6 +113,7 @@ impl Introspector {
                 .build(),
             forgets: AtomicU64::new(0),
             clock,
+            checks,
         }
     }
 
@@ -113,19 +121,44 @@ impl Introspector {
         &self.cluster
     }
 
-    /// The principal the backend vouches for, from the cache or by asking once.
+    /// Entries of the answer cache, settled first (`/metrics`).
+    pub async fn cache_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// What the backend vouches for, from the cache or by asking once.
     pub async fn authenticate(&self, token: &str) -> Result<Grant, IntrospectError> {
+        let result = self.check(token).await;
+        match &result {
+            Ok((_, true)) => {
+                self.checks.verified.inc();
+            }
+            Ok((_, false)) => {
+                self.checks.cache_hit.inc();
+            }
+            Err(IntrospectError::Invalid) => self.checks.rejected(Rejection::Invalid),
+            Err(IntrospectError::Unavailable(_)) => {
+                self.checks.unavailable.inc();
+            }
+        }
+        result.map(|(grant, _)| grant)
+    }
+
+    /// The backend's grant, and whether the backend was asked for it.
+    async fn check(&self, token: &str) -> Result<(Grant, bool), IntrospectError> {
         let key = token_digest(&self.tag, token.as_bytes());
-        let answer = match self.answer(key, token).await? {
+        let (answer, fresh) = match self.answer(key, token).await? {
             // A fresh answer is used as is, however short its TTL; a cached one while trusted.
-            (answer, fresh) if fresh || Instant::now() < answer.until => answer,
+            (answer, fresh) if fresh || Instant::now() < answer.until => (answer, fresh),
             // Outlived its TTL but not yet dropped by the cache: ask again, once.
             _ => {
                 self.cache.invalidate(&key).await;
-                self.answer(key, token).await?.0
+                self.answer(key, token).await?
             }
         };
-        answer.grant.ok_or(IntrospectError::Invalid)
+        let grant = answer.grant.ok_or(IntrospectError::Invalid)?;
+        Ok((grant, fresh))
     }
 
     /// The cached answer, or the backend's (one call for all concurrent misses); `true` when

@@ -37,6 +37,10 @@ use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
 use crate::request_id::{self, RequestId};
+use crate::telemetry::metrics::{
+    AUTH_API_ROUTE, MethodIndex, Metrics, Rejection, RouteMetrics, ScrapeState, TokenCheckMetrics,
+    UNMATCHED_ROUTE,
+};
 use error::ProxyError;
 use forward::{Downstream, TrackedBody};
 use introspect::{IntrospectError, Introspector};
@@ -73,24 +77,34 @@ pub struct Proxy {
     clusters: Vec<Arc<Cluster>>,
     downstream_proto: &'static str,
     access_log: bool,
+    /// Requests no route took, and upstream mode's auth API pass-through.
+    unmatched: RouteMetrics,
+    auth_api: RouteMetrics,
+    /// Where a request without a token is counted (the validators count the rest).
+    token_checks: TokenCheckMetrics,
 }
 
-/// What the access log says about one request.
+/// What the access log and the metrics say about one request.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'p> {
     instance: Option<(Arc<Cluster>, usize)>,
     user: Option<HeaderValue>,
+    /// The route that took the request; `None`: [`Proxy::unmatched`].
+    route: Option<&'p RouteMetrics>,
 }
 
 impl Proxy {
     /// `auth` is the local auth subsystem (local mode); `None` in upstream mode. `previous`
     /// is the data plane a reload replaces: its clusters whose `[[upstreams]]` entry did not
     /// change are taken over as they are (keep-alive pools, health and ejection state,
-    /// counters), and so is the introspection cache when its cluster is.
+    /// metric handles), and so is the introspection cache when its cluster is. Metric
+    /// handles are resolved here from the long-lived `metrics`, so a rebuilt proxy counts on
+    /// in the same series.
     pub fn new(
         config: &Config,
         auth: Option<Arc<Auth>>,
         clock: Clock,
+        metrics: &Metrics,
         previous: Option<&Proxy>,
     ) -> Result<Proxy, ProxyBuildError> {
         let kept =
@@ -101,7 +115,7 @@ impl Proxy {
             .map(|u| {
                 let cluster = match kept(u) {
                     Some(cluster) => cluster,
-                    None => Arc::new(Cluster::new(u)?),
+                    None => Arc::new(Cluster::new(u, metrics)?),
                 };
                 Ok((u.name.as_str(), cluster))
             })
@@ -116,7 +130,7 @@ impl Proxy {
                         upstream: r.upstream.clone(),
                     }
                 })?;
-                Ok(Route::new(r, cluster))
+                Ok(Route::new(r, cluster, metrics))
             })
             .collect::<Result<Vec<_>, ProxyBuildError>>()?;
         let validator = match (auth, &config.auth.upstream) {
@@ -134,9 +148,14 @@ impl Proxy {
                     }
                     _ => None,
                 });
-                Validator::Introspect(
-                    same.unwrap_or_else(|| Arc::new(Introspector::new(upstream, cluster, clock))),
-                )
+                Validator::Introspect(same.unwrap_or_else(|| {
+                    Arc::new(Introspector::new(
+                        upstream,
+                        cluster,
+                        clock,
+                        metrics.token_checks().clone(),
+                    ))
+                }))
             }
             (None, None) => return Err(ProxyBuildError::MissingAuthUpstream),
         };
@@ -151,7 +170,31 @@ impl Proxy {
                 "http"
             },
             access_log: config.server.access_log,
+            unmatched: metrics.route(UNMATCHED_ROUTE),
+            auth_api: metrics.route(AUTH_API_ROUTE),
+            token_checks: metrics.token_checks().clone(),
         })
+    }
+
+    /// What `/metrics` reads at scrape time: token cache size and instance health.
+    pub async fn scrape_state(&self) -> ScrapeState {
+        let token_cache_entries = match &self.validator {
+            Validator::Local(auth) => {
+                let entries = auth.cache().entries();
+                // Counts are maintained lazily by moka; settle them so the figure is current.
+                entries.run_pending_tasks().await;
+                entries.entry_count()
+            }
+            Validator::Introspect(introspector) => introspector.cache_entries().await,
+        };
+        ScrapeState {
+            token_cache_entries,
+            instances: self
+                .clusters
+                .iter()
+                .flat_map(|c| c.instance_states())
+                .collect(),
+        }
     }
 
     pub fn clusters(&self) -> &[Arc<Cluster>] {
@@ -173,7 +216,8 @@ impl Proxy {
 
     /// Handles one request; every failure is a JSON response, never an `Err`.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
-        let started = self.access_log.then(Instant::now);
+        let started = Instant::now();
+        let method_index = MethodIndex::of(request.method());
         let method = self.access_log.then(|| request.method().clone());
         let path = self.access_log.then(|| request.uri().path().to_owned());
         let id = self
@@ -185,23 +229,28 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        if let (Some(started), Some(method), Some(path)) = (started, method, path) {
+        let elapsed = started.elapsed();
+        outcome
+            .route
+            .unwrap_or(&self.unmatched)
+            .record(method_index, response.status(), elapsed);
+        if let (Some(method), Some(path)) = (method, path) {
             log_access(
                 &method,
                 &path,
                 id.as_ref(),
                 response.status(),
                 &outcome,
-                started.elapsed(),
+                elapsed,
             );
         }
         response
     }
 
-    async fn forward(
-        &self,
+    async fn forward<'p>(
+        &'p self,
         request: Request<Body>,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'p>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         // Framing was settled by hyper before we got here (RFC 9112 §6.3): conflicting
@@ -219,6 +268,7 @@ impl Proxy {
             && is_auth_api(&path)
         {
             // Upstream mode serves the auth API whatever the route table says.
+            outcome.route = Some(&self.auth_api);
             let path = path.into_owned();
             return self
                 .forward_auth_api(introspector, parts, body, &path, host, outcome)
@@ -228,6 +278,7 @@ impl Proxy {
             .routes
             .find(host.as_ref().and_then(|h| h.to_str().ok()), &path)
             .ok_or(ProxyError::NoRoute)?;
+        outcome.route = Some(&route.metrics);
         let target = upstream_target(&parts.uri, path, route)?;
 
         let body = match route.max_body {
@@ -238,8 +289,10 @@ impl Proxy {
         let grant = if route.public {
             None
         } else {
-            let token =
-                extract_token(&parts.headers, &self.cookie_name).ok_or(ProxyError::MissingToken)?;
+            let Some(token) = extract_token(&parts.headers, &self.cookie_name) else {
+                self.token_checks.rejected(Rejection::Missing);
+                return Err(ProxyError::MissingToken);
+            };
             Some(self.authenticate(token, &parts.headers).await?)
         };
         outcome.user = grant
@@ -316,7 +369,7 @@ impl Proxy {
         body: Body,
         path: &str,
         host: Option<HeaderValue>,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let is_login = path == "/users/login"
             && matches!(parts.method, Method::POST | Method::PATCH)
@@ -394,11 +447,10 @@ impl Proxy {
         body: Body,
         target: PathAndQuery,
         deadline: Duration,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let now_secs = coarse_secs();
         cluster.budget.record_request(now_secs);
-        cluster.counters.requests.fetch_add(1, relaxed());
         // Only an empty body can be sent again: streamed bodies are not kept.
         let replayable = body.is_end_stream() && cluster.retries > 0;
         let mut body = Some(body);
@@ -411,7 +463,7 @@ impl Proxy {
                 if let Some(error) = last_error {
                     return Err(error);
                 }
-                cluster.counters.no_healthy_instance.fetch_add(1, relaxed());
+                cluster.metrics.no_healthy_instance.inc();
                 return Err(ProxyError::NoInstance);
             };
             outcome.instance = Some((cluster.clone(), index));
@@ -438,6 +490,8 @@ impl Proxy {
             *request.headers_mut() = parts.headers.clone();
 
             let in_flight = InFlight::start(cluster.clone(), index);
+            let instance_metrics = &cluster.metrics.instances[index];
+            let sent_at = Instant::now();
             let sent = match &instance.pool {
                 Some(pool) => tokio::time::timeout(deadline, pool.send(request))
                     .await
@@ -454,6 +508,10 @@ impl Proxy {
             };
             let failure = match sent {
                 Ok(Ok((response, checkout))) => {
+                    instance_metrics.duration.observe(sent_at.elapsed());
+                    if response.status().is_server_error() {
+                        instance_metrics.server_errors.inc();
+                    }
                     cluster.succeeded(index);
                     let (mut head, incoming) = response.into_parts();
                     forward::strip_hop_by_hop(&mut head.headers);
@@ -464,10 +522,11 @@ impl Proxy {
                     if is_body_too_large(e.as_error()) {
                         return Err(ProxyError::PayloadTooLarge);
                     }
-                    cluster.counters.upstream_errors.fetch_add(1, relaxed());
                     let failure = if e.is_connect() {
+                        instance_metrics.connect_errors.inc();
                         Failure::Connect
                     } else {
+                        instance_metrics.broken.inc();
                         Failure::Broken
                     };
                     tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id = request_id::field(&parts.headers), "upstream attempt failed");
@@ -482,7 +541,7 @@ impl Proxy {
                     }
                 }
                 Err(_) => {
-                    cluster.counters.timeouts.fetch_add(1, relaxed());
+                    instance_metrics.timeouts.inc();
                     tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field(&parts.headers), "upstream response timed out");
                     cluster.eject(index);
                     Err(Failure::Timeout)
@@ -505,7 +564,7 @@ impl Proxy {
                 return Err(error);
             }
             last_error = Some(error);
-            cluster.counters.retries.fetch_add(1, relaxed());
+            cluster.metrics.retries.inc();
             attempt += 1;
             exclude = Some(index);
         }
@@ -520,7 +579,7 @@ impl Proxy {
         target: PathAndQuery,
         deadline: Duration,
         downstream: hyper::upgrade::OnUpgrade,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         if cluster_protocol_is_h2(&cluster) {
             return Err(ProxyError::UpstreamUnavailable);
@@ -614,10 +673,6 @@ fn cluster_protocol_is_h2(cluster: &Cluster) -> bool {
     cluster.protocol == UpstreamProtocol::Http2
 }
 
-fn relaxed() -> std::sync::atomic::Ordering {
-    std::sync::atomic::Ordering::Relaxed
-}
-
 /// Seconds for the retry budget's windows; monotonic, so wall-clock jumps do not matter.
 fn coarse_secs() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -680,7 +735,7 @@ fn log_access(
     path: &str,
     id: Option<&RequestId>,
     status: StatusCode,
-    outcome: &Outcome,
+    outcome: &Outcome<'_>,
     latency: Duration,
 ) {
     let instance = outcome

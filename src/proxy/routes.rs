@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::upstream::Cluster;
 use crate::config::RouteConfig;
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
 
 pub struct Route {
     pub prefix: String,
@@ -17,11 +18,14 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub timeout: Option<Duration>,
     pub cluster: Arc<Cluster>,
+    /// Requests and durations under the route's name (`name`, else its upstream's).
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
-    pub fn new(config: &RouteConfig, cluster: Arc<Cluster>) -> Route {
+    pub fn new(config: &RouteConfig, cluster: Arc<Cluster>, metrics: &Metrics) -> Route {
         Route {
+            metrics: metrics.route(config.name.as_deref().unwrap_or(&config.upstream)),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             host: config.host.clone(),
             public: config.public,

@@ -18,6 +18,7 @@ use super::health::{ActiveHealth, Ejection};
 use super::pool::Http1Pool;
 use super::retry::RetryBudget;
 use crate::config::{Balance, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
+use crate::telemetry::metrics::{ClusterMetrics, InstanceHealth, Metrics};
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -114,17 +115,6 @@ fn now_ms() -> u64 {
     millis_since(*EPOCH.get_or_init(Instant::now), Instant::now())
 }
 
-/// Counters for the metrics endpoint; relaxed atomics, never read on the hot path.
-#[derive(Debug, Default)]
-pub struct ClusterCounters {
-    pub requests: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub retries: AtomicU64,
-    pub ejections: AtomicU64,
-    pub no_healthy_instance: AtomicU64,
-}
-
 pub struct Cluster {
     pub name: String,
     pub instances: Vec<Instance>,
@@ -137,14 +127,15 @@ pub struct Cluster {
     pub health: Option<HealthCheckConfig>,
     pub client: UpstreamClient,
     pub budget: RetryBudget,
-    pub counters: ClusterCounters,
+    /// Counters and histograms of the cluster and (by index) its instances.
+    pub metrics: ClusterMetrics,
     round_robin: RoundRobin,
     /// The entry this cluster was built from, so a reload can tell whether to keep it.
     source: UpstreamConfig,
 }
 
 impl Cluster {
-    pub fn new(config: &UpstreamConfig) -> Result<Cluster, ClusterError> {
+    pub fn new(config: &UpstreamConfig, metrics: &Metrics) -> Result<Cluster, ClusterError> {
         let instances = config
             .instances
             .iter()
@@ -180,6 +171,10 @@ impl Cluster {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let metrics = metrics.cluster(
+            &config.name,
+            instances.iter().map(|i: &Instance| i.authority.as_str()),
+        );
         Ok(Cluster {
             name: config.name.clone(),
             instances,
@@ -192,7 +187,7 @@ impl Cluster {
             health: config.health.clone(),
             client: build_client(config)?,
             budget: RetryBudget::new(config.retry_budget),
-            counters: ClusterCounters::default(),
+            metrics,
             round_robin: RoundRobin::default(),
             source: config.clone(),
         })
@@ -226,6 +221,17 @@ impl Cluster {
         choice.or_else(|| exclude.filter(|&i| self.is_available(i, now)))
     }
 
+    /// Each instance's health as `/metrics` reports it, from the lock-free mirrors.
+    pub fn instance_states(&self) -> impl Iterator<Item = InstanceHealth> + '_ {
+        let now = now_ms();
+        self.instances.iter().map(move |instance| InstanceHealth {
+            upstream: self.name.clone(),
+            instance: instance.authority.to_string(),
+            healthy: instance.available_flag.load(Ordering::Acquire),
+            ejected: now < instance.ejected_until_ms.load(Ordering::Acquire),
+        })
+    }
+
     /// A connect failure or timeout: take the instance out for a while.
     pub fn eject(&self, index: usize) {
         let instance = &self.instances[index];
@@ -233,7 +239,7 @@ impl Cluster {
             .state()
             .ejection
             .eject(Instant::now(), self.eject_base, self.eject_max);
-        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.instances[index].ejections.inc();
         tracing::warn!(upstream = %self.name, instance = %instance.authority, ?time, "instance ejected");
     }
 

@@ -1,9 +1,11 @@
 //! Logging: tracing to stderr, human-readable on a terminal and JSON otherwise.
-//! Nothing logged anywhere carries a token, password or secret.
+//! Nothing logged anywhere carries a token, password or secret. Metrics: [`metrics`].
 //!
 //! The filter sits in a `reload` layer: `log.filter` is applied once the config is loaded and
 //! again on every reload, unless `RUST_LOG` is set, which then wins for the life of the process
 //! (one process turned up for debugging stays so across reloads).
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
