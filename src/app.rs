@@ -136,7 +136,7 @@ impl Generation {
                     auth.clone(),
                     config.limits.api_max_body.as_usize(),
                     ProxyService(proxy.clone()),
-                    &metrics,
+                    metrics,
                 ),
                 crate::api::may_serve,
             ),

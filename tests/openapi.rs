@@ -169,9 +169,10 @@ fn router_paths() -> BTreeSet<String> {
     source
         .split(".route(")
         .skip(1)
-        .map(|rest| {
-            let rest = rest.trim_start().strip_prefix('"').expect("a literal path");
-            rest[..rest.find('"').unwrap()].to_owned()
+        // Only calls with a literal path declare a route (`metrics.route(name)` does not).
+        .filter_map(|rest| {
+            let rest = rest.trim_start().strip_prefix('"')?;
+            Some(rest[..rest.find('"').unwrap()].to_owned())
         })
         .collect()
 }
