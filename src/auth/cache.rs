@@ -8,7 +8,8 @@
 //! An entry is small because what tokens have in common is shared, not copied: a cached
 //! token is a [`Grant`] of two words — its `exp` and its [`CachedSession`] (one per
 //! session), which points to its user's [`Principal`] with the pre-built identity headers
-//! (one per user). A cached token costs ~390 bytes, two thirds of them moka's bookkeeping.
+//! (one per user). A cached token of its own session costs ~350 bytes (1 M in 380 MiB of RSS,
+//! `benches/compare/run.sh --memory`), most of them moka's own bookkeeping.
 //!
 //! Revocation does not scan the cache: every cached token of a session shares one
 //! [`CachedSession`], so ending a session is one atomic store that all its tokens see at once.
