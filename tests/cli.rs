@@ -155,35 +155,20 @@ impl Setup {
     fn new(body: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("meiro-gate.toml");
-        let body = body.replace("{dir}", &dir.path().display().to_string());
-        std::fs::write(&config, body).unwrap();
-        Setup { dir, config }
+        let setup = Setup { dir, config };
+        setup.rewrite(body);
+        setup
+    }
+
+    /// Replaces the config file's contents (`{dir}` as in [`Setup::new`]).
+    fn rewrite(&self, body: &str) {
+        let body = body.replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(&self.config, body).unwrap();
     }
 
     /// A valid config: store and keys in the temp dir, one protected route to `upstream`.
     fn valid(upstream: &str, extra: &str) -> Setup {
-        Setup::new(&format!(
-            r#"
-            [server]
-            public_url = "http://gate.test"
-            drain_timeout = "5s"
-            [store]
-            url = "sqlite://{{dir}}/gate.db"
-            [auth]
-            keys_dir = "{{dir}}/keys"
-            cookie_secure = false
-            password_hash_concurrency = 2
-            [[upstreams]]
-            name = "backend"
-            instances = ["{upstream}"]
-            connect_timeout = "1s"
-            response_timeout = "5s"
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            {extra}
-            "#
-        ))
+        Setup::new(&valid_config(upstream, "", extra))
     }
 
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -814,19 +799,19 @@ async fn keys_rotate_is_loaded_on_sighup_and_old_tokens_survive_a_restart() {
     );
 }
 
-/// The config file `Setup::valid` writes, checked for changes every `watch` (`"0s"`: never),
-/// with `upstream` and extra TOML appended (after the route table), for rewriting it in place.
-fn rewrite_config(setup: &Setup, watch: &str, upstream: &str, route_extra: &str, tail: &str) {
-    let body = format!(
+/// The TOML of [`Setup::valid`]: `server_extra` goes into `[server]`, `route_extra` after the
+/// route table's keys (so a following table header ends it).
+fn valid_config(upstream: &str, server_extra: &str, route_extra: &str) -> String {
+    format!(
         r#"
         [server]
         public_url = "http://gate.test"
         drain_timeout = "5s"
-        config_watch_interval = "{watch}"
+        {server_extra}
         [store]
-        url = "sqlite://{dir}/gate.db"
+        url = "sqlite://{{dir}}/gate.db"
         [auth]
-        keys_dir = "{dir}/keys"
+        keys_dir = "{{dir}}/keys"
         cookie_secure = false
         password_hash_concurrency = 2
         [[upstreams]]
@@ -838,11 +823,18 @@ fn rewrite_config(setup: &Setup, watch: &str, upstream: &str, route_extra: &str,
         prefix = "/"
         upstream = "backend"
         {route_extra}
-        {tail}
-        "#,
-        dir = setup.dir.path().display()
-    );
-    std::fs::write(&setup.config, body).unwrap();
+        "#
+    )
+}
+
+/// Rewrites `setup`'s config in place: checked for changes every `watch` (`"0s"`: never), with
+/// `upstream`, `route_extra` in the route table and `tail` (more tables) after it.
+fn rewrite_config(setup: &Setup, watch: &str, upstream: &str, route_extra: &str, tail: &str) {
+    setup.rewrite(&valid_config(
+        upstream,
+        &format!("config_watch_interval = \"{watch}\""),
+        &format!("{route_extra}\n{tail}"),
+    ));
 }
 
 /// Access-log lines (JSON on a pipe) for `path`.
