@@ -218,12 +218,14 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let method_index = MethodIndex::of(request.method());
-        let method = self.access_log.then(|| request.method().clone());
-        let path = self.access_log.then(|| request.uri().path().to_owned());
-        let id = self
-            .access_log
-            .then(|| request_id::of(request.headers()))
-            .flatten();
+        // What the access log needs of the request, taken before it is consumed.
+        let access = self.access_log.then(|| {
+            (
+                request.method().clone(),
+                request.uri().path().to_owned(),
+                request_id::of(request.headers()),
+            )
+        });
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &mut outcome).await {
             Ok(response) => response,
@@ -234,7 +236,7 @@ impl Proxy {
             .route
             .unwrap_or(&self.unmatched)
             .record(method_index, response.status(), elapsed);
-        if let (Some(method), Some(path)) = (method, path) {
+        if let Some((method, path, id)) = access {
             log_access(
                 &method,
                 &path,
