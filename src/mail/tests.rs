@@ -88,14 +88,18 @@ fn start(
     transport: Arc<Scripted>,
     policy: RetryPolicy,
 ) -> (Mail, JoinHandle<()>, watch::Sender<bool>) {
+    start_counted(transport, policy, MailMetrics::default())
+}
+
+/// [`start`], counting into `metrics`.
+fn start_counted(
+    transport: Arc<Scripted>,
+    policy: RetryPolicy,
+    metrics: MailMetrics,
+) -> (Mail, JoinHandle<()>, watch::Sender<bool>) {
     let (stop, shutdown) = watch::channel(false);
-    let (mail, worker) = Mail::with_transport(
-        transport,
-        Templates::default(),
-        policy,
-        shutdown,
-        MailMetrics::default(),
-    );
+    let (mail, worker) =
+        Mail::with_transport(transport, Templates::default(), policy, shutdown, metrics);
     (mail, worker, stop)
 }
 
@@ -432,14 +436,8 @@ async fn queue_depth_sent_and_failed_are_counted() {
     // recipient stays in the queue (transient failures, long give-up time).
     let transport = Scripted::failing([SendError::permanent("550 no such user")]);
     let metrics = MailMetrics::default();
-    let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::with_transport(
-        transport.clone(),
-        Templates::default(),
-        policy(10, 10, 60_000),
-        shutdown,
-        metrics.clone(),
-    );
+    let (mail, _worker, _stop) =
+        start_counted(transport.clone(), policy(10, 10, 60_000), metrics.clone());
     mail.send_invitation("refused@example.com", "https://x/1");
     mail.send_invitation("ann@example.com", "https://x/2");
     mail.send_password_reset("bob@example.com", "https://x/3");
@@ -449,14 +447,8 @@ async fn queue_depth_sent_and_failed_are_counted() {
 
     let stuck = Scripted::stuck_on("stuck@example.com");
     let metrics = MailMetrics::default();
-    let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::with_transport(
-        stuck.clone(),
-        Templates::default(),
-        policy(10, 10, 60_000),
-        shutdown,
-        metrics.clone(),
-    );
+    let (mail, _worker, _stop) =
+        start_counted(stuck.clone(), policy(10, 10, 60_000), metrics.clone());
     mail.send_invitation("stuck@example.com", "https://x/4");
     mail.send_invitation("next@example.com", "https://x/5");
     eventually(|| stuck.attempts().len() >= 2).await;
