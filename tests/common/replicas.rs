@@ -77,27 +77,24 @@ impl PgSchema {
     /// Terminates the backends of this schema's revocation listeners (found by their last
     /// statement, the `LISTEN` on the feed's channel); returns how many.
     pub async fn terminate_listeners(&self) -> i64 {
-        let mut conn = self.connect().await;
-        let n = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE pid <> pg_backend_pid() AND query LIKE \
-             '%LISTEN \"meiro_gate_feed_' || 'session_revocations'::regclass::oid || '\"%'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        conn.close().await.ok();
-        n
+        self.over_listeners("count(pg_terminate_backend(pid))")
+            .await
     }
 
     /// How many revocation listeners of this schema are connected.
     pub async fn listeners(&self) -> i64 {
+        self.over_listeners("count(*)").await
+    }
+
+    /// `aggregate` (one of the two constants above) over this schema's revocation-listener
+    /// backends.
+    async fn over_listeners(&self, aggregate: &'static str) -> i64 {
         let mut conn = self.connect().await;
-        let n = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {aggregate} FROM pg_stat_activity \
              WHERE pid <> pg_backend_pid() AND query LIKE \
-             '%LISTEN \"meiro_gate_feed_' || 'session_revocations'::regclass::oid || '\"%'",
-        )
+             '%LISTEN \"meiro_gate_feed_' || 'session_revocations'::regclass::oid || '\"%'"
+        )))
         .fetch_one(&mut conn)
         .await
         .unwrap();
