@@ -121,6 +121,7 @@ mod tests {
             reset_ttl: 3_600,
             password_min_length: 12,
             recheck_interval: 30,
+            audit_retention: 90 * 86_400,
             frontend_url: "http://app.test".into(),
         }
     }

@@ -3,7 +3,7 @@
 //! or disabled, key rotation), each with its time, user, client IP and request id, and never a
 //! token, password or link secret. [`Audit::record`] writes it to the log under target `audit`
 //! and persists it through the store (`meiro-gate audit tail` reads it back); records older
-//! than `audit.retention` are pruned in the background.
+//! than `audit.retention` are pruned by the periodic store maintenance (`revocation::follow`).
 //!
 //! Persisting is queued, not awaited: the request that caused an event answers without waiting
 //! for the audit row. A login already makes three store writes, and on SQLite every writer
@@ -15,20 +15,17 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
-use super::clock::Clock;
 use crate::request_id::RequestId;
-use crate::store::{AuditEvent, Store, UnixTime, User, UserId};
+use crate::store::{AuditEvent, SessionId, Store, UnixTime, User, UserId};
 
 /// Events waiting for the writer; beyond this a burst is only logged (never blocks a request).
 const QUEUE: usize = 4096;
 /// Rows per write transaction.
 const BATCH: usize = 256;
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What happened. The names are what the log and the store say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +108,11 @@ impl Entry {
         self
     }
 
+    /// A session's user and the session itself (refresh, reuse, logout).
+    pub fn session(self, user: UserId, session: SessionId) -> Entry {
+        self.user_id(user).detail("session", session.to_string())
+    }
+
     /// An address that names no user (a failed login). Only something shaped like an address
     /// is kept: people type passwords into the email field, and that must not be recorded.
     pub fn claimed_email(mut self, email: &str) -> Entry {
@@ -139,12 +141,11 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Spawns the writer, which also prunes records older than `retention` every hour.
-    pub fn start(store: Arc<dyn Store>, retention: Duration, clock: Clock) -> Audit {
+    /// Spawns the writer.
+    pub fn start(store: Arc<dyn Store>) -> Audit {
         let (queue, events) = mpsc::channel(QUEUE);
         let stop = Arc::new(Notify::new());
-        let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-        let writer = tokio::spawn(write(store, events, stop.clone(), retention, clock));
+        let writer = tokio::spawn(write(store, events, stop.clone()));
         Audit {
             queue,
             stop,
@@ -182,8 +183,7 @@ pub async fn record_now(store: &dyn Store, entry: Entry) {
 }
 
 fn log(e: &AuditEvent) {
-    let detail =
-        (!e.detail.is_empty()).then(|| serde_json::to_string(&e.detail).unwrap_or_default());
+    let detail = (!e.detail.is_empty()).then(|| crate::store::detail_json(&e.detail));
     tracing::info!(
         target: "audit",
         kind = e.kind.as_str(),
@@ -196,15 +196,7 @@ fn log(e: &AuditEvent) {
     );
 }
 
-async fn write(
-    store: Arc<dyn Store>,
-    mut events: mpsc::Receiver<AuditEvent>,
-    stop: Arc<Notify>,
-    retention: i64,
-    clock: Clock,
-) {
-    let mut prune = tokio::time::interval(PRUNE_EVERY);
-    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn write(store: Arc<dyn Store>, mut events: mpsc::Receiver<AuditEvent>, stop: Arc<Notify>) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
@@ -214,21 +206,12 @@ async fn write(
                 }
                 persist(store.as_ref(), &mut batch).await;
             }
-            _ = prune.tick() => {
-                match store.prune_audit(clock.now().saturating_sub(retention)).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "audit records past their retention pruned"),
-                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
-                }
-            }
             () = stop.notified() => {
-                while let Ok(event) = events.try_recv() {
-                    batch.push(event);
-                    if batch.len() == BATCH {
-                        persist(store.as_ref(), &mut batch).await;
-                    }
+                // Whatever is still queued, then stop (a later event is logged as refused).
+                events.close();
+                while events.recv_many(&mut batch, BATCH).await > 0 {
+                    persist(store.as_ref(), &mut batch).await;
                 }
-                persist(store.as_ref(), &mut batch).await;
                 return;
             }
         }

@@ -110,6 +110,8 @@ pub struct Settings {
     pub password_min_length: usize,
     /// Seconds after which a cached session is re-checked in the store (`auth.layer`).
     pub recheck_interval: i64,
+    /// Seconds an audit record is kept (`audit.retention`).
+    pub audit_retention: i64,
     /// Base of the links in e-mails, without a trailing slash.
     pub frontend_url: String,
 }
@@ -164,7 +166,7 @@ impl Auth {
         };
         let login_throttle = throttle("login", &auth.login_throttle);
         let reset_throttle = throttle("reset", &auth.reset_throttle);
-        let audit = audit::Audit::start(store.clone(), config.audit.retention, clock.clone());
+        let audit = audit::Audit::start(store.clone());
         Ok(Auth {
             store,
             audit,
@@ -186,6 +188,7 @@ impl Auth {
                 reset_ttl: secs(auth.reset_ttl),
                 password_min_length: auth.password_min_length,
                 recheck_interval: secs(auth.recheck_interval),
+                audit_retention: secs(config.audit.retention),
                 frontend_url: config
                     .server
                     .frontend_url

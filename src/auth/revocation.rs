@@ -72,9 +72,15 @@ pub async fn follow(auth: Arc<Auth>, mut cursor: i64, mut shutdown: watch::Recei
                 let swept = auth.cache().sweep(auth.clock().now()).await;
                 tracing::debug!(swept, "dropped expired and revoked tokens from the cache");
                 auth.cache().prune_sessions();
-                let before = auth.clock().now() - RETENTION;
-                if let Err(e) = auth.store().prune(before).await {
+                let now = auth.clock().now();
+                if let Err(e) = auth.store().prune(now - RETENTION).await {
                     tracing::warn!(error = %e, "pruning ended sessions failed");
+                }
+                let audit_before = now.saturating_sub(auth.settings().audit_retention);
+                match auth.store().prune_audit(audit_before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "audit records past their retention pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
                 }
             }
         }

@@ -388,7 +388,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// `detail` as stored: a JSON object.
-fn detail_json(detail: &BTreeMap<String, String>) -> String {
+pub(crate) fn detail_json(detail: &BTreeMap<String, String>) -> String {
     serde_json::to_string(detail).unwrap_or_else(|_| "{}".to_owned())
 }
 
