@@ -41,10 +41,6 @@ impl RequestId {
         self.0.to_str().unwrap_or_default()
     }
 
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-
     pub fn into_header_value(self) -> HeaderValue {
         self.0
     }

@@ -171,7 +171,8 @@ impl Auth {
             .await?
             .filter(|u| u.invitation_pending)
             .ok_or(AuthError::NoPendingInvitation)?;
-        let invitation = self.new_invitation(self.clock.now())?;
+        let now = self.clock.now();
+        let invitation = self.new_invitation(now)?;
         let user = self
             .store
             .renew_invitation(existing.id, &invitation, existing.role)
@@ -179,7 +180,7 @@ impl Auth {
             .ok_or(AuthError::NoPendingInvitation)?;
         self.mail_invitation(&user)?;
         self.audit.record(
-            Entry::new(AuditKind::InvitationResent, self.clock.now(), caller)
+            Entry::new(AuditKind::InvitationResent, now, caller)
                 .user(&user)
                 .detail("by", admin.user_id.to_string()),
         );

@@ -502,7 +502,6 @@ impl Auth {
         if !user.sso_enabled {
             self.store.set_sso_enabled(user.id).await?;
         }
-        tracing::info!(user = %user.id, "okta login");
         let issued = self.start_session(&user).await?;
         self.audit
             .record(Entry::new(AuditKind::OktaLogin, self.clock.now(), caller).user(&user));

@@ -63,8 +63,8 @@ impl Auth {
             }
         };
         let found = self.store.user_by_email(&email).await?;
-        let user = found.clone().filter(User::is_active);
-        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let user = found.as_ref().filter(|u| u.is_active());
+        let hash = user.and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(password, hash).await?;
         let Some(user) = user.filter(|_| verified) else {
             attempt.keep();
@@ -76,9 +76,9 @@ impl Auth {
             return Err(AuthError::InvalidCredentials);
         };
         attempt.succeeded().await; // a success does not count
-        let issued = self.start_session(&user).await?;
+        let issued = self.start_session(user).await?;
         self.audit
-            .record(Entry::new(AuditKind::LoginSucceeded, now, caller).user(&user));
+            .record(Entry::new(AuditKind::LoginSucceeded, now, caller).user(user));
         Ok(issued)
     }
 
@@ -137,8 +137,7 @@ impl Auth {
                 let issued = self.sign(&session, new_jti, now)?;
                 self.audit.record(
                     Entry::new(AuditKind::TokenRefreshed, now, caller)
-                        .user_id(session.user_id)
-                        .detail("session", session.id.to_string()),
+                        .session(session.user_id, session.id),
                 );
                 Ok(issued)
             }
@@ -148,8 +147,7 @@ impl Auth {
                 tracing::warn!(session = %session.id, user = %session.user_id, "refresh token reuse; session ended");
                 self.audit.record(
                     Entry::new(AuditKind::RefreshReused, now, caller)
-                        .user_id(session.user_id)
-                        .detail("session", session.id.to_string()),
+                        .session(session.user_id, session.id),
                 );
                 Err(AuthError::TokenReused)
             }
@@ -165,9 +163,7 @@ impl Auth {
         };
         self.end_session(claims.sid).await?;
         self.audit.record(
-            Entry::new(AuditKind::Logout, self.clock.now(), caller)
-                .user_id(claims.sub)
-                .detail("session", claims.sid.to_string()),
+            Entry::new(AuditKind::Logout, self.clock.now(), caller).session(claims.sub, claims.sid),
         );
         Ok(())
     }
