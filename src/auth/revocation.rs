@@ -68,22 +68,28 @@ pub async fn follow(auth: Arc<Auth>, mut cursor: i64, mut shutdown: watch::Recei
                     cursor = apply_new_revocations(&auth, cursor).await;
                 }
             }
-            _ = prune.tick() => {
-                let swept = auth.cache().sweep(auth.clock().now()).await;
-                tracing::debug!(swept, "dropped expired and revoked tokens from the cache");
-                auth.cache().prune_sessions();
-                let now = auth.clock().now();
-                if let Err(e) = auth.store().prune(now - RETENTION).await {
-                    tracing::warn!(error = %e, "pruning ended sessions failed");
-                }
-                let audit_before = now.saturating_sub(auth.settings().audit_retention);
-                match auth.store().prune_audit(audit_before).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "audit records past their retention pruned"),
-                    Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
-                }
-            }
+            // Its own task: a sweep of a large cache and the store's deletes take a while, and
+            // this loop must keep applying revocations within the second meanwhile.
+            _ = prune.tick() => drop(tokio::spawn(maintain(auth.clone()))),
         }
+    }
+}
+
+/// The periodic housekeeping: expired and revoked tokens out of the cache, registries pruned,
+/// ended sessions, old feed entries and audit records past `audit.retention` deleted.
+async fn maintain(auth: Arc<Auth>) {
+    let swept = auth.cache().sweep(auth.clock().now()).await;
+    tracing::debug!(swept, "dropped expired and revoked tokens from the cache");
+    auth.cache().prune_sessions();
+    let now = auth.clock().now();
+    if let Err(e) = auth.store().prune(now - RETENTION).await {
+        tracing::warn!(error = %e, "pruning ended sessions failed");
+    }
+    let audit_before = now.saturating_sub(auth.settings().audit_retention);
+    match auth.store().prune_audit(audit_before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "audit records past their retention pruned"),
+        Err(e) => tracing::warn!(error = %e, "pruning audit records failed"),
     }
 }
 
