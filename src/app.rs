@@ -324,9 +324,10 @@ async fn start_local(
 impl RunningApp {
     /// Applies a new configuration (already loaded and validated by [`crate::config::load`])
     /// to the running gateway: routes, upstreams and their health checks, CORS, the auth API
-    /// body limit, the head limits of new connections and the access log switch. Also re-reads
-    /// the TLS certificate and the signing-key directory, and applies `log.filter` when
-    /// [`RunningApp::set_log_filter`] was given the process's filter. Requests in flight, open WebSockets
+    /// body limit, the head limits of new connections and the access log switch, and
+    /// `log.filter` when [`RunningApp::set_log_filter`] was given the process's filter (the
+    /// certificate and keys are re-read by [`RunningApp::reload_files`], which SIGHUP calls
+    /// whether or not the config is valid). Requests in flight, open WebSockets
     /// and streams finish on the data plane they started on; keep-alive connections take the
     /// new one at their next request.
     ///
@@ -377,7 +378,6 @@ impl RunningApp {
         }
         *current = next;
         drop(current);
-        self.reload_files();
         tracing::info!(
             upstreams_kept = report.upstreams_kept,
             upstreams_rebuilt = report.upstreams_rebuilt,

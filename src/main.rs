@@ -277,7 +277,10 @@ async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>, watch_int
     let hangup = async {
         if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while s.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
+                tracing::info!("SIGHUP: reloading the certificate, the keys and the configuration");
+                // The files first and whatever the config says: a rotated key or renewed
+                // certificate must not wait for a config that validates.
+                app.reload_files();
                 app.reload_from_file(config_path);
             }
         }
