@@ -16,6 +16,7 @@
 //! that has none.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,14 +221,16 @@ impl Scanner {
     /// Parses a head from `bytes` (after any kept partial head): returns how many of `bytes`
     /// it consumed and the request number when the head declares both lengths.
     fn head_bytes(&mut self, bytes: &[u8]) -> (usize, Option<u64>) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
+        // Left uninitialized (as hyper's own parser does): zeroing 4 KiB of header slots for
+        // every head this watch reads would cost more than the parse.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
         let kept = self.head.len();
         let parsed = if kept == 0 {
-            request.parse(bytes)
+            request.parse_with_uninit_headers(bytes, &mut headers)
         } else {
             self.head.extend_from_slice(bytes);
-            request.parse(&self.head)
+            request.parse_with_uninit_headers(&self.head, &mut headers)
         };
         match parsed {
             Ok(httparse::Status::Complete(end)) => {
