@@ -297,9 +297,12 @@ impl Proxy {
             };
             Some(self.authenticate(token, &parts.headers).await?)
         };
-        outcome.user = grant
-            .as_ref()
-            .and_then(|g| g.principal()?.user_id_header.clone());
+        if self.access_log {
+            // Read by the access log only.
+            outcome.user = grant
+                .as_ref()
+                .and_then(|g| g.principal()?.user_id_header.clone());
+        }
 
         let client = parts
             .extensions
@@ -445,12 +448,15 @@ impl Proxy {
     async fn send_with_retries(
         &self,
         cluster: Arc<Cluster>,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Body,
         target: PathAndQuery,
         deadline: Duration,
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
+        // For the failure log lines, which may come after the last attempt took the headers.
+        let request_id = parts.headers.get(&request_id::X_REQUEST_ID).cloned();
+        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
         let now_secs = coarse_secs();
         cluster.budget.record_request(now_secs);
         // Only an empty body can be sent again: streamed bodies are not kept.
@@ -489,7 +495,13 @@ impl Proxy {
             let mut request = Request::new(attempt_body);
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
-            *request.headers_mut() = parts.headers.clone();
+            // Copied only while another attempt may still need them; the last one takes them.
+            let last_attempt = !replayable || attempt >= cluster.retries;
+            *request.headers_mut() = if last_attempt {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
 
             let in_flight = InFlight::start(cluster.clone(), index);
             let instance_metrics = &cluster.metrics.instances[index];
@@ -531,7 +543,7 @@ impl Proxy {
                         instance_metrics.broken.inc();
                         Failure::Broken
                     };
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id = request_id::field(&parts.headers), "upstream attempt failed");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id, "upstream attempt failed");
                     if failure == Failure::Connect {
                         cluster.eject(index);
                     }
@@ -544,7 +556,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     instance_metrics.timeouts.inc();
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field(&parts.headers), "upstream response timed out");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id, "upstream response timed out");
                     cluster.eject(index);
                     Err(Failure::Timeout)
                 }
