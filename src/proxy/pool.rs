@@ -98,9 +98,14 @@ impl Http1Pool {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
             };
-            // An idle sender is ready unless its connection has just closed.
-            if sender.ready().await.is_err() {
-                continue;
+            // An idle sender is ready unless its connection has just closed: try the next
+            // one. A fresh connection that is not is a failure of this attempt (looping would
+            // reconnect as fast as the upstream closes, uncounted and never ejected).
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(PoolError::Request(e));
             }
             match sender.try_send_request(request).await {
                 Ok(response) => {
