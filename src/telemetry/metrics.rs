@@ -40,7 +40,7 @@ pub struct Metrics {
     instance_healthy: Family<Labels, Gauge>,
     instance_ejected: Family<Labels, Gauge>,
     token_cache_entries: Gauge,
-    token_checks: TokenCheckMetrics,
+    /// Its `tokens` are also the data plane's token-check counters ([`Metrics::token_checks`]).
     auth: AuthMetrics,
     mail: MailMetrics,
     /// Scrapes refresh the scrape-time gauges and encode under this lock, so two concurrent
@@ -127,7 +127,6 @@ impl Metrics {
             "Token checks (data plane and the API's own) by outcome: cache_hit, verified, rejected (with a reason), unavailable",
             token_checks_family.clone(),
         );
-        let token_checks = TokenCheckMetrics::resolve(&token_checks_family);
 
         let logins: Family<Labels, Counter> = Family::default();
         r.register(
@@ -137,7 +136,7 @@ impl Metrics {
         );
         let login = |outcome: &'static str| logins.get_or_create_owned(&label("outcome", outcome));
         let auth = AuthMetrics {
-            tokens: token_checks.clone(),
+            tokens: TokenCheckMetrics::resolve(&token_checks_family),
             login_success: login("success"),
             login_failure: login("failure"),
             login_rate_limited: login("rate_limited"),
@@ -181,7 +180,6 @@ impl Metrics {
             instance_healthy,
             instance_ejected,
             token_cache_entries,
-            token_checks,
             auth,
             mail,
             scrape: Mutex::new(()),
@@ -237,7 +235,7 @@ impl Metrics {
     }
 
     pub fn token_checks(&self) -> &TokenCheckMetrics {
-        &self.token_checks
+        &self.auth.tokens
     }
 
     pub fn auth(&self) -> &AuthMetrics {
