@@ -242,6 +242,12 @@ impl TokenCache {
         &self.entries
     }
 
+    /// Entries, settled first: moka maintains its counts lazily (`/metrics`).
+    pub async fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.entry_count()
+    }
+
     /// The state all tokens of `session` share. Take it BEFORE reading the session from the
     /// store: a revocation that lands in between then still finds and sets its flag.
     pub fn session(&self, session: SessionId) -> Arc<CachedSession> {

@@ -179,12 +179,7 @@ impl Proxy {
     /// What `/metrics` reads at scrape time: token cache size and instance health.
     pub async fn scrape_state(&self) -> ScrapeState {
         let token_cache_entries = match &self.validator {
-            Validator::Local(auth) => {
-                let entries = auth.cache().entries();
-                // Counts are maintained lazily by moka; settle them so the figure is current.
-                entries.run_pending_tasks().await;
-                entries.entry_count()
-            }
+            Validator::Local(auth) => auth.cache().entry_count().await,
             Validator::Introspect(introspector) => introspector.cache_entries().await,
         };
         ScrapeState {
