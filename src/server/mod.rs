@@ -126,7 +126,7 @@ impl Site {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             // hyper's floor for the read buffer is 8 KiB; the head must fit in it.
-            .max_buf_size(limits.max_header_bytes.max(8192));
+            .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF_SIZE));
         builder
             .http2()
             .timer(TokioTimer::new())
