@@ -88,6 +88,14 @@ pub fn field(headers: &HeaderMap) -> &str {
         .unwrap_or_default()
 }
 
+/// As [`field`], preferring `taken`: the id set aside when the headers were moved on.
+pub fn field_of<'a>(taken: Option<&'a HeaderValue>, headers: &'a HeaderMap) -> &'a str {
+    match taken {
+        Some(id) => id.to_str().unwrap_or_default(),
+        None => field(headers),
+    }
+}
+
 /// A new id: 32 lower-case hex digits, the process prefix then the counter.
 pub fn generate() -> RequestId {
     static PREFIX: OnceLock<u64> = OnceLock::new();

@@ -449,9 +449,8 @@ impl Proxy {
         deadline: Duration,
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        // For the failure log lines, which may come after the last attempt took the headers.
-        let request_id = parts.headers.get(&request_id::X_REQUEST_ID).cloned();
-        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
+        // The id for failure log lines, kept apart once the last attempt takes the headers.
+        let mut taken_id = None;
         let now_secs = coarse_secs();
         cluster.budget.record_request(now_secs);
         // Only an empty body can be sent again: streamed bodies are not kept.
@@ -493,6 +492,7 @@ impl Proxy {
             // Copied only while another attempt may still need them; the last one takes them.
             let last_attempt = !replayable || attempt >= cluster.retries;
             *request.headers_mut() = if last_attempt {
+                taken_id = parts.headers.get(&request_id::X_REQUEST_ID).cloned();
                 std::mem::take(&mut parts.headers)
             } else {
                 parts.headers.clone()
@@ -538,7 +538,7 @@ impl Proxy {
                         instance_metrics.broken.inc();
                         Failure::Broken
                     };
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id, "upstream attempt failed");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, error = %e.as_error(), ?failure, request_id = request_id::field_of(taken_id.as_ref(), &parts.headers), "upstream attempt failed");
                     if failure == Failure::Connect {
                         cluster.eject(index);
                     }
@@ -551,7 +551,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     instance_metrics.timeouts.inc();
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id, "upstream response timed out");
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field_of(taken_id.as_ref(), &parts.headers), "upstream response timed out");
                     cluster.eject(index);
                     Err(Failure::Timeout)
                 }
