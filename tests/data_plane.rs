@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::raw::{Raw, find, parse_response, raw, read_response, read_until_closed};
+use common::ws::{next_text, ws_echo};
 use common::{Gateway, message};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, Version};
@@ -23,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use meiro_gate::store::Role;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
@@ -295,159 +297,6 @@ async fn gateway(extra: &str) -> Gateway {
 async fn token(gw: &Gateway) -> String {
     gw.add_user("plane@example.com", Role::User).await;
     gw.login("plane@example.com").await
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw HTTP/1.1 over TCP, for what a client library would not send.
-
-#[derive(Debug)]
-struct Raw {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-            panic!(
-                "not JSON ({}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn message(&self) -> String {
-        self.json()["message"]
-            .as_str()
-            .expect("an error message")
-            .to_owned()
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A de-chunked body, or `None` while incomplete.
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(rest, b"\r\n")?;
-        let size_line = std::str::from_utf8(&rest[..line_end]).ok()?;
-        let size_text = size_line.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            // Trailers (if any) end with an empty line.
-            find(rest, b"\r\n")?;
-            return Some(out);
-        }
-        if rest.len() < size + 2 {
-            return None;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
-/// One complete response at the start of `buf`, if there is one. `eof`: the peer closed, so a
-/// body without a length ends here.
-fn parse_response(buf: &[u8], eof: bool) -> Option<Raw> {
-    let end = find(buf, b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&buf[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let rest = &buf[end + 4..];
-    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len.parse().ok()?;
-        if rest.len() < len {
-            return None;
-        }
-        rest[..len].to_vec()
-    } else if eof {
-        rest.to_vec()
-    } else if status < 200 || status == 204 || status == 304 {
-        Vec::new()
-    } else {
-        return None;
-    };
-    Some(Raw {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// Reads one response from a connection that stays open.
-async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Raw {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(response) = parse_response(&buf, false) {
-            return response;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .expect("a response within 5 s")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Everything the peer sends until it closes (a reset after data counts as closing).
-async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
-            Err(_) => panic!(
-                "neither answered nor closed within 5 s: {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-            Ok(Ok(0)) | Ok(Err(_)) => return buf,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Writes `request` on a new connection and reads the answer until the gateway closes.
-async fn raw(addr: SocketAddr, request: impl AsRef<[u8]>) -> Raw {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    // The gateway may answer and close before reading everything: a failed write is fine.
-    let _ = stream.write_all(request.as_ref()).await;
-    let bytes = read_until_closed(&mut stream).await;
-    parse_response(&bytes, true).unwrap_or_else(|| {
-        panic!(
-            "no complete response in {:?}",
-            String::from_utf8_lossy(&bytes)
-        )
-    })
 }
 
 /// `GET target` with the given `Host` and `Connection: close`, plus `extra` header lines.
@@ -1085,53 +934,6 @@ async fn posts_are_never_sent_twice_and_broken_gets_are_retried() {
 
 // ---------------------------------------------------------------------------------------------
 // 6. WebSocket.
-
-/// An echo WebSocket server: greets, then echoes every text or binary message. Records the
-/// handshake headers.
-async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handshakes: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
-    let log = handshakes.clone();
-    let task = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            connections.spawn(async move {
-                // The callback's error type is tungstenite's, large or not.
-                #[allow(clippy::result_large_err)]
-                let record =
-                    move |request: &tungstenite::handshake::server::Request,
-                          response: tungstenite::handshake::server::Response| {
-                        log.lock().unwrap().push(request.headers().clone());
-                        Ok(response)
-                    };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
-                    return;
-                };
-                if ws.send(Message::text("welcome")).await.is_err() {
-                    return;
-                }
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, handshakes, task)
-}
-
-async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> String {
-    let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("a message within 5 s")
-        .expect("the stream is open")
-        .expect("a valid message");
-    message.to_text().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn websocket_echo_through_the_gateway_with_a_token_only() {

@@ -5,9 +5,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod oidc;
+pub mod raw;
 pub mod replicas;
 pub mod smtp;
 pub mod thread_log;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

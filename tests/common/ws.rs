@@ -1,0 +1,59 @@
+//! A WebSocket echo upstream that records its handshakes, and a client-side helper.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// An echo WebSocket server: greets, then echoes every text or binary message. Records the
+/// handshake headers.
+pub async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let log = handshakes.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            connections.spawn(async move {
+                // The callback's error type is tungstenite's, large or not.
+                #[allow(clippy::result_large_err)]
+                let record =
+                    move |request: &tungstenite::handshake::server::Request,
+                          response: tungstenite::handshake::server::Response| {
+                        log.lock().unwrap().push(request.headers().clone());
+                        Ok(response)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                if ws.send(Message::text("welcome")).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, handshakes, task)
+}
+
+pub async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> String {
+    let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("the stream is open")
+        .expect("a valid message");
+    message.to_text().unwrap().to_owned()
+}
+
