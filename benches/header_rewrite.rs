@@ -1,4 +1,4 @@
-//! Request header rewriting for the upstream (`proxy::forward::prepare_headers`) on what a
+//! Request header rewriting for the upstream (`proxy::headers::prepare_headers`) on what a
 //! browser sends through the gateway: 12 headers, including a token and cookies. The map is
 //! cloned outside the timed part; `clone_only` shows what that clone costs.
 //!
@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use meiro_gate::auth::Principal;
-use meiro_gate::proxy::forward::{Downstream, prepare_headers};
+use meiro_gate::proxy::headers::{Downstream, prepare_headers};
 use meiro_gate::store::{Role, UserId};
 
 fn browser_headers() -> HeaderMap {
@@ -62,6 +62,7 @@ fn header_rewrite(c: &mut Criterion) {
                         host: host.clone(),
                         principal: Some(&principal),
                         upgrade: None,
+                        underscores_allowed: true,
                     },
                 );
                 headers

@@ -71,6 +71,11 @@ fn live_part(running: &Config, new: Config) -> Config {
     effective.limits.api_max_body = new.limits.api_max_body;
     effective.limits.header_read_timeout = new.limits.header_read_timeout;
     effective.limits.max_header_bytes = new.limits.max_header_bytes;
+    effective.limits.idle_timeout = new.limits.idle_timeout;
+    effective.limits.body_read_timeout = new.limits.body_read_timeout;
+    effective.limits.http2_keepalive_interval = new.limits.http2_keepalive_interval;
+    effective.limits.http2_keepalive_timeout = new.limits.http2_keepalive_timeout;
+    effective.server.underscores_in_headers = new.server.underscores_in_headers;
     effective
 }
 
@@ -163,6 +168,11 @@ impl Generation {
             max_connections: config.limits.max_connections,
             header_read_timeout: config.limits.header_read_timeout,
             max_header_bytes: config.limits.max_header_bytes,
+            idle_timeout: config.limits.idle_timeout,
+            http2_keepalive: (!config.limits.http2_keepalive_interval.is_zero()).then_some((
+                config.limits.http2_keepalive_interval,
+                config.limits.http2_keepalive_timeout,
+            )),
         };
         let main = Site::new(server::Routing { router, direct }, limits.clone());
         let admin = Site::new(

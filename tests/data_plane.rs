@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw::{Raw, find, parse_response, raw, read_response, read_until_closed};
+use common::tls::{TestCert, self_signed, tls_connect, write_cert};
 use common::ws::{next_text, ws_echo};
 use common::{Gateway, message};
 use futures_util::{SinkExt, StreamExt};
@@ -989,59 +990,6 @@ async fn websocket_echo_through_the_gateway_with_a_token_only() {
 
 // ---------------------------------------------------------------------------------------------
 // 7. TLS.
-
-struct TestCert {
-    cert_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-fn self_signed(common_name: &str) -> TestCert {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    TestCert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().to_vec(),
-    }
-}
-
-fn write_cert(dir: &std::path::Path, cert: &TestCert) {
-    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &cert.key_pem).unwrap();
-}
-
-fn tls_client_config(roots: &[&TestCert]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for cert in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
-            .unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-/// A new TLS connection trusting `roots`: the leaf certificate the gateway presented.
-async fn tls_connect(
-    addr: SocketAddr,
-    roots: &[&TestCert],
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let connector = tokio_rustls::TlsConnector::from(tls_client_config(roots));
-    let tcp = TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await
-}
 
 fn peer_leaf(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()

@@ -762,6 +762,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
     let access_log = s.get("access_log", true, flag);
     let config_watch_interval = s.get("config_watch_interval", secs(2), duration);
     let worker_threads = s.opt("worker_threads", whole::<usize>);
+    let underscores_in_headers = s.get("underscores_in_headers", true, flag);
     if let Some(n) = worker_threads {
         s.check("worker_threads", n >= 1, "must be at least 1");
     }
@@ -781,6 +782,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         drain_timeout,
         access_log,
         worker_threads,
+        underscores_in_headers,
         tls,
         config_watch_interval,
     }
@@ -1205,7 +1207,18 @@ fn read_limits(mut s: Section<'_>) -> LimitsConfig {
     let header_read_timeout = s.get("header_read_timeout", secs(10), duration);
     let max_header_bytes = s.get("max_header_bytes", 16_384, whole::<usize>);
     let api_max_body = s.get("api_max_body", ByteSize::new(64 * 1024), byte_size);
+    let idle_timeout = s.get("idle_timeout", secs(60), duration);
+    let body_read_timeout = s.get("body_read_timeout", secs(60), duration);
+    let http2_keepalive_interval = s.get("http2_keepalive_interval", secs(30), duration);
+    let http2_keepalive_timeout = s.get("http2_keepalive_timeout", secs(20), duration);
     s.check("max_connections", max_connections > 0, POSITIVE);
+    s.check("idle_timeout", !idle_timeout.is_zero(), POSITIVE);
+    s.check("body_read_timeout", !body_read_timeout.is_zero(), POSITIVE);
+    s.check(
+        "http2_keepalive_timeout",
+        !http2_keepalive_timeout.is_zero(),
+        POSITIVE,
+    );
     s.check(
         "header_read_timeout",
         !header_read_timeout.is_zero(),
@@ -1222,6 +1235,10 @@ fn read_limits(mut s: Section<'_>) -> LimitsConfig {
         header_read_timeout,
         max_header_bytes,
         api_max_body,
+        idle_timeout,
+        body_read_timeout,
+        http2_keepalive_interval,
+        http2_keepalive_timeout,
     }
 }
 
@@ -1412,6 +1429,26 @@ fn read_route(mut s: Section<'_>) -> RouteConfig {
     if timeout.is_some_and(|t| t.is_zero()) {
         s.problem("timeout", POSITIVE);
     }
+    let upgrades: Vec<String> = s
+        .get("upgrades", vec!["websocket".to_owned()], word_list)
+        .into_iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    for protocol in &upgrades {
+        if protocol == "h2c" || protocol.starts_with("h2c/") {
+            s.problem(
+                "upgrades",
+                "h2c cannot be tunnelled: past the switch the client speaks HTTP/2 to the \
+                 upstream and no request is checked (serve HTTP/2 clients with prior knowledge \
+                 or TLS instead)",
+            );
+        } else if !protocol
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+        {
+            s.problem("upgrades", format!("{protocol:?} is not a protocol token"));
+        }
+    }
     RouteConfig {
         name,
         prefix,
@@ -1421,6 +1458,7 @@ fn read_route(mut s: Section<'_>) -> RouteConfig {
         strip_prefix,
         max_body,
         timeout,
+        upgrades,
     }
 }
 
@@ -2605,6 +2643,73 @@ eject_max = "1s""#,
             r#"{ prefix = "/public", upstream = "meiro", public = true }"#,
         ));
         assert!(c.routes[0].public);
+    }
+
+    #[test]
+    fn routes_tunnel_websocket_by_default_and_never_h2c() {
+        let routes = |routes: &str| format!("routes = [{routes}]\n{UPSTREAM}");
+        let c = ok(&routes(r#"{ prefix = "/", upstream = "meiro" }"#));
+        assert_eq!(c.routes[0].upgrades, ["websocket"]);
+        let c = ok(&routes(
+            r#"{ prefix = "/", upstream = "meiro", upgrades = ["WebSocket", "x-custom/2"] }"#,
+        ));
+        assert_eq!(c.routes[0].upgrades, ["websocket", "x-custom/2"]);
+        let c = ok(&routes(
+            r#"{ prefix = "/", upstream = "meiro", upgrades = [] }"#,
+        ));
+        assert!(c.routes[0].upgrades.is_empty());
+        assert_problems(&[
+            (
+                &routes(r#"{ prefix = "/", upstream = "meiro", upgrades = ["h2c"] }"#),
+                "routes[0].upgrades",
+                "h2c cannot be tunnelled",
+            ),
+            (
+                &routes(r#"{ prefix = "/", upstream = "meiro", upgrades = ["H2C/1"] }"#),
+                "routes[0].upgrades",
+                "h2c cannot be tunnelled",
+            ),
+            (
+                &routes(r#"{ prefix = "/", upstream = "meiro", upgrades = ["web socket"] }"#),
+                "routes[0].upgrades",
+                "not a protocol token",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn connection_deadlines_default_and_have_floors() {
+        let c = ok("");
+        assert_eq!(c.limits.idle_timeout, secs(60));
+        assert_eq!(c.limits.body_read_timeout, secs(60));
+        assert_eq!(c.limits.http2_keepalive_interval, secs(30));
+        assert_eq!(c.limits.http2_keepalive_timeout, secs(20));
+        assert!(c.server.underscores_in_headers);
+        let c = ok(
+            "server.underscores_in_headers = false\n[limits]\nhttp2_keepalive_interval = \"0s\"",
+        );
+        assert!(!c.server.underscores_in_headers);
+        assert!(
+            c.limits.http2_keepalive_interval.is_zero(),
+            "0s turns PINGs off"
+        );
+        assert_problems(&[
+            (
+                r#"limits.idle_timeout = "0s""#,
+                "limits.idle_timeout",
+                POSITIVE,
+            ),
+            (
+                r#"limits.body_read_timeout = "0s""#,
+                "limits.body_read_timeout",
+                POSITIVE,
+            ),
+            (
+                r#"limits.http2_keepalive_timeout = "0s""#,
+                "limits.http2_keepalive_timeout",
+                POSITIVE,
+            ),
+        ]);
     }
 
     const OKTA: &str = r#"

@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// `[server.tls]`: terminate TLS on the main listener. Absent: plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
+    /// `false`: every request header whose name contains `_` is dropped before forwarding
+    /// (nginx's default, `underscores_in_headers off`). Names that equal a header the gateway
+    /// sets once `_` (or any other separator) reads as `-` are dropped either way. Default
+    /// `true`.
+    pub underscores_in_headers: bool,
     /// How often `serve` compares the config file with what it last loaded and reloads it
     /// when it changed (as SIGHUP does). `0s`: only SIGHUP reloads. Needs a restart to change.
     /// Default `2s`.
@@ -211,6 +216,21 @@ pub struct LimitsConfig {
     pub max_header_bytes: usize,
     /// Largest body accepted by the auth API. Default `64KiB`.
     pub api_max_body: ByteSize,
+    /// A downstream connection with no request in progress and none started for this long
+    /// is shut down gracefully (HTTP/2: GOAWAY). Default `60s`.
+    #[serde(with = "duration_serde")]
+    pub idle_timeout: Duration,
+    /// Longest pause between two reads of a request body before the request is answered
+    /// `408` (a client's stalled upload, never held against the upstream). Default `60s`.
+    #[serde(with = "duration_serde")]
+    pub body_read_timeout: Duration,
+    /// An HTTP/2 client that sent no frame for this long is sent a PING. `0s`: never.
+    /// Default `30s`.
+    #[serde(with = "duration_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// A PING not answered within this closes the connection. Default `20s`.
+    #[serde(with = "duration_serde")]
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// `[log]`: what goes to stderr. Reloaded live (SIGHUP).
@@ -309,9 +329,15 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Largest request body (`413` beyond). Default: unlimited.
     pub max_body: Option<ByteSize>,
-    /// Whole-request deadline, head and body. Default: none (the upstream's timeouts apply).
+    /// Deadline for the response head, counted from the end of the request body. Default:
+    /// the upstream's `response_timeout`.
     #[serde(with = "duration_serde::option")]
     pub timeout: Option<Duration>,
+    /// Protocols a client may switch to on this route (`Upgrade`, lower case), tunnelled
+    /// after authentication. Others are not passed on: the request goes upstream without its
+    /// `Upgrade`. `h2c` is refused in config: past the switch, no request is checked.
+    /// Default `["websocket"]`.
+    pub upgrades: Vec<String>,
 }
 
 /// `[cors]`: which browser origins may call the gateway.

@@ -12,6 +12,10 @@ pub enum ProxyError {
     BadPath,
     #[error("request body over the route's limit")]
     PayloadTooLarge,
+    #[error("request body could not be read (bad chunked framing, or cut off)")]
+    MalformedBody,
+    #[error("request body stalled")]
+    BodyTimeout,
     #[error("no route matches")]
     NoRoute,
     #[error("missing access token")]
@@ -35,6 +39,8 @@ impl ProxyError {
         match self {
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
             ProxyError::AuthUnavailable | ProxyError::NoInstance => StatusCode::SERVICE_UNAVAILABLE,
@@ -48,6 +54,8 @@ impl ProxyError {
         match self {
             ProxyError::BadPath => r#"{"message":"Invalid request path"}"#,
             ProxyError::PayloadTooLarge => r#"{"message":"Request body is too large"}"#,
+            ProxyError::MalformedBody => r#"{"message":"Request body is malformed"}"#,
+            ProxyError::BodyTimeout => r#"{"message":"Request body timed out"}"#,
             ProxyError::NoRoute => r#"{"message":"Not found"}"#,
             ProxyError::MissingToken => r#"{"message":"Missing access token"}"#,
             ProxyError::InvalidToken => r#"{"message":"Invalid or expired access token"}"#,
@@ -65,10 +73,7 @@ impl ProxyError {
         let mut response = Response::new(Body::from(Bytes::from_static(self.body().as_bytes())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.status() == StatusCode::UNAUTHORIZED {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -85,6 +90,8 @@ mod tests {
         for e in [
             ProxyError::BadPath,
             ProxyError::PayloadTooLarge,
+            ProxyError::MalformedBody,
+            ProxyError::BodyTimeout,
             ProxyError::NoRoute,
             ProxyError::MissingToken,
             ProxyError::InvalidToken,

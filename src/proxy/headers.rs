@@ -1,20 +1,16 @@
-//! Rewriting a downstream request for its upstream and the response for the client: hop-by-hop
-//! headers out (RFC 9110 §7.6.1), `X-Forwarded-*` in, identity headers set only by us; and
-//! the response body wrapper that keeps an instance's in-flight count until the body ends.
+//! Rewriting a downstream request's headers for its upstream, and the upstream's response
+//! headers for the client: hop-by-hop headers out (RFC 9110 §7.6.1), `X-Forwarded-*` in,
+//! identity headers set only by the gateway, and no client header that a backend could read
+//! as one of the gateway's own.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{CONNECTION, EXPECT, HOST, HeaderName, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use super::pool::Checkout;
-use super::upstream::InFlight;
 use crate::auth::Principal;
+use crate::auth::layer::X_ACCESS_TOKEN;
+use crate::request_id::X_REQUEST_ID;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -26,6 +22,56 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+/// RFC 9113 §3.2.1's h2c upgrade settings: hop-by-hop by definition.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The headers whose value at the upstream is the gateway's word: identity, the forwarding
+/// facts, the request id, and the token the gateway checked.
+pub static GATEWAY_OWNED: [&HeaderName; 8] = [
+    &X_MEIRO_USER_ID,
+    &X_MEIRO_USER_EMAIL,
+    &X_MEIRO_USER_ROLE,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REQUEST_ID,
+    &X_ACCESS_TOKEN,
+];
+
+/// Is `name` one of [`GATEWAY_OWNED`] in disguise: the same letters and digits, with some
+/// other separator where it has `-` (`x_meiro_user_role`, `x.meiro.user-role`)? CGI, WSGI,
+/// PHP and many Node setups read `_` and `-` alike, so a backend would see the client's copy
+/// as the gateway's header. Names arrive lower-cased (`HeaderName`), so case cannot hide one.
+pub fn disguises_gateway_header(name: &[u8]) -> bool {
+    GATEWAY_OWNED.iter().any(|owned| {
+        let owned = owned.as_str().as_bytes();
+        owned.len() == name.len()
+            && owned != name
+            && owned.iter().zip(name).all(|(&o, &n)| {
+                if o == b'-' {
+                    !n.is_ascii_alphanumeric()
+                } else {
+                    o == n
+                }
+            })
+    })
+}
+
+/// Drops every client header [`disguises_gateway_header`], and with `underscores_allowed`
+/// off every header whose name holds `_` (nginx's `underscores_in_headers off`). Allocates
+/// only when there is something to drop.
+pub fn drop_disguised_headers(headers: &mut HeaderMap, underscores_allowed: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let bytes = name.as_str().as_bytes();
+        if (!underscores_allowed && bytes.contains(&b'_')) || disguises_gateway_header(bytes) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
 
 /// Removes the hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -52,23 +98,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &UPGRADE,
         &PROXY_AUTHENTICATE,
         &PROXY_AUTHORIZATION,
+        &HTTP2_SETTINGS,
     ] {
         headers.remove(name);
     }
-}
-
-/// Does the client ask for an HTTP/1.1 protocol switch (`Connection: upgrade` + `Upgrade`)?
-/// Returns the requested protocol.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
-        .then(|| headers.get(UPGRADE).cloned())
-        .flatten()
 }
 
 /// Everything about the client the upstream is told.
@@ -80,10 +113,13 @@ pub struct Downstream<'a> {
     pub principal: Option<&'a Principal>,
     /// The protocol of an upgrade being proxied (then `Connection`/`Upgrade` are kept).
     pub upgrade: Option<HeaderValue>,
+    /// `server.underscores_in_headers`.
+    pub underscores_allowed: bool,
 }
 
 /// Rewrites request headers in place for the upstream.
 pub fn prepare_headers(headers: &mut HeaderMap, downstream: Downstream<'_>) {
+    drop_disguised_headers(headers, downstream.underscores_allowed);
     // gRPC and other trailer users over HTTP/2 need `te: trailers` end to end.
     let wants_trailers = headers
         .get(TE)
@@ -143,67 +179,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
     }
 }
 
-/// The upstream's response body, streamed as is, holding the instance's in-flight count
-/// until it ends or is dropped, and handing its pooled connection back once it has ended.
-pub struct TrackedBody {
-    inner: Incoming,
-    _in_flight: InFlight,
-    checkout: Option<Checkout>,
-}
-
-impl TrackedBody {
-    pub fn new(inner: Incoming, in_flight: InFlight, checkout: Option<Checkout>) -> TrackedBody {
-        let mut body = TrackedBody {
-            inner,
-            _in_flight: in_flight,
-            checkout,
-        };
-        // A bodiless response may never be polled: its connection is free already.
-        body.release_if_ended();
-        body
-    }
-
-    fn release_if_ended(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(checkout) = self.checkout.take()
-        {
-            checkout.release();
-        }
-    }
-}
-
-impl HttpBody for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(checkout) = self.checkout.take() {
-                    checkout.release();
-                }
-            }
-            // A failed body leaves the connection in an unknown state: it is dropped.
-            Poll::Ready(Some(Err(_))) => self.checkout = None,
-            Poll::Ready(Some(Ok(_))) => self.release_if_ended(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +203,7 @@ mod tests {
             host: Some(HeaderValue::from_static("app.example.com")),
             principal: None,
             upgrade: upgrade.map(HeaderValue::from_static),
+            underscores_allowed: true,
         }
     }
 
@@ -250,18 +226,76 @@ mod tests {
     }
 
     #[test]
-    fn upgrades_are_detected_and_kept() {
+    fn an_allowed_upgrade_keeps_connection_and_upgrade() {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        let protocol = requested_upgrade(&h).unwrap();
-        assert_eq!(protocol, "websocket");
         prepare_headers(&mut h, downstream(Some("websocket")));
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h[UPGRADE], "websocket");
-        let mut no_connection = HeaderMap::new();
-        no_connection.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(requested_upgrade(&no_connection).is_none());
+    }
+
+    #[test]
+    fn an_upgrade_not_passed_on_leaves_no_trace() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        prepare_headers(&mut h, downstream(None));
+        for name in ["connection", "upgrade", "http2-settings"] {
+            assert!(!h.contains_key(name), "{name} survived: {h:?}");
+        }
+    }
+
+    #[test]
+    fn gateway_headers_in_disguise_are_recognised() {
+        for disguised in [
+            "x_meiro_user_role",
+            "x-meiro_user-role",
+            "x.meiro.user.role",
+            "x~meiro~user~id",
+            "x_forwarded_for",
+            "x_forwarded_host",
+            "x_forwarded_proto",
+            "x_request_id",
+            "x_access_token",
+            "x_meiro_user_email",
+        ] {
+            assert!(
+                disguises_gateway_header(disguised.as_bytes()),
+                "{disguised}"
+            );
+        }
+        for other in [
+            "x-meiro-user-role",
+            "x-access-token",
+            "x_meiro_user_roles",
+            "x_meiro_user_rol",
+            "xameiroauseraid",
+            "x_custom_header",
+            "content-type",
+        ] {
+            assert!(!disguises_gateway_header(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn disguised_headers_are_dropped_and_underscores_optionally_all() {
+        let mut h = HeaderMap::new();
+        h.insert("x_meiro_user_role", HeaderValue::from_static("admin"));
+        h.insert("x-meiro_user_id", HeaderValue::from_static("other"));
+        h.insert("x_custom", HeaderValue::from_static("kept"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        drop_disguised_headers(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x_custom"]);
+        drop_disguised_headers(&mut h, false);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! public → pick a healthy instance → forward, streaming both bodies, retrying only when safe.
 
 mod balance;
+mod body;
 pub mod error;
-pub mod forward;
+pub mod headers;
 pub mod health;
 pub mod introspect;
 pub mod path;
 mod pool;
 pub mod retry;
 pub mod routes;
+mod upgrade;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -35,14 +37,15 @@ use tokio::sync::watch;
 use crate::auth::cache::Grant;
 use crate::auth::layer::extract_token;
 use crate::auth::{Auth, AuthError, Clock};
-use crate::config::{Config, UpstreamConfig, UpstreamProtocol};
+use crate::config::{Config, UpstreamConfig};
 use crate::request_id::{self, RequestId};
 use crate::telemetry::metrics::{
     AUTH_API_ROUTE, MethodIndex, Metrics, Rejection, RouteMetrics, ScrapeState, TokenCheckMetrics,
     UNMATCHED_ROUTE,
 };
+use body::{BodyProgress, DownstreamBody, TrackedBody};
 use error::ProxyError;
-use forward::{Downstream, TrackedBody};
+use headers::Downstream;
 use introspect::{IntrospectError, Introspector};
 use retry::Failure;
 use routes::{Route, RouteTable};
@@ -60,6 +63,12 @@ pub enum ProxyBuildError {
     MissingAuthUpstream,
 }
 
+/// A downstream connection's place under `limits.max_connections`, handed to the data plane
+/// with a request that asks for a protocol switch: the tunnel it becomes holds it until it
+/// closes, so upgraded connections count against the limit like any other.
+#[derive(Clone)]
+pub struct ConnectionSlot(pub Arc<dyn Send + Sync>);
+
 /// Who checks tokens on the data plane.
 pub enum Validator {
     /// Local mode: this gateway's own tokens, verified and looked up by `auth`.
@@ -76,6 +85,10 @@ pub struct Proxy {
     routes: RouteTable,
     clusters: Vec<Arc<Cluster>>,
     downstream_proto: &'static str,
+    /// `server.underscores_in_headers`.
+    underscores_allowed: bool,
+    /// `limits.body_read_timeout`.
+    body_read_timeout: Duration,
     access_log: bool,
     /// Requests no route took, and upstream mode's auth API pass-through.
     unmatched: RouteMetrics,
@@ -169,6 +182,8 @@ impl Proxy {
             } else {
                 "http"
             },
+            underscores_allowed: config.server.underscores_in_headers,
+            body_read_timeout: config.limits.body_read_timeout,
             access_log: config.server.access_log,
             unmatched: metrics.route(UNMATCHED_ROUTE),
             auth_api: metrics.route(AUTH_API_ROUTE),
@@ -253,7 +268,8 @@ impl Proxy {
         // Framing was settled by hyper before we got here (RFC 9112 §6.3): conflicting
         // Content-Length values are a 400, and Transfer-Encoding overrides Content-Length
         // (the length is dropped and the connection closed after the response), so what is
-        // forwarded is exactly the body hyper read — nothing can be smuggled behind it.
+        // forwarded is exactly the body hyper read — nothing can be smuggled behind it. The
+        // server edge has refused two Hosts, or a Host that disagrees with the target.
         let path = path::normalize(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -277,11 +293,7 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         outcome.route = Some(&route.metrics);
         let target = upstream_target(&parts.uri, path, route)?;
-
-        let body = match route.max_body {
-            Some(max) => limit_body(body, &parts.headers, max)?,
-            None => body,
-        };
+        let (body, progress) = self.downstream_body(body, &parts.headers, route.max_body)?;
 
         let grant = if route.public {
             None
@@ -304,32 +316,67 @@ impl Proxy {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0)
             .ok_or(ProxyError::Internal)?;
-        let upgrade = forward::requested_upgrade(&parts.headers)
-            .filter(|_| parts.version == http::Version::HTTP_11);
+        // Only a protocol the route allows is asked of the upstream; anything else goes on as
+        // a plain request, its Upgrade dropped with the other hop-by-hop headers.
+        let offered = upgrade::requested(&parts.headers)
+            .filter(|_| parts.version == http::Version::HTTP_11)
+            .and_then(|requested| upgrade::permitted(requested, &route.upgrades));
         // hyper leaves the connection's upgrade handle in the extensions of HTTP/1.1 requests.
-        let downstream_upgrade = upgrade
-            .is_some()
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
-        forward::prepare_headers(
+        let switch = match &offered {
+            Some(offered) => {
+                parts
+                    .extensions
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .map(|downstream| upgrade::Switch {
+                        offered: offered.clone(),
+                        downstream,
+                        slot: parts.extensions.remove::<ConnectionSlot>(),
+                    })
+            }
+            None => None,
+        };
+        headers::prepare_headers(
             &mut parts.headers,
             Downstream {
                 client,
                 proto: self.downstream_proto,
                 host,
                 principal: grant.as_ref().and_then(Grant::principal),
-                upgrade: upgrade.clone(),
+                upgrade: switch.as_ref().map(|s| s.offered.clone()),
+                underscores_allowed: self.underscores_allowed,
             },
         );
         let deadline = route.timeout.unwrap_or(route.cluster.response_timeout);
         let cluster = route.cluster.clone();
-        if let Some(on_upgrade) = downstream_upgrade {
-            return self
-                .forward_upgrade(cluster, parts, target, deadline, on_upgrade, outcome)
-                .await;
+        if let Some(switch) = switch {
+            return upgrade::tunnel(cluster, parts, target, deadline, switch, outcome).await;
         }
-        self.send_with_retries(cluster, parts, body, target, deadline, outcome)
+        self.send_with_retries(cluster, parts, body, progress, target, deadline, outcome)
             .await
+    }
+
+    /// The client's body as the upstream client will read it: a declared length over the
+    /// route's limit is refused at once; a body that streams is counted against the limit,
+    /// given `limits.body_read_timeout` between reads, and watched (see [`BodyProgress`]).
+    /// An empty body is passed as it is, so bodiless requests cost nothing here.
+    fn downstream_body(
+        &self,
+        body: Body,
+        headers: &http::HeaderMap,
+        max: Option<u64>,
+    ) -> Result<(Body, Option<Arc<BodyProgress>>), ProxyError> {
+        if body.is_end_stream() {
+            return Ok((body, None));
+        }
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if max.is_some_and(|max| declared.is_some_and(|len| len > max)) {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        let (body, progress) = DownstreamBody::new(body, max, self.body_read_timeout);
+        Ok((Body::new(body), Some(progress)))
     }
 
     /// `headers` only name the request in a log line.
@@ -379,17 +426,22 @@ impl Proxy {
         // A logout's ended tokens: the header or cookie one, and the one in a JSON body (read
         // here, bounded, and forwarded as read).
         let mut ended: Vec<String> = Vec::new();
-        let body = if is_logout {
+        let (body, progress) = self.downstream_body(body, &parts.headers, None)?;
+        let (body, progress) = if is_logout {
             ended.extend(extract_token(&parts.headers, &self.cookie_name).map(str::to_owned));
-            let bytes = Limited::new(body, AUTH_BODY_LIMIT)
-                .collect()
-                .await
-                .map_err(|_| ProxyError::PayloadTooLarge)?
-                .to_bytes();
+            let bytes = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                // Reading failed: the body was malformed or stalled (the client's), or too long.
+                Err(_) => {
+                    return Err(progress
+                        .and_then(|p| p.failure())
+                        .unwrap_or(ProxyError::PayloadTooLarge));
+                }
+            };
             ended.extend(introspect::token_in_body(&bytes));
-            Body::from(bytes)
+            (Body::from(bytes), None)
         } else {
-            body
+            (body, progress)
         };
 
         let client = parts
@@ -397,7 +449,7 @@ impl Proxy {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0)
             .ok_or(ProxyError::Internal)?;
-        forward::prepare_headers(
+        headers::prepare_headers(
             &mut parts.headers,
             Downstream {
                 client,
@@ -405,13 +457,14 @@ impl Proxy {
                 host,
                 principal: None,
                 upgrade: None,
+                underscores_allowed: self.underscores_allowed,
             },
         );
         let target = upstream_target_plain(&parts.uri, path)?;
         let cluster = introspector.cluster().clone();
         let deadline = cluster.response_timeout;
         let response = self
-            .send_with_retries(cluster, parts, body, target, deadline, outcome)
+            .send_with_retries(cluster, parts, body, progress, target, deadline, outcome)
             .await?;
         if !response.status().is_success() {
             return Ok(response);
@@ -439,12 +492,16 @@ impl Proxy {
     }
 
     /// Sends the request to an instance, and on a safe failure to another one, within the
-    /// retry count and the cluster's retry budget.
+    /// retry count and the cluster's retry budget. A failure the client caused — its body
+    /// malformed, over the limit or stalled — is answered as the client's and counts against
+    /// no instance: no ejection, no retry, no upstream error.
+    #[allow(clippy::too_many_arguments)]
     async fn send_with_retries(
         &self,
         cluster: Arc<Cluster>,
         mut parts: http::request::Parts,
         body: Body,
+        progress: Option<Arc<BodyProgress>>,
         target: PathAndQuery,
         deadline: Duration,
         outcome: &mut Outcome<'_>,
@@ -501,21 +558,34 @@ impl Proxy {
             let in_flight = InFlight::start(cluster.clone(), index);
             let instance_metrics = &cluster.metrics.instances[index];
             let sent_at = Instant::now();
+            let progress = progress.as_deref();
             let sent = match &instance.pool {
-                Some(pool) => tokio::time::timeout(deadline, pool.send(request))
+                Some(pool) => within_deadline(deadline, progress, pool.send(request))
                     .await
                     .map(|r| {
                         r.map(|(response, checkout)| (response, Some(checkout)))
                             .map_err(SendError::Pool)
                     }),
-                None => tokio::time::timeout(deadline, cluster.client.request(request))
+                None => within_deadline(deadline, progress, cluster.client.request(request))
                     .await
                     .map(|r| {
                         r.map(|response| (response, None))
                             .map_err(SendError::Client)
                     }),
             };
+            if let Some(client_fault) = progress.and_then(BodyProgress::failure) {
+                // Whatever the upstream client made of it (a broken pipe, a reset stream, an
+                // early answer), the request failed on the client's side.
+                return Err(client_fault);
+            }
             let failure = match sent {
+                Ok(Ok((response, _))) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    // Nothing asked for a switch on this path: no tunnel opens behind the
+                    // gateway's back.
+                    instance_metrics.broken.inc();
+                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, request_id = request_id::field_of(taken_id.as_ref(), &parts.headers), "upstream switched protocols unasked");
+                    return Err(ProxyError::UpstreamUnavailable);
+                }
                 Ok(Ok((response, checkout))) => {
                     instance_metrics.duration.observe(sent_at.elapsed());
                     if response.status().is_server_error() {
@@ -523,14 +593,15 @@ impl Proxy {
                     }
                     cluster.succeeded(index);
                     let (mut head, incoming) = response.into_parts();
-                    forward::strip_hop_by_hop(&mut head.headers);
+                    headers::strip_hop_by_hop(&mut head.headers);
+                    // An intermediary speaks its own version downstream (RFC 9110 §6.2): an
+                    // HTTP/1.0 upstream must not turn the client's keep-alive connection into
+                    // one that closes after every response.
+                    head.version = http::Version::HTTP_11;
                     let body = Body::new(TrackedBody::new(incoming, in_flight, checkout));
                     return Ok(Response::from_parts(head, body));
                 }
                 Ok(Err(e)) => {
-                    if is_body_too_large(e.as_error()) {
-                        return Err(ProxyError::PayloadTooLarge);
-                    }
                     let failure = if e.is_connect() {
                         instance_metrics.connect_errors.inc();
                         Failure::Connect
@@ -549,10 +620,13 @@ impl Proxy {
                         Ok(failure)
                     }
                 }
-                Err(_) => {
+                Err(Elapsed) => {
                     instance_metrics.timeouts.inc();
                     tracing::warn!(upstream = %cluster.name, instance = %instance.authority, ?deadline, request_id = request_id::field_of(taken_id.as_ref(), &parts.headers), "upstream response timed out");
-                    cluster.eject(index);
+                    // Not ejected: a slow answer says as much about the request (any client
+                    // can call a slow endpoint) as about the instance, and ejecting on it would
+                    // let clients take healthy instances out. A hung instance fails its active
+                    // health checks, and one that stops accepting fails to connect.
                     Err(Failure::Timeout)
                 }
             };
@@ -578,64 +652,32 @@ impl Proxy {
             exclude = Some(index);
         }
     }
+}
 
-    /// An HTTP/1.1 protocol switch (WebSocket and the like), after authentication: the
-    /// upstream's `101` is relayed, then bytes are copied both ways until either side closes.
-    async fn forward_upgrade(
-        &self,
-        cluster: Arc<Cluster>,
-        parts: http::request::Parts,
-        target: PathAndQuery,
-        deadline: Duration,
-        downstream: hyper::upgrade::OnUpgrade,
-        outcome: &mut Outcome<'_>,
-    ) -> Result<Response<Body>, ProxyError> {
-        if cluster_protocol_is_h2(&cluster) {
-            return Err(ProxyError::UpstreamUnavailable);
-        }
-        let index = cluster.pick(None).ok_or(ProxyError::NoInstance)?;
-        outcome.instance = Some((cluster.clone(), index));
-        let instance = &cluster.instances[index];
-        let id = request_id::of(&parts.headers);
-        let mut request = Request::new(Body::empty());
-        *request.method_mut() = parts.method;
-        *request.uri_mut() = Uri::builder()
-            .scheme(instance.scheme.clone())
-            .authority(instance.authority.clone())
-            .path_and_query(target)
-            .build()
-            .map_err(|_| ProxyError::Internal)?;
-        *request.headers_mut() = parts.headers;
-        let response = match tokio::time::timeout(deadline, cluster.client.request(request)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %cluster.name, error = %e, request_id = id.as_ref().map(RequestId::as_str), "upgrade request failed");
-                if e.is_connect() {
-                    cluster.eject(index);
-                }
-                return Err(ProxyError::UpstreamUnavailable);
-            }
-            Ok(Ok(response)) => response,
-        };
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (mut head, incoming) = response.into_parts();
-            forward::strip_hop_by_hop(&mut head.headers);
-            return Ok(Response::from_parts(head, Body::new(incoming)));
-        }
-        let (head, incoming) = response.into_parts();
-        let upstream = hyper::upgrade::on(Response::from_parts(head.clone(), incoming));
-        tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
-                    let mut down = hyper_util::rt::TokioIo::new(down);
-                    let mut up = hyper_util::rt::TokioIo::new(up);
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-            }
-        });
-        // The 101 keeps its Connection/Upgrade headers: they are the switch itself.
-        Ok(Response::from_parts(head, Body::empty()))
+/// The response deadline ran out.
+struct Elapsed;
+
+/// `send`, bounded by `deadline` counted from the end of the request body: an upload is the
+/// client's time, not the upstream's (as Envoy counts its route timeout), so a client that
+/// streams slowly cannot make a healthy upstream look like it timed out.
+async fn within_deadline<F: Future>(
+    deadline: Duration,
+    body: Option<&BodyProgress>,
+    send: F,
+) -> Result<F::Output, Elapsed> {
+    let Some(body) = body else {
+        return tokio::time::timeout(deadline, send)
+            .await
+            .map_err(|_| Elapsed);
+    };
+    tokio::pin!(send);
+    tokio::select! {
+        biased;
+        output = &mut send => Ok(output),
+        () = async {
+            body.settled().await;
+            tokio::time::sleep(deadline).await;
+        } => Err(Elapsed),
     }
 }
 
@@ -678,28 +720,10 @@ fn upstream_target_plain(uri: &Uri, path: &str) -> Result<PathAndQuery, ProxyErr
     PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
 }
 
-fn cluster_protocol_is_h2(cluster: &Cluster) -> bool {
-    cluster.protocol == UpstreamProtocol::Http2
-}
-
 /// Seconds for the retry budget's windows; monotonic, so wall-clock jumps do not matter.
 fn coarse_secs() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_secs()
-}
-
-/// Refuses a declared length over the limit at once; caps a streamed body while it flows
-/// (the overflow surfaces as an error of the upstream request, mapped to 413).
-fn limit_body(body: Body, headers: &http::HeaderMap, max: u64) -> Result<Body, ProxyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(ProxyError::PayloadTooLarge);
-    }
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
-    Ok(Body::new(Limited::new(body, max).map_err(axum::Error::new)))
 }
 
 /// Does any error in the `source()` chain satisfy `test`?
@@ -708,11 +732,6 @@ fn caused_by(
     test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
 ) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(test)
-}
-
-/// The route's body limit was hit while the body streamed to the upstream.
-fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    caused_by(error, |e| e.is::<http_body_util::LengthLimitError>())
 }
 
 /// A connect timeout surfaces as an error whose source chain holds `TimedOut`.

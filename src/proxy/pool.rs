@@ -49,7 +49,7 @@ struct Idle {
 }
 
 /// A connection whose response is still being read: handed back to its pool when the body
-/// has ended (see `forward::TrackedBody`), dropped (and closed) otherwise.
+/// has ended (see `body::TrackedBody`), dropped (and closed) otherwise.
 pub struct Checkout {
     pool: Arc<Http1Pool>,
     sender: SendRequest<Body>,

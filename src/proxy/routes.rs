@@ -17,6 +17,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub max_body: Option<u64>,
     pub timeout: Option<Duration>,
+    /// Protocols a client may switch to here (lower case; see `proxy::upgrade`).
+    pub upgrades: Vec<String>,
     pub cluster: Arc<Cluster>,
     /// Requests and durations under the route's name (`name`, else its upstream's).
     pub metrics: RouteMetrics,
@@ -32,6 +34,7 @@ impl Route {
             strip_prefix: config.strip_prefix,
             max_body: config.max_body.map(|b| b.as_u64()),
             timeout: config.timeout,
+            upgrades: config.upgrades.clone(),
             cluster,
         }
     }

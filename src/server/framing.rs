@@ -277,10 +277,12 @@ fn chunked_step(chunk: Chunk, byte: u8) -> State {
         (Chunk::Size { size, digits }, b';' | b' ' | b'\t') if digits > 0 => {
             Chunk::Extension { size }
         }
-        (Chunk::Size { size, digits }, _) if digits < 16 => match (byte as char).to_digit(16) {
+        // Any number of digits, leading zeros included, as long as the size fits in 64 bits
+        // (RFC 9112 §7.1: `1*HEXDIG`; hyper reads it the same way and refuses an overflow).
+        (Chunk::Size { size, digits }, _) if size >> 60 == 0 => match (byte as char).to_digit(16) {
             Some(d) => Chunk::Size {
                 size: size << 4 | u64::from(d),
-                digits: digits + 1,
+                digits: digits.saturating_add(1),
             },
             None => return State::Done,
         },
@@ -420,6 +422,16 @@ mod tests {
             scan_all_splits(chunked.as_bytes()),
             (vec![], 1, State::Head)
         );
+    }
+
+    #[test]
+    fn chunk_sizes_may_have_leading_zeros_but_not_overflow() {
+        let padded = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            00000000000000000005\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(scan_all_splits(padded), (vec![], 2, State::Head));
+        let overflow = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            10000000000000000\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(scan_all_splits(overflow), (vec![], 1, State::Done));
     }
 
     #[test]

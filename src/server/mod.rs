@@ -1,12 +1,16 @@
 //! Listeners: accept loops serving HTTP/1.1 and HTTP/2 (hyper-util auto; over TLS with ALPN,
-//! h2c with prior knowledge in the clear), a connection limit, the slowloris guard, and
-//! graceful drain on shutdown. What a listener serves is a [`Site`] behind an `ArcSwap`, so a
+//! h2c with prior knowledge in the clear), a connection limit, the deadlines of each
+//! connection (`connection`), the checks every request passes first (`edge`), and graceful
+//! drain on shutdown. What a listener serves is a [`Site`] behind an `ArcSwap`, so a
 //! reload replaces it without touching open connections.
 
+mod connection;
 pub mod cors;
+pub mod edge;
 mod framing;
 pub mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,19 +23,24 @@ use http::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::proxy::Proxy;
+use crate::proxy::{ConnectionSlot, Proxy};
 use crate::request_id::{self, RequestId};
+use connection::{ConnectionState, Deadlines};
+use edge::Refusal;
 use framing::{Verdicts, Watched};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
 /// `max_header_bytes` under it is checked on each parsed head instead.
 const HYPER_MIN_BUF_SIZE: usize = 8192;
+
+/// Streams one HTTP/2 connection may have open at once (hyper's default, named here because
+/// it also bounds what one connection can have in progress at the upstreams).
+const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// The size of an HTTP/1.1 request head as sent (request line, header lines, blank line);
 /// 0 for HTTP/2, whose header list hyper bounds with `max_header_list_size`.
@@ -50,17 +59,6 @@ fn http1_head_size<B>(request: &hyper::Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
         .sum();
     line + headers + 2
-}
-
-/// A refusal made below the router, in the API's JSON error shape.
-fn refusal(status: http::StatusCode, body: &'static str) -> Response<axum::body::Body> {
-    let mut response = Response::new(axum::body::Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
 }
 
 /// Returns the request's id to the client on whatever answered it (an upstream's own
@@ -106,12 +104,17 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// A connection with nothing in progress for this long is shut down gracefully.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING after this long without a frame from the client (`None`: never), and how
+    /// long the client has to answer it.
+    pub http2_keepalive: Option<(Duration, Duration)>,
 }
 
 /// Everything a listener serves that a reload may replace: the routing, read once per
-/// request (so a keep-alive connection follows a reload), and the head limits, read once per
-/// connection (they configure hyper's connection builder). `max_connections` sizes the
-/// accept semaphore and is only read at start.
+/// request (so a keep-alive connection follows a reload), and the connection limits, read
+/// once per connection (they configure hyper's connection builder and the connection's
+/// deadlines). `max_connections` sizes the accept semaphore and is only read at start.
 pub struct Site {
     routing: Routing,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -127,14 +130,29 @@ impl Site {
             .header_read_timeout(limits.header_read_timeout)
             // hyper's floor for the read buffer is 8 KiB; the head must fit in it.
             .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF_SIZE));
-        builder
-            .http2()
+        let mut http2 = builder.http2();
+        http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS);
+        if let Some((interval, timeout)) = limits.http2_keepalive {
+            // A client that stops answering PINGs (gone without a FIN, or stalled) loses its
+            // connection and whatever streams it held open.
+            http2
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(timeout);
+        }
         Site {
             routing,
             builder: Arc::new(builder),
             limits,
+        }
+    }
+
+    fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            first_request: self.limits.header_read_timeout,
+            idle: self.limits.idle_timeout,
         }
     }
 }
@@ -153,9 +171,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) -> bool {
-    let graceful = GracefulShutdown::new();
     let max_connections = site.load().limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    // Each connection task holds a sender; when the last is gone, every connection has ended.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
 
     loop {
         // Waiting for a permit before accepting leaves excess connections in the kernel's
@@ -179,112 +198,177 @@ pub async fn serve(
                 }
             },
         };
+        let accepted = tokio::time::Instant::now();
         let _ = stream.set_nodelay(true);
-        let (builder, head_limit, handshake_timeout) = {
+        let (builder, head_limit, deadlines) = {
             let current = site.load();
             (
                 current.builder.clone(),
                 current.limits.max_header_bytes,
-                current.limits.header_read_timeout,
+                current.deadlines(),
             )
         };
-        let site = site.clone();
+        let connection = ConnectionState::new(permit);
         // hyper keeps at most this much of a head before refusing it.
         let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
         let verdicts = Arc::new(Verdicts::default());
-        let watched_verdicts = verdicts.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            // First, so refusals carry it too; from here on the request's `X-Request-Id` header
-            // is the id, so the upstream gets it as is.
-            let id = request_id::assign(request.headers_mut());
-            if request.version() <= http::Version::HTTP_11 && verdicts.next_request_is_conflicting()
-            {
-                // Never forwarded; hyper closes the connection after this answer.
-                return Either::Left(std::future::ready(Ok(with_id(
-                    refusal(
-                        http::StatusCode::BAD_REQUEST,
-                        r#"{"message":"Request has both Content-Length and Transfer-Encoding"}"#,
-                    ),
-                    id,
-                ))));
-            }
-            if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
-                return Either::Left(std::future::ready(Ok(with_id(
-                    refusal(
-                        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        r#"{"message":"Request header fields too large"}"#,
-                    ),
-                    id,
-                ))));
-            }
-            let mut request = request.map(axum::body::Body::new);
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(remote));
-            // One lock-free load per request; the guard is gone before the first await, the
-            // future owns clones of what it needs.
-            let current = site.load();
-            match &current.routing.direct {
-                Some(direct) if !(direct.is_api)(request.uri().path()) => {
-                    let proxy = direct.proxy.clone();
-                    Either::Right(Either::Left(async move {
-                        Ok::<_, std::convert::Infallible>(with_id(proxy.handle(request).await, id))
-                    }))
-                }
-                _ => {
-                    let router = current.routing.router.clone();
-                    Either::Right(Either::Right(async move {
-                        Ok(with_id(router.oneshot(request).await?, id))
-                    }))
-                }
-            }
-        });
-        let watcher = graceful.watcher();
+        let service = service(
+            site.clone(),
+            connection.clone(),
+            verdicts.clone(),
+            remote,
+            head_limit,
+        );
         let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        let open = open_tx.clone();
         tokio::spawn(async move {
-            let result =
-                match tls {
-                    None => {
-                        let stream = Watched::new(stream, scan_limit, watched_verdicts);
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        // The handshake counts against the header timeout: a client that opens a
-                        // socket and says nothing is a slowloris in TLS clothing.
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%remote, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let stream = Watched::new(stream, scan_limit, watched_verdicts);
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            let end = match tls {
+                None => {
+                    let stream = Watched::new(stream, scan_limit, verdicts);
+                    let http =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::pin!(http);
+                    connection::drive(
+                        http,
+                        |c| c.graceful_shutdown(),
+                        &connection,
+                        deadlines,
+                        accepted,
+                        shutdown,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    // The handshake counts against the first-request deadline: a client that
+                    // opens a socket and says nothing is a slowloris in TLS clothing.
+                    let handshake = tokio::time::timeout_at(
+                        accepted + deadlines.first_request,
+                        acceptor.accept(stream),
+                    );
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let stream = Watched::new(stream, scan_limit, verdicts);
+                    let http =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::pin!(http);
+                    connection::drive(
+                        http,
+                        |c| c.graceful_shutdown(),
+                        &connection,
+                        deadlines,
+                        accepted,
+                        shutdown,
+                    )
+                    .await
+                }
+            };
+            match end {
+                connection::End::Served(Ok(())) => {}
+                connection::End::Served(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "connection ended with an error")
+                }
+                connection::End::NoRequest => {
+                    tracing::debug!(%remote, "connection closed: no request within the deadline")
+                }
+                connection::End::Abusive => {
+                    tracing::info!(%remote, "connection closed: it cancelled most of its requests (HTTP/2 rapid reset)")
+                }
             }
-            drop(permit);
+            drop(open);
         });
     }
     drop(listener);
+    drop(open_tx);
     tokio::select! {
-        _ = graceful.shutdown() => true,
+        _ = open_rx.recv() => true,
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(?drain, "drain timeout: closing remaining connections");
             false
         }
     }
+}
+
+/// The service of one connection: the edge checks, then the data plane directly or the
+/// router, every answer carrying the request id.
+fn service(
+    site: LiveSite,
+    connection: Arc<ConnectionState>,
+    verdicts: Arc<Verdicts>,
+    remote: SocketAddr,
+    head_limit: usize,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<axum::body::Body>, std::convert::Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ 'static {
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // First, so refusals carry it too; from here on the request's `X-Request-Id` header
+        // is the id, so the upstream gets it as is.
+        let id = request_id::assign(request.headers_mut());
+        let guard = connection.start_request();
+        let refused = if request.version() <= http::Version::HTTP_11
+            && verdicts.next_request_is_conflicting()
+        {
+            // Never forwarded; hyper closes the connection after this answer.
+            Some(Refusal::ConflictingFraming)
+        } else if head_limit < HYPER_MIN_BUF_SIZE && http1_head_size(&request) > head_limit {
+            Some(Refusal::HeadTooLarge)
+        } else {
+            edge::screen(&request).err()
+        };
+        if let Some(refusal) = refused {
+            guard.answered();
+            return Either::Left(std::future::ready(Ok(with_id(refusal.into_response(), id))));
+        }
+        if request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some()
+        {
+            // A tunnel upgraded from this request keeps the connection's slot.
+            request
+                .extensions_mut()
+                .insert(ConnectionSlot(guard.connection().clone()));
+        }
+        let mut request = request.map(axum::body::Body::new);
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(remote));
+        // One lock-free load per request; the guard is gone before the first await, the
+        // future owns clones of what it needs.
+        let current = site.load();
+        match &current.routing.direct {
+            Some(direct) if !(direct.is_api)(request.uri().path()) => {
+                let proxy = direct.proxy.clone();
+                Either::Right(Either::Left(async move {
+                    let response = proxy.handle(request).await;
+                    guard.answered();
+                    Ok::<_, std::convert::Infallible>(with_id(response, id))
+                }))
+            }
+            _ => {
+                let router = current.routing.router.clone();
+                Either::Right(Either::Right(async move {
+                    let response = router.oneshot(request).await?;
+                    guard.answered();
+                    Ok(with_id(response, id))
+                }))
+            }
+        }
+    })
 }

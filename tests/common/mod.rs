@@ -9,6 +9,7 @@ pub mod raw;
 pub mod replicas;
 pub mod smtp;
 pub mod thread_log;
+pub mod tls;
 pub mod ws;
 
 use std::convert::Infallible;

@@ -9,6 +9,8 @@ use tokio::net::TcpStream;
 
 #[derive(Debug)]
 pub struct Raw {
+    /// `HTTP/1.1`, as the status line says.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -72,7 +74,9 @@ pub fn parse_response(buf: &[u8], eof: bool) -> Option<Raw> {
     let end = find(buf, b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut status_line = lines.next()?.split(' ');
+    let version = status_line.next()?.to_owned();
+    let status: u16 = status_line.next()?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -100,6 +104,7 @@ pub fn parse_response(buf: &[u8], eof: bool) -> Option<Raw> {
         return None;
     };
     Some(Raw {
+        version,
         status,
         headers,
         body,
@@ -156,4 +161,3 @@ pub async fn raw(addr: SocketAddr, request: impl AsRef<[u8]>) -> Raw {
         )
     })
 }
-

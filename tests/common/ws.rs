@@ -56,4 +56,3 @@ pub async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -
         .expect("a valid message");
     message.to_text().unwrap().to_owned()
 }
-
