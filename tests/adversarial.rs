@@ -885,6 +885,45 @@ async fn a_tls_connection_that_says_nothing_after_the_handshake_is_closed() {
 }
 
 #[tokio::test]
+async fn an_upgraded_tunnel_keeps_its_connection_slot() {
+    let (echo, _, echo_task) = ws_echo().await;
+    let gw = Gateway::start_with(
+        &format!("http://{echo}"),
+        "[limits]\nmax_connections = 1\n",
+    )
+    .await;
+    let request = format!("ws://{}/public/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("the upgrade succeeds");
+    // The only place is the tunnel's: another client waits in the backlog meanwhile.
+    let waiting = tokio::spawn({
+        let addr = gw.addr;
+        async move {
+            raw(
+                addr,
+                "GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served past max_connections");
+    drop(ws);
+    let served = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the tunnel closed")
+        .unwrap();
+    // Answered by the gateway (the echo server speaks no plain HTTP, hence an error status).
+    assert!(matches!(served.status, 400 | 502), "{served:?}");
+    gw.shutdown().await;
+    echo_task.abort();
+}
+
+#[tokio::test]
 async fn an_idle_http2_connection_is_sent_goaway() {
     let upstream = FakeUpstream::start().await;
     let gw = Gateway::start_with(&upstream.url(), "[limits]\nidle_timeout = \"400ms\"\n").await;
