@@ -2,8 +2,9 @@
 //! schema and one keys directory. A token from one works on the other; a logout, refresh-token
 //! reuse, password reset or disabled user on one is enforced by the other within one second
 //! (pushed by `LISTEN/NOTIFY`), also after the listener's connection was killed; a revocation
-//! the feed never carried is caught by the re-check; a PostgreSQL outage leaves cached tokens
-//! working, fails logins fast with 503 and reports not-ready, and heals by itself.
+//! the feed never carried is caught by the re-check; killing a replica's pooled database
+//! connections (the database itself up) fails no request; a PostgreSQL outage leaves cached
+//! tokens working, fails logins fast with 503 and reports not-ready, and heals by itself.
 //!
 //! Skipped (with a message) when `MEIRO_GATE_TEST_POSTGRES_URL` is not set.
 
@@ -245,6 +246,86 @@ async fn revocations_keep_propagating_after_the_listeners_connections_are_killed
     a.logout(&second).await;
     let took = rejected_within(&b, &second, since, PROPAGATION).await;
     eprintln!("after reconnecting, a logout on A was rejected on B after {took:?}");
+}
+
+/// Sends a request with each token at once to `gw`; asserts every one was accepted.
+async fn all_accepted_at_once(gw: &Gateway, tokens: &[String]) {
+    let mut requests = tokio::task::JoinSet::new();
+    for token in tokens {
+        let (http, url, token) = (gw.http.clone(), gw.url("/resource"), token.clone());
+        requests.spawn(async move {
+            let response = http.get(url).header("x-access-token", token).send().await;
+            response.unwrap().status()
+        });
+    }
+    let statuses = requests.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
+/// A restart, a failover or a pooler dropping idle connections kills every pooled connection
+/// of replica B while the database stays up: no request fails. Right after each kill, `/readyz`,
+/// cache misses (tokens B has never seen), a login, a refresh and a logout answer as they
+/// would have, each meeting a dead connection first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_replicas_pooled_connections_fails_no_request() {
+    let Some(replicas) = Replicas::new("dead_connections").await else {
+        return;
+    };
+    let name = format!("mg_test_{}", uuid::Uuid::new_v4().simple());
+    let a = replicas.start("").await;
+    let b = replicas.start_named(&name, "").await;
+    eventually!(
+        replicas.schema.listeners().await == 2,
+        "both replicas listen for revocations"
+    );
+    let user = a.add_user("lena@example.test", Role::User).await;
+    // Sessions opened on A: B has none of these tokens cached, so each is a store lookup there.
+    let mut unseen = Vec::new();
+    for _ in 0..12 {
+        unseen.push(a.app().auth().start_session(&user).await.unwrap().token);
+    }
+    // Several connections in B's pool, all idle before each kill.
+    all_accepted_at_once(&b, &unseen[..4]).await;
+    let kill = async || {
+        let killed = replicas.schema.terminate_pooled(&name).await;
+        assert!(killed >= 1, "B's pooled connections killed");
+    };
+    let status_body =
+        async |response: reqwest::Response| (response.status(), response.text().await.unwrap());
+    let readyz =
+        async || status_body(b.http.get(b.admin_url("/readyz")).send().await.unwrap()).await;
+
+    kill().await;
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "/readyz: {body}");
+
+    kill().await;
+    let (status, body) = status_body(b.get_with_token("/resource", &unseen[4]).await).await;
+    assert_eq!(status, StatusCode::OK, "a cache miss: {body}");
+
+    kill().await;
+    all_accepted_at_once(&b, &unseen[5..]).await;
+
+    kill().await;
+    let (status, body) = status_body(b.login_response("lena@example.test", PASSWORD).await).await;
+    assert_eq!(status, StatusCode::OK, "login: {body}");
+
+    kill().await;
+    let (status, body) = status_json(b.refresh_response(&unseen[0]).await).await;
+    assert_eq!(status, StatusCode::OK, "refresh: {body}");
+    let refreshed = body["token"].as_str().unwrap().to_owned();
+
+    kill().await;
+    let since = Instant::now();
+    b.logout(&refreshed).await;
+    // Fed to A as ever.
+    rejected_within(&a, &refreshed, since, PROPAGATION).await;
+
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "/readyz: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

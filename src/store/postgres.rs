@@ -14,13 +14,42 @@
 //! - Locks are always taken in the same order — the user row, then reset rows, then session rows
 //!   (several of them in id order), then the feed lock of [`append_revocations`] — so these
 //!   transactions cannot deadlock each other.
+//!
+//! Pooled connections die under the pool's feet: a server restart or failover, a pooler or
+//! firewall closing idle connections, `pg_terminate_backend`. The first statement on such a
+//! connection fails (a killed backend answers with its FATAL `57P01`, a closed socket with an
+//! I/O error; see [`is_dead_connection`]), and it fails alike whether the backend died before
+//! the statement arrived or while running it, so the error alone never tells whether a write
+//! took effect. Every method therefore runs through [`PostgresStore::run`], which runs it once
+//! more on another connection when that is safe for its [`Replay`] class:
+//!
+//! - [`Replay::Idempotent`]: reads, and writes whose second run leaves the database as one run
+//!   would; run again whatever failed.
+//! - [`Replay::Transaction`]: `run` begins and commits the transaction. PostgreSQL rolls back
+//!   what a dead connection had not committed, so a failure before the `COMMIT` was sent left
+//!   nothing behind; a failed `COMMIT` may have committed and is not run again.
+//! - [`Replay::Once`]: a single statement that must not run twice. `run` pings the connection
+//!   first; only a failed ping (the statement was never sent) is run again.
+//!
+//! Only an operation that already holds a connection is run again, and only once: failing to
+//! get a connection means the database is unreachable, and the pool has already tried for
+//! `store.timeout`. SQLite has no connection to lose and none of this.
 
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
+};
 use sqlx::{Connection, Row, SqlSafeStr};
 use uuid::Uuid;
 
@@ -42,8 +71,14 @@ const AUDIT_SQL: &str = include_str!("../../migrations/postgres/0004_audit.sql")
 /// a gateway, and PostgreSQL's default `max_connections` (100) leaves room for several replicas.
 const POOL_SIZE: u32 = 10;
 
-/// A connection that sat idle this long is pinged before use (a restarted server or a NAT that
-/// dropped it would otherwise fail the first query). Busy connections skip the round trip.
+/// A connection that sat idle this long is pinged before use. Not every acquire: the store
+/// answers the data plane's cache misses, and a ping per acquire would add a round trip to each
+/// of them (`test_before_acquire`) to spare the rare call that meets a dead connection one failed
+/// round trip, which [`PostgresStore::run`] already retries. Long-idle connections are still
+/// pinged because they are the ones a NAT or firewall drops silently: the ping waits within the
+/// acquire timeout, a statement on such a socket would wait for TCP to give up. Once a dead
+/// connection has been met, every connection idle since then is pinged too
+/// ([`ConnectionLoss`]): a restart or failover kills them all at once.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// The unique index behind [`StoreError::DuplicateEmail`].
@@ -88,6 +123,10 @@ pub struct PostgresStore {
     pool: PgPool,
     /// One connection, outside `pool`, held by the revocation listener; connected lazily.
     listener_pool: PgPool,
+    /// Shared with `pool`'s `before_acquire`.
+    loss: Arc<ConnectionLoss>,
+    /// `store.timeout`, which also bounds [`Replay::Once`]'s ping.
+    timeout: Duration,
 }
 
 impl PostgresStore {
@@ -117,17 +156,24 @@ impl PostgresStore {
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_lazy_with(options.clone());
+        let loss = Arc::new(ConnectionLoss::new());
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(timeout)
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
+            .before_acquire({
+                let loss = loss.clone();
+                move |conn, meta| {
+                    let suspect =
+                        meta.idle_for >= PING_IF_IDLE_FOR || loss.seen_while_idle(meta.idle_for);
+                    Box::pin(async move {
+                        // A failed ping closes the connection and the pool opens a new one.
+                        if suspect {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                }
             })
             .connect_with(options)
             .await?;
@@ -137,7 +183,107 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             listener_pool,
+            loss,
+            timeout,
         })
+    }
+
+    /// Runs `op` on a pooled connection, and once more on another one if its connection turned
+    /// out to be dead and `replay` allows it (see the module docs). `Replay::Transaction` hands
+    /// `op` a connection inside a transaction that this begins and commits.
+    async fn run<'env, T, F>(&self, replay: Replay, mut op: F) -> StoreResult<T>
+    where
+        F: for<'c> FnMut(Conn<'c, 'env>) -> BoxFuture<'c, StoreResult<T>>,
+    {
+        let mut rerun = false;
+        loop {
+            let (stage, error) = match self.attempt(replay, &mut op).await {
+                Ok(value) => return Ok(value),
+                Err(failed) => failed,
+            };
+            if rerun || !is_dead_connection(&error) {
+                return Err(error);
+            }
+            // The other connections idle as long as this one may be dead too: the pool now
+            // pings them before handing them out (see `open_with_timeout`).
+            self.loss.seen();
+            if !replay.may_rerun(stage) {
+                tracing::warn!(
+                    %error,
+                    ?stage,
+                    "PostgreSQL connection lost while writing; not run again, as the write may \
+                     have taken effect"
+                );
+                return Err(error);
+            }
+            tracing::info!(
+                %error,
+                ?stage,
+                "PostgreSQL connection lost; running the operation again on another connection"
+            );
+            rerun = true;
+        }
+    }
+
+    /// One run of `op`; a failure says how far it got.
+    async fn attempt<'env, T, F>(
+        &self,
+        replay: Replay,
+        op: &mut F,
+    ) -> Result<T, (Stage, StoreError)>
+    where
+        F: for<'c> FnMut(Conn<'c, 'env>) -> BoxFuture<'c, StoreResult<T>>,
+    {
+        // Not run again: the pool has already replaced dead idle connections and retried
+        // connecting for `store.timeout`.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| (Stage::Acquire, e.into()))?;
+        let outcome = async {
+            match replay {
+                Replay::Idempotent => op(Conn::new(&mut conn))
+                    .await
+                    .map_err(|e| (Stage::Statements, e)),
+                Replay::Once => {
+                    self.check_alive(&mut conn)
+                        .await
+                        .map_err(|e| (Stage::Check, e))?;
+                    op(Conn::new(&mut conn))
+                        .await
+                        .map_err(|e| (Stage::Statements, e))
+                }
+                Replay::Transaction => {
+                    let mut tx = conn.begin().await.map_err(|e| (Stage::Check, e.into()))?;
+                    let value = op(Conn::new(&mut tx))
+                        .await
+                        .map_err(|e| (Stage::Statements, e))?;
+                    tx.commit().await.map_err(|e| (Stage::Commit, e.into()))?;
+                    Ok(value)
+                }
+            }
+        }
+        .await;
+        if let Err((_, e)) = &outcome
+            && is_dead_connection(e)
+        {
+            // Closed here rather than pinged and closed on its way back to the pool.
+            drop(conn.detach());
+        }
+        outcome
+    }
+
+    /// [`Replay::Once`]'s proof that the connection is alive before its statement is sent. A
+    /// ping unanswered within `store.timeout` counts as a dead connection.
+    async fn check_alive(&self, conn: &mut PoolConnection<Postgres>) -> StoreResult<()> {
+        match tokio::time::timeout(self.timeout, conn.ping()).await {
+            Ok(pinged) => Ok(pinged?),
+            Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "ping unanswered within store.timeout",
+            )))),
+        }
     }
 
     /// The underlying pool, for tests and diagnostics.
@@ -203,6 +349,150 @@ fn migrations() -> Vec<Migration> {
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(migrations())
+}
+
+/// Whether [`PostgresStore::run`] may run an operation again after its connection turned out to
+/// be dead; each method names its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Reads, and writes whose second run leaves the database as one run would: run again
+    /// whatever stage failed.
+    Idempotent,
+    /// Several statements in one transaction, which `run` begins and commits: run again when
+    /// the failure came before the `COMMIT` was sent, since PostgreSQL rolls back a transaction
+    /// whose connection died uncommitted.
+    Transaction,
+    /// A single write that must not take effect twice: its connection is pinged first, and only
+    /// a failure up to that ping (the statement was never sent) is run again.
+    Once,
+}
+
+/// How far a failed attempt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Getting a connection from the pool (or opening one).
+    Acquire,
+    /// `BEGIN` ([`Replay::Transaction`]) or the ping ([`Replay::Once`]): nothing of the
+    /// operation has reached the server.
+    Check,
+    /// The operation's own statements.
+    Statements,
+    /// The `COMMIT`: the transaction may or may not have committed.
+    Commit,
+}
+
+impl Replay {
+    /// May an attempt that failed at `stage` on a dead connection be run again?
+    fn may_rerun(self, stage: Stage) -> bool {
+        match (self, stage) {
+            (_, Stage::Acquire) => false,
+            (Replay::Idempotent, _) => true,
+            (Replay::Transaction, Stage::Check | Stage::Statements) => true,
+            (Replay::Transaction, Stage::Commit) => false,
+            (Replay::Once, Stage::Check) => true,
+            (Replay::Once, Stage::Statements | Stage::Commit) => false,
+        }
+    }
+}
+
+/// Did `error` come from a connection that is dead, so that another connection may succeed?
+///
+/// What a lost connection reports (reproduced with `pg_terminate_backend` and by closing the
+/// socket under it): a killed backend's FATAL error on the next statement, whether the backend
+/// died idle or while running it, here `57P01 admin_shutdown`; any later use an I/O error
+/// (`UnexpectedEof`); a socket closed by something between gateway and server, `UnexpectedEof`
+/// and then `BrokenPipe` (a reset one, `ConnectionReset`). Every I/O error on an open connection
+/// leaves it unusable.
+///
+/// Not counted: [`sqlx::Error::PoolTimedOut`] (no connection within `store.timeout`: the
+/// database is unreachable, and trying again would only double the wait) and
+/// [`sqlx::Error::PoolClosed`] (the store is shutting down).
+fn is_dead_connection(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Io(_)) => true,
+        StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|code| {
+            matches!(
+                code.as_ref(),
+                // admin_shutdown (pg_terminate_backend, a fast or smart shutdown),
+                // crash_shutdown (another backend crashed), cannot_connect_now (the server is
+                // starting or stopping), idle_session_timeout.
+                "57P01" | "57P02" | "57P03" | "57P05"
+            )
+        }),
+        _ => false,
+    }
+}
+
+/// What an operation of [`PostgresStore::run`] returns.
+type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// The connection [`PostgresStore::run`] lends an operation (dereferences to it). Its second
+/// lifetime, bounded as in `std::thread::scope`'s `Scope<'scope, 'env>`, lets the operation's
+/// boxed future hold both this borrow and the method's own arguments: `'env: 'c` is implied by
+/// the type. (An `AsyncFnMut` operation would need no box, but rustc cannot yet prove its
+/// future `Send` for every lifetime, as `async_trait` requires.)
+struct Conn<'c, 'env: 'c> {
+    conn: &'c mut PgConnection,
+    env: PhantomData<&'c &'env ()>,
+}
+
+impl<'c> Conn<'c, '_> {
+    fn new(conn: &'c mut PgConnection) -> Self {
+        Conn {
+            conn,
+            env: PhantomData,
+        }
+    }
+}
+
+impl Deref for Conn<'_, '_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn
+    }
+}
+
+impl DerefMut for Conn<'_, '_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+}
+
+/// When the store last met a dead connection. A restart, failover or a pooler dropping its
+/// connections kills every connection idle at the time, so the pool pings each connection that
+/// was already idle then before handing it out (and opens a new one when the ping fails),
+/// instead of letting each of them fail one more operation. A connection that went idle later
+/// is spared: sqlx pings every connection on its way back to the pool.
+#[derive(Debug)]
+struct ConnectionLoss {
+    epoch: Instant,
+    /// Nanoseconds from `epoch` to the last loss; 0 for none yet.
+    last: AtomicU64,
+}
+
+impl ConnectionLoss {
+    fn new() -> ConnectionLoss {
+        ConnectionLoss {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn seen(&self) {
+        self.last.fetch_max(self.now().max(1), Ordering::Relaxed);
+    }
+
+    /// Was a connection idle for `idle_for` already idle when the last loss was seen?
+    fn seen_while_idle(&self, idle_for: Duration) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        let idle_for = u64::try_from(idle_for.as_nanos()).unwrap_or(u64::MAX);
+        last != 0 && self.now().saturating_sub(idle_for) <= last
+    }
 }
 
 fn user_from_row(row: &PgRow) -> StoreResult<User> {
@@ -392,17 +682,29 @@ async fn subscribe(pool: &PgPool) -> StoreResult<PgListener> {
     Ok(listener)
 }
 
+/// Each method names its [`Replay`] class and, for a write, why it is safe in it.
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // `/readyz`: a dead pooled connection is not an unreachable database.
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn count_users(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await?)
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                    .fetch_one(&mut *conn)
+                    .await?)
+            })
+        })
+        .await
     }
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
@@ -419,95 +721,135 @@ impl Store for PostgresStore {
             created: user.created,
             last_login: None,
         };
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO users (",
-            user_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(user.id.0)
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.deleted)
-        .bind(user.sso_enabled)
-        .bind(user.invitation_pending)
-        .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
-        .bind(user.invitation.as_ref().map(|i| i.expires_at))
-        .bind(user.created)
-        .bind(user.last_login)
-        .execute(&self.pool)
-        .await;
-        match inserted {
-            Ok(_) => Ok(user),
-            Err(sqlx::Error::Database(e))
-                if e.is_unique_violation() && e.constraint() == Some(EMAIL_INDEX) =>
-            {
-                Err(StoreError::DuplicateEmail)
-            }
-            Err(e) => Err(e.into()),
-        }
+        // Once: a second run of an insert that took effect fails as a duplicate email.
+        let row = &user;
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+                let inserted = sqlx::query(concat!(
+                    "INSERT INTO users (",
+                    user_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                .bind(row.id.0)
+                .bind(&row.email)
+                .bind(&row.password_hash)
+                .bind(row.role.as_str())
+                .bind(row.disabled)
+                .bind(row.deleted)
+                .bind(row.sso_enabled)
+                .bind(row.invitation_pending)
+                .bind(row.invitation.as_ref().map(|i| i.nonce.as_str()))
+                .bind(row.invitation.as_ref().map(|i| i.expires_at))
+                .bind(row.created)
+                .bind(row.last_login)
+                .execute(&mut *conn)
+                .await;
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e))
+                        if e.is_unique_violation() && e.constraint() == Some(EMAIL_INDEX) =>
+                    {
+                        Err(StoreError::DuplicateEmail)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        })
+        .await?;
+        Ok(user)
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        // Matches the expression of the unique index, which serves the lookup.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE lower(email) = lower($1)"
-        ))
-        .bind(email)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                // Matches the expression of the unique index, which serves the lookup.
+                sqlx::query(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE lower(email) = lower($1)"
+                ))
+                .bind(email)
+                .fetch_optional(&mut *conn)
+                .await?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()
+            })
+        })
+        .await
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE id = $1"
+                ))
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()
+            })
+        })
+        .await
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        // insertion_seq breaks ties in insertion order.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users ORDER BY created, insertion_seq"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(user_from_row)
-        .collect()
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                // insertion_seq breaks ties in insertion order.
+                sqlx::query(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users ORDER BY created, insertion_seq"
+                ))
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(user_from_row)
+                .collect()
+            })
+        })
+        .await
     }
 
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET last_login = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        // Idempotent: a second run writes the same time again. (Only a login of the same user
+        // committed between the two runs, milliseconds apart, would see its later time replaced
+        // by this one; `last_login` is informational.)
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE users SET last_login = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id.0)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        // `NOT sso_enabled`: every SSO login calls this; only the first one writes a row version.
-        sqlx::query("UPDATE users SET sso_enabled = true WHERE id = $1 AND NOT sso_enabled")
-            .bind(user.0)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        // Idempotent: a second run matches nothing.
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                // `NOT sso_enabled`: every SSO login calls this; only the first one writes a row
+                // version.
+                sqlx::query(
+                    "UPDATE users SET sso_enabled = true WHERE id = $1 AND NOT sso_enabled",
+                )
+                .bind(user.0)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn set_user_disabled(
@@ -516,58 +858,72 @@ impl Store for PostgresStore {
         disabled: bool,
         at: UnixTime,
     ) -> StoreResult<Option<User>> {
-        let mut tx = self.pool.begin().await?;
-        // Locks the user row first, like the reset transactions.
-        let row = sqlx::query(concat!(
-            "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
-            user_columns!()
-        ))
-        .bind(disabled)
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user = user_from_row(&row)?;
-        if disabled {
-            revoke_open_sessions(&mut tx, user.id, at).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(user))
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                // Locks the user row first, like the reset transactions.
+                let row = sqlx::query(concat!(
+                    "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
+                    user_columns!()
+                ))
+                .bind(disabled)
+                .bind(email)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let user = user_from_row(&row)?;
+                if disabled {
+                    revoke_open_sessions(&mut tx, user.id, at).await?;
+                }
+                Ok(Some(user))
+            })
+        })
+        .await
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
-        sqlx::query(concat!(
-            "INSERT INTO sessions (",
-            session_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(session.id.0)
-        .bind(session.user_id.0)
-        .bind(session.created)
-        .bind(session.expires_at)
-        .bind(session.revoked_at)
-        .bind(session.current_jti)
-        .bind(session.refresh_count)
-        .bind(session.last_refresh_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        // Once: a second run of an insert that took effect fails on the primary key.
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "INSERT INTO sessions (",
+                    session_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                ))
+                .bind(session.id.0)
+                .bind(session.user_id.0)
+                .bind(session.created)
+                .bind(session.expires_at)
+                .bind(session.revoked_at)
+                .bind(session.current_jti)
+                .bind(session.refresh_count)
+                .bind(session.last_refresh_at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(session_from_row)
-        .transpose()
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE id = $1"
+                ))
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?
+                .as_ref()
+                .map(session_from_row)
+                .transpose()
+            })
+        })
+        .await
     }
 
     async fn rotate_session_token(
@@ -577,52 +933,64 @@ impl Store for PostgresStore {
         new_jti: Uuid,
         at: UnixTime,
     ) -> StoreResult<Rotation> {
-        // The compare and the swap are one statement: a concurrent rotation waits for the row
-        // lock, then re-checks `current_jti` against the winner's row and matches nothing.
-        let swapped = sqlx::query(
-            "UPDATE sessions \
-             SET current_jti = $1, refresh_count = refresh_count + 1, last_refresh_at = $2 \
-             WHERE id = $3 AND current_jti = $4 AND revoked_at IS NULL",
-        )
-        .bind(new_jti)
-        .bind(at)
-        .bind(id.0)
-        .bind(presented_jti)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if swapped > 0 {
-            return Ok(Rotation::Rotated);
-        }
-        // Only classifies the failure; it was decided atomically above.
-        let revoked_at: Option<Option<UnixTime>> =
-            sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = $1")
+        // Once: a second run of a swap that took effect finds `new_jti` current and reports a
+        // reuse, which would end the session.
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+                // The compare and the swap are one statement: a concurrent rotation waits for the
+                // row lock, then re-checks `current_jti` against the winner's row and matches
+                // nothing.
+                let swapped = sqlx::query(
+                    "UPDATE sessions \
+                 SET current_jti = $1, refresh_count = refresh_count + 1, last_refresh_at = $2 \
+                 WHERE id = $3 AND current_jti = $4 AND revoked_at IS NULL",
+                )
+                .bind(new_jti)
+                .bind(at)
                 .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match revoked_at {
-            Some(None) => Rotation::NotCurrent,
-            None | Some(Some(_)) => Rotation::Gone,
+                .bind(presented_jti)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if swapped > 0 {
+                    return Ok(Rotation::Rotated);
+                }
+                // Only classifies the failure; it was decided atomically above.
+                let revoked_at: Option<Option<UnixTime>> =
+                    sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = $1")
+                        .bind(id.0)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Ok(match revoked_at {
+                    Some(None) => Rotation::NotCurrent,
+                    None | Some(Some(_)) => Rotation::Gone,
+                })
+            })
         })
+        .await
     }
 
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let revoked =
-            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                // Nothing to append when it was already revoked; the commit then ends an empty
+                // transaction.
+                let revoked = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
                 .bind(at)
                 .bind(id.0)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                > 0;
-        if !revoked {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        append_revocations(&mut tx, &[id], at).await?;
-        tx.commit().await?;
-        Ok(true)
+                    > 0;
+                if revoked {
+                    append_revocations(&mut tx, &[id], at).await?;
+                }
+                Ok(revoked)
+            })
+        })
+        .await
     }
 
     async fn revoke_user_sessions(
@@ -630,10 +998,10 @@ impl Store for PostgresStore {
         user: UserId,
         at: UnixTime,
     ) -> StoreResult<Vec<SessionId>> {
-        let mut tx = self.pool.begin().await?;
-        let ids = revoke_open_sessions(&mut tx, user, at).await?;
-        tx.commit().await?;
-        Ok(ids)
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move { revoke_open_sessions(&mut tx, user, at).await })
+        })
+        .await
     }
 
     async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>> {
@@ -641,64 +1009,78 @@ impl Store for PostgresStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        sqlx::query(
-            "SELECT seq, session_id FROM session_revocations \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Revocation {
-                seq: row.try_get("seq")?,
-                session_id: SessionId(row.try_get("session_id")?),
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "SELECT seq, session_id FROM session_revocations \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Revocation {
+                        seq: row.try_get("seq")?,
+                        session_id: SessionId(row.try_get("session_id")?),
+                    })
+                })
+                .collect()
             })
         })
-        .collect()
+        .await
     }
 
     async fn revocation_cursor(&self) -> StoreResult<i64> {
-        // Appends commit in seq order (see `append_revocations`), so nothing below this can
-        // still appear.
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                // Appends commit in seq order (see `append_revocations`), so nothing below this can
+                // still appear.
+                Ok(
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+        })
+        .await
     }
 
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
-        let mut tx = self.pool.begin().await?;
-        // Old feed rows are locked by no one else. Resets before sessions, and sessions in id
-        // order: the lock order of the other transactions (an ended session may still be open
-        // and be revoked meanwhile).
-        let revocations = sqlx::query("DELETE FROM session_revocations WHERE revoked_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions = sqlx::query(
-            "DELETE FROM sessions WHERE id IN \
-             (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)",
-        )
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(revocations + sessions + resets + windows)
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                // Old feed rows are locked by no one else. Resets before sessions, and sessions in
+                // id order: the lock order of the other transactions (an ended session may still be
+                // open and be revoked meanwhile).
+                let revocations =
+                    sqlx::query("DELETE FROM session_revocations WHERE revoked_at < $1")
+                        .bind(before)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE id IN \
+                 (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)",
+                )
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                Ok(revocations + sessions + resets + windows)
+            })
+        })
+        .await
     }
 
     async fn throttle_reserve(
@@ -709,39 +1091,45 @@ impl Store for PostgresStore {
         window: i64,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
-        // One statement, so replicas racing on one key are serialized by its row: insert the
-        // first window, or start a new window over an ended one, or count one more in a window
-        // below the limit. A full, current window matches the WHERE of neither and returns
-        // nothing. (SET expressions all read the row as it was.)
-        let started: Option<UnixTime> = sqlx::query_scalar(
-            "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
-             VALUES ($1, $2, $3, $3 + $4, 1) \
-             ON CONFLICT (scope, key) DO UPDATE SET \
-             window_start = CASE WHEN t.expires_at <= $3 THEN $3 ELSE t.window_start END, \
-             expires_at = CASE WHEN t.expires_at <= $3 THEN $3 + $4 ELSE t.expires_at END, \
-             attempts = CASE WHEN t.expires_at <= $3 THEN 1 ELSE t.attempts + 1 END \
-             WHERE t.expires_at <= $3 OR t.attempts < $5 \
-             RETURNING window_start",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .bind(window)
-        .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(started) = started {
-            return Ok(Ok(started));
-        }
-        // Only the retry hint; the decision was made above.
-        let ends: Option<UnixTime> = sqlx::query_scalar(
-            "SELECT expires_at FROM throttle_windows WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+        // Once: a second run would count the attempt twice.
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+            // One statement, so replicas racing on one key are serialized by its row: insert
+            // the first window, or start a new window over an ended one, or count one more in a
+            // window below the limit. A full, current window matches the WHERE of neither and
+            // returns nothing. (SET expressions all read the row as it was.)
+            let started: Option<UnixTime> = sqlx::query_scalar(
+                "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
+                 VALUES ($1, $2, $3, $3 + $4, 1) \
+                 ON CONFLICT (scope, key) DO UPDATE SET \
+                 window_start = CASE WHEN t.expires_at <= $3 THEN $3 ELSE t.window_start END, \
+                 expires_at = CASE WHEN t.expires_at <= $3 THEN $3 + $4 ELSE t.expires_at END, \
+                 attempts = CASE WHEN t.expires_at <= $3 THEN 1 ELSE t.attempts + 1 END \
+                 WHERE t.expires_at <= $3 OR t.attempts < $5 \
+                 RETURNING window_start",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(now)
+            .bind(window)
+            .bind(i64::from(limit))
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(started) = started {
+                return Ok(Ok(started));
+            }
+            // Only the retry hint; the decision was made above.
+            let ends: Option<UnixTime> = sqlx::query_scalar(
+                "SELECT expires_at FROM throttle_windows WHERE scope = $1 AND key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+        })
+        })
+        .await
     }
 
     async fn throttle_refund(
@@ -750,16 +1138,22 @@ impl Store for PostgresStore {
         key: &str,
         window_start: UnixTime,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE throttle_windows SET attempts = attempts - 1 \
-             WHERE scope = $1 AND key = $2 AND window_start = $3 AND attempts > 0",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(window_start)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        // Once: a second run would take back two attempts.
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE throttle_windows SET attempts = attempts - 1 \
+                 WHERE scope = $1 AND key = $2 AND window_start = $3 AND attempts > 0",
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(window_start)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     fn revocation_listener(&self) -> Option<Box<dyn FeedListener>> {
@@ -775,20 +1169,27 @@ impl Store for PostgresStore {
         invitation: &Invitation,
         role: Role,
     ) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "UPDATE users SET invitation_nonce = $1, invitation_expires_at = $2, role = $3 \
-             WHERE id = $4 AND invitation_pending RETURNING ",
-            user_columns!()
-        ))
-        .bind(&invitation.nonce)
-        .bind(invitation.expires_at)
-        .bind(role.as_str())
-        .bind(user.0)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        // Idempotent: a second run writes the same nonce, expiry and role again. Nothing can
+        // accept the new invitation in between: its link has not been sent yet.
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "UPDATE users SET invitation_nonce = $1, invitation_expires_at = $2, role = $3 \
+                 WHERE id = $4 AND invitation_pending RETURNING ",
+                    user_columns!()
+                ))
+                .bind(&invitation.nonce)
+                .bind(invitation.expires_at)
+                .bind(role.as_str())
+                .bind(user.0)
+                .fetch_optional(&mut *conn)
+                .await?
+                .as_ref()
+                .map(user_from_row)
+                .transpose()
+            })
+        })
+        .await
     }
 
     async fn accept_invitation(
@@ -798,65 +1199,80 @@ impl Store for PostgresStore {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<bool> {
-        // Check and spend are one statement, so of concurrent accepts of one link exactly one
-        // wins (like `rotate_session_token`).
-        let accepted = sqlx::query(
-            "UPDATE users SET password_hash = $1, invitation_pending = false, \
-             invitation_nonce = NULL, invitation_expires_at = NULL \
-             WHERE id = $2 AND invitation_pending AND invitation_nonce = $3 \
-             AND invitation_expires_at > $4",
-        )
-        .bind(password_hash)
-        .bind(user.0)
-        .bind(nonce)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(accepted > 0)
+        // Once: a second run of an accept that took effect finds the invitation spent and
+        // reports the link as invalid.
+        self.run(Replay::Once, |mut conn| {
+            Box::pin(async move {
+                // Check and spend are one statement, so of concurrent accepts of one link exactly
+                // one wins (like `rotate_session_token`).
+                let accepted = sqlx::query(
+                    "UPDATE users SET password_hash = $1, invitation_pending = false, \
+                 invitation_nonce = NULL, invitation_expires_at = NULL \
+                 WHERE id = $2 AND invitation_pending AND invitation_nonce = $3 \
+                 AND invitation_expires_at > $4",
+                )
+                .bind(password_hash)
+                .bind(user.0)
+                .bind(nonce)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                Ok(accepted > 0)
+            })
+        })
+        .await
     }
 
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        // Without it, two concurrent resets of one user would each miss the other's
-        // uncommitted row below and both stay usable.
-        lock_user(&mut tx, reset.user_id).await?;
-        // Superseded: an earlier link stops working once a newer one is sent.
-        sqlx::query(
-            "UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
-        )
-        .bind(reset.created)
-        .bind(reset.user_id.0)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(concat!(
-            "INSERT INTO password_resets (",
-            password_reset_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5)"
-        ))
-        .bind(&reset.digest)
-        .bind(reset.user_id.0)
-        .bind(reset.created)
-        .bind(reset.expires_at)
-        .bind(reset.used_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                // Without it, two concurrent resets of one user would each miss the other's
+                // uncommitted row below and both stay usable.
+                lock_user(&mut tx, reset.user_id).await?;
+                // Superseded: an earlier link stops working once a newer one is sent.
+                sqlx::query(
+                "UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
+            )
+            .bind(reset.created)
+            .bind(reset.user_id.0)
+            .execute(&mut *tx)
+            .await?;
+                sqlx::query(concat!(
+                    "INSERT INTO password_resets (",
+                    password_reset_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5)"
+                ))
+                .bind(&reset.digest)
+                .bind(reset.user_id.0)
+                .bind(reset.created)
+                .bind(reset.expires_at)
+                .bind(reset.used_at)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            password_reset_columns!(),
-            " FROM password_resets WHERE digest = $1"
-        ))
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(password_reset_from_row)
-        .transpose()
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    password_reset_columns!(),
+                    " FROM password_resets WHERE digest = $1"
+                ))
+                .bind(digest)
+                .fetch_optional(&mut *conn)
+                .await?
+                .as_ref()
+                .map(password_reset_from_row)
+                .transpose()
+            })
+        })
+        .await
     }
 
     async fn complete_password_reset(
@@ -866,68 +1282,79 @@ impl Store for PostgresStore {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
-        let mut tx = self.pool.begin().await?;
-        // The user row before the reset row, in the same order as `create_password_reset`.
-        lock_user(&mut tx, user).await?;
-        let spent = sqlx::query(
-            "UPDATE password_resets SET used_at = $1 \
-             WHERE digest = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $1",
-        )
-        .bind(at)
-        .bind(digest)
-        .bind(user.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if spent == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(user.0)
-            .execute(&mut *tx)
-            .await?;
-        let revoked = revoke_open_sessions(&mut tx, user, at).await?;
-        tx.commit().await?;
-        Ok(Some(revoked))
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                // The user row before the reset row, in the same order as `create_password_reset`.
+                lock_user(&mut tx, user).await?;
+                let spent = sqlx::query(
+                    "UPDATE password_resets SET used_at = $1 \
+                 WHERE digest = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $1",
+                )
+                .bind(at)
+                .bind(digest)
+                .bind(user.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if spent == 0 {
+                    // Nothing changed; the commit only releases the user row's lock.
+                    return Ok(None);
+                }
+                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                    .bind(password_hash)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(Some(revoke_open_sessions(&mut tx, user, at).await?))
+            })
+        })
+        .await
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        for e in events {
-            sqlx::query(
-                "INSERT INTO audit_events \
-                 (at, kind, user_id, email, client_ip, request_id, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(e.at)
-            .bind(&e.kind)
-            .bind(e.user_id.map(|u| u.0))
-            .bind(&e.email)
-            .bind(e.client_ip.map(|ip| ip.to_string()))
-            .bind(&e.request_id)
-            .bind(detail_json(&e.detail))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.run(Replay::Transaction, |mut tx| {
+            Box::pin(async move {
+                for e in events {
+                    sqlx::query(
+                        "INSERT INTO audit_events \
+                     (at, kind, user_id, email, client_ip, request_id, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(e.at)
+                    .bind(&e.kind)
+                    .bind(e.user_id.map(|u| u.0))
+                    .bind(&e.email)
+                    .bind(e.client_ip.map(|ip| ip.to_string()))
+                    .bind(&e.request_id)
+                    .bind(detail_json(&e.detail))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(
-            "SELECT at, kind, user_id, email, client_ip, request_id, detail \
-             FROM audit_events WHERE at >= $1 \
-             AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
-             ORDER BY at DESC, seq DESC LIMIT $4",
-        )
-        .bind(filter.since.unwrap_or(UnixTime::MIN))
-        .bind(filter.user_id.map(|u| u.0))
-        .bind(&filter.email)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .run(Replay::Idempotent, |mut conn| {
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "SELECT at, kind, user_id, email, client_ip, request_id, detail \
+                     FROM audit_events WHERE at >= $1 \
+                     AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
+                     ORDER BY at DESC, seq DESC LIMIT $4",
+                    )
+                    .bind(filter.since.unwrap_or(UnixTime::MIN))
+                    .bind(filter.user_id.map(|u| u.0))
+                    .bind(&filter.email)
+                    .bind(filter.limit)
+                    .fetch_all(&mut *conn)
+                    .await?)
+                })
+            })
+            .await?;
         let mut events = rows
             .iter()
             .map(audit_event_from_row)
@@ -937,11 +1364,18 @@ impl Store for PostgresStore {
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        // Idempotent: a second run deletes only what has aged since (its count, which is only
+        // logged, then misses what the first run deleted).
+        self.run(Replay::Idempotent, |mut conn| {
+            Box::pin(async move {
+                Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected())
+            })
+        })
+        .await
     }
 }
 
@@ -1498,6 +1932,383 @@ mod tests {
         .await;
     }
 
+    /// `options` with an `application_name` of their own: the backends of a store opened with
+    /// them, and only those, can be found (and killed) in `pg_stat_activity`.
+    fn named(options: &PgConnectOptions) -> (PgConnectOptions, String) {
+        let name = format!("mg_test_{}", Uuid::new_v4().simple());
+        (options.clone().application_name(&name), name)
+    }
+
+    /// A connection for the test itself, outside the store's pool and its name.
+    async fn admin_connection(options: &PgConnectOptions) -> PgConnection {
+        PgConnection::connect_with(&options.clone().application_name("mg_test_admin"))
+            .await
+            .expect("admin connection")
+    }
+
+    /// Terminates the backends named `name` (all, or only those waiting on a lock) and waits
+    /// until they are gone; returns how many.
+    async fn terminate(admin: &mut PgConnection, name: &str, lock_waiters_only: bool) -> i64 {
+        // The call in the select list, never in the WHERE: the planner may evaluate WHERE
+        // conditions in any order, and a `pg_terminate_backend` there kills other backends.
+        let killed: Vec<(i32, bool)> = sqlx::query_as(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND ($2 = false OR wait_event_type = 'Lock')",
+        )
+        .bind(name)
+        .bind(lock_waiters_only)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap();
+        let killed: Vec<i32> = killed.into_iter().map(|(pid, _)| pid).collect();
+        for _ in 0..500 {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                    .bind(&killed)
+                    .fetch_one(&mut *admin)
+                    .await
+                    .unwrap();
+            if left == 0 {
+                return killed.len() as i64;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("backends of {name} still there after being terminated");
+    }
+
+    /// Fills `store`'s pool with `n` idle connections, then kills every one of them on the
+    /// server, as a restart or a pooler dropping idle connections would: whatever the store
+    /// takes from its pool next is dead.
+    async fn kill_idle_pool(store: &PostgresStore, n: u32, name: &str, admin: &mut PgConnection) {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(store.pool().acquire().await.unwrap());
+        }
+        drop(held);
+        for _ in 0..500 {
+            if store.pool().num_idle() >= n as usize {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pooled = store.pool().size();
+        assert!(pooled >= n, "{pooled} pooled");
+        assert_eq!(
+            store.pool().num_idle(),
+            pooled as usize,
+            "all pooled connections idle"
+        );
+        assert_eq!(
+            terminate(admin, name, false).await,
+            i64::from(pooled),
+            "every pooled connection killed"
+        );
+    }
+
+    /// Waits until a backend named `name` waits on a lock: its statement has reached the server.
+    async fn until_waiting_on_a_lock(admin: &mut PgConnection, name: &str) {
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(name)
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no backend of {name} came to wait on the lock");
+    }
+
+    /// Every operation, each right after all of the pool's idle connections were killed, still
+    /// succeeds, and each write takes effect once: reads and idempotent writes are run again,
+    /// transactions failed before their commit, single writes were stopped by their ping.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_operation_survives_its_pooled_connections_being_killed() {
+        with_scratch_schema(
+            "every_operation_survives_its_pooled_connections_being_killed",
+            |options| async move {
+                let (named_options, name) = named(&options);
+                let store = open(&named_options).await;
+                let mut admin = admin_connection(&options).await;
+                let t0: UnixTime = 1_700_000_000;
+                macro_rules! after_kill {
+                    ($op:expr) => {{
+                        kill_idle_pool(&store, 3, &name, &mut admin).await;
+                        $op.await.unwrap_or_else(|e| {
+                            panic!("{} on a killed pool: {e:?}", stringify!($op))
+                        })
+                    }};
+                }
+
+                // Once (pinged first), then reads of what they wrote.
+                let user = after_kill!(store.create_user(new_user("dead@example.test")));
+                let session = new_session(user.id);
+                after_kill!(store.create_session(&session));
+                assert_eq!(after_kill!(store.user_by_id(user.id)), Some(user.clone()));
+                assert_eq!(
+                    after_kill!(store.user_by_email("DEAD@example.test")),
+                    Some(user.clone())
+                );
+                assert_eq!(
+                    after_kill!(store.session(session.id)),
+                    Some(session.clone())
+                );
+                assert_eq!(after_kill!(store.count_users()), 1);
+                assert_eq!(after_kill!(store.list_users()), vec![user.clone()]);
+                after_kill!(store.ping());
+                let new_jti = Uuid::new_v4();
+                assert_eq!(
+                    after_kill!(store.rotate_session_token(
+                        session.id,
+                        session.current_jti,
+                        new_jti,
+                        t0 + 1
+                    )),
+                    Rotation::Rotated
+                );
+                // Counted once each: the third attempt finds the window full.
+                let key = "dead-throttle@example.test";
+                assert_eq!(
+                    after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
+                    Ok(t0)
+                );
+                assert_eq!(
+                    after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
+                    Ok(t0)
+                );
+                assert_eq!(
+                    after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
+                    Err(60)
+                );
+                after_kill!(store.throttle_refund("login", key, t0));
+                assert_eq!(
+                    after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
+                    Ok(t0)
+                );
+
+                // Idempotent writes.
+                after_kill!(store.record_login(user.id, t0 + 2));
+                after_kill!(store.set_sso_enabled(user.id));
+                let found = store.user_by_id(user.id).await.unwrap().unwrap();
+                assert_eq!((found.last_login, found.sso_enabled), (Some(t0 + 2), true));
+                let invited = store
+                    .create_user(NewUser {
+                        invitation_pending: true,
+                        invitation: Some(Invitation {
+                            nonce: "first".into(),
+                            expires_at: t0 + 100,
+                        }),
+                        ..new_user("dead-invited@example.test")
+                    })
+                    .await
+                    .unwrap();
+                let renewed = Invitation {
+                    nonce: "second".into(),
+                    expires_at: t0 + 200,
+                };
+                let after = after_kill!(store.renew_invitation(invited.id, &renewed, Role::Admin));
+                assert_eq!(after.and_then(|u| u.invitation), Some(renewed));
+                assert!(after_kill!(store.accept_invitation(
+                    invited.id,
+                    "second",
+                    "hash",
+                    t0 + 3
+                )));
+
+                // Transactions, and the feed they append to.
+                let cursor = after_kill!(store.revocation_cursor());
+                let others = sessions_of_new_user(&store, "dead-many@example.test", 2).await;
+                assert!(after_kill!(store.revoke_session(session.id, t0 + 4)));
+                let mut bulk: Vec<SessionId> = others.iter().map(|s| s.id).collect();
+                bulk.sort();
+                assert_eq!(
+                    after_kill!(store.revoke_user_sessions(others[0].user_id, t0 + 5)),
+                    bulk
+                );
+                let fed = after_kill!(store.revocations_since(cursor, 10));
+                assert_eq!(
+                    fed.iter().map(|r| r.session_id).collect::<Vec<_>>(),
+                    [vec![session.id], bulk].concat(),
+                    "each revocation fed once"
+                );
+                let reset = PasswordReset {
+                    digest: "ab".repeat(32),
+                    user_id: user.id,
+                    created: t0,
+                    expires_at: t0 + 3600,
+                    used_at: None,
+                };
+                after_kill!(store.create_password_reset(&reset));
+                assert_eq!(
+                    after_kill!(store.password_reset(&reset.digest)),
+                    Some(reset.clone())
+                );
+                let later = new_session(user.id);
+                store.create_session(&later).await.unwrap();
+                assert_eq!(
+                    after_kill!(store.complete_password_reset(
+                        &reset.digest,
+                        user.id,
+                        "new hash",
+                        t0 + 6
+                    )),
+                    Some(vec![later.id])
+                );
+                let disabled =
+                    after_kill!(store.set_user_disabled("dead@example.test", true, t0 + 7));
+                assert!(disabled.is_some_and(|u| u.disabled));
+                let event = AuditEvent {
+                    at: t0,
+                    kind: "login_succeeded".into(),
+                    user_id: Some(user.id),
+                    email: None,
+                    client_ip: None,
+                    request_id: None,
+                    detail: Default::default(),
+                };
+                after_kill!(store.append_audit(std::slice::from_ref(&event)));
+                let filter = AuditFilter {
+                    user_id: Some(user.id),
+                    email: None,
+                    since: None,
+                    limit: 10,
+                };
+                assert_eq!(after_kill!(store.audit_events(&filter)), vec![event]);
+                assert_eq!(after_kill!(store.prune_audit(t0 + 1)), 1);
+                after_kill!(store.prune(t0));
+
+                // Many callers at once, each meeting a dead connection or a pinged one.
+                kill_idle_pool(&store, POOL_SIZE, &name, &mut admin).await;
+                let mut readers = tokio::task::JoinSet::new();
+                for _ in 0..3 * POOL_SIZE {
+                    let store = store.clone();
+                    readers
+                        .spawn(async move { store.user_by_id(user.id).await.map(|u| u.is_some()) });
+                }
+                for read in readers.join_all().await {
+                    assert!(read.expect("a concurrent read on a killed pool"));
+                }
+                admin.close().await.ok();
+            },
+        )
+        .await;
+    }
+
+    /// A single write whose statement reached the server before its backend was killed is not
+    /// run again: it may have taken effect (here it did not, and it is not counted twice either).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_single_write_killed_on_the_server_is_not_run_again() {
+        with_scratch_schema(
+            "a_single_write_killed_on_the_server_is_not_run_again",
+            |options| async move {
+                let (named_options, name) = named(&options);
+                let store = open(&named_options).await;
+                let mut admin = admin_connection(&options).await;
+                let key = "midflight@example.test";
+                let t0: UnixTime = 1_700_000_000;
+                assert_eq!(
+                    store
+                        .throttle_reserve("login", key, 5, 60, t0)
+                        .await
+                        .unwrap(),
+                    Ok(t0)
+                );
+
+                // The window's row locked, so the store's statement waits on the server.
+                let mut locker = admin_connection(&options).await;
+                let mut lock = locker.begin().await.unwrap();
+                sqlx::query("SELECT 1 FROM throttle_windows WHERE key = $1 FOR UPDATE")
+                    .bind(key)
+                    .execute(&mut *lock)
+                    .await
+                    .unwrap();
+                let reserve = tokio::spawn({
+                    let store = store.clone();
+                    async move { store.throttle_reserve("login", key, 5, 60, t0 + 1).await }
+                });
+                until_waiting_on_a_lock(&mut admin, &name).await;
+                assert_eq!(terminate(&mut admin, &name, true).await, 1);
+                lock.rollback().await.unwrap();
+
+                let outcome = reserve.await.unwrap();
+                assert!(
+                    matches!(&outcome, Err(e) if is_dead_connection(e)),
+                    "the lost connection is reported, not run again: {outcome:?}"
+                );
+                let attempts: i32 =
+                    sqlx::query_scalar("SELECT attempts FROM throttle_windows WHERE key = $1")
+                        .bind(key)
+                        .fetch_one(&mut admin)
+                        .await
+                        .unwrap();
+                assert_eq!(attempts, 1, "the killed statement was rolled back");
+                // The store carries on.
+                assert_eq!(
+                    store
+                        .throttle_reserve("login", key, 5, 60, t0 + 2)
+                        .await
+                        .unwrap(),
+                    Ok(t0)
+                );
+                admin.close().await.ok();
+                locker.close().await.ok();
+            },
+        )
+        .await;
+    }
+
+    /// A transaction whose backend is killed before its commit is run again on another
+    /// connection: the server rolled the first run back, so the revocations are fed once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_killed_before_its_commit_is_run_again() {
+        with_scratch_schema(
+            "a_transaction_killed_before_its_commit_is_run_again",
+            |options| async move {
+                let (named_options, name) = named(&options);
+                let store = open(&named_options).await;
+                let mut admin = admin_connection(&options).await;
+                let sessions = sessions_of_new_user(&store, "midtx@example.test", 2).await;
+                let cursor = store.revocation_cursor().await.unwrap();
+
+                let mut locker = admin_connection(&options).await;
+                let mut lock = locker.begin().await.unwrap();
+                sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+                    .bind(sessions[0].id.0)
+                    .execute(&mut *lock)
+                    .await
+                    .unwrap();
+                let revoke = tokio::spawn({
+                    let store = store.clone();
+                    let user = sessions[0].user_id;
+                    async move { store.revoke_user_sessions(user, 50).await }
+                });
+                until_waiting_on_a_lock(&mut admin, &name).await;
+                assert_eq!(terminate(&mut admin, &name, true).await, 1);
+                // The second run waits on the same lock, on a connection of its own.
+                until_waiting_on_a_lock(&mut admin, &name).await;
+                lock.commit().await.unwrap();
+
+                let mut ids: Vec<SessionId> = sessions.iter().map(|s| s.id).collect();
+                ids.sort();
+                assert_eq!(revoke.await.unwrap().expect("run again"), ids);
+                let fed = store.revocations_since(cursor, 10).await.unwrap();
+                assert_eq!(
+                    fed.iter().map(|r| r.session_id).collect::<Vec<_>>(),
+                    ids,
+                    "fed once"
+                );
+                admin.close().await.ok();
+                locker.close().await.ok();
+            },
+        )
+        .await;
+    }
+
     /// `sslmode` from the URL is honoured, and TLS (rustls on aws-lc-rs) really connects when
     /// the server offers it.
     #[tokio::test]
@@ -1588,6 +2399,61 @@ mod tests {
                 other => panic!("{bad}: expected InvalidUrl, got {other:?}"),
             }
         }
+    }
+
+    /// The replay rule: nothing is run again after a failed acquire, a transaction up to its
+    /// `COMMIT`, a single write only when its ping failed.
+    #[test]
+    fn which_failures_run_again() {
+        use Replay::*;
+        use Stage::*;
+        for (replay, reruns) in [
+            (Idempotent, [false, true, true, true]),
+            (Transaction, [false, true, true, false]),
+            (Once, [false, true, false, false]),
+        ] {
+            for (stage, rerun) in [Acquire, Check, Statements, Commit].into_iter().zip(reruns) {
+                assert_eq!(replay.may_rerun(stage), rerun, "{replay:?} at {stage:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dead_connection_errors() {
+        let io = |kind| StoreError::Database(sqlx::Error::Io(std::io::Error::from(kind)));
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+        ] {
+            assert!(is_dead_connection(&io(kind)), "{kind:?}");
+        }
+        for alive in [
+            StoreError::Database(sqlx::Error::PoolTimedOut),
+            StoreError::Database(sqlx::Error::PoolClosed),
+            StoreError::Database(sqlx::Error::RowNotFound),
+            StoreError::DuplicateEmail,
+            StoreError::Corrupt("x".into()),
+        ] {
+            assert!(!is_dead_connection(&alive), "{alive:?}");
+        }
+    }
+
+    #[test]
+    fn connections_idle_when_a_loss_was_seen_are_suspect() {
+        let loss = ConnectionLoss::new();
+        assert!(
+            !loss.seen_while_idle(Duration::from_secs(3600)),
+            "no loss yet"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        loss.seen();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(loss.seen_while_idle(Duration::from_secs(3600)));
+        assert!(
+            !loss.seen_while_idle(Duration::from_micros(100)),
+            "idle only since after the loss"
+        );
     }
 
     /// A refused connection surfaces as an error within the acquire timeout, not a hang.

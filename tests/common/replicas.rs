@@ -65,6 +65,50 @@ impl PgSchema {
         url.to_string()
     }
 
+    /// The store URL of this schema whose connections carry `application_name = name`, so a
+    /// test can find exactly those backends (see [`PgSchema::terminate_pooled`]).
+    pub fn url_named(&self, name: &str) -> String {
+        let mut url = url::Url::parse(&self.url()).unwrap();
+        url.query_pairs_mut().append_pair("application_name", name);
+        url.to_string()
+    }
+
+    /// Terminates the pooled connections of the replica whose store URL is
+    /// [`PgSchema::url_named`]`(name)` (not its revocation listener), as a restart or a pooler
+    /// dropping idle connections would, and waits until they are gone; returns how many.
+    pub async fn terminate_pooled(&self, name: &str) -> usize {
+        let mut conn = self.connect().await;
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND query NOT LIKE 'LISTEN %'",
+        )
+        .bind(name)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        // By pid only, in the select list: these backends and no other.
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS t (pid)")
+            .bind(&pids)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut left = i64::MAX;
+        for _ in 0..500 {
+            left = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&pids)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, 0, "terminated backends still there");
+        conn.close().await.ok();
+        pids.len()
+    }
+
     /// A plain connection to the schema, for statements the gateway's API does not offer.
     pub async fn connect(&self) -> PgConnection {
         PgConnectOptions::from_url(&url::Url::parse(&self.url()).unwrap())
@@ -161,6 +205,13 @@ impl Replicas {
     /// Starts a replica on the shared schema; `extra_toml` is merged last.
     pub async fn start(&self, extra_toml: &str) -> Gateway {
         self.start_via(None, extra_toml).await
+    }
+
+    /// Starts a replica whose database connections are named `name` (see
+    /// [`PgSchema::terminate_pooled`]).
+    pub async fn start_named(&self, name: &str, extra_toml: &str) -> Gateway {
+        let shared = replica_toml(&self.schema.url_named(name), self.keys.path());
+        Gateway::start_with_layers(&self.upstream.url(), &[&shared, extra_toml]).await
     }
 
     /// Starts a replica reaching PostgreSQL through `relay`.
