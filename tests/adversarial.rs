@@ -887,11 +887,8 @@ async fn a_tls_connection_that_says_nothing_after_the_handshake_is_closed() {
 #[tokio::test]
 async fn an_upgraded_tunnel_keeps_its_connection_slot() {
     let (echo, _, echo_task) = ws_echo().await;
-    let gw = Gateway::start_with(
-        &format!("http://{echo}"),
-        "[limits]\nmax_connections = 1\n",
-    )
-    .await;
+    let gw =
+        Gateway::start_with(&format!("http://{echo}"), "[limits]\nmax_connections = 1\n").await;
     let request = format!("ws://{}/public/ws", gw.addr)
         .into_client_request()
         .unwrap();

@@ -120,6 +120,13 @@ pub struct Downstream<'a> {
 /// Rewrites request headers in place for the upstream.
 pub fn prepare_headers(headers: &mut HeaderMap, downstream: Downstream<'_>) {
     drop_disguised_headers(headers, downstream.underscores_allowed);
+    // The token the gateway checks is the first `X-Access-Token` (`extract_token`): a second
+    // one must not reach a backend that reads the last.
+    let mut tokens = headers.get_all(&X_ACCESS_TOKEN).iter();
+    if let (Some(first), Some(_)) = (tokens.next(), tokens.next()) {
+        let first = first.clone();
+        headers.insert(&X_ACCESS_TOKEN, first);
+    }
     // gRPC and other trailer users over HTTP/2 need `te: trailers` end to end.
     let wants_trailers = headers
         .get(TE)
@@ -306,5 +313,152 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         append_forwarded_for(&mut h, "10.9.9.9:1".parse().unwrap());
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, 10.9.9.9");
+    }
+
+    mod properties {
+        use super::*;
+        use crate::store::{Role, UserId};
+        use proptest::prelude::*;
+
+        /// A header name as a CGI/WSGI-style backend reads it: any separator a `-`.
+        fn as_backend_reads(name: &str) -> String {
+            name.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        b as char
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        }
+
+        /// Names a client might send: the gateway's own, each with its separators swapped
+        /// at random for another token character, hop-by-hop names, and ordinary ones.
+        fn header_name() -> impl Strategy<Value = String> {
+            let owned =
+                prop::sample::select(GATEWAY_OWNED.iter().map(|n| n.as_str()).collect::<Vec<_>>());
+            let disguised = (
+                owned.clone(),
+                prop::collection::vec(
+                    prop::sample::select(vec!['-', '_', '.', '~', '!', '*', '\'', '+', '|']),
+                    4,
+                ),
+            )
+                .prop_map(|(name, seps)| {
+                    let mut n = 0;
+                    name.chars()
+                        .map(|c| {
+                            if c == '-' {
+                                n += 1;
+                                seps[(n - 1) % seps.len()]
+                            } else {
+                                c
+                            }
+                        })
+                        .collect::<String>()
+                });
+            let other = prop::sample::select(vec![
+                "connection",
+                "keep-alive",
+                "te",
+                "upgrade",
+                "http2-settings",
+                "proxy-authorization",
+                "x_custom",
+                "accept",
+                "host",
+                "cookie",
+                "x-meiro-user-roles",
+                "x-forwarded-hostx",
+            ])
+            .prop_map(str::to_owned);
+            prop_oneof![owned.prop_map(str::to_owned), disguised, other]
+        }
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "admin",
+                "user",
+                "10.0.0.1",
+                "https",
+                "evil.example",
+                "x-meiro-user-role",
+                "upgrade, x-forwarded-for",
+                "trailers",
+                "h2c",
+                "",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// For any header list, nothing the gateway owns survives from the client: identity
+            /// and forwarding headers carry the gateway's values only, no disguised copy of any
+            /// owned header reaches the upstream, and no hop-by-hop header passes.
+            #[test]
+            fn nothing_gateway_owned_survives_from_the_client(
+                sent in prop::collection::vec((header_name(), header_value()), 0..16),
+                authenticated in any::<bool>(),
+                underscores_allowed in any::<bool>(),
+            ) {
+                let mut headers = HeaderMap::new();
+                for (name, value) in &sent {
+                    headers.append(
+                        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        HeaderValue::from_str(value).unwrap(),
+                    );
+                }
+                let client_token = headers.get(&X_ACCESS_TOKEN).cloned();
+                // As the server edge does before the data plane sees the request.
+                let id = crate::request_id::assign(&mut headers).into_header_value();
+                let principal = Principal::new(UserId::new_random(), "u@example.com", Role::User);
+                prepare_headers(&mut headers, Downstream {
+                    client: "192.0.2.7:1234".parse().unwrap(),
+                    proto: "https",
+                    host: Some(HeaderValue::from_static("gateway.example")),
+                    principal: authenticated.then_some(&principal),
+                    upgrade: None,
+                    underscores_allowed,
+                });
+                for name in headers.keys() {
+                    let name = name.as_str();
+                    let read_as = as_backend_reads(name);
+                    if GATEWAY_OWNED.iter().any(|o| o.as_str() == read_as) {
+                        prop_assert_eq!(name, read_as.as_str(), "a disguised copy survived");
+                    }
+                    prop_assert!(underscores_allowed || !name.contains('_'));
+                    for hop in ["connection", "keep-alive", "upgrade", "http2-settings",
+                        "proxy-authorization"] {
+                        prop_assert_ne!(name, hop);
+                    }
+                }
+                for owned in GATEWAY_OWNED {
+                    prop_assert!(headers.get_all(owned).iter().count() <= 1, "{owned} twice");
+                }
+                let identity = [
+                    (&X_MEIRO_USER_ID, &principal.user_id_header),
+                    (&X_MEIRO_USER_EMAIL, &principal.email_header),
+                    (&X_MEIRO_USER_ROLE, &principal.role_header),
+                ];
+                for (name, value) in identity {
+                    let expected = if authenticated { value.as_ref() } else { None };
+                    prop_assert_eq!(headers.get(name), expected, "{}", name);
+                }
+                prop_assert_eq!(&headers[&X_FORWARDED_PROTO], "https");
+                prop_assert_eq!(&headers[&X_FORWARDED_HOST], "gateway.example");
+                let forwarded_for = headers[&X_FORWARDED_FOR].to_str().unwrap();
+                prop_assert!(
+                    forwarded_for.rsplit(", ").next() == Some("192.0.2.7"),
+                    "the right-most X-Forwarded-For is the peer: {forwarded_for}"
+                );
+                // The two owned headers a client may send under their own name pass unchanged
+                // (the token is what the gateway checked; the id what the server edge assigned).
+                prop_assert_eq!(headers.get(&X_ACCESS_TOKEN), client_token.as_ref());
+                prop_assert_eq!(headers.get(&X_REQUEST_ID), Some(&id));
+            }
+        }
     }
 }

@@ -802,3 +802,104 @@ impl tower::Service<Request<Body>> for ProxyService {
         Box::pin(async move { Ok(proxy.handle(request).await) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    use proptest::prelude::*;
+
+    /// Routes whose prefixes nest and overlap, each with `strip_prefix` as given.
+    fn route_table(strip: [bool; 5]) -> RouteTable {
+        let prefixes = ["/", "/api", "/api/admin", "/public", "/api/v1.0"];
+        let mut toml =
+            String::from("[[upstreams]]\nname = \"u\"\ninstances = [\"http://127.0.0.1:9\"]\n");
+        for (prefix, strip) in prefixes.iter().zip(strip) {
+            toml.push_str(&format!(
+                "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"u\"\nstrip_prefix = {strip}\n"
+            ));
+        }
+        let config = crate::config::load_from_figment(&Figment::from(Toml::string(&toml)))
+            .expect("valid config");
+        let metrics = Metrics::new();
+        let cluster = Arc::new(Cluster::new(&config.upstreams[0], &metrics).unwrap());
+        RouteTable::new(
+            config
+                .routes
+                .iter()
+                .map(|r| Route::new(r, cluster.clone(), &metrics))
+                .collect(),
+        )
+    }
+
+    /// Segments chosen to trip a normalizer: dots plain and escaped, escaped separators, case,
+    /// escaped unreserved characters, and the prefixes themselves.
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "", ".", "..", "%2e", "%2E%2e", ".%2e", "%2e.", "api", "API", "admin", "public",
+            "v1.0", "v1%2e0", "%61pi", "%61dmin", "a%2fb", "a%5Cb", "x", "%7e", "~", ";", "%20",
+            "%25", "api;x", "%",
+        ])
+    }
+
+    fn request_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(segment(), 0..8).prop_map(|segments| {
+            let mut path = String::new();
+            for s in segments {
+                path.push('/');
+                path.push_str(s);
+            }
+            if path.is_empty() {
+                path.push('/');
+            }
+            path
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever path the gateway matched a route on is exactly the path the upstream
+        /// receives (after `strip_prefix`), and that path is already normal: the upstream
+        /// cannot read it as another one.
+        #[test]
+        fn the_path_that_routes_is_the_path_that_is_forwarded(
+            path in request_path(),
+            query in prop::option::of(prop::sample::select(vec!["a=1", "x=%2e%2e/..", ""])),
+            strip in any::<[bool; 5]>(),
+        ) {
+            let table = route_table(strip);
+            let target = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
+            let Ok(normalized) = path::normalize(uri.path()) else { return Ok(()) };
+            let route = table.find(None, &normalized).expect("\"/\" matches every path");
+            prop_assert!(routes::prefix_matches(&route.prefix, &normalized));
+            // The longest matching prefix won.
+            for other in ["/", "/api", "/api/admin", "/public", "/api/v1.0"] {
+                if routes::prefix_matches(other, &normalized) {
+                    prop_assert!(other.trim_end_matches('/').len() <= route.prefix.len());
+                }
+            }
+            let sent = upstream_target(&uri, normalized.clone(), route).unwrap();
+            let forwarded = sent.path();
+            if route.strip_prefix {
+                let rejoined = format!("{}{}", route.prefix, forwarded);
+                prop_assert!(
+                    rejoined == *normalized
+                        || (forwarded == "/" && (*normalized == route.prefix
+                            || *normalized == format!("{}/", route.prefix))),
+                    "{normalized} → {forwarded} on {}", route.prefix
+                );
+            } else {
+                prop_assert_eq!(forwarded, &*normalized);
+            }
+            let renormalized = path::normalize(forwarded).unwrap();
+            prop_assert_eq!(&*renormalized, forwarded, "not normal");
+            prop_assert_eq!(sent.query(), uri.query());
+        }
+    }
+}
