@@ -209,8 +209,6 @@ pub async fn serve(
             )
         };
         let connection = ConnectionState::new(permit);
-        // hyper keeps at most this much of a head before refusing it.
-        let scan_limit = head_limit.max(HYPER_MIN_BUF_SIZE);
         let verdicts = Arc::new(Verdicts::default());
         let service = service(
             site.clone(),
@@ -219,69 +217,32 @@ pub async fn serve(
             remote,
             head_limit,
         );
+        let accepted = Accepted {
+            builder,
+            service,
+            // hyper keeps at most this much of a head before refusing it.
+            scan_limit: head_limit.max(HYPER_MIN_BUF_SIZE),
+            verdicts,
+            connection,
+            deadlines,
+            at: accepted,
+            shutdown: shutdown.clone(),
+            remote,
+        };
         let tls = tls.clone();
-        let shutdown = shutdown.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {
-            let end = match tls {
-                None => {
-                    let stream = Watched::new(stream, scan_limit, verdicts);
-                    let http =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::pin!(http);
-                    connection::drive(
-                        http,
-                        |c| c.graceful_shutdown(),
-                        &connection,
-                        deadlines,
-                        accepted,
-                        shutdown,
-                    )
-                    .await
-                }
+            match tls {
+                None => accepted.serve(stream).await,
                 Some(acceptor) => {
                     // The handshake counts against the first-request deadline: a client that
                     // opens a socket and says nothing is a slowloris in TLS clothing.
-                    let handshake = tokio::time::timeout_at(
-                        accepted + deadlines.first_request,
-                        acceptor.accept(stream),
-                    );
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %remote, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let stream = Watched::new(stream, scan_limit, verdicts);
-                    let http =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    tokio::pin!(http);
-                    connection::drive(
-                        http,
-                        |c| c.graceful_shutdown(),
-                        &connection,
-                        deadlines,
-                        accepted,
-                        shutdown,
-                    )
-                    .await
-                }
-            };
-            match end {
-                connection::End::Served(Ok(())) => {}
-                connection::End::Served(Err(e)) => {
-                    tracing::debug!(error = %e, %remote, "connection ended with an error")
-                }
-                connection::End::NoRequest => {
-                    tracing::debug!(%remote, "connection closed: no request within the deadline")
-                }
-                connection::End::Abusive => {
-                    tracing::info!(%remote, "connection closed: it cancelled most of its requests (HTTP/2 rapid reset)")
+                    let deadline = accepted.at + accepted.deadlines.first_request;
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => accepted.serve(stream).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
                 }
             }
             drop(open);
@@ -294,6 +255,65 @@ pub async fn serve(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(?drain, "drain timeout: closing remaining connections");
             false
+        }
+    }
+}
+
+/// A connection accepted and everything needed to serve it, over plain TCP or TLS.
+struct Accepted<S> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    scan_limit: usize,
+    verdicts: Arc<Verdicts>,
+    connection: Arc<ConnectionState>,
+    deadlines: Deadlines,
+    at: tokio::time::Instant,
+    shutdown: watch::Receiver<bool>,
+    remote: SocketAddr,
+}
+
+impl<S> Accepted<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response<axum::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serves the connection until it ends, under its deadlines (`connection::drive`).
+    async fn serve<I>(self, stream: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let stream = Watched::new(stream, self.scan_limit, self.verdicts);
+        let http = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), self.service);
+        tokio::pin!(http);
+        let end = connection::drive(
+            http,
+            |c| c.graceful_shutdown(),
+            &self.connection,
+            self.deadlines,
+            self.at,
+            self.shutdown,
+        )
+        .await;
+        let remote = self.remote;
+        match end {
+            connection::End::Served(Ok(())) => {}
+            connection::End::Served(Err(e)) => {
+                tracing::debug!(error = %e, %remote, "connection ended with an error")
+            }
+            connection::End::NoRequest => {
+                tracing::debug!(%remote, "connection closed: no request within the deadline")
+            }
+            connection::End::Abusive => {
+                tracing::info!(%remote, "connection closed: it cancelled most of its requests (HTTP/2 rapid reset)")
+            }
         }
     }
 }
