@@ -1071,7 +1071,7 @@ async fn paced_rapid_reset_gets_goaway_and_cancels_at_the_upstream() {
     const ROUNDS: usize = 20;
     const BATCH: usize = 100;
     let mut sent = 0;
-    let mut refused = false;
+    let mut shut: Option<h2::Error> = None;
     'rounds: for _ in 0..ROUNDS {
         let mut streams = Vec::new();
         for _ in 0..BATCH {
@@ -1081,33 +1081,43 @@ async fn paced_rapid_reset_gets_goaway_and_cancels_at_the_upstream() {
                 .unwrap();
             match client.send_request(request, true) {
                 Ok((response, _)) => streams.push(response),
-                Err(_) => {
-                    refused = true;
+                Err(e) => {
+                    shut = Some(e);
                     break 'rounds;
                 }
             }
             sent += 1;
             client = match client.ready().await {
                 Ok(c) => c,
-                Err(_) => {
-                    refused = true;
+                Err(e) => {
+                    shut = Some(e);
                     break 'rounds;
                 }
             };
         }
-        // The pause that lets each batch reach the upstream before its resets.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The pause: each batch is reset only once all of it reached the upstream, so the
+        // gateway accepted every stream first (hyper's own limit counts only streams reset
+        // before that, and lets this through).
+        let reached = upstream.heads().len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while upstream.heads().len() < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if upstream.heads().len() == reached && reached < sent {
+            break; // Nothing more gets through: the connection is going away.
+        }
         // Dropping an unanswered response future resets its stream (RST_STREAM CANCEL).
         drop(streams);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let shut = shut.expect("the connection was never shut");
     assert!(
-        refused,
-        "the connection was never shut (sent {sent} requests)"
+        shut.is_go_away() || shut.is_io() || shut.reason().is_some(),
+        "shut by the gateway: {shut:?}"
     );
     let forwarded = upstream.heads().len();
     assert!(
-        forwarded <= 2 * BATCH,
+        forwarded <= 3 * BATCH,
         "{forwarded} of {sent} reset requests reached the upstream"
     );
     assert!(

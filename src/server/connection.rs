@@ -8,24 +8,30 @@
 //!   timer at all) and the first head together — or it is closed;
 //! - **idle**: a connection with no request in progress and none started for `idle_timeout`
 //!   is shut down gracefully (HTTP/1: closed; HTTP/2: GOAWAY, streams still open finish);
-//! - **rapid reset**: once a connection has started [`RESET_MIN_REQUESTS`] requests and its
-//!   client cancelled more than half of them before their response head, it is sent GOAWAY
+//! - **rapid reset**: once [`RESET_MIN_REQUESTS`] of a connection's requests have finished
+//!   and its client cancelled more than half of them before their response head, it is sent GOAWAY
 //!   and closed [`ABUSE_GRACE`] later, whatever is still open (Envoy's premature-reset rule).
 //!   hyper's own limit only counts streams reset before they were accepted, so a client that
 //!   pauses between its HEADERS and its RST_STREAMs passes it.
 //!
-//! The per-request cost is two atomic adds and a reference count: the idle check reads the
-//! counters from a timer ticking a quarter of `idle_timeout`, not a clock per request.
+//! The timers and the process's shutdown are watched by a [`watchdog`] task of the
+//! connection's own, which tells the task serving the connection what to do through one
+//! atomic [`Order`]: the serving task polls nothing per wake-up but hyper's connection and
+//! that order. Per request the cost is two atomic adds and a reference count; the idle check
+//! reads the counters from a timer ticking a quarter of `idle_timeout`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
-/// Requests a connection must have started before its cancellations are judged.
+/// Requests of a connection that must have finished before its cancellations are judged.
 pub const RESET_MIN_REQUESTS: u64 = 100;
 
 /// How long an abusive connection keeps its open streams after its GOAWAY.
@@ -38,7 +44,34 @@ pub struct Deadlines {
     pub idle: Duration,
 }
 
-/// What the service and the connection task share about one connection.
+/// What the watchdog asks of the serving task; each order only ever raises the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Order {
+    Serve = 0,
+    /// Start hyper's graceful shutdown (idle, or the process is stopping).
+    GoAway = 1,
+    /// GOAWAY now, then [`Order::CloseAbusive`] after [`ABUSE_GRACE`].
+    GoAwayAbusive = 2,
+    /// Drop the connection: no request started within the first-request deadline.
+    CloseNoRequest = 3,
+    /// Drop the connection: a rapid-reset client outstayed its grace.
+    CloseAbusive = 4,
+}
+
+impl Order {
+    fn from_u8(value: u8) -> Order {
+        match value {
+            0 => Order::Serve,
+            1 => Order::GoAway,
+            2 => Order::GoAwayAbusive,
+            3 => Order::CloseNoRequest,
+            _ => Order::CloseAbusive,
+        }
+    }
+}
+
+/// What the service, the watchdog and the serving task share about one connection.
 pub struct ConnectionState {
     /// Requests whose service future is running (no response head yet).
     active: AtomicU64,
@@ -49,6 +82,9 @@ pub struct ConnectionState {
     cancelled: AtomicU64,
     /// Woken once when the cancellations cross the rapid-reset threshold.
     abusive: Notify,
+    /// The watchdog's standing order, and the serving task's waker for a new one.
+    order: AtomicU8,
+    order_waker: AtomicWaker,
     /// The connection's place under `limits.max_connections`, released when the connection
     /// and every tunnel upgraded from it are gone.
     _permit: OwnedSemaphorePermit,
@@ -61,6 +97,8 @@ impl ConnectionState {
             started: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             abusive: Notify::new(),
+            order: AtomicU8::new(Order::Serve as u8),
+            order_waker: AtomicWaker::new(),
             _permit: permit,
         })
     }
@@ -77,17 +115,32 @@ impl ConnectionState {
 
     fn cancelled_one(&self) {
         let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-        if is_rapid_reset(self.started.load(Ordering::Relaxed), cancelled) {
-            // `notify_one` keeps the permit if the task is not waiting yet; later calls are
-            // harmless (the task has stopped listening).
+        let closed = (self.started.load(Ordering::Relaxed))
+            .saturating_sub(self.active.load(Ordering::Relaxed));
+        if is_rapid_reset(closed, cancelled) {
+            // `notify_one` keeps the permit if the watchdog is not waiting yet; later calls
+            // are harmless.
             self.abusive.notify_one();
         }
     }
+
+    fn give(&self, order: Order) {
+        self.order.fetch_max(order as u8, Ordering::AcqRel);
+        self.order_waker.wake();
+    }
+
+    /// Nothing in progress, and nothing started since `started_before`.
+    fn quiet_since(&self, started_before: u64) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+            && self.started.load(Ordering::Relaxed) == started_before
+    }
 }
 
-/// Envoy's premature-reset rule: enough requests to judge, and most of them cancelled.
-pub fn is_rapid_reset(started: u64, cancelled: u64) -> bool {
-    started >= RESET_MIN_REQUESTS && cancelled * 2 > started
+/// Envoy's premature-reset rule: enough finished requests to judge (answered or cancelled;
+/// those still running would make a burst of resets look diluted by requests sent after it),
+/// and most of them cancelled.
+pub fn is_rapid_reset(finished: u64, cancelled: u64) -> bool {
+    finished >= RESET_MIN_REQUESTS && cancelled * 2 > finished
 }
 
 /// One request in progress; dropped without [`RequestGuard::answered`], it was cancelled.
@@ -117,6 +170,67 @@ impl Drop for RequestGuard {
     }
 }
 
+/// Ticks per `idle` period: a connection is shut down after this many quiet ticks in a row,
+/// so between `idle` and 1.25 × `idle` after its last request.
+const IDLE_TICKS: u32 = 4;
+
+/// Watches one connection's deadlines, its cancellations and the process's `shutdown`, and
+/// gives the serving task its orders. Ends once it has nothing more to order; the serving
+/// task aborts it when the connection ends first.
+pub async fn watchdog(
+    state: Arc<ConnectionState>,
+    deadlines: Deadlines,
+    accepted: Instant,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let first_deadline = accepted + deadlines.first_request;
+    let tick = (deadlines.idle / IDLE_TICKS).max(Duration::from_millis(10));
+    let mut first_request_pending = true;
+    let mut started_at_last_tick = 0;
+    let mut quiet_ticks = 0;
+    let mut going_away = false;
+    loop {
+        let next = if first_request_pending {
+            first_deadline.min(Instant::now() + tick)
+        } else {
+            Instant::now() + tick
+        };
+        tokio::select! {
+            _ = shutdown.changed(), if !going_away => {
+                state.give(Order::GoAway);
+                going_away = true;
+            }
+            () = state.abusive.notified() => {
+                tracing::debug!("connection cancels most of its requests: GOAWAY");
+                state.give(Order::GoAwayAbusive);
+                tokio::time::sleep(ABUSE_GRACE).await;
+                state.give(Order::CloseAbusive);
+                return;
+            }
+            () = tokio::time::sleep_until(next), if !going_away => {
+                let started = state.started.load(Ordering::Relaxed);
+                if first_request_pending {
+                    if started > 0 {
+                        first_request_pending = false;
+                    } else if Instant::now() >= first_deadline {
+                        state.give(Order::CloseNoRequest);
+                        return;
+                    }
+                } else if state.quiet_since(started_at_last_tick) {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= IDLE_TICKS {
+                        state.give(Order::GoAway);
+                        going_away = true;
+                    }
+                } else {
+                    quiet_ticks = 0;
+                }
+                started_at_last_tick = started;
+            }
+        }
+    }
+}
+
 /// How a connection ended, for the debug log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum End<E> {
@@ -128,92 +242,63 @@ pub enum End<E> {
     Abusive,
 }
 
-/// Whether an idle tick saw the connection quiet: nothing in progress, nothing started since
-/// the last tick.
-fn quiet(state: &ConnectionState, started_at_last_tick: u64) -> bool {
-    state.active.load(Ordering::Relaxed) == 0
-        && state.started.load(Ordering::Relaxed) == started_at_last_tick
+/// Drives `connection` to its end, following the watchdog's orders. `graceful` starts hyper's
+/// graceful shutdown of the pinned connection.
+pub struct Drive<'a, C> {
+    connection: Pin<&'a mut C>,
+    graceful: fn(Pin<&mut C>),
+    state: &'a ConnectionState,
+    obeyed: Order,
+    /// hyper's graceful shutdown is started once, whichever order asked first.
+    going_away: bool,
 }
 
-/// Ticks per `idle` period: a connection is shut down after this many quiet ticks in a row,
-/// so between `idle` and 1.25 × `idle` after its last request.
-const IDLE_TICKS: u32 = 4;
+impl<'a, C> Drive<'a, C> {
+    pub fn new(
+        connection: Pin<&'a mut C>,
+        graceful: fn(Pin<&mut C>),
+        state: &'a ConnectionState,
+    ) -> Self {
+        Drive {
+            connection,
+            graceful,
+            state,
+            obeyed: Order::Serve,
+            going_away: false,
+        }
+    }
+}
 
-/// Drives `connection` to its end under the deadlines above and the process's `shutdown`.
-/// `graceful` starts hyper's graceful shutdown of the pinned connection.
-pub async fn drive<C, E>(
-    mut connection: std::pin::Pin<&mut C>,
-    graceful: impl Fn(std::pin::Pin<&mut C>),
-    state: &ConnectionState,
-    deadlines: Deadlines,
-    accepted: Instant,
-    mut shutdown: watch::Receiver<bool>,
-) -> End<E>
+impl<C, E> Future for Drive<'_, C>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let first_deadline = accepted + deadlines.first_request;
-    let tick = (deadlines.idle / IDLE_TICKS).max(Duration::from_millis(10));
-    let next_tick = |first_request_pending: bool| {
-        let next = Instant::now() + tick;
-        if first_request_pending {
-            next.min(first_deadline)
-        } else {
-            next
+    type Output = End<E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End<E>> {
+        let this = &mut *self;
+        if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+            return Poll::Ready(End::Served(result));
         }
-    };
-    let timer = tokio::time::sleep_until(next_tick(true));
-    tokio::pin!(timer);
-    let mut first_request_pending = true;
-    let mut started_at_last_tick = 0;
-    let mut quiet_ticks = 0;
-    let mut closing = false;
-    let mut abusive = false;
-    loop {
-        tokio::select! {
-            biased;
-            result = connection.as_mut() => return End::Served(result),
-            _ = shutdown.changed(), if !closing => {
-                graceful(connection.as_mut());
-                closing = true;
+        this.state.order_waker.register(cx.waker());
+        let order = Order::from_u8(this.state.order.load(Ordering::Acquire));
+        if order == this.obeyed {
+            return Poll::Pending;
+        }
+        this.obeyed = order;
+        match order {
+            Order::Serve => Poll::Pending,
+            Order::GoAway | Order::GoAwayAbusive if this.going_away => Poll::Pending,
+            Order::GoAway | Order::GoAwayAbusive => {
+                (this.graceful)(this.connection.as_mut());
+                this.going_away = true;
+                // hyper starts sending GOAWAY (or closes an idle HTTP/1 connection) when
+                // polled next.
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
-            _ = state.abusive.notified(), if !abusive => {
-                tracing::debug!("connection cancels most of its requests: GOAWAY");
-                graceful(connection.as_mut());
-                closing = true;
-                abusive = true;
-                timer.as_mut().reset(Instant::now() + ABUSE_GRACE);
-            }
-            () = timer.as_mut() => {
-                if abusive {
-                    return End::Abusive;
-                }
-                if closing {
-                    // Shutting down: the drain deadline of `serve` bounds the rest.
-                    timer.as_mut().reset(Instant::now() + Duration::from_secs(3600));
-                    continue;
-                }
-                let started = state.started.load(Ordering::Relaxed);
-                if first_request_pending {
-                    if started == 0 {
-                        if Instant::now() >= first_deadline {
-                            return End::NoRequest;
-                        }
-                    } else {
-                        first_request_pending = false;
-                    }
-                } else if quiet(state, started_at_last_tick) {
-                    quiet_ticks += 1;
-                    if quiet_ticks >= IDLE_TICKS {
-                        graceful(connection.as_mut());
-                        closing = true;
-                    }
-                } else {
-                    quiet_ticks = 0;
-                }
-                started_at_last_tick = started;
-                timer.as_mut().reset(next_tick(first_request_pending));
-            }
+            Order::CloseNoRequest => Poll::Ready(End::NoRequest),
+            Order::CloseAbusive => Poll::Ready(End::Abusive),
         }
     }
 }
@@ -229,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn rapid_reset_needs_enough_requests_and_a_majority_cancelled() {
+    fn rapid_reset_needs_enough_finished_requests_and_a_majority_cancelled() {
         assert!(!is_rapid_reset(99, 99));
         assert!(!is_rapid_reset(100, 50));
         assert!(is_rapid_reset(100, 51));
@@ -247,55 +332,36 @@ mod tests {
         assert_eq!(state.active.load(Ordering::Relaxed), 0);
     }
 
-    /// A connection future that never ends and counts graceful shutdowns.
-    struct Forever(u32);
-    impl Future for Forever {
-        type Output = Result<(), ()>;
-        fn poll(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), ()>> {
-            std::task::Poll::Pending
-        }
-    }
-
     const DEADLINES: Deadlines = Deadlines {
         first_request: Duration::from_secs(10),
         idle: Duration::from_secs(60),
     };
 
+    fn order(state: &ConnectionState) -> Order {
+        Order::from_u8(state.order.load(Ordering::Acquire))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_starts_no_request_is_closed_at_the_first_deadline() {
         let state = state();
         let (_tx, shutdown) = watch::channel(false);
-        let mut conn = std::pin::pin!(Forever(0));
         let began = Instant::now();
-        let end = drive(conn.as_mut(), |_| {}, &state, DEADLINES, began, shutdown).await;
-        assert_eq!(end, End::NoRequest);
+        watchdog(state.clone(), DEADLINES, began, shutdown).await;
+        assert_eq!(order(&state), Order::CloseNoRequest);
         assert_eq!(began.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_shut_down_gracefully_once() {
+    async fn an_idle_connection_is_told_to_go_away_once_idle() {
         let state = state();
         let (_tx, shutdown) = watch::channel(false);
         state.start_request().answered();
-        let mut conn = std::pin::pin!(Forever(0));
-        let began = Instant::now();
-        let driven = drive(
-            conn.as_mut(),
-            |mut c| {
-                c.0 += 1;
-                assert_eq!(c.0, 1, "one graceful shutdown");
-            },
-            &state,
-            DEADLINES,
-            began,
-            shutdown,
-        );
-        // Forever never ends: the drive is cut off after a while and the shutdowns counted.
-        let _ = tokio::time::timeout(Duration::from_secs(600), driven).await;
-        assert_eq!(conn.0, 1);
+        let watched = tokio::spawn(watchdog(state.clone(), DEADLINES, Instant::now(), shutdown));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(order(&state), Order::Serve, "not idle for 60 s yet");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(order(&state), Order::GoAway);
+        watched.abort();
     }
 
     #[tokio::test(start_paused = true)]
@@ -303,17 +369,22 @@ mod tests {
         let state = state();
         let (_tx, shutdown) = watch::channel(false);
         let _in_progress = state.start_request();
-        let mut conn = std::pin::pin!(Forever(0));
-        let driven = drive(
-            conn.as_mut(),
-            |mut c| c.0 += 1,
-            &state,
-            DEADLINES,
-            Instant::now(),
-            shutdown,
-        );
-        let _ = tokio::time::timeout(Duration::from_secs(600), driven).await;
-        assert_eq!(conn.0, 0, "shut down with a request in progress");
+        let watched = tokio::spawn(watchdog(state.clone(), DEADLINES, Instant::now(), shutdown));
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(order(&state), Order::Serve);
+        watched.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_tells_the_connection_to_go_away() {
+        let state = state();
+        let (tx, shutdown) = watch::channel(false);
+        state.start_request().answered();
+        let watched = tokio::spawn(watchdog(state.clone(), DEADLINES, Instant::now(), shutdown));
+        tx.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(order(&state), Order::GoAway);
+        watched.abort();
     }
 
     #[tokio::test(start_paused = true)]
@@ -323,19 +394,38 @@ mod tests {
         for _ in 0..RESET_MIN_REQUESTS {
             drop(state.start_request());
         }
-        let mut conn = std::pin::pin!(Forever(0));
         let began = Instant::now();
-        let end = drive(
-            conn.as_mut(),
-            |mut c| c.0 += 1,
-            &state,
-            DEADLINES,
-            began,
-            shutdown,
-        )
-        .await;
-        assert_eq!(end, End::Abusive);
-        assert_eq!(conn.0, 1, "GOAWAY first");
+        let watched = tokio::spawn(watchdog(state.clone(), DEADLINES, began, shutdown));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(order(&state), Order::GoAwayAbusive, "GOAWAY first");
+        watched.await.unwrap();
+        assert_eq!(order(&state), Order::CloseAbusive);
         assert_eq!(began.elapsed(), ABUSE_GRACE);
+    }
+
+    /// A connection future that never ends and counts graceful shutdowns.
+    struct Forever(u32);
+    impl Future for Forever {
+        type Output = Result<(), ()>;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn the_serving_task_obeys_each_order_once() {
+        let state = state();
+        let mut conn = std::pin::pin!(Forever(0));
+        {
+            let drive = Drive::new(conn.as_mut(), |mut c| c.0 += 1, &state);
+            tokio::pin!(drive);
+            assert!(futures_util::poll!(drive.as_mut()).is_pending());
+            state.give(Order::GoAway);
+            assert!(futures_util::poll!(drive.as_mut()).is_pending());
+            assert!(futures_util::poll!(drive.as_mut()).is_pending());
+            state.give(Order::CloseAbusive);
+            assert_eq!(drive.await, End::Abusive);
+        }
+        assert_eq!(conn.0, 1, "one graceful shutdown");
     }
 }

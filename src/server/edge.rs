@@ -84,11 +84,17 @@ pub fn screen<B>(request: &Request<B>) -> Result<(), Refusal> {
 /// One host per request: at most one `Host` line, valid, and equal to the target's authority
 /// when the target carries one (absolute form, or HTTP/2's `:authority`).
 pub fn check_authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
-    let mut hosts = headers.get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Refusal::DuplicateHost);
-    }
+    // A map without repeated names (the common case) is told apart by its two counts alone.
+    let host = if headers.len() == headers.keys_len() {
+        headers.get(HOST)
+    } else {
+        let mut hosts = headers.get_all(HOST).iter();
+        let first = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Refusal::DuplicateHost);
+        }
+        first
+    };
     let target = uri.authority().map(|a| a.as_str().as_bytes());
     if host.is_none() && version == Version::HTTP_11 {
         return Err(Refusal::MissingHost);
@@ -107,43 +113,55 @@ pub fn check_authority(version: Version, uri: &Uri, headers: &HeaderMap) -> Resu
     }
 }
 
+/// Bytes of a registered name (RFC 3986 unreserved: letters, digits, `-._~`).
+const fn reg_name_bytes() -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    table
+}
+static REG_NAME: [bool; 256] = reg_name_bytes();
+
 /// `uri-host [":" port]` (RFC 9110 §7.2), strictly: a registered name of letters, digits and
 /// `-._~`, or a bracketed IPv6 literal; a port of 1–5 digits. No user info, percent-escapes or
 /// sub-delimiters: real host names have none, and each is a way to make two parsers disagree.
 pub fn is_valid_host(value: &[u8]) -> bool {
-    let (name, port) = match value.first() {
+    let name_end = match value.first() {
         Some(b'[') => match value.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let literal = &value[1..end];
-                let ok = !literal.is_empty()
-                    && literal
+            Some(end)
+                if end > 1
+                    && value[1..end]
                         .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
-                if !ok {
-                    return false;
-                }
-                (&value[..=end], &value[end + 1..])
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) =>
+            {
+                end + 1
             }
-            None => return false,
+            _ => return false,
         },
-        _ => match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &value[value.len()..]),
-        },
-    };
-    let name_ok = !name.is_empty()
-        && (name[0] == b'['
-            || name
+        _ => {
+            // One pass: the name runs up to the first byte outside it, which must be the
+            // port's colon or the end.
+            let end = value
                 .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
-    let port_ok = match port {
+                .position(|&b| !REG_NAME[usize::from(b)])
+                .unwrap_or(value.len());
+            if end == 0 {
+                return false;
+            }
+            end
+        }
+    };
+    match &value[name_end..] {
         [] => true,
         [b':', digits @ ..] => {
             (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
         }
         _ => false,
-    };
-    name_ok && port_ok
+    }
 }
 
 #[cfg(test)]

@@ -293,15 +293,14 @@ where
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), self.service);
         tokio::pin!(http);
-        let end = connection::drive(
-            http,
-            |c| c.graceful_shutdown(),
-            &self.connection,
+        let watchdog = tokio::spawn(connection::watchdog(
+            self.connection.clone(),
             self.deadlines,
             self.at,
             self.shutdown,
-        )
-        .await;
+        ));
+        let end = connection::Drive::new(http, |c| c.graceful_shutdown(), &self.connection).await;
+        watchdog.abort();
         let remote = self.remote;
         match end {
             connection::End::Served(Ok(())) => {}
