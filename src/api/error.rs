@@ -25,6 +25,15 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The rule that failed, never the address (`crate::email::InvalidEmail`).
+        if let ApiError::Auth(AuthError::InvalidEmail(rule)) = &self {
+            let message = format!("Invalid email address: {rule}");
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "message": message })),
+            )
+                .into_response();
+        }
         let (status, message, retry_after): (StatusCode, &str, Option<u64>) = match &self {
             ApiError::BadRequest(msg) => (StatusCode::BAD_REQUEST, msg, None),
             ApiError::PayloadTooLarge => (
@@ -76,7 +85,9 @@ impl IntoResponse for ApiError {
                     None,
                 ),
                 AuthError::Forbidden => (StatusCode::FORBIDDEN, "Insufficient permissions", None),
-                AuthError::InvalidEmail => (StatusCode::BAD_REQUEST, "Invalid email address", None),
+                AuthError::InvalidEmail(_) => {
+                    unreachable!("answered above, with its rule")
+                }
                 AuthError::UserExists => (
                     StatusCode::CONFLICT,
                     "A user with this email already exists",

@@ -116,7 +116,7 @@ impl Entry {
     /// An address that names no user (a failed login). Only something shaped like an address
     /// is kept: people type passwords into the email field, and that must not be recorded.
     pub fn claimed_email(mut self, email: &str) -> Entry {
-        if super::is_valid_email(email) {
+        if crate::email::is_valid(email) {
             self.0.email = Some(email.to_owned());
         }
         self

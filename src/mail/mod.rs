@@ -199,9 +199,10 @@ pub(crate) fn recipient_domain(to: &str) -> &str {
 /// The RFC 5322 message for `message`: multipart/alternative with the text part first, since
 /// clients show the last part they can render.
 pub(crate) fn compose(from: &Mailbox, message: &Message) -> Result<lettre::Message, SendError> {
-    let to: Mailbox = message
-        .to
-        .parse()
+    // The same rule the API applied when the address came in (`crate::email`): an address
+    // stored before that rule, or by another path, is refused here, never rewritten.
+    let to = crate::email::parse(&message.to)
+        .map(|address| Mailbox::new(None, address))
         .map_err(|e| SendError::permanent(format!("invalid recipient address: {e}")))?;
     // Message-ID helps spam filters and threading; lettre adds none without its `hostname`
     // feature, so derive the domain from the sender.
