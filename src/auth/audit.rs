@@ -1,6 +1,6 @@
 //! The audit trail: one [`AuditEvent`] per security-relevant action (logins and their failures,
-//! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, users enabled
-//! or disabled, key rotation), each with its time, user, client IP and request id, and never a
+//! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, mail the
+//! queue could not deliver, users enabled or disabled, key rotation), each with its time, user, client IP and request id, and never a
 //! token, password or link secret. [`Audit::record`] writes it to the log under target `audit`
 //! and persists it through the store (`meiro-gate audit tail` reads it back); records older
 //! than `audit.retention` are pruned by the periodic store maintenance (`revocation::follow`).
@@ -44,6 +44,9 @@ pub enum AuditKind {
     InvitationAccepted,
     PasswordResetRequested,
     PasswordResetCompleted,
+    /// An invitation or reset mail the queue dropped: refused permanently or undelivered
+    /// for `mail.give_up_after`. Kind, recipient domain, reason and attempts; never the link.
+    MailFailed,
     UserEnabled,
     UserDisabled,
     KeyRotated,
@@ -64,6 +67,7 @@ impl AuditKind {
             AuditKind::InvitationAccepted => "invitation_accepted",
             AuditKind::PasswordResetRequested => "password_reset_requested",
             AuditKind::PasswordResetCompleted => "password_reset_completed",
+            AuditKind::MailFailed => "mail_failed",
             AuditKind::UserEnabled => "user_enabled",
             AuditKind::UserDisabled => "user_disabled",
             AuditKind::KeyRotated => "key_rotated",

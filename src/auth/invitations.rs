@@ -147,7 +147,7 @@ impl Auth {
                 }
             }
         };
-        self.mail_invitation(&user)?;
+        self.mail_invitation(&user, caller)?;
         self.audit.record(
             Entry::new(event, now, caller)
                 .user(&user)
@@ -179,7 +179,7 @@ impl Auth {
             .renew_invitation(existing.id, &invitation, existing.role)
             .await?
             .ok_or(AuthError::NoPendingInvitation)?;
-        self.mail_invitation(&user)?;
+        self.mail_invitation(&user, caller)?;
         self.audit.record(
             Entry::new(AuditKind::InvitationResent, now, caller)
                 .user(&user)
@@ -213,11 +213,14 @@ impl Auth {
         Some(self.set_password_link(&user.email, &token, "invitation-link"))
     }
 
-    fn mail_invitation(&self, user: &User) -> Result<(), AuthError> {
+    /// Queues the invitation mail. If it cannot be delivered the invitation stays valid and
+    /// its link can still be read (`GET /users/{id}/invitation_link`); the failure is audited.
+    fn mail_invitation(&self, user: &User, caller: &Caller) -> Result<(), AuthError> {
         let link = self
             .current_invitation_link(user)
             .ok_or_else(|| AuthError::Internal("a fresh invitation has no link".into()))?;
-        self.mail.send_invitation(&user.email, &link);
+        self.mail
+            .send_invitation(&user.email, &link, self.on_undelivered(user, caller));
         Ok(())
     }
 

@@ -26,9 +26,10 @@ pub use sessions::IssuedToken;
 pub use tokens::KeySet;
 
 use crate::config::{Config, ThrottleConfig};
-use crate::mail::Mail;
-use crate::store::{Store, StoreError};
+use crate::mail::{Mail, Undelivered};
+use crate::store::{Store, StoreError, User};
 use crate::telemetry::metrics::AuthMetrics;
+use audit::Caller;
 use invitations::LinkSecret;
 use passwords::{PasswordError, Passwords};
 use throttle::Throttle;
@@ -119,7 +120,8 @@ pub struct Settings {
 /// The auth subsystem: shared by the API handlers and the data plane.
 pub struct Auth {
     store: Arc<dyn Store>,
-    audit: audit::Audit,
+    /// Shared with the mail queue's reports of undelivered messages ([`Auth::on_undelivered`]).
+    audit: Arc<audit::Audit>,
     keys: Arc<Keyring>,
     link_secret: LinkSecret,
     cache: TokenCache,
@@ -166,7 +168,7 @@ impl Auth {
         };
         let login_throttle = throttle("login", &auth.login_throttle);
         let reset_throttle = throttle("reset", &auth.reset_throttle);
-        let audit = audit::Audit::start(store.clone());
+        let audit = Arc::new(audit::Audit::start(store.clone()));
         Ok(Auth {
             store,
             audit,
@@ -238,6 +240,31 @@ impl Auth {
     /// The OpenID Connect client, when `okta.enabled`.
     pub fn okta(&self) -> Option<&Arc<oidc::Oidc>> {
         self.okta.as_ref()
+    }
+
+    /// What the mail queue runs if it drops a message to `user`: a `mail_failed` audit event
+    /// under the request that queued it, with the message kind, the recipient's domain, the
+    /// reason and the attempts — never the link. (The queue counts it in
+    /// `mail_failed_total{kind, reason}` itself.)
+    fn on_undelivered(
+        &self,
+        user: &User,
+        caller: &Caller,
+    ) -> impl FnOnce(Undelivered) + Send + 'static {
+        let audit = self.audit.clone();
+        let clock = self.clock.clone();
+        let user = user.clone();
+        let caller = caller.clone();
+        move |undelivered| {
+            audit.record(
+                audit::Entry::new(audit::AuditKind::MailFailed, clock.now(), &caller)
+                    .user(&user)
+                    .detail("kind", undelivered.kind.as_str())
+                    .detail("recipient_domain", undelivered.recipient_domain)
+                    .detail("reason", undelivered.reason.as_str())
+                    .detail("attempts", undelivered.attempts.to_string()),
+            );
+        }
     }
 
     fn check_password_policy(&self, password: &str, email: &str) -> Result<(), AuthError> {

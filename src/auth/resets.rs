@@ -87,7 +87,8 @@ impl Auth {
             })
             .await?;
         let link = self.set_password_link(&user.email, &token, "reset-password");
-        self.mail.send_password_reset(&user.email, &link);
+        self.mail
+            .send_password_reset(&user.email, &link, self.on_undelivered(&user, caller));
         self.audit
             .record(requested.user(&user).detail("outcome", "sent"));
         Ok(())
