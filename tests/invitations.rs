@@ -659,6 +659,26 @@ async fn invitation_link_is_the_emailed_link_while_it_is_valid() {
     assert_no_link(gw, &env.admin, &uuid::Uuid::new_v4().to_string()).await;
     assert_no_link(gw, &env.admin, "not-a-uuid").await;
     assert_no_link(gw, &env.admin, &env.admin_id).await;
+    // Not even text once decoded (axum's own rejection was a text/plain 400), and the other
+    // spellings of this very UUID: a malformed id is an unknown user, in the contract's JSON.
+    let simple = id.replace('-', "");
+    for malformed in [
+        "%FF".to_owned(),
+        "%C3%28".to_owned(),
+        format!("urn:uuid:{id}"),
+        format!("%7B{id}%7D"),
+        simple,
+    ] {
+        let response = get_link(gw, &env.admin, &malformed).await;
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/json",
+            "{malformed}"
+        );
+        let (status, msg) = status_message(response).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{malformed}: {msg}");
+        assert_eq!(msg, "User not found", "{malformed}");
+    }
 
     // The link from the API is the e-mailed one: it sets the password.
     let link = parse_link(&get_link_ok(gw, &env.admin, &id).await);
