@@ -504,6 +504,10 @@ fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>, metrics: Arc<M
         )
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
+        // Every path here is the gateway's own: what the router answers itself is the API's
+        // JSON error too, not an empty body.
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
+        .fallback(crate::api::not_found)
         .with_state(Readiness {
             store,
             proxy,

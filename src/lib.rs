@@ -3,8 +3,9 @@
 //! Two planes share one listener. The **auth API** (`api` over `auth` over `store`) serves
 //! the Meiro Authentication API; the **data plane** (`proxy`) takes every other request,
 //! checks its token against the moka cache in `auth::cache` and forwards it upstream.
-//! `app` wires them, `server` owns sockets, `config` loads settings. Dependencies point
-//! `api → auth → store` and `proxy → auth`; nothing depends on `server`, `api` or `app`.
+//! `app` wires them, `server` owns sockets, `config` loads settings; `email` is the one rule
+//! for e-mail addresses, a leaf every module may use. Dependencies point `api → auth → store`
+//! and `proxy → auth`; nothing depends on `server`, `api` or `app`.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod email;
 pub mod mail;
 pub mod proxy;
 pub mod request_id;

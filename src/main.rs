@@ -306,6 +306,10 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
             password_stdin,
         } => {
             let email = normalize_email(&email);
+            // The API's rule (`meiro_gate::email`): this user gets reset mail like any other.
+            if let Err(rule) = meiro_gate::email::parse(&email) {
+                bail!("not a valid email address: {rule}");
+            }
             let role = Role::parse(&role).context("role must be admin or user")?;
             let password_hash = if password_stdin {
                 let mut line = String::new();

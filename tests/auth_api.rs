@@ -465,6 +465,19 @@ async fn malformed_login_requests_are_4xx_json_never_500() {
             big,
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
+        // serde stops after the object; the rest must not be ignored.
+        (
+            "trailing bytes",
+            json_ct,
+            format!(r#"{{"email":"alice@example.com","password":"{PASSWORD}"}} trailing"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "two objects",
+            json_ct,
+            format!(r#"{{"email":"alice@example.com","password":"{PASSWORD}"}}{{}}"#),
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (case, content_type, body, expected) in cases {
         let response = login_raw(&gw, content_type, body).await;
@@ -499,6 +512,229 @@ async fn malformed_login_requests_are_4xx_json_never_500() {
     for _ in 0..5 {
         let response = gw.login_response("alice@example.com", "wrong").await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+/// Every field of every request body, given every wrong JSON type: a 400 naming the field
+/// and the kind of problem — never "not valid JSON", never the value. (`role` given a number
+/// fell into serde_json's syntax branch; `role: {"admin": null}` made an admin.)
+#[tokio::test]
+async fn every_field_of_every_body_refuses_every_wrong_type_and_names_itself() {
+    let (_up, gw) = setup().await;
+    gw.add_user("admin@example.com", Role::Admin).await;
+    let admin = gw.login("admin@example.com").await;
+    let bodies: [(&str, &str, Value, bool); 7] = [
+        (
+            "POST",
+            "/users/login",
+            json!({"email": "a@example.com", "password": PASSWORD}),
+            false,
+        ),
+        ("PATCH", "/users/login", json!({"token": "t"}), false),
+        ("POST", "/users/okta_login", json!({"code": "c"}), false),
+        (
+            "POST",
+            "/users/invite",
+            json!({"email": "new@example.com", "role": "user"}),
+            true,
+        ),
+        (
+            "PATCH",
+            "/users/invite",
+            json!({"email": "new@example.com", "role": "user"}),
+            true,
+        ),
+        (
+            "POST",
+            "/users/password",
+            json!({"email": "a@example.com"}),
+            false,
+        ),
+        (
+            "PATCH",
+            "/users/password",
+            json!({"email": "a@example.com", "password": PASSWORD, "token": "t"}),
+            false,
+        ),
+    ];
+    // Raw JSON for each wrong value; `role` alone may be null (documented: the default).
+    let wrong: &[&str] = &[
+        "5",
+        "-1",
+        "1.5",
+        "1e400",
+        "true",
+        "false",
+        "[]",
+        r#"["admin"]"#,
+        "{}",
+        r#"{"admin":null}"#,
+        r#"{"user":null}"#,
+        "null",
+    ];
+    for (method, path, valid, as_admin) in &bodies {
+        for field in valid.as_object().unwrap().keys() {
+            for value in wrong {
+                if field == "role" && *value == "null" {
+                    continue;
+                }
+                let mut body = valid.clone();
+                body[field] = json!("__WRONG__");
+                let body = body.to_string().replace(r#""__WRONG__""#, value);
+                let mut request = gw
+                    .http
+                    .request(method.parse().unwrap(), gw.url(path))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+                if *as_admin {
+                    request = request.header("x-access-token", &admin);
+                }
+                let response = request.send().await.unwrap();
+                let what = format!("{method} {path} {body}");
+                assert_eq!(
+                    response.headers()[CONTENT_TYPE],
+                    "application/json",
+                    "{what}"
+                );
+                let (status, msg) = status_message(response).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {msg}");
+                assert!(
+                    msg.starts_with(&format!("Invalid request body: {field}: ")),
+                    "{what}: {msg}"
+                );
+                assert!(!msg.contains("not valid JSON"), "{what}: {msg}");
+            }
+        }
+    }
+    // A string that is not a role: the field and what it may be, not what was sent.
+    for role in ["<script>", "ADMIN", "Admin", "superuser", ""] {
+        let response = gw
+            .http
+            .post(gw.url("/users/invite"))
+            .header("x-access-token", &admin)
+            .json(&json!({"email": "new@example.com", "role": role}))
+            .send()
+            .await
+            .unwrap();
+        let (status, msg) = status_message(response).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{role}");
+        assert_eq!(
+            msg,
+            "Invalid request body: role: unknown variant, expected `admin` or `user`"
+        );
+    }
+    // Nobody was invited by any of that, and `null` is the documented default.
+    let response = gw
+        .http
+        .post(gw.url("/users/invite"))
+        .header("x-access-token", &admin)
+        .json(&json!({"email": "new@example.com", "role": null}))
+        .send()
+        .await
+        .unwrap();
+    let (status, user) = common::status_json(response).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(user["role"], "user");
+    assert_eq!(user["invitation_pending"], true);
+}
+
+/// RFC 9110 §11.6.1: every 401 of the API carries `WWW-Authenticate: Bearer`, the credentials
+/// login's included, as the data plane's do.
+#[tokio::test]
+async fn every_401_of_the_api_carries_a_bearer_challenge() {
+    let (_up, gw) = setup().await;
+    gw.add_user("alice@example.com", Role::User).await;
+    let responses = [
+        gw.login_response("alice@example.com", "wrong password")
+            .await,
+        gw.login_response("nobody@example.com", "x").await,
+        refresh(&gw, "forged.token.here").await,
+        gw.http
+            .post(gw.url("/users/invite"))
+            .json(&json!({"email": "x@example.com"}))
+            .send()
+            .await
+            .unwrap(),
+        gw.http
+            .get(gw.url("/users/0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d/invitation_link"))
+            .header("x-access-token", "not-a-token")
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for response in responses {
+        let url = response.url().clone();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{url}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{url}");
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/json",
+            "{url}"
+        );
+    }
+    // Not on other statuses.
+    let ok = gw.login_response("alice@example.com", PASSWORD).await;
+    assert!(!ok.headers().contains_key("www-authenticate"));
+}
+
+/// What the routers answer themselves — a method a path does not have, a path the admin
+/// listener does not have — is the contract's JSON error like any other, never an empty or
+/// `text/plain` body.
+#[tokio::test]
+async fn router_fallbacks_are_json_errors() {
+    let (up, gw) = setup().await;
+    for (method, path) in [
+        ("PUT", "/users/login"),
+        ("GET", "/users/login"),
+        ("OPTIONS", "/users/login"),
+        ("TRACE", "/users/invite"),
+        ("FROBNICATE", "/users/password"),
+        ("POST", "/auth_options"),
+        ("DELETE", "/.well-known/jwks.json"),
+        ("PATCH", "/openapi.json"),
+        (
+            "POST",
+            "/users/0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d/invitation_link",
+        ),
+    ] {
+        let response = gw
+            .http
+            .request(method.parse().unwrap(), gw.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("allow"), "{method} {path}");
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        let (status, msg) = status_message(response).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(msg, "Method not allowed");
+    }
+    assert!(up.recorded().is_empty(), "never forwarded upstream");
+    // The admin listener: every path is the gateway's own.
+    for (method, path, expected) in [
+        ("GET", "/nope", StatusCode::NOT_FOUND),
+        ("GET", "/metrics/x", StatusCode::NOT_FOUND),
+        ("POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        ("DELETE", "/metrics", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let response = gw
+            .http
+            .request(method.parse().unwrap(), gw.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        let (status, msg) = status_message(response).await;
+        assert_eq!(status, expected, "{method} {path}");
+        assert!(!msg.is_empty());
     }
 }
 

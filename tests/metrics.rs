@@ -354,7 +354,20 @@ async fn metrics_count_a_scripted_mix_of_traffic() {
     );
 
     assert_eq!(m.get("meiro_gate_mail_sent_total", &[]), 1.0, "{text}");
-    assert_eq!(m.get("meiro_gate_mail_failed_total", &[]), 0.0);
+    // By kind and reason, every series present from the start at 0.
+    for kind in ["invitation", "password_reset"] {
+        for reason in ["refused", "expired"] {
+            let labels = [("kind", kind), ("reason", reason)];
+            assert_eq!(m.get("meiro_gate_mail_failed_total", &labels), 0.0);
+            assert!(
+                text.contains(&format!(
+                    "meiro_gate_mail_failed_total{{kind=\"{kind}\",reason=\"{reason}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+    }
+    assert_eq!(m.sum("meiro_gate_mail_failed_total", &[]), 0.0);
     assert_eq!(m.get("meiro_gate_mail_queue_depth", &[]), 0.0);
     assert_eq!(m.get("meiro_gate_revocations_sent_total", &[]), 1.0);
     assert_eq!(m.get("meiro_gate_revocations_received_total", &[]), 1.0);

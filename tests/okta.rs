@@ -248,6 +248,18 @@ async fn auto_provision_creates_an_active_user_with_the_default_role() {
     )
     .await;
     assert!(user(&gw, "other@example.com").await.is_none());
+    // Nor a user whose address the mail path could not deliver to (the gateway's one address
+    // rule, `meiro_gate::email`): a provisioned user gets password-reset mail like any other.
+    for address in ["a..b@example.com", "x@[127.0.0.1]", "x(y)@example.com"] {
+        assert_refused(
+            &gw,
+            &idp.login_code(address),
+            address,
+            "not an email address the gateway accepts",
+        )
+        .await;
+    }
+    assert_eq!(gw.app().auth().store().list_users().await.unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------

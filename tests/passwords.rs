@@ -10,7 +10,7 @@ use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
     FakeUpstream, Gateway, PASSWORD, assert_json, smtp_toml, status_json, status_message,
 };
-use meiro_gate::store::{NewUser, Role};
+use meiro_gate::store::{AuditFilter, NewUser, Role};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
@@ -359,6 +359,72 @@ async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer()
             .unwrap()
             .unwrap()
             .invitation_pending
+    );
+}
+
+/// A user whose stored address the mail path cannot deliver to (a row from before the
+/// gateway's address rule, or written by another tool) asks for a reset: the answer is the
+/// contract's `ok`, but no reset token is created and nothing is queued; the request is
+/// audited as `invalid_address`. Other users are unaffected.
+#[tokio::test]
+async fn an_address_the_rule_refuses_gets_no_reset_token_and_no_mail() {
+    let env = setup().await;
+    let gw = &env.gw;
+    let store = gw.app().auth().store().clone();
+    let legacy = store
+        .create_user(NewUser {
+            email: "le..gacy@example.com".into(),
+            password_hash: None,
+            role: Role::User,
+            invitation_pending: false,
+            invitation: None,
+            created: gw.clock.now(),
+        })
+        .await
+        .unwrap();
+    let response = gw
+        .http
+        .post(gw.url("/users/password"))
+        .header("x-request-id", "forgot-legacy")
+        .json(&json!({ "email": "le..gacy@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "message": "ok" }));
+    forgot_ok(gw, ALICE).await;
+    nth_reset(&env.sink, 1, ALICE).await;
+
+    let filter = AuditFilter {
+        user_id: None,
+        email: None,
+        since: None,
+        limit: 1_000,
+    };
+    let event_of_request = || async {
+        store
+            .audit_events(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.request_id.as_deref() == Some("forgot-legacy"))
+    };
+    eventually!(
+        event_of_request().await.is_some(),
+        "no audit event for the request"
+    );
+    let event = event_of_request().await.unwrap();
+    assert_eq!(event.kind, "password_reset_requested");
+    assert_eq!(event.detail["outcome"], "invalid_address");
+    assert_eq!(event.user_id, None, "not looked up");
+    assert_ne!(event.user_id, Some(legacy.id));
+    // Nothing was queued for it: no mail, and so no mail failure either.
+    assert_no_more_mail(&env.sink, 1).await;
+    let events = store.audit_events(&filter).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.kind != "mail_failed"),
+        "{events:#?}"
     );
 }
 

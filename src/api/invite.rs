@@ -3,24 +3,54 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
-use uuid::Uuid;
+use serde::de::{self, Deserializer, Visitor};
 
 use super::error::{ApiError, ApiJson};
 use super::principal::Admin;
-use super::users::UserBody;
+use super::users::{UserBody, UserIdParam};
+use crate::auth::Auth;
 use crate::auth::audit::Caller;
-use crate::auth::{Auth, AuthError};
-use crate::store::{Role, UserId};
+use crate::store::Role;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = Invitation)]
 pub struct InvitationBody {
     email: String,
-    /// Default `user`.
-    #[serde(default)]
+    /// `"admin"` or `"user"`; absent or `null`: `user`.
+    #[serde(default, deserialize_with = "role_name")]
     role: Option<Role>,
+}
+
+/// Exactly the string `"admin"` or `"user"` (or `null`). `Role`'s derived `Deserialize` also
+/// takes serde's externally tagged map form, so `{"admin": null}` would make an admin.
+fn role_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Role>, D::Error> {
+    struct Name;
+
+    impl<'de> Visitor<'de> for Name {
+        type Value = Option<Role>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("`admin` or `user`")
+        }
+
+        fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<Role>, E> {
+            Role::parse(name)
+                .map(Some)
+                .ok_or_else(|| E::unknown_variant(name, &["admin", "user"]))
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<Role>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Option<Role>, D::Error> {
+            inner.deserialize_str(self)
+        }
+    }
+
+    deserializer.deserialize_option(Name)
 }
 
 pub async fn invite(
@@ -43,13 +73,12 @@ pub async fn reinvite(
     Ok(Json(UserBody::from(&user)))
 }
 
+/// The admin check comes first: a caller without a token learns nothing about ids.
 pub async fn invitation_link(
     State(auth): State<Arc<Auth>>,
     Admin(_): Admin,
-    Path(user_id): Path<String>,
+    UserIdParam(user_id): UserIdParam,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // Not a UUID: no such user, like an unknown one.
-    let user_id = Uuid::parse_str(&user_id).map_err(|_| AuthError::NotFound)?;
-    let link = auth.invitation_link(UserId(user_id)).await?;
+    let link = auth.invitation_link(user_id).await?;
     Ok(Json(serde_json::json!({ "user_invitation_link": link })))
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::auth::Auth;
 use crate::proxy::ProxyService;
 use crate::telemetry::metrics::{MethodIndex, Metrics, RouteMetrics};
+use error::ApiError;
 
 /// The main listener's router: API routes, then the data plane as the fallback. Each route
 /// is counted in `metrics` under a fixed `api_*` name.
@@ -82,7 +83,7 @@ pub fn router(
         // The API's requests are few and slow (argon2, store writes): a span naming the request
         // id is cheap here, and every line their handlers log carries it (see `request_id`).
         .route_layer(axum::middleware::from_fn(request_span))
-        // A known path with another method: 405 (axum keeps the `Allow` header) with the
+        // A known path with another method: 405 (axum adds the `Allow` header) with the
         // contract's JSON error body instead of an empty one.
         .method_not_allowed_fallback(method_not_allowed)
         // Bounds what the API's extractors read; the proxied bodies stream unbounded.
@@ -129,12 +130,15 @@ async fn count(State(route): State<Arc<RouteMetrics>>, request: Request, next: N
     response
 }
 
-async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(serde_json::json!({ "message": "Method not allowed" })),
-    )
-        .into_response()
+/// A known path with another method (axum adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// For a listener all of whose paths are the gateway's own (the admin listener): an unknown
+/// path is a JSON 404 like every other error, not an empty body.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
 }
 
 async fn jwks(State(auth): State<Arc<Auth>>) -> Response {

@@ -52,8 +52,11 @@ pub(super) async fn serve() -> Response {
     info(
         title = "meiro-gate auth API",
         description = "The Meiro Authentication API as meiro-gate serves it on its main listener \
-            (local auth mode). Every error body is `{\"message\": \"…\"}`. Bodies are JSON; \
-            a wrong content type, malformed JSON or missing/ill-typed fields are a 400."
+            (local auth mode). Every response is `application/json`, every error body \
+            `{\"message\": \"…\"}`; a message never repeats a value the client sent. Bodies \
+            are one JSON object: a wrong content type, malformed JSON, trailing bytes or \
+            missing/ill-typed fields are a 400 whose message names the field. Every 401 \
+            carries `WWW-Authenticate: Bearer`."
     ),
     paths(
         auth_options,
@@ -195,7 +198,9 @@ fn auth_options() {}
             ("Set-Cookie" = String, description = "The session cookie with the same token"),
         )),
         (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Invalid credentials have been provided", body = Error),
+        (status = 401, description = "Invalid credentials have been provided", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
         (status = 429, description = "Too many failed attempts for this account or client", body = Error, headers(
             ("Retry-After" = u64, description = "Seconds until the next attempt is allowed"),
@@ -219,7 +224,9 @@ fn login() {}
             ("Set-Cookie" = String, description = "The session cookie with the new token"),
         )),
         (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Too old for refresh, forged, revoked or already refreshed", body = Error),
+        (status = 401, description = "Too old for refresh, forged, revoked or already refreshed", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
         (status = "default", description = DEFAULT, body = Error),
     )
@@ -254,7 +261,9 @@ fn logout() {}
             ("Set-Cookie" = String, description = "The session cookie with the same token"),
         )),
         (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Invalid credentials have been provided", body = Error),
+        (status = 401, description = "Invalid credentials have been provided", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 404, description = "Okta login is not enabled", body = Error),
         (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
         (status = "default", description = DEFAULT, body = Error),
@@ -271,8 +280,10 @@ fn okta_login() {}
     request_body = InvitationBody,
     responses(
         (status = 200, description = "The pending user", body = UserBody),
-        (status = 400, description = "Malformed body or invalid email address", body = Error),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error),
+        (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to (the message says which rule)", body = Error),
+        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
         (status = 409, description = "A user with this email already exists", body = Error),
         (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
@@ -291,8 +302,10 @@ fn invite() {}
     request_body = InvitationBody,
     responses(
         (status = 200, description = "The pending user", body = UserBody),
-        (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error),
+        (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to", body = Error),
+        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
         (status = 404, description = "No pending invitation for this email", body = Error),
         (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
@@ -306,10 +319,12 @@ fn reinvite() {}
 /// A pending user's invitation link
 #[utoipa::path(
     get, path = "/users/{user_id}/invitation_link", tag = "users",
-    params(("user_id" = String, Path, description = "The user's id (a UUID; anything else is an unknown user)")),
+    params(("user_id" = String, Path, description = "The user's id: a UUID in its hyphenated form; anything else, including a segment that is not UTF-8 once decoded, is an unknown user (404)")),
     responses(
         (status = 200, description = "The link that was e-mailed, until re-invite or use", body = InvitationLink),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error),
+        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+        )),
         (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
         (status = 404, description = "Unknown user, or no pending invitation", body = Error),
         (status = "default", description = DEFAULT, body = Error),

@@ -1,10 +1,46 @@
-//! The contract's `User` JSON shape (ME fields plus ours), shared by the API and the CLI.
+//! The contract's `User` JSON shape (ME fields plus ours), shared by the API and the CLI, and
+//! the `{user_id}` of `/users/{user_id}/…` paths.
 
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
 
+use super::error::ApiError;
+use crate::auth::AuthError;
 use crate::store::{Role, UnixTime, User, UserId};
+
+/// The `{user_id}` path parameter. The contract answers a malformed id like an unknown one
+/// (`404`), so anything but a UUID in its hyphenated form — including a segment that is not
+/// UTF-8 once percent-decoded, such as `%FF`, which axum itself would refuse with a
+/// `text/plain` 400 — is [`AuthError::NotFound`].
+pub struct UserIdParam(pub UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserIdParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => parse_user_id(&id)
+                .map(UserIdParam)
+                .ok_or(AuthError::NotFound.into()),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(AuthError::NotFound.into()),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// Only the 36-character hyphenated form: `Uuid::try_parse` also takes the simple, braced and
+/// `urn:uuid:` forms, which would give one user several addresses.
+fn parse_user_id(text: &str) -> Option<UserId> {
+    (text.len() == 36)
+        .then(|| Uuid::try_parse(text).ok())
+        .flatten()
+        .map(UserId)
+}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = User)]
@@ -49,6 +85,26 @@ pub fn rfc3339(t: UnixTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_hyphenated_uuids_only() {
+        let id = "0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d";
+        assert_eq!(
+            parse_user_id(id).map(|u| u.0.to_string()).as_deref(),
+            Some(id)
+        );
+        assert!(parse_user_id(&id.to_uppercase()).is_some());
+        for other in [
+            "0b8e7f3c4d5a4e6b9c7d8e9f0a1b2c3d",
+            "{0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d}",
+            "urn:uuid:0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d",
+            "0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3g",
+            "",
+            "\u{ff}",
+        ] {
+            assert!(parse_user_id(other).is_none(), "{other}");
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

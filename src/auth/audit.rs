@@ -1,6 +1,6 @@
 //! The audit trail: one [`AuditEvent`] per security-relevant action (logins and their failures,
-//! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, users enabled
-//! or disabled, key rotation), each with its time, user, client IP and request id, and never a
+//! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, mail the
+//! queue could not deliver, users enabled or disabled, key rotation), each with its time, user, client IP and request id, and never a
 //! token, password or link secret. [`Audit::record`] writes it to the log under target `audit`
 //! and persists it through the store (`meiro-gate audit tail` reads it back); records older
 //! than `audit.retention` are pruned by the periodic store maintenance (`revocation::follow`).
@@ -44,6 +44,9 @@ pub enum AuditKind {
     InvitationAccepted,
     PasswordResetRequested,
     PasswordResetCompleted,
+    /// An invitation or reset mail the queue dropped: refused permanently or undelivered
+    /// for `mail.give_up_after`. Kind, recipient domain, reason and attempts; never the link.
+    MailFailed,
     UserEnabled,
     UserDisabled,
     KeyRotated,
@@ -64,6 +67,7 @@ impl AuditKind {
             AuditKind::InvitationAccepted => "invitation_accepted",
             AuditKind::PasswordResetRequested => "password_reset_requested",
             AuditKind::PasswordResetCompleted => "password_reset_completed",
+            AuditKind::MailFailed => "mail_failed",
             AuditKind::UserEnabled => "user_enabled",
             AuditKind::UserDisabled => "user_disabled",
             AuditKind::KeyRotated => "key_rotated",
@@ -116,7 +120,7 @@ impl Entry {
     /// An address that names no user (a failed login). Only something shaped like an address
     /// is kept: people type passwords into the email field, and that must not be recorded.
     pub fn claimed_email(mut self, email: &str) -> Entry {
-        if super::is_valid_email(email) {
+        if crate::email::is_valid(email) {
             self.0.email = Some(email.to_owned());
         }
         self

@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::audit::{AuditKind, Caller, Entry};
 use super::cache::LocalIdentity;
 use super::tokens::{KeyError, random_base64url, write_private};
-use super::{Auth, AuthError, is_valid_email, normalize_email};
+use super::{Auth, AuthError, normalize_email};
 use crate::store::{Invitation, NewUser, Role, StoreError, UnixTime, User, UserId};
 
 const SECRET_FILE: &str = "link-secret.key";
@@ -112,9 +112,9 @@ impl Auth {
         caller: &Caller,
     ) -> Result<User, AuthError> {
         let email = normalize_email(email);
-        if !is_valid_email(&email) {
-            return Err(AuthError::InvalidEmail);
-        }
+        // Only an address the mail path can deliver to: an invitation that cannot arrive
+        // must be refused here, not dropped by the queue after a 200.
+        crate::email::parse(&email)?;
         let now = self.clock.now();
         let invitation = self.new_invitation(now)?;
         let (user, event) = match self.store.user_by_email(&email).await? {
@@ -147,7 +147,7 @@ impl Auth {
                 }
             }
         };
-        self.mail_invitation(&user)?;
+        self.mail_invitation(&user, caller)?;
         self.audit.record(
             Entry::new(event, now, caller)
                 .user(&user)
@@ -165,6 +165,7 @@ impl Auth {
         caller: &Caller,
     ) -> Result<User, AuthError> {
         let email = normalize_email(email);
+        crate::email::parse(&email)?;
         let existing = self
             .store
             .user_by_email(&email)
@@ -178,7 +179,7 @@ impl Auth {
             .renew_invitation(existing.id, &invitation, existing.role)
             .await?
             .ok_or(AuthError::NoPendingInvitation)?;
-        self.mail_invitation(&user)?;
+        self.mail_invitation(&user, caller)?;
         self.audit.record(
             Entry::new(AuditKind::InvitationResent, now, caller)
                 .user(&user)
@@ -212,11 +213,14 @@ impl Auth {
         Some(self.set_password_link(&user.email, &token, "invitation-link"))
     }
 
-    fn mail_invitation(&self, user: &User) -> Result<(), AuthError> {
+    /// Queues the invitation mail. If it cannot be delivered the invitation stays valid and
+    /// its link can still be read (`GET /users/{id}/invitation_link`); the failure is audited.
+    fn mail_invitation(&self, user: &User, caller: &Caller) -> Result<(), AuthError> {
         let link = self
             .current_invitation_link(user)
             .ok_or_else(|| AuthError::Internal("a fresh invitation has no link".into()))?;
-        self.mail.send_invitation(&user.email, &link);
+        self.mail
+            .send_invitation(&user.email, &link, self.on_undelivered(user, caller));
         Ok(())
     }
 

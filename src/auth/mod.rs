@@ -26,9 +26,10 @@ pub use sessions::IssuedToken;
 pub use tokens::KeySet;
 
 use crate::config::{Config, ThrottleConfig};
-use crate::mail::Mail;
-use crate::store::{Store, StoreError};
+use crate::mail::{Mail, Undelivered};
+use crate::store::{Store, StoreError, User};
 use crate::telemetry::metrics::AuthMetrics;
+use audit::Caller;
 use invitations::LinkSecret;
 use passwords::{PasswordError, Passwords};
 use throttle::Throttle;
@@ -58,8 +59,8 @@ pub enum AuthError {
     SessionTooOld,
     #[error("authenticated but not allowed")]
     Forbidden,
-    #[error("not a valid email address")]
-    InvalidEmail,
+    #[error("not a valid email address: {0}")]
+    InvalidEmail(#[from] crate::email::InvalidEmail),
     #[error("a user with this email already exists")]
     UserExists,
     #[error("no pending invitation")]
@@ -119,7 +120,8 @@ pub struct Settings {
 /// The auth subsystem: shared by the API handlers and the data plane.
 pub struct Auth {
     store: Arc<dyn Store>,
-    audit: audit::Audit,
+    /// Shared with the mail queue's reports of undelivered messages ([`Auth::on_undelivered`]).
+    audit: Arc<audit::Audit>,
     keys: Arc<Keyring>,
     link_secret: LinkSecret,
     cache: TokenCache,
@@ -166,7 +168,7 @@ impl Auth {
         };
         let login_throttle = throttle("login", &auth.login_throttle);
         let reset_throttle = throttle("reset", &auth.reset_throttle);
-        let audit = audit::Audit::start(store.clone());
+        let audit = Arc::new(audit::Audit::start(store.clone()));
         Ok(Auth {
             store,
             audit,
@@ -240,6 +242,31 @@ impl Auth {
         self.okta.as_ref()
     }
 
+    /// What the mail queue runs if it drops a message to `user`: a `mail_failed` audit event
+    /// under the request that queued it, with the message kind, the recipient's domain, the
+    /// reason and the attempts — never the link. (The queue counts it in
+    /// `mail_failed_total{kind, reason}` itself.)
+    fn on_undelivered(
+        &self,
+        user: &User,
+        caller: &Caller,
+    ) -> impl FnOnce(Undelivered) + Send + 'static {
+        let audit = self.audit.clone();
+        let clock = self.clock.clone();
+        let user = user.clone();
+        let caller = caller.clone();
+        move |undelivered| {
+            audit.record(
+                audit::Entry::new(audit::AuditKind::MailFailed, clock.now(), &caller)
+                    .user(&user)
+                    .detail("kind", undelivered.kind.as_str())
+                    .detail("recipient_domain", undelivered.recipient_domain)
+                    .detail("reason", undelivered.reason.as_str())
+                    .detail("attempts", undelivered.attempts.to_string()),
+            );
+        }
+    }
+
     fn check_password_policy(&self, password: &str, email: &str) -> Result<(), AuthError> {
         passwords::check_password_policy(password, email, self.settings.password_min_length)
             .map_err(AuthError::WeakPassword)
@@ -250,59 +277,4 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Emails are compared and stored trimmed and lower-cased (api-contract.md).
-pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
-/// A deliberately plain check (RFC 5321 sizes, one `@`, a dotted domain, no spaces or
-/// controls): the real test of an address is the e-mail that must reach it.
-pub fn is_valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    let labels_ok = domain
-        .split('.')
-        .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'));
-    email.len() <= 254
-        && !local.is_empty()
-        && local.len() <= 64
-        && domain.contains('.')
-        && labels_ok
-        && !domain.contains('@')
-        && !email.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_email_validation() {
-        for ok in [
-            "a@b.co",
-            "first.last+tag@sub.example.com",
-            "x@xn--bcher-kva.de",
-        ] {
-            assert!(is_valid_email(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "a",
-            "a@",
-            "@b.co",
-            "a@b",
-            "a@@b.co",
-            "a b@c.de",
-            "a@b..co",
-            "a@-b.co",
-            "<a@b.co>",
-            "a@b.co,c@d.co",
-            "a\n@b.co",
-        ] {
-            assert!(!is_valid_email(bad), "{bad}");
-        }
-    }
-}
+pub use crate::email::normalize as normalize_email;

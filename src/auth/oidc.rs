@@ -37,7 +37,7 @@ use url::Url;
 
 use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::random_base64url;
-use super::{Auth, AuthError, Clock, IssuedToken, is_valid_email, normalize_email};
+use super::{Auth, AuthError, Clock, IssuedToken, normalize_email};
 use crate::config::{OktaClientAuth, OktaConfig};
 use crate::store::{NewUser, Role, StoreError, UnixTime, User};
 
@@ -622,8 +622,12 @@ pub fn check_email(
     require_verified: bool,
 ) -> Result<String, String> {
     let email = normalize_email(email.ok_or("no email claim")?);
-    if !is_valid_email(&email) {
-        return Err("the email claim is not an email address".into());
+    // The gateway's one address rule (`crate::email`): a user provisioned from this claim
+    // gets password-reset mail like any other.
+    if let Err(e) = crate::email::parse(&email) {
+        return Err(format!(
+            "the email claim is not an email address the gateway accepts: {e}"
+        ));
     }
     if require_verified && verified != Some(true) {
         return Err(format!("email {email} is not verified"));

@@ -60,6 +60,43 @@ impl SendError {
     }
 }
 
+/// A message the queue dropped without delivering it. Only what may be recorded: the kind,
+/// the recipient's domain and why — never the address, the link or the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub kind: Kind,
+    pub recipient_domain: String,
+    pub reason: DropReason,
+    /// Delivery attempts made.
+    pub attempts: u32,
+}
+
+/// Why a message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Refused permanently: a 5xx from the server, or an address the rule refuses.
+    Refused,
+    /// Still failing transiently `mail.give_up_after` after it was queued.
+    Expired,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::Refused, DropReason::Expired];
+
+    /// Stable name for logs, audit details and the `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Refused => "refused",
+            DropReason::Expired => "expired",
+        }
+    }
+}
+
+/// What the sender of a message wants done if the queue drops it (it records an audit event);
+/// called once, on the queue's worker, so it must not block. A message dropped because the
+/// gateway shuts down is not reported: it was not refused, and the log counts it.
+pub type OnUndelivered = Box<dyn FnOnce(Undelivered) + Send>;
+
 /// Delivers one message, once; retrying is the queue's job.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -146,6 +183,13 @@ impl Mail {
     ) -> (Mail, JoinHandle<()>) {
         // Unbounded: the producers are rate-limited API calls, and a bound would force the
         // caller to either wait or drop mail.
+        // Every kind × reason series exists from the start, at 0, so an alert on its rate
+        // has a series to watch before the first failure.
+        for kind in Kind::ALL {
+            for reason in DropReason::ALL {
+                metrics.failed(kind.as_str(), reason.as_str());
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = tokio::spawn(queue::run(transport, policy, rx, shutdown, metrics.clone()));
         let mail = Mail {
@@ -158,17 +202,29 @@ impl Mail {
         (mail, worker)
     }
 
-    pub fn send_invitation(&self, to: &str, link: &str) {
-        self.enqueue(Kind::Invitation, to, link);
+    /// Queues the invitation; `on_undelivered` runs if the queue drops it.
+    pub fn send_invitation(
+        &self,
+        to: &str,
+        link: &str,
+        on_undelivered: impl FnOnce(Undelivered) + Send + 'static,
+    ) {
+        self.enqueue(Kind::Invitation, to, link, Box::new(on_undelivered));
     }
 
-    pub fn send_password_reset(&self, to: &str, link: &str) {
-        self.enqueue(Kind::PasswordReset, to, link);
+    /// Queues the password-reset mail; `on_undelivered` runs if the queue drops it.
+    pub fn send_password_reset(
+        &self,
+        to: &str,
+        link: &str,
+        on_undelivered: impl FnOnce(Undelivered) + Send + 'static,
+    ) {
+        self.enqueue(Kind::PasswordReset, to, link, Box::new(on_undelivered));
     }
 
-    fn enqueue(&self, kind: Kind, to: &str, link: &str) {
+    fn enqueue(&self, kind: Kind, to: &str, link: &str, on_undelivered: OnUndelivered) {
         let message = self.inner.templates.render(kind, to, link);
-        let queued = queue::Queued::new(kind, message);
+        let queued = queue::Queued::new(kind, message, on_undelivered);
         match self.inner.queue.send(queued) {
             Ok(()) => {
                 self.inner.metrics.queue_depth.inc();
@@ -199,9 +255,10 @@ pub(crate) fn recipient_domain(to: &str) -> &str {
 /// The RFC 5322 message for `message`: multipart/alternative with the text part first, since
 /// clients show the last part they can render.
 pub(crate) fn compose(from: &Mailbox, message: &Message) -> Result<lettre::Message, SendError> {
-    let to: Mailbox = message
-        .to
-        .parse()
+    // The same rule the API applied when the address came in (`crate::email`): an address
+    // stored before that rule, or by another path, is refused here, never rewritten.
+    let to = crate::email::parse(&message.to)
+        .map(|address| Mailbox::new(None, address))
         .map_err(|e| SendError::permanent(format!("invalid recipient address: {e}")))?;
     // Message-ID helps spam filters and threading; lettre adds none without its `hostname`
     // feature, so derive the domain from the sender.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{Kind, Message, Transport, recipient_domain};
+use super::{DropReason, Kind, Message, OnUndelivered, Transport, Undelivered, recipient_domain};
 use crate::config::MailConfig;
 use crate::telemetry::metrics::MailMetrics;
 
@@ -61,14 +61,16 @@ pub(crate) struct Queued {
     kind: Kind,
     message: Message,
     queued_at: Instant,
+    on_undelivered: OnUndelivered,
 }
 
 impl Queued {
-    pub(crate) fn new(kind: Kind, message: Message) -> Self {
+    pub(crate) fn new(kind: Kind, message: Message, on_undelivered: OnUndelivered) -> Self {
         Self {
             kind,
             message,
             queued_at: Instant::now(),
+            on_undelivered,
         }
     }
 }
@@ -93,7 +95,13 @@ pub(crate) async fn run(
             }
             queued = queue.recv() => queued,
         };
-        let Some(queued) = queued else {
+        let Some(Queued {
+            kind,
+            message,
+            queued_at,
+            on_undelivered,
+        }) = queued
+        else {
             tracing::debug!("mail queue closed; worker exiting");
             return;
         };
@@ -105,9 +113,22 @@ pub(crate) async fn run(
                 log_dropped(1 + queue.len());
                 return;
             }
-            delivered = deliver(transport.as_ref(), &policy, queued) => {
+            outcome = deliver(transport.as_ref(), &policy, kind, &message, queued_at) => {
                 metrics.queue_depth.dec();
-                if delivered { metrics.sent.inc() } else { metrics.failed.inc() };
+                match outcome {
+                    Ok(()) => {
+                        metrics.sent.inc();
+                    }
+                    Err((reason, attempts)) => {
+                        metrics.failed(kind.as_str(), reason.as_str()).inc();
+                        on_undelivered(Undelivered {
+                            kind,
+                            recipient_domain: recipient_domain(&message.to).to_owned(),
+                            reason,
+                            attempts,
+                        });
+                    }
+                }
             }
         }
     }
@@ -137,15 +158,21 @@ async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Sends one message until it is delivered (`true`), refused permanently, or too old. Logs
-/// name the recipient's domain only: the address is personal data and the body holds a
-/// credential.
-async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued) -> bool {
-    let kind = queued.kind.as_str();
-    let domain = recipient_domain(&queued.message.to);
+/// Sends one message until it is delivered, refused permanently, or too old (then why, and
+/// after how many attempts). Logs name the recipient's domain only: the address is personal
+/// data and the body holds a credential.
+async fn deliver(
+    transport: &dyn Transport,
+    policy: &RetryPolicy,
+    kind: Kind,
+    message: &Message,
+    queued_at: Instant,
+) -> Result<(), (DropReason, u32)> {
+    let kind = kind.as_str();
+    let domain = recipient_domain(&message.to);
     let mut failures: u32 = 0;
     loop {
-        let error = match transport.send(&queued.message).await {
+        let error = match transport.send(message).await {
             Ok(()) => {
                 tracing::info!(
                     kind,
@@ -153,7 +180,7 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                     attempts = failures + 1,
                     "mail delivered"
                 );
-                return true;
+                return Ok(());
             }
             Err(error) => error,
         };
@@ -166,9 +193,9 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                 error = %error.detail,
                 "mail refused permanently; dropped"
             );
-            return false;
+            return Err((DropReason::Refused, failures));
         }
-        match after_failure(policy, failures, queued.queued_at.elapsed()) {
+        match after_failure(policy, failures, queued_at.elapsed()) {
             Next::RetryIn(delay) => {
                 tracing::warn!(
                     kind,
@@ -189,7 +216,7 @@ async fn deliver(transport: &dyn Transport, policy: &RetryPolicy, queued: Queued
                     error = %error.detail,
                     "mail undelivered for too long; dropped"
                 );
-                return false;
+                return Err((DropReason::Expired, failures));
             }
         }
     }

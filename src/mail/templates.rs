@@ -14,7 +14,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Stable name for logs.
+    pub const ALL: [Kind; 2] = [Kind::Invitation, Kind::PasswordReset];
+
+    /// Stable name for logs, audit details and the `kind` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Invitation => "invitation",

@@ -110,7 +110,7 @@ async fn transient_failures_are_retried_with_backoff_then_delivered() {
         SendError::transient("connection refused"),
     ]);
     let (mail, _worker, _stop) = start(transport.clone(), policy(40, 1000, 10_000));
-    mail.send_invitation("ann@example.com", "https://meiro.example/i/abc");
+    mail.send_invitation("ann@example.com", "https://meiro.example/i/abc", |_| {});
 
     let delivered = transport.delivered.wait_for(1, WAIT).await;
     assert_eq!(delivered.len(), 1);
@@ -123,12 +123,28 @@ async fn transient_failures_are_retried_with_backoff_then_delivered() {
     assert!(attempts[2].1 - attempts[1].1 >= Duration::from_millis(80));
 }
 
+/// Collects what the queue reports through `on_undelivered`, tagged by the sender.
+#[derive(Clone, Default)]
+struct Reports(Arc<Mutex<Vec<(&'static str, Undelivered)>>>);
+
+impl Reports {
+    fn hook(&self, tag: &'static str) -> impl FnOnce(Undelivered) + Send + 'static {
+        let reports = self.0.clone();
+        move |undelivered| reports.lock().unwrap().push((tag, undelivered))
+    }
+
+    fn get(&self) -> Vec<(&'static str, Undelivered)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 #[tokio::test]
-async fn permanent_failure_drops_the_message_at_once() {
+async fn permanent_failure_drops_the_message_at_once_and_reports_it() {
     let transport = Scripted::failing([SendError::permanent("550 no such user")]);
+    let reports = Reports::default();
     let (mail, _worker, _stop) = start(transport.clone(), policy(10, 10, 10_000));
-    mail.send_invitation("gone@example.com", "https://x/1");
-    mail.send_password_reset("bob@example.com", "https://x/2");
+    mail.send_invitation("gone@example.com", "https://x/1", reports.hook("gone"));
+    mail.send_password_reset("bob@example.com", "https://x/2", reports.hook("bob"));
 
     let delivered = transport.delivered.wait_for(1, WAIT).await;
     assert_eq!(delivered.len(), 1);
@@ -136,15 +152,53 @@ async fn permanent_failure_drops_the_message_at_once() {
     assert_eq!(delivered[0].subject, "Reset your Meiro password");
     let tried: Vec<String> = transport.attempts().into_iter().map(|(to, _)| to).collect();
     assert_eq!(tried, ["gone@example.com", "bob@example.com"]);
+    // Reported once, for the dropped message only, with nothing but kind, domain and why.
+    assert_eq!(
+        reports.get(),
+        [(
+            "gone",
+            Undelivered {
+                kind: Kind::Invitation,
+                recipient_domain: "example.com".into(),
+                reason: DropReason::Refused,
+                attempts: 1,
+            }
+        )]
+    );
+}
+
+/// An address the rule refuses is refused by every transport before anything is sent (a
+/// row stored before the rule existed): permanent, reported, never rewritten.
+#[tokio::test]
+async fn an_address_the_rule_refuses_is_a_permanent_failure() {
+    let from: Mailbox = "Meiro <no-reply@meiro.example>".parse().unwrap();
+    let message = |to: &str| Message {
+        to: to.into(),
+        subject: "s".into(),
+        text: "t".into(),
+        html: "h".into(),
+    };
+    for to in [
+        "a..b@example.com",
+        "a@[127.0.0.1]",
+        "\"ab\"@example.com",
+        "ü@example.com",
+    ] {
+        let error = compose(&from, &message(to)).unwrap_err();
+        assert!(error.permanent, "{to}");
+        assert!(!error.detail.contains(to), "{to}: {}", error.detail);
+    }
+    assert!(compose(&from, &message("a.b@example.com")).is_ok());
 }
 
 #[tokio::test]
 async fn gives_up_after_the_deadline_and_moves_on() {
     let transport = Scripted::stuck_on("stuck@example.com");
+    let reports = Reports::default();
     let (mail, _worker, _stop) = start(transport.clone(), policy(10, 40, 300));
     let queued = Instant::now();
-    mail.send_invitation("stuck@example.com", "https://x/1");
-    mail.send_invitation("next@example.com", "https://x/2");
+    mail.send_invitation("stuck@example.com", "https://x/1", reports.hook("stuck"));
+    mail.send_invitation("next@example.com", "https://x/2", reports.hook("next"));
 
     let delivered = transport.delivered.wait_for(1, WAIT).await;
     assert_eq!(delivered[0].to, "next@example.com");
@@ -160,6 +214,11 @@ async fn gives_up_after_the_deadline_and_moves_on() {
     assert!((2..=10).contains(&stuck.len()), "{} attempts", stuck.len());
     assert!(last - queued >= Duration::from_millis(300));
     assert!(last - queued < Duration::from_secs(5));
+    let reports = reports.get();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].0, "stuck");
+    assert_eq!(reports[0].1.reason, DropReason::Expired);
+    assert_eq!(reports[0].1.attempts as usize, stuck.len());
 }
 
 #[tokio::test]
@@ -167,7 +226,7 @@ async fn messages_are_delivered_in_order() {
     let transport = Scripted::failing([SendError::transient("421 busy")]);
     let (mail, _worker, _stop) = start(transport.clone(), policy(20, 20, 10_000));
     for i in 0..5 {
-        mail.send_invitation(&format!("user{i}@example.com"), "https://x/");
+        mail.send_invitation(&format!("user{i}@example.com"), "https://x/", |_| {});
     }
     let delivered = transport.delivered.wait_for(5, WAIT).await;
     let order: Vec<&str> = delivered.iter().map(|m| m.to.as_str()).collect();
@@ -188,8 +247,13 @@ async fn shutdown_stops_the_worker_promptly_even_while_retrying() {
     let transport = Scripted::stuck_on("stuck@example.com");
     // An hour of backoff: only the shutdown signal can end the worker in time.
     let (mail, worker, stop) = start(transport.clone(), policy(3_600_000, 3_600_000, 86_400_000));
-    mail.send_invitation("stuck@example.com", "https://x/1");
-    mail.send_invitation("pending@example.com", "https://x/2");
+    let reports = Reports::default();
+    mail.send_invitation("stuck@example.com", "https://x/1", reports.hook("stuck"));
+    mail.send_invitation(
+        "pending@example.com",
+        "https://x/2",
+        reports.hook("pending"),
+    );
     eventually(|| !transport.attempts().is_empty()).await;
 
     stop.send(true).unwrap();
@@ -198,8 +262,10 @@ async fn shutdown_stops_the_worker_promptly_even_while_retrying() {
         .expect("worker stopped")
         .unwrap();
     // After shutdown the queue is closed: sending logs an error but neither blocks nor panics.
-    mail.send_invitation("late@example.com", "https://x/3");
+    mail.send_invitation("late@example.com", "https://x/3", reports.hook("late"));
     assert_eq!(transport.attempts().len(), 1);
+    // Dropped by the shutdown, not refused: not reported as undelivered (the log counts them).
+    assert!(reports.get().is_empty());
 }
 
 #[tokio::test]
@@ -209,7 +275,7 @@ async fn worker_ends_when_every_handle_is_dropped_not_when_the_signal_sender_is(
     // A lost sender is no shutdown signal: mail keeps flowing.
     drop(stop);
     let copy = mail.clone();
-    copy.send_invitation("ann@example.com", "https://x/1");
+    copy.send_invitation("ann@example.com", "https://x/1", |_| {});
     transport.delivered.wait_for(1, WAIT).await;
     assert_eq!(transport.delivered.messages().len(), 1);
 
@@ -232,7 +298,7 @@ async fn shutdown_already_signalled_means_no_delivery() {
         shutdown,
         MailMetrics::default(),
     );
-    mail.send_invitation("ann@example.com", "https://x/1");
+    mail.send_invitation("ann@example.com", "https://x/1", |_| {});
     tokio::time::timeout(Duration::from_secs(2), worker)
         .await
         .expect("worker stopped")
@@ -278,7 +344,7 @@ async fn file_transport_end_to_end() {
     )
     .await
     .unwrap();
-    mail.send_password_reset("ann@example.com", LINK);
+    mail.send_password_reset("ann@example.com", LINK, |_| {});
 
     let read_outbox = || -> Vec<String> {
         std::fs::read_dir(&outbox)
@@ -357,7 +423,7 @@ async fn smtp_round_trip_through_a_real_server() {
     )
     .await
     .unwrap();
-    mail.send_invitation("ann@example.com", LINK);
+    mail.send_invitation("ann@example.com", LINK, |_| {});
 
     let received = sink.wait_for(1, WAIT).await;
     let got = &received[0];
@@ -421,7 +487,7 @@ async fn smtp_down_then_back_is_retried_until_delivered() {
     )
     .await
     .unwrap();
-    mail.send_password_reset("ann@example.com", LINK);
+    mail.send_password_reset("ann@example.com", LINK, |_| {});
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let back = SmtpSink::start_on(addr).await;
@@ -438,20 +504,29 @@ async fn queue_depth_sent_and_failed_are_counted() {
     let metrics = MailMetrics::default();
     let (mail, _worker, _stop) =
         start_counted(transport.clone(), policy(10, 10, 60_000), metrics.clone());
-    mail.send_invitation("refused@example.com", "https://x/1");
-    mail.send_invitation("ann@example.com", "https://x/2");
-    mail.send_password_reset("bob@example.com", "https://x/3");
+    mail.send_invitation("refused@example.com", "https://x/1", |_| {});
+    mail.send_invitation("ann@example.com", "https://x/2", |_| {});
+    mail.send_password_reset("bob@example.com", "https://x/3", |_| {});
     eventually(|| metrics.sent.get() == 2).await;
-    assert_eq!(metrics.failed.get(), 1);
+    assert_eq!(metrics.failed("invitation", "refused").get(), 1);
+    assert_eq!(metrics.failed("invitation", "expired").get(), 0);
+    assert_eq!(metrics.failed("password_reset", "refused").get(), 0);
     assert_eq!(metrics.queue_depth.get(), 0);
 
     let stuck = Scripted::stuck_on("stuck@example.com");
     let metrics = MailMetrics::default();
     let (mail, _worker, _stop) =
         start_counted(stuck.clone(), policy(10, 10, 60_000), metrics.clone());
-    mail.send_invitation("stuck@example.com", "https://x/4");
-    mail.send_invitation("next@example.com", "https://x/5");
+    mail.send_invitation("stuck@example.com", "https://x/4", |_| {});
+    mail.send_invitation("next@example.com", "https://x/5", |_| {});
     eventually(|| stuck.attempts().len() >= 2).await;
     assert_eq!(metrics.queue_depth.get(), 2, "one retrying, one waiting");
-    assert_eq!(metrics.sent.get() + metrics.failed.get(), 0);
+    let failed: u64 = Kind::ALL
+        .iter()
+        .flat_map(|kind| {
+            DropReason::ALL.map(|reason| metrics.failed(kind.as_str(), reason.as_str()))
+        })
+        .map(|counter| counter.get())
+        .sum();
+    assert_eq!(metrics.sent.get() + failed, 0);
 }

@@ -164,7 +164,9 @@ impl Metrics {
         r.register("mail_sent", "Messages delivered", mail.sent.clone());
         r.register(
             "mail_failed",
-            "Messages dropped: refused permanently or undelivered for too long",
+            "Messages dropped, by kind (invitation, password_reset) and reason: refused \
+             (permanently, by the server or the address rule) or expired (undelivered for \
+             give_up_after)",
             mail.failed.clone(),
         );
 
@@ -441,7 +443,19 @@ pub struct AuthMetrics {
 pub struct MailMetrics {
     pub queue_depth: Gauge,
     pub sent: Counter,
-    pub failed: Counter,
+    /// Dropped messages by `kind` and `reason`; see [`MailMetrics::failed`].
+    failed: Family<Labels, Counter>,
+}
+
+impl MailMetrics {
+    /// The dropped-message counter of one message kind and reason (fixed words from `mail`).
+    /// Resolved when a message is dropped, which is rare: the family's lock is no concern.
+    pub fn failed(&self, kind: &'static str, reason: &'static str) -> Counter {
+        self.failed.get_or_create_owned(&vec![
+            ("kind", Cow::Borrowed(kind)),
+            ("reason", Cow::Borrowed(reason)),
+        ])
+    }
 }
 
 /// Upper bounds of the duration buckets, in nanoseconds: 0.5 ms to 30 s, dense below 100 ms
