@@ -344,14 +344,15 @@ pub async fn message(response: reqwest::Response) -> String {
         .to_owned()
 }
 
-/// Asserts a JSON content type (every response of the contract is JSON).
+/// Asserts the one JSON content type every response of the contract carries, from the auth
+/// API and the data plane alike.
 pub fn assert_json(headers: &http::HeaderMap) {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .expect("a Content-Type")
         .to_str()
         .unwrap();
-    assert!(ct.starts_with("application/json"), "content type {ct}");
+    assert_eq!(ct, "application/json", "content type");
 }
 
 /// Status and `{"message"}` of a response, asserting the JSON shape.
