@@ -22,12 +22,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
@@ -82,9 +81,10 @@ pub struct ConnectionState {
     cancelled: AtomicU64,
     /// Woken once when the cancellations cross the rapid-reset threshold.
     abusive: Notify,
-    /// The watchdog's standing order, and the serving task's waker for a new one.
+    /// The watchdog's standing order, and the serving task's waker for a new one (kept, not
+    /// taken, by a wake-up: the serving task registers it once, not on every poll).
     order: AtomicU8,
-    order_waker: AtomicWaker,
+    order_waker: Mutex<Option<Waker>>,
     /// The connection's place under `limits.max_connections`, released when the connection
     /// and every tunnel upgraded from it are gone.
     _permit: OwnedSemaphorePermit,
@@ -98,7 +98,7 @@ impl ConnectionState {
             cancelled: AtomicU64::new(0),
             abusive: Notify::new(),
             order: AtomicU8::new(Order::Serve as u8),
-            order_waker: AtomicWaker::new(),
+            order_waker: Mutex::new(None),
             _permit: permit,
         })
     }
@@ -124,9 +124,23 @@ impl ConnectionState {
         }
     }
 
+    /// Raises the standing order and wakes the serving task.
     fn give(&self, order: Order) {
-        self.order.fetch_max(order as u8, Ordering::AcqRel);
-        self.order_waker.wake();
+        if self.order.fetch_max(order as u8, Ordering::AcqRel) < order as u8 {
+            let waker = self
+                .order_waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Registers the serving task's waker (before it reads the order, so no raise is missed).
+    fn register(&self, waker: &Waker) {
+        *self.order_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
     }
 
     /// Nothing in progress, and nothing started since `started_before`.
@@ -251,6 +265,9 @@ pub struct Drive<'a, C> {
     obeyed: Order,
     /// hyper's graceful shutdown is started once, whichever order asked first.
     going_away: bool,
+    /// The waker last registered: a task's waker stays the same from poll to poll, so it is
+    /// registered again only if it changed.
+    registered: Option<Waker>,
 }
 
 impl<'a, C> Drive<'a, C> {
@@ -265,6 +282,7 @@ impl<'a, C> Drive<'a, C> {
             state,
             obeyed: Order::Serve,
             going_away: false,
+            registered: None,
         }
     }
 }
@@ -280,7 +298,14 @@ where
         if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
             return Poll::Ready(End::Served(result));
         }
-        this.state.order_waker.register(cx.waker());
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.state.register(cx.waker());
+            this.registered = Some(cx.waker().clone());
+        }
         let order = Order::from_u8(this.state.order.load(Ordering::Acquire));
         if order == this.obeyed {
             return Poll::Pending;
