@@ -616,15 +616,7 @@ async fn connect_and_trace_are_refused_before_any_route() {
 
 /// The sum of every sample of `metric` in a `/metrics` scrape.
 async fn metric_sum(gw: &Gateway, metric: &str) -> f64 {
-    let text = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     text.lines()
         .filter(|l| {
             l.strip_prefix(metric)
@@ -645,7 +637,13 @@ async fn assert_upstream_uncharged(gw: &Gateway, context: &str) {
     }
 }
 
-/// Two instances, eager ejection and retries: anything held against an instance shows.
+/// `POST /data` with the token; `rest` is the framing header(s), the blank line and the body.
+fn authenticated_post(token: &str, rest: &str) -> String {
+    format!("POST /data HTTP/1.1\r\nHost: gateway.test\r\nX-Access-Token: {token}\r\n{rest}")
+}
+
+/// One instance, ejection for a minute, retries and a 300 ms response timeout: anything held
+/// against the instance shows (a 503 after an ejection, a count in the metrics).
 async fn strict_gateway(upstream: &str, extra: &str) -> Gateway {
     Gateway::start_with(
         upstream,
@@ -683,10 +681,7 @@ async fn malformed_chunked_bodies_are_the_clients_400_and_charge_no_upstream() {
     ] {
         let response = raw(
             gw.addr,
-            format!(
-                "POST /data HTTP/1.1\r\nHost: gateway.test\r\nX-Access-Token: {token}\r\n\
-                 Transfer-Encoding: chunked\r\n\r\n{body}"
-            ),
+            authenticated_post(&token, &format!("Transfer-Encoding: chunked\r\n\r\n{body}")),
         )
         .await;
         assert_eq!(response.status, 400, "{case}: {response:?}");
@@ -697,9 +692,9 @@ async fn malformed_chunked_bodies_are_the_clients_400_and_charge_no_upstream() {
     // Leading zeros are valid (RFC 9112 §7.1: 1*HEXDIG), as hyper and nginx read them.
     let zeros = raw(
         gw.addr,
-        format!(
-            "POST /data HTTP/1.1\r\nHost: gateway.test\r\nX-Access-Token: {token}\r\n\
-             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n00000000000000005\r\nhello\r\n0\r\n\r\n"
+        authenticated_post(
+            &token,
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n00000000000000005\r\nhello\r\n0\r\n\r\n",
         ),
     )
     .await;
@@ -715,13 +710,7 @@ async fn a_stalled_upload_is_the_clients_408_and_charges_no_upstream() {
     let token = user_token(&gw).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
-        .write_all(
-            format!(
-                "POST /data HTTP/1.1\r\nHost: gateway.test\r\nX-Access-Token: {token}\r\n\
-                 Content-Length: 10\r\n\r\nabc"
-            )
-            .as_bytes(),
-        )
+        .write_all(authenticated_post(&token, "Content-Length: 10\r\n\r\nabc").as_bytes())
         .await
         .unwrap();
     let started = Instant::now();
@@ -746,13 +735,7 @@ async fn a_slow_steady_upload_is_not_an_upstream_timeout() {
     let token = user_token(&gw).await;
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream
-        .write_all(
-            format!(
-                "POST /data HTTP/1.1\r\nHost: gateway.test\r\nX-Access-Token: {token}\r\n\
-                 Transfer-Encoding: chunked\r\n\r\n"
-            )
-            .as_bytes(),
-        )
+        .write_all(authenticated_post(&token, "Transfer-Encoding: chunked\r\n\r\n").as_bytes())
         .await
         .unwrap();
     for _ in 0..5 {

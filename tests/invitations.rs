@@ -737,15 +737,7 @@ async fn a_refused_invitation_mail_is_audited_counted_and_its_link_still_works()
     assert_eq!(event.detail["attempts"], "1");
 
     // Counted by kind and reason.
-    let metrics = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     for (series, value) in [
         (
             r#"meiro_gate_mail_failed_total{kind="invitation",reason="refused"}"#,

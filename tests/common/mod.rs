@@ -230,6 +230,18 @@ impl Gateway {
         format!("http://{}{}", self.app().admin_addr, path)
     }
 
+    /// The admin listener's `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub fn app(&self) -> &RunningApp {
         self.app.as_ref().expect("gateway running")
     }
