@@ -321,6 +321,74 @@ async fn http2_authority_against_host_is_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Path parameters and host spellings a backend reads differently than a naive gateway.
+
+#[tokio::test]
+async fn path_parameters_and_a_trailing_host_dot_do_not_escape_a_protected_route() {
+    let upstream = FakeUpstream::start().await;
+    // The layout that makes these tricks pay: a public catch-all with protected routes inside.
+    let gw = Gateway::start_with(
+        &upstream.url(),
+        &format!(
+            r#"
+            [[upstreams]]
+            name = "backend"
+            instances = ["{}"]
+            [[routes]]
+            prefix = "/"
+            upstream = "backend"
+            public = true
+            [[routes]]
+            prefix = "/admin"
+            upstream = "backend"
+            [[routes]]
+            prefix = "/"
+            host = "admin.example"
+            upstream = "backend"
+            "#,
+            upstream.url()
+        ),
+    )
+    .await;
+    let get = |host: &str, target: &str| {
+        raw(
+            gw.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(
+        get("gateway.test", "/open").await.status,
+        200,
+        "the public route"
+    );
+    let forwarded = upstream.recorded().len();
+    // Servlet containers serve `/admin;x` as `/admin`, and `..;` as `..`.
+    for target in [
+        "/admin;jsessionid=1",
+        "/admin;x/users",
+        "/;x/admin",
+        "/%61dmin;x",
+    ] {
+        assert_eq!(get("gateway.test", target).await.status, 401, "{target}");
+    }
+    for target in ["/open/..;/admin", "/open/.;/admin", "/open/%2e%2e;x/admin"] {
+        let response = get("gateway.test", target).await;
+        assert_eq!(response.status, 400, "{target}");
+        assert_eq!(response.message(), "Invalid request path");
+    }
+    // DNS reads `admin.example.` as `admin.example`.
+    for host in ["admin.example.", "ADMIN.EXAMPLE.:80"] {
+        assert_eq!(get(host, "/open").await.status, 401, "{host}");
+    }
+    assert_eq!(
+        upstream.recorded().len(),
+        forwarded,
+        "nothing else was forwarded"
+    );
+    gw.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hole 3: only the upgrades a route allows become tunnels; CONNECT and TRACE are refused.
 
 /// What a scripted upstream answers to one request head.

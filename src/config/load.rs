@@ -499,10 +499,19 @@ fn non_empty_text(value: &Value) -> Result<String, String> {
 
 fn route_prefix(value: &Value) -> Result<String, String> {
     let prefix = text(value)?;
-    if prefix.starts_with('/') {
+    if !prefix.starts_with('/') {
+        return Err("must start with \"/\"".to_owned());
+    }
+    // Requests are routed on their normalized path without segment parameters, so a prefix
+    // written any other way could never match.
+    let trimmed = prefix.trim_end_matches('/');
+    let written_plainly = trimmed.split('/').skip(1).all(|segment| {
+        !matches!(segment, "" | "." | "..") && !segment.contains([';', '%', '\\', '?', '#'])
+    });
+    if written_plainly {
         Ok(prefix)
     } else {
-        Err("must start with \"/\"".to_owned())
+        Err("must be a plain path: no empty, \".\" or \"..\" segments, and no \";\", \"%\", \"\\\", \"?\" or \"#\"".to_owned())
     }
 }
 
@@ -2624,6 +2633,26 @@ eject_max = "1s""#,
                 &routes(r#"{ prefix = "/" }"#),
                 "routes[0].upstream",
                 "missing (required)",
+            ),
+            (
+                &routes(r#"{ prefix = "/admin;x", upstream = "meiro" }"#),
+                "routes[0].prefix",
+                "must be a plain path",
+            ),
+            (
+                &routes(r#"{ prefix = "/a/../admin", upstream = "meiro" }"#),
+                "routes[0].prefix",
+                "must be a plain path",
+            ),
+            (
+                &routes(r#"{ prefix = "/a//b", upstream = "meiro" }"#),
+                "routes[0].prefix",
+                "must be a plain path",
+            ),
+            (
+                &routes(r#"{ prefix = "/%61dmin", upstream = "meiro" }"#),
+                "routes[0].prefix",
+                "must be a plain path",
             ),
             (
                 &routes(r#"{ prefix = "/", upstream = "other" }"#),

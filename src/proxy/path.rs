@@ -6,6 +6,11 @@
 //! escapes keep an upper-case form, empty segments collapse, dot segments are removed. Encoded
 //! slashes or backslashes, literal backslashes, NUL, bad escapes and `..` above the root are
 //! refused: no single reading of them is safe for every upstream.
+//!
+//! Segment parameters (`;…`, RFC 3986 §3.3) are kept on the way upstream, but routes are
+//! matched on the path without them ([`without_params`]): servlet containers (Tomcat, Jetty)
+//! serve `/admin;x` as `/admin`, so a route must see it as `/admin` too. A dot segment with
+//! parameters (`/public/..;/admin`, which the same servers read as `..`) is refused.
 
 use std::borrow::Cow;
 
@@ -19,6 +24,8 @@ pub enum PathError {
     AmbiguousSeparator,
     #[error("path climbs above the root")]
     AboveRoot,
+    #[error("dot segment with parameters in path")]
+    ParameterizedDotSegment,
 }
 
 /// The normalized path; borrows the input when it is already normal (the common case, and
@@ -43,12 +50,11 @@ fn is_plainly_normal(bytes: &[u8]) -> bool {
             b'%' | b'\\' => return false,
             b'/' if prev_slash => return false,
             b'.' if prev_slash => {
-                // "/." starts a dot segment only when followed by '/', end, or ".[/|end]".
+                // "/." starts a dot segment only when followed by '/', ';', end, or
+                // ".[/|;|end]".
                 let rest = &bytes[i + 1..];
-                if rest.is_empty()
-                    || rest[0] == b'/'
-                    || (rest[0] == b'.' && (rest.len() == 1 || rest[1] == b'/'))
-                {
+                let ends_segment = |at: usize| rest.get(at).is_none_or(|&c| c == b'/' || c == b';');
+                if ends_segment(0) || (rest[0] == b'.' && ends_segment(1)) {
                     return false;
                 }
             }
@@ -115,6 +121,9 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     let mut trailing_slash = false;
     while let Some(seg) = parts.next() {
         let last = parts.peek().is_none();
+        if let Some((".." | ".", _)) = seg.split_once(';') {
+            return Err(PathError::ParameterizedDotSegment);
+        }
         match seg {
             "" => trailing_slash = last,
             "." => trailing_slash = true,
@@ -137,6 +146,46 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// The path routes are matched on: a normalized path with each segment's parameters (`;…`)
+/// removed and the segments left empty by that dropped (`/;x/admin;y` → `/admin`). Borrows
+/// the input when it has no parameters (the common case).
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for name in path.split('/').map(segment_name).filter(|n| !n.is_empty()) {
+        out.push('/');
+        out.push_str(name);
+    }
+    if out.is_empty() || path.ends_with('/') {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// A segment without its parameters.
+fn segment_name(segment: &str) -> &str {
+    segment.split(';').next().unwrap_or("")
+}
+
+/// What is left of a normalized `path` after the segments that spell `prefix` in
+/// [`without_params`] form, starting with `/` (or `/` alone): the path a route with
+/// `strip_prefix` sends upstream. `prefix` must match `path`'s routing form.
+pub fn strip_segments<'p>(path: &'p str, prefix: &str) -> &'p str {
+    let mut to_skip = prefix.split('/').filter(|s| !s.is_empty()).count();
+    let mut rest = path;
+    while to_skip > 0 {
+        // `rest` starts with '/': take one segment off.
+        let end = rest[1..].find('/').map_or(rest.len(), |i| i + 1);
+        if !segment_name(&rest[1..end]).is_empty() {
+            to_skip -= 1;
+        }
+        rest = &rest[end..];
+    }
+    if rest.is_empty() { "/" } else { rest }
 }
 
 #[cfg(test)]
@@ -185,5 +234,41 @@ mod tests {
         assert_eq!(n("/.."), Err(PathError::AboveRoot));
         assert_eq!(n("/a/../.."), Err(PathError::AboveRoot));
         assert_eq!(n("*"), Err(PathError::NotOriginForm));
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
+            "/public/.;/admin",
+            "/a/%2e%2e;/b",
+            "/..;",
+        ] {
+            assert_eq!(n(p), Err(PathError::ParameterizedDotSegment), "{p}");
+        }
+        // Only whole dot segments: names that merely start with dots are names.
+        assert_eq!(n("/a/..b;x").unwrap(), "/a/..b;x");
+        assert_eq!(n("/a/.x;y").unwrap(), "/a/.x;y");
+    }
+
+    #[test]
+    fn routes_see_paths_without_parameters() {
+        assert!(matches!(without_params("/admin/x"), Cow::Borrowed(_)));
+        assert_eq!(without_params("/admin;jsessionid=1"), "/admin");
+        assert_eq!(without_params("/api;v=1/admin;x/y"), "/api/admin/y");
+        assert_eq!(without_params("/;x/admin"), "/admin");
+        assert_eq!(without_params("/admin;x/"), "/admin/");
+        assert_eq!(without_params("/;x"), "/");
+    }
+
+    #[test]
+    fn a_stripped_prefix_takes_its_segments_with_their_parameters() {
+        assert_eq!(strip_segments("/api/x", "/api"), "/x");
+        assert_eq!(strip_segments("/api", "/api"), "/");
+        assert_eq!(strip_segments("/api/", "/api"), "/");
+        assert_eq!(strip_segments("/api;v=1/x;y", "/api"), "/x;y");
+        assert_eq!(strip_segments("/;x/api/admin/z", "/api/admin"), "/z");
+        assert_eq!(strip_segments("/anything", "/"), "/anything");
     }
 }

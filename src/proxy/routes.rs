@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::path;
 use super::upstream::Cluster;
 use crate::config::RouteConfig;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
@@ -40,9 +41,14 @@ impl Route {
     }
 
     /// The path the upstream receives: with the prefix removed when `strip_prefix` is set.
+    /// `path` is the normalized path, segment parameters included; the route matched its
+    /// [`path::without_params`] form.
     pub fn upstream_path<'p>(&self, path: &'p str) -> &'p str {
         if !self.strip_prefix {
             return path;
+        }
+        if path.contains(';') {
+            return path::strip_segments(path, &self.prefix);
         }
         match path.strip_prefix(self.prefix.as_str()) {
             Some("") | None => "/",
@@ -62,9 +68,14 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// `host` is the request's host (any case, port allowed).
+    /// `host` is the request's host (any case, port allowed, a trailing dot ignored: DNS reads
+    /// `admin.example.` as `admin.example`, and so must a host route); `path` is the routing
+    /// form of the normalized path ([`path::without_params`]).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(strip_port);
+        let host = host.map(|h| {
+            let h = strip_port(h);
+            h.strip_suffix('.').unwrap_or(h)
+        });
         self.routes.iter().find(|r| {
             prefix_matches(&r.prefix, path)
                 && r.host
@@ -110,6 +121,49 @@ mod tests {
         assert!(prefix_matches("/api/", "/api/x"));
         assert!(!prefix_matches("/api", "/apix"));
         assert!(!prefix_matches("/api", "/"));
+    }
+
+    #[test]
+    fn a_host_route_matches_its_host_with_a_trailing_dot_and_any_port() {
+        let table = |hosts: &[Option<&str>]| {
+            let metrics = Metrics::new();
+            let config = crate::config::load_from_figment(&figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(
+                    "[[upstreams]]\nname = \"u\"\ninstances = [\"http://127.0.0.1:9\"]\n",
+                ),
+            ))
+            .unwrap();
+            let cluster = Arc::new(Cluster::new(&config.upstreams[0], &metrics).unwrap());
+            let routes = hosts
+                .iter()
+                .map(|host| {
+                    let mut rc = crate::config::RouteConfig {
+                        name: None,
+                        prefix: "/".into(),
+                        upstream: "u".into(),
+                        public: host.is_none(),
+                        host: host.map(str::to_owned),
+                        strip_prefix: false,
+                        max_body: None,
+                        timeout: None,
+                        upgrades: vec![],
+                    };
+                    rc.name = host.map(str::to_owned);
+                    Route::new(&rc, cluster.clone(), &metrics)
+                })
+                .collect();
+            RouteTable::new(routes)
+        };
+        let t = table(&[None, Some("admin.example")]);
+        for host in [
+            "admin.example",
+            "ADMIN.example",
+            "admin.example.",
+            "admin.example.:443",
+        ] {
+            assert!(!t.find(Some(host), "/").unwrap().public, "{host}");
+        }
+        assert!(t.find(Some("other.example"), "/").unwrap().public);
     }
 
     #[test]
