@@ -127,7 +127,7 @@ const fn reg_name_bytes() -> [bool; 256] {
 static REG_NAME: [bool; 256] = reg_name_bytes();
 
 /// `uri-host [":" port]` (RFC 9110 §7.2), strictly: a registered name of letters, digits and
-/// `-._~`, or a bracketed IPv6 literal; a port of 1–5 digits. No user info, percent-escapes or
+/// `-._~`, or a bracketed IPv6 literal; a port that fits in 16 bits. No user info, percent-escapes or
 /// sub-delimiters: real host names have none, and each is a way to make two parsers disagree.
 pub fn is_valid_host(value: &[u8]) -> bool {
     let name_end = match value.first() {
@@ -158,7 +158,9 @@ pub fn is_valid_host(value: &[u8]) -> bool {
     match &value[name_end..] {
         [] => true,
         [b':', digits @ ..] => {
-            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+            (1..=5).contains(&digits.len())
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u16>().is_ok())
         }
         _ => false,
     }
@@ -247,6 +249,7 @@ mod tests {
             "host/path",
             "host:",
             "host:123456",
+            "host:65536",
             "host:8o",
             "ho st",
             "a%2eb",
