@@ -12,6 +12,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mail;
 pub mod proxy;
 pub mod request_id;

@@ -114,7 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 /// Where the scanner is in the request stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Between requests or inside a head (partial bytes kept in `Scanner::head`).
     Head,
     /// Inside a `Content-Length` body: bytes left.
@@ -126,7 +126,7 @@ enum State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Hex digits of a chunk size.
     Size {
         size: u64,
@@ -155,17 +155,17 @@ enum Chunk {
 }
 
 /// Follows request heads and body framing through the bytes of one connection.
-struct Scanner {
-    state: State,
+pub(crate) struct Scanner {
+    pub(crate) state: State,
     /// A head split over reads, kept until it is complete.
     head: Vec<u8>,
     max_head: usize,
     /// Heads seen so far.
-    requests: u64,
+    pub(crate) requests: u64,
 }
 
 impl Scanner {
-    fn new(max_head: usize) -> Self {
+    pub(crate) fn new(max_head: usize) -> Self {
         Scanner {
             state: State::Head,
             head: Vec::new(),
@@ -180,7 +180,7 @@ impl Scanner {
 
     /// Consumes the next bytes of the stream; returns the number of a request that declared
     /// both lengths, if these bytes completed its head.
-    fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
         while !bytes.is_empty() {
             match self.state {
                 State::Done => return None,

@@ -4,7 +4,7 @@
 //! reload replaces it without touching open connections.
 
 pub mod cors;
-mod framing;
+pub(crate) mod framing;
 pub mod tls;
 
 use std::net::SocketAddr;
