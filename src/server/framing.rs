@@ -127,7 +127,7 @@ pub(crate) enum State {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
-    /// Hex digits of a chunk size.
+    /// Hex digits of a chunk size (`digits` counts up to 255; leading zeros are allowed).
     Size {
         size: u64,
         digits: u8,
@@ -277,10 +277,13 @@ fn chunked_step(chunk: Chunk, byte: u8) -> State {
         (Chunk::Size { size, digits }, b';' | b' ' | b'\t') if digits > 0 => {
             Chunk::Extension { size }
         }
-        (Chunk::Size { size, digits }, _) if digits < 16 => match (byte as char).to_digit(16) {
+        // Any number of digits whose value fits 64 bits, as hyper reads them: a cap on the
+        // digit count would stop the watch on `000…05` that hyper accepts. (hyper refuses an
+        // overflowing size, and so does this.)
+        (Chunk::Size { size, digits }, _) if size >> 60 == 0 => match (byte as char).to_digit(16) {
             Some(d) => Chunk::Size {
                 size: size << 4 | u64::from(d),
-                digits: digits + 1,
+                digits: digits.saturating_add(1),
             },
             None => return State::Done,
         },
@@ -315,6 +318,9 @@ impl Framing {
             transfer_encoding: None,
             switches_protocol: request.method == Some("CONNECT"),
         };
+        // hyper upgrades on `Upgrade` only for HTTP/1.1; an HTTP/1.0 request carrying it is
+        // served like any other, and the next head follows.
+        let http11 = request.version == Some(1);
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
                 let value = std::str::from_utf8(header.value).ok();
@@ -332,7 +338,7 @@ impl Framing {
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 framing.transfer_encoding = Some(chunked);
-            } else if header.name.eq_ignore_ascii_case("upgrade") {
+            } else if header.name.eq_ignore_ascii_case("upgrade") && http11 {
                 framing.switches_protocol = true;
             }
         }
@@ -445,6 +451,46 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         ]);
         assert!(flagged.is_empty());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/chunked): hyper reads a chunk size with leading zeros
+    /// past 16 digits; a watch that stopped there missed the conflicting request after it.
+    #[test]
+    fn chunk_sizes_with_many_leading_zeros_are_followed() {
+        let conflicting =
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let stream = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {zeros}5\r\nhello\r\n0315425F425FF778;x\r\n",
+            zeros = "0".repeat(40)
+        );
+        let (flagged, requests, state) = scan_all_splits(stream.as_bytes());
+        assert_eq!((flagged, requests), (vec![], 1));
+        assert_eq!(state, State::Chunked(Chunk::Data(0x0315_425F_425F_F778)));
+        let stream = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             00000000000000000000005\r\nhello\r\n0\r\n\r\n{conflicting}"
+        );
+        assert_eq!(
+            scan_all_splits(stream.as_bytes()),
+            (vec![2], 2, State::Done)
+        );
+        // A size that does not fit 64 bits is refused by hyper: the watch stops.
+        let (_, scanner) = scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            10000000000000000\r\n"]);
+        assert_eq!(scanner.state, State::Done);
+    }
+
+    /// Found by fuzzing (fuzz/regressions/framing_watch): hyper upgrades only HTTP/1.1
+    /// requests, so after an HTTP/1.0 one with `Upgrade` the next head is still HTTP/1.
+    #[test]
+    fn an_upgrade_header_on_http_1_0_does_not_stop_the_watch() {
+        let stream = "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            scan_all_splits(stream.as_bytes()),
+            (vec![2], 2, State::Done)
+        );
     }
 
     #[test]
