@@ -3,7 +3,9 @@
 # the other, pinned to one core at nice 19, then merges what it found into the committed
 # corpus, minimized. Usage: fuzz/run.sh [MINUTES] [TARGET...]   (default: every target)
 #
-# Environment: FUZZ_CORE (the core to pin to, default 1), FUZZ_MAX_LEN (default 4096).
+# Environment: FUZZ_CORE (the core to pin to, default 1), FUZZ_MAX_LEN (input size limit,
+# default 4096, 16384 for config_toml), FUZZ_MAX_FILES (corpus files kept per target before
+# a coarser re-minimization, default 300), FUZZ_NO_BUILD=1 (use the binaries as built).
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); see fuzz/README.md.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -17,13 +19,15 @@ else
   for f in fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 fi
 core="${FUZZ_CORE:-1}"
-max_len="${FUZZ_MAX_LEN:-4096}"
+max_files="${FUZZ_MAX_FILES:-300}"
 pin=(nice -n 19 taskset -c "$core")
 
 # Stable Rust: no sanitizer (the code is `forbid(unsafe_code)`); coverage, value-profile and
 # comparison tracing come from the SanitizerCoverage passes cargo-fuzz adds with -C flags.
-echo "run.sh: building the fuzz targets (cargo fuzz build --sanitizer none)"
-nice -n 19 cargo fuzz build --sanitizer none || exit 1
+if [ -z "${FUZZ_NO_BUILD:-}" ]; then
+  echo "run.sh: building the fuzz targets (cargo fuzz build --sanitizer none)"
+  nice -n 19 cargo fuzz build --sanitizer none || exit 1
+fi
 bin_dir="target/x86_64-unknown-linux-gnu/release"
 
 mkdir -p logs
@@ -33,6 +37,10 @@ printf '%-18s %8s %14s %9s %8s %8s %7s  %s\n' target minutes executions exec/s c
 
 for t in "${targets[@]}"; do
   corpus="corpus/$t"
+  case "$t" in
+    config_toml) max_len="${FUZZ_MAX_LEN:-16384}" ;; # whole config files
+    *) max_len="${FUZZ_MAX_LEN:-4096}" ;;
+  esac
   work="$(mktemp -d "${TMPDIR:-/tmp}/meiro-fuzz-$t.XXXXXX")"
   mkdir -p "$corpus" "artifacts/$t"
   dict=()
@@ -53,6 +61,12 @@ for t in "${targets[@]}"; do
   merged="$(mktemp -d "${TMPDIR:-/tmp}/meiro-fuzz-merged-$t.XXXXXX")"
   "${pin[@]}" "$bin_dir/$t" -merge=1 -max_len="$max_len" -timeout=10 "$merged" "$corpus" "$work" \
     >"logs/$t.merge.log" 2>&1 || echo "run.sh: merge of $t failed (see fuzz/logs/$t.merge.log)"
+  if [ "$(find "$merged" -type f | wc -l)" -gt "$max_files" ]; then
+    # Too many to commit: keep one input per edge (hit counts no longer count).
+    coarse="$(mktemp -d "${TMPDIR:-/tmp}/meiro-fuzz-coarse-$t.XXXXXX")"
+    "${pin[@]}" "$bin_dir/$t" -merge=1 -use_counters=0 -max_len="$max_len" -timeout=10 \
+      "$coarse" "$merged" >>"logs/$t.merge.log" 2>&1 && { rm -rf "$merged"; merged="$coarse"; }
+  fi
   if [ -n "$(ls -A "$merged")" ]; then
     find "$corpus" -type f ! -name 'seed-*' -delete
     for seed in "$corpus"/seed-*; do

@@ -19,8 +19,11 @@ pub use jwt::jwt_header;
 pub use path::path_and_route;
 pub use tokens::{cookies, token_extraction};
 
+/// A fuzz target: takes any bytes, panics when an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzz binary and corpus directory (`fuzz/corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("framing_watch", framing_watch),
     ("chunked", chunked),
     ("path_and_route", path_and_route),

@@ -41,10 +41,11 @@ fn reference_cookie<'h>(values: &[&'h [u8]], cookie_name: &str) -> Option<&'h st
         {
             let pair = trim_ows(&value[start..end]);
             start = end + 1;
-            if let Some(eq) = pair.find('=') {
-                if &pair[..eq] == cookie_name && eq + 1 < pair.len() {
-                    return Some(&pair[eq + 1..]);
-                }
+            if let Some(eq) = pair.find('=')
+                && &pair[..eq] == cookie_name
+                && eq + 1 < pair.len()
+            {
+                return Some(&pair[eq + 1..]);
             }
         }
     }
@@ -54,17 +55,17 @@ fn reference_cookie<'h>(values: &[&'h [u8]], cookie_name: &str) -> Option<&'h st
 /// The token api-contract.md names, from headers given in order.
 fn reference_token<'h>(headers: &[(usize, &'h [u8])], cookie_name: &str) -> Option<&'h str> {
     let first = |kind: usize| headers.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v);
-    if let Some(token) = first(0).and_then(visible).map(trim_ows) {
-        if !token.is_empty() {
-            return Some(token);
-        }
+    if let Some(token) = first(0).and_then(visible).map(trim_ows)
+        && !token.is_empty()
+    {
+        return Some(token);
     }
-    if let Some(value) = first(1).and_then(visible) {
-        if let Some(space) = value.find(' ') {
-            let token = trim_ows(&value[space + 1..]);
-            if value[..space].eq_ignore_ascii_case("bearer") && !token.is_empty() {
-                return Some(token);
-            }
+    if let Some(value) = first(1).and_then(visible)
+        && let Some(space) = value.find(' ')
+    {
+        let token = trim_ows(&value[space + 1..]);
+        if value[..space].eq_ignore_ascii_case("bearer") && !token.is_empty() {
+            return Some(token);
         }
     }
     let cookies: Vec<&[u8]> = headers
@@ -126,7 +127,7 @@ pub fn cookies(data: &[u8]) {
     let mut input = Input::new(data);
     let mode = input.byte();
     let cookie_name = String::from_utf8_lossy(input.chunk()).into_owned();
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         let mut headers = Vec::new();
         while !input.is_empty() && headers.len() < 8 {
             headers.push((2, input.chunk()));

@@ -303,6 +303,24 @@ fn chunked_step(chunk: Chunk, byte: u8) -> State {
     State::Chunked(next)
 }
 
+/// A `Content-Length` value as hyper reads it: a comma-separated list of equal decimal numbers
+/// (RFC 9110 §8.6 allows `5, 5`); anything else is invalid (hyper refuses it).
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|b| *b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|previous| previous != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
 /// How a request head frames its body, as far as the watch needs to know.
 struct Framing {
     content_length: Option<Option<u64>>,
@@ -323,8 +341,7 @@ impl Framing {
         let http11 = request.version == Some(1);
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value).ok();
-                let length = value.and_then(|v| v.trim().parse::<u64>().ok());
+                let length = content_length(header.value);
                 framing.content_length = Some(match framing.content_length {
                     // Repeats must agree (hyper refuses them otherwise).
                     Some(previous) if previous != length => None,
@@ -491,6 +508,29 @@ mod tests {
             scan_all_splits(stream.as_bytes()),
             (vec![2], 2, State::Done)
         );
+    }
+
+    /// Found by fuzzing (fuzz/regressions/framing_watch): hyper accepts a `Content-Length` list
+    /// of equal values; a watch that stopped on it missed the conflicting request after it.
+    #[test]
+    fn content_length_lists_of_equal_values_are_followed() {
+        for value in ["5, 5", "5,5", " 5 ,\t5", "000005,5"] {
+            let stream = format!(
+                "POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nhello\
+                 POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            assert_eq!(
+                scan_all_splits(stream.as_bytes()),
+                (vec![2], 2, State::Done),
+                "{value:?}"
+            );
+        }
+        // Lists hyper refuses stop the watch.
+        for value in ["5, 6", "5,", ",5", "+5", "5 5", "0x5"] {
+            let stream = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nhello");
+            let (flagged, _, state) = scan_all_splits(stream.as_bytes());
+            assert_eq!((flagged, state), (vec![], State::Done), "{value:?}");
+        }
     }
 
     #[test]
