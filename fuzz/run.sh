@@ -76,9 +76,9 @@ for t in "${targets[@]}"; do
   fi
   rm -rf "$work" "$merged"
 
-  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -n1)
+  execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
+  rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
+  last=$(grep -aE '^#[0-9]+' "$log" | tail -n1)
   cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*$')
   ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*$')
   files=$(find "$corpus" -type f | wc -l)
