@@ -705,7 +705,12 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
             );
         }
         if !route.prefix.is_empty() {
-            let slot = (route.host.clone(), route.prefix.clone());
+            // Keyed as the route table matches it: `/api` and `/api/` are the same prefix, and
+            // a second route for it could never be chosen.
+            let slot = (
+                route.host.clone(),
+                route.prefix.trim_end_matches('/').to_owned(),
+            );
             if let Some(first) = prefixes.get(&slot) {
                 let message = format!("duplicate prefix {:?} (also {first})", route.prefix);
                 reader.problem(prefix_key, message);
@@ -2599,6 +2604,15 @@ eject_max = "1s""#,
                 ),
                 "routes[1].prefix",
                 r#"duplicate prefix "/" (also routes[0].prefix)"#,
+            ),
+            // Found by the config_toml fuzz target's invariant: the route table trims the
+            // trailing slash, so the second route was accepted and never used.
+            (
+                &routes(
+                    r#"{ prefix = "/api", upstream = "meiro" }, { prefix = "/api/", upstream = "meiro", public = true }"#,
+                ),
+                "routes[1].prefix",
+                r#"duplicate prefix "/api/" (also routes[0].prefix)"#,
             ),
         ]);
         let c = ok(&routes(
