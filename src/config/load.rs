@@ -281,8 +281,9 @@ struct Section<'a> {
 
 impl<'a> Section<'a> {
     fn key(&self, name: &str) -> String {
+        let name = toml_key(name);
         if self.path.is_empty() {
-            name.to_owned()
+            name
         } else {
             format!("{}.{name}", self.path)
         }
@@ -439,6 +440,20 @@ impl Drop for Section<'_> {
             };
             self.reader.bad_value(&key, value, message);
         }
+    }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted, so that an unknown key `""` is
+/// not reported under an empty name, nor `"a.b"` as the nested `a.b`.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
     }
 }
 
@@ -1773,6 +1788,24 @@ mod tests {
             let printed = toml::to_string_pretty(&ok(source)).unwrap();
             let again = toml::to_string_pretty(&ok(&printed)).unwrap();
             assert_eq!(again, printed);
+        }
+    }
+
+    /// Found by fuzzing (fuzz/regressions/config_toml): an unknown key `""` was reported
+    /// under an empty key.
+    #[test]
+    fn unknown_keys_that_are_not_bare_are_reported_quoted() {
+        for (toml, key) in [
+            ("[\"\"]\nx = 1\n", r#""""#),
+            ("\"\" = 1\n", r#""""#),
+            ("[server]\n\"a.b\" = 1\n", r#"server."a.b""#),
+            ("[server]\n\"a b\" = 1\n", r#"server."a b""#),
+            ("[server]\nsome-key_2 = 1\n", "server.some-key_2"),
+        ] {
+            let found = problems(toml);
+            assert_eq!(found.len(), 1, "{found:?}");
+            let found = (found[0].key.as_str(), found[0].message.as_str());
+            assert_eq!(found, (key, "unknown key"));
         }
     }
 
