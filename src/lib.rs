@@ -14,6 +14,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod email;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mail;
 pub mod proxy;
 pub mod request_id;

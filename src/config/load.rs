@@ -281,8 +281,9 @@ struct Section<'a> {
 
 impl<'a> Section<'a> {
     fn key(&self, name: &str) -> String {
+        let name = toml_key(name);
         if self.path.is_empty() {
-            name.to_owned()
+            name
         } else {
             format!("{}.{name}", self.path)
         }
@@ -439,6 +440,20 @@ impl Drop for Section<'_> {
             };
             self.reader.bad_value(&key, value, message);
         }
+    }
+}
+
+/// A key as TOML writes it: bare when it can be, else quoted, so that an unknown key `""` is
+/// not reported under an empty name, nor `"a.b"` as the nested `a.b`.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
     }
 }
 
@@ -714,7 +729,12 @@ fn read_config(reader: &Reader<'_>, root: &Dict) -> Config {
             );
         }
         if !route.prefix.is_empty() {
-            let slot = (route.host.clone(), route.prefix.clone());
+            // Keyed as the route table matches it: `/api` and `/api/` are the same prefix, and
+            // a second route for it could never be chosen.
+            let slot = (
+                route.host.clone(),
+                route.prefix.trim_end_matches('/').to_owned(),
+            );
             if let Some(first) = prefixes.get(&slot) {
                 let message = format!("duplicate prefix {:?} (also {first})", route.prefix);
                 reader.problem(prefix_key, message);
@@ -1807,6 +1827,24 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing (fuzz/regressions/config_toml): an unknown key `""` was reported
+    /// under an empty key.
+    #[test]
+    fn unknown_keys_that_are_not_bare_are_reported_quoted() {
+        for (toml, key) in [
+            ("[\"\"]\nx = 1\n", r#""""#),
+            ("\"\" = 1\n", r#""""#),
+            ("[server]\n\"a.b\" = 1\n", r#"server."a.b""#),
+            ("[server]\n\"a b\" = 1\n", r#"server."a b""#),
+            ("[server]\nsome-key_2 = 1\n", "server.some-key_2"),
+        ] {
+            let found = problems(toml);
+            assert_eq!(found.len(), 1, "{found:?}");
+            let found = (found[0].key.as_str(), found[0].message.as_str());
+            assert_eq!(found, (key, "unknown key"));
+        }
+    }
+
     #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let err = from_toml(
@@ -2665,6 +2703,15 @@ eject_max = "1s""#,
                 ),
                 "routes[1].prefix",
                 r#"duplicate prefix "/" (also routes[0].prefix)"#,
+            ),
+            // Found by the config_toml fuzz target's invariant: the route table trims the
+            // trailing slash, so the second route was accepted and never used.
+            (
+                &routes(
+                    r#"{ prefix = "/api", upstream = "meiro" }, { prefix = "/api/", upstream = "meiro", public = true }"#,
+                ),
+                "routes[1].prefix",
+                r#"duplicate prefix "/api/" (also routes[0].prefix)"#,
             ),
         ]);
         let c = ok(&routes(

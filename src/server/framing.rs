@@ -114,7 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 /// Where the scanner is in the request stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Between requests or inside a head (partial bytes kept in `Scanner::head`).
     Head,
     /// Inside a `Content-Length` body: bytes left.
@@ -126,8 +126,8 @@ enum State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Hex digits of a chunk size.
+pub(crate) enum Chunk {
+    /// Hex digits of a chunk size (`digits` counts up to 255; leading zeros are allowed).
     Size {
         size: u64,
         digits: u8,
@@ -155,17 +155,17 @@ enum Chunk {
 }
 
 /// Follows request heads and body framing through the bytes of one connection.
-struct Scanner {
-    state: State,
+pub(crate) struct Scanner {
+    pub(crate) state: State,
     /// A head split over reads, kept until it is complete.
     head: Vec<u8>,
     max_head: usize,
     /// Heads seen so far.
-    requests: u64,
+    pub(crate) requests: u64,
 }
 
 impl Scanner {
-    fn new(max_head: usize) -> Self {
+    pub(crate) fn new(max_head: usize) -> Self {
         Scanner {
             state: State::Head,
             head: Vec::new(),
@@ -180,7 +180,7 @@ impl Scanner {
 
     /// Consumes the next bytes of the stream; returns the number of a request that declared
     /// both lengths, if these bytes completed its head.
-    fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
         while !bytes.is_empty() {
             match self.state {
                 State::Done => return None,
@@ -277,8 +277,9 @@ fn chunked_step(chunk: Chunk, byte: u8) -> State {
         (Chunk::Size { size, digits }, b';' | b' ' | b'\t') if digits > 0 => {
             Chunk::Extension { size }
         }
-        // Any number of digits, leading zeros included, as long as the size fits in 64 bits
-        // (RFC 9112 §7.1: `1*HEXDIG`; hyper reads it the same way and refuses an overflow).
+        // Any number of digits whose value fits 64 bits, as hyper reads them: a cap on the
+        // digit count would stop the watch on `000…05` that hyper accepts. (hyper refuses an
+        // overflowing size, and so does this.)
         (Chunk::Size { size, digits }, _) if size >> 60 == 0 => match (byte as char).to_digit(16) {
             Some(d) => Chunk::Size {
                 size: size << 4 | u64::from(d),
@@ -302,6 +303,24 @@ fn chunked_step(chunk: Chunk, byte: u8) -> State {
     State::Chunked(next)
 }
 
+/// A `Content-Length` value as hyper reads it: a comma-separated list of equal decimal numbers
+/// (RFC 9110 §8.6 allows `5, 5`); anything else is invalid (hyper refuses it).
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|b| *b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+        if length.is_some_and(|previous| previous != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
 /// How a request head frames its body, as far as the watch needs to know.
 struct Framing {
     content_length: Option<Option<u64>>,
@@ -317,10 +336,12 @@ impl Framing {
             transfer_encoding: None,
             switches_protocol: request.method == Some("CONNECT"),
         };
+        // hyper upgrades on `Upgrade` only for HTTP/1.1; an HTTP/1.0 request carrying it is
+        // served like any other, and the next head follows.
+        let http11 = request.version == Some(1);
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value).ok();
-                let length = value.and_then(|v| v.trim().parse::<u64>().ok());
+                let length = content_length(header.value);
                 framing.content_length = Some(match framing.content_length {
                     // Repeats must agree (hyper refuses them otherwise).
                     Some(previous) if previous != length => None,
@@ -334,7 +355,7 @@ impl Framing {
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 framing.transfer_encoding = Some(chunked);
-            } else if header.name.eq_ignore_ascii_case("upgrade") {
+            } else if header.name.eq_ignore_ascii_case("upgrade") && http11 {
                 framing.switches_protocol = true;
             }
         }
@@ -457,6 +478,69 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         ]);
         assert!(flagged.is_empty());
+    }
+
+    /// Found by fuzzing (fuzz/regressions/chunked): hyper reads a chunk size with leading zeros
+    /// past 16 digits; a watch that stopped there missed the conflicting request after it.
+    #[test]
+    fn chunk_sizes_with_many_leading_zeros_are_followed() {
+        let conflicting =
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let stream = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {zeros}5\r\nhello\r\n0315425F425FF778;x\r\n",
+            zeros = "0".repeat(40)
+        );
+        let (flagged, requests, state) = scan_all_splits(stream.as_bytes());
+        assert_eq!((flagged, requests), (vec![], 1));
+        assert_eq!(state, State::Chunked(Chunk::Data(0x0315_425F_425F_F778)));
+        let stream = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             00000000000000000000005\r\nhello\r\n0\r\n\r\n{conflicting}"
+        );
+        assert_eq!(
+            scan_all_splits(stream.as_bytes()),
+            (vec![2], 2, State::Done)
+        );
+        // A size that does not fit 64 bits is refused by hyper: the watch stops.
+        let (_, scanner) = scan(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            10000000000000000\r\n"]);
+        assert_eq!(scanner.state, State::Done);
+    }
+
+    /// Found by fuzzing (fuzz/regressions/framing_watch): hyper upgrades only HTTP/1.1
+    /// requests, so after an HTTP/1.0 one with `Upgrade` the next head is still HTTP/1.
+    #[test]
+    fn an_upgrade_header_on_http_1_0_does_not_stop_the_watch() {
+        let stream = "GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            scan_all_splits(stream.as_bytes()),
+            (vec![2], 2, State::Done)
+        );
+    }
+
+    /// Found by fuzzing (fuzz/regressions/framing_watch): hyper accepts a `Content-Length` list
+    /// of equal values; a watch that stopped on it missed the conflicting request after it.
+    #[test]
+    fn content_length_lists_of_equal_values_are_followed() {
+        for value in ["5, 5", "5,5", " 5 ,\t5", "000005,5"] {
+            let stream = format!(
+                "POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nhello\
+                 POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            );
+            assert_eq!(
+                scan_all_splits(stream.as_bytes()),
+                (vec![2], 2, State::Done),
+                "{value:?}"
+            );
+        }
+        // Lists hyper refuses stop the watch.
+        for value in ["5, 6", "5,", ",5", "+5", "5 5", "0x5"] {
+            let stream = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\nhello");
+            let (flagged, _, state) = scan_all_splits(stream.as_bytes());
+            assert_eq!((flagged, state), (vec![], State::Done), "{value:?}");
+        }
     }
 
     #[test]

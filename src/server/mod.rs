@@ -7,7 +7,7 @@
 mod connection;
 pub mod cors;
 pub mod edge;
-mod framing;
+pub(crate) mod framing;
 pub mod tls;
 
 use std::future::Future;
