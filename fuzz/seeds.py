@@ -165,3 +165,46 @@ configs += [
     b'[auth]\nsigning_algorithm = "ES256"\nkeys_dir = "/var/lib/keys"\nkey_activation_delay = "2m"\n',
 ]
 write("config_toml", configs)
+
+# ---- host_authority: [choice][authority chunk if choice & 4][Host chunks][rest] ----
+# choice % 3: 0 HTTP/1.0, 1 HTTP/1.1, 2 HTTP/2; (choice >> 3) % 4 Host lines.
+hosts = [
+    bytes([1 | 1 << 3]) + chunk(b"api.example.com:8443") + b"[::1]:80",
+    bytes([1 | 2 << 3]) + chunk(b"public.example") + chunk(b"admin.example") + b"a:65536",
+    bytes([1 | 4 | 1 << 3]) + chunk(b"public.example") + chunk(b"admin.example") + b"user@host",
+    bytes([1 | 4 | 1 << 3]) + chunk(b"Public.Example") + chunk(b"public.example") + b"[::g]",
+    bytes([2 | 4]) + chunk(b"a.example") + b"[]",
+    bytes([2 | 4 | 1 << 3]) + chunk(b"a.example") + chunk(b"b.example") + b"x:",
+    bytes([1]) + b"host/path",
+    bytes([0]) + b"a%2eb",
+    bytes([1 | 1 << 3]) + chunk(b"admin.example.") + b"[fe80::1]:443",
+    bytes([1 | 1 << 3]) + chunk(b"") + b"xn--bcher-kva.example:00080",
+]
+write("host_authority", hosts)
+
+# ---- header_rewrite: [flags][entries], an entry: [choice] then, when choice & 0x80, the
+# separators of GATEWAY_OWNED[choice % 8], else a name chunk; then a value chunk ----
+OWNED = ["x-meiro-user-id", "x-meiro-user-email", "x-meiro-user-role", "x-forwarded-for",
+         "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-access-token"]
+
+
+def disguised(index, separator):
+    return bytes([0x80 | index]) + separator * OWNED[index].count("-")
+
+
+def plain(name):
+    return b"\x00" + chunk(name)
+
+
+rewrites = [
+    b"\x01" + disguised(2, b"_") + chunk(b"admin") + plain(b"accept") + chunk(b"*/*"),
+    b"\x00" + disguised(0, b".") + chunk(b"someone") + disguised(3, b"_") + chunk(b"10.0.0.1"),
+    b"\x03" + plain(b"x_custom") + chunk(b"1") + plain(b"x-meiro-user-role") + chunk(b"admin"),
+    b"\x01" + plain(b"connection") + chunk(b"x-forwarded-for, upgrade") + plain(b"upgrade")
+    + chunk(b"h2c") + plain(b"http2-settings") + chunk(b"AAMAAABk"),
+    b"\x01" + plain(b"x-access-token") + chunk(b"first") + plain(b"x-access-token") + chunk(b"second")
+    + plain(b"x-request-id") + chunk(b"one") + plain(b"x-request-id") + chunk(b"two"),
+    b"\x00" + disguised(7, b"~") + chunk(b"forged") + disguised(6, b"*") + chunk(b"forged"),
+    b"\x01" + plain(b"x-forwarded-for") + chunk(b"1.2.3.4") + plain(b"te") + chunk(b"trailers, gzip"),
+]
+write("header_rewrite", rewrites)

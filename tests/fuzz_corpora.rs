@@ -57,4 +57,6 @@ targets! {
     jwt_header,
     cookies,
     config_toml,
+    host_authority,
+    header_rewrite,
 }

@@ -8,6 +8,8 @@
 mod chunked;
 mod config;
 mod framing;
+mod headers;
+mod host;
 mod jwt;
 mod path;
 mod tokens;
@@ -15,6 +17,10 @@ mod tokens;
 pub use chunked::chunked;
 pub use config::config_toml;
 pub use framing::framing_watch;
+pub use headers::header_rewrite;
+#[cfg(test)]
+pub(crate) use headers::rewrite_and_check;
+pub use host::host_authority;
 pub use jwt::jwt_header;
 pub use path::path_and_route;
 pub use tokens::{cookies, token_extraction};
@@ -31,6 +37,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("jwt_header", jwt_header),
     ("cookies", cookies),
     ("config_toml", config_toml),
+    ("host_authority", host_authority),
+    ("header_rewrite", header_rewrite),
 ];
 
 /// Reads structure (choices, lengths, split points) off the front of a fuzz input; every

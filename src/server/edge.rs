@@ -127,16 +127,14 @@ const fn reg_name_bytes() -> [bool; 256] {
 static REG_NAME: [bool; 256] = reg_name_bytes();
 
 /// `uri-host [":" port]` (RFC 9110 §7.2), strictly: a registered name of letters, digits and
-/// `-._~`, or a bracketed IPv6 literal; a port that fits in 16 bits. No user info, percent-escapes or
+/// `-._~`, or an IPv6 address in brackets; a port that fits in 16 bits. No user info, percent-escapes or
 /// sub-delimiters: real host names have none, and each is a way to make two parsers disagree.
 pub fn is_valid_host(value: &[u8]) -> bool {
     let name_end = match value.first() {
         Some(b'[') => match value.iter().position(|&b| b == b']') {
             Some(end)
-                if end > 1
-                    && value[1..end]
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) =>
+                if std::str::from_utf8(&value[1..end])
+                    .is_ok_and(|literal| literal.parse::<std::net::Ipv6Addr>().is_ok()) =>
             {
                 end + 1
             }
