@@ -564,6 +564,46 @@ async fn an_h2c_upgrade_is_never_tunnelled_and_the_connection_stays_http1() {
 }
 
 #[tokio::test]
+async fn asking_for_an_ungranted_upgrade_does_not_blind_the_smuggling_check() {
+    let upstream = FakeUpstream::start().await;
+    let gw = Gateway::start(&upstream).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /public/first HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\n\
+              Upgrade: x-unknown\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut stream).await.status,
+        200,
+        "served as plain"
+    );
+    stream
+        .write_all(
+            b"POST /public/smuggled HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let response = read_response(&mut stream).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(
+        response.message(),
+        "Request has both Content-Length and Transfer-Encoding"
+    );
+    assert!(
+        upstream
+            .recorded()
+            .iter()
+            .all(|r| r.uri.path() != "/public/smuggled"),
+        "the conflicting request was forwarded"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_route_tunnels_only_the_protocols_it_allows() {
     // An upstream that accepts any offered protocol.
     let upstream = ScriptedUpstream::start(Arc::new(|head: &str| {

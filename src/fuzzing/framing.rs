@@ -20,7 +20,10 @@ enum End {
     Incomplete,
     /// hyper answers 400 (or 431) and closes: nothing after this point is served.
     Refused,
-    /// A request that may switch protocols (CONNECT, HTTP/1.1 Upgrade), or not HTTP/1 at all.
+    /// Not HTTP/1 at all (the HTTP/2 preface, garbage). A request asking to switch protocols
+    /// (CONNECT, HTTP/1.1 `Upgrade`) does not end the walk: the gateway grants only a route's
+    /// allowed upgrades, hyper reads on after any other answer, and after a granted one no
+    /// further request is served, whatever the watch thinks of the bytes.
     Switched,
     /// The last head declared both lengths (the gateway refuses it; hyper closes after it).
     Conflict,
@@ -54,7 +57,6 @@ fn reference_walk(stream: &[u8]) -> (Vec<Head>, End) {
         let mut is_te = false;
         let mut chunked = false;
         let mut length: Option<u64> = None;
-        let mut upgrade = request.method == Some("CONNECT");
         for header in request.headers.iter() {
             let name = header.name.to_ascii_lowercase();
             match name.as_str() {
@@ -81,7 +83,6 @@ fn reference_walk(stream: &[u8]) -> (Vec<Head>, End) {
                     }
                     length = Some(value);
                 }
-                "upgrade" => upgrade = http11,
                 _ => {}
             }
         }
@@ -94,9 +95,6 @@ fn reference_walk(stream: &[u8]) -> (Vec<Head>, End) {
         });
         if is_cl && is_te {
             return (heads, End::Conflict);
-        }
-        if upgrade {
-            return (heads, End::Switched);
         }
         at += len;
         if chunked {

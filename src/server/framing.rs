@@ -10,10 +10,13 @@
 //! request in the connection's [`Verdicts`]. The service counts the requests it is handed (in
 //! order, on HTTP/1) and refuses the flagged one.
 //!
-//! Whenever the watch is unsure of where the next head starts (an upgrade, HTTP/2, a head
-//! httparse refuses, malformed chunking) it stops watching for the rest of the connection. It
-//! can therefore miss a conflict hyper would then handle as above, but never flag a request
-//! that has none.
+//! Whenever the watch is unsure of where the next head starts (HTTP/2, a head httparse
+//! refuses, malformed chunking) it stops watching for the rest of the connection. It can
+//! therefore miss a conflict hyper would then handle as above, but never flag a request that
+//! has none. A request asking to switch protocols (`Upgrade`, `CONNECT`) is followed like any
+//! other: the gateway switches only for a route's allowed upgrades, and hyper reads on as
+//! HTTP/1 after every other answer; once a switch did happen, the bytes that follow belong to
+//! the tunnel and whatever the watch makes of them is never asked for (no request follows).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -325,8 +328,6 @@ fn content_length(value: &[u8]) -> Option<u64> {
 struct Framing {
     content_length: Option<Option<u64>>,
     transfer_encoding: Option<bool>,
-    /// An upgrade or CONNECT: after it the stream may stop being HTTP/1.
-    switches_protocol: bool,
 }
 
 impl Framing {
@@ -334,11 +335,7 @@ impl Framing {
         let mut framing = Framing {
             content_length: None,
             transfer_encoding: None,
-            switches_protocol: request.method == Some("CONNECT"),
         };
-        // hyper upgrades on `Upgrade` only for HTTP/1.1; an HTTP/1.0 request carrying it is
-        // served like any other, and the next head follows.
-        let http11 = request.version == Some(1);
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
                 let length = content_length(header.value);
@@ -355,8 +352,6 @@ impl Framing {
                     .next()
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 framing.transfer_encoding = Some(chunked);
-            } else if header.name.eq_ignore_ascii_case("upgrade") && http11 {
-                framing.switches_protocol = true;
             }
         }
         framing
@@ -368,9 +363,6 @@ impl Framing {
 
     /// Where the stream goes after this head.
     fn next_state(&self) -> State {
-        if self.switches_protocol {
-            return State::Done;
-        }
         match (self.transfer_encoding, self.content_length) {
             (Some(true), _) => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
             (Some(false), _) => State::Done,
@@ -460,9 +452,6 @@ mod tests {
         for stream in [
             // HTTP/2 prior knowledge.
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
-            // A WebSocket upgrade: what follows may be frames.
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             // Malformed chunking and lengths hyper refuses.
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
@@ -474,10 +463,31 @@ mod tests {
         }
         // Once stopped, a conflicting head later on is not looked at.
         let (flagged, _) = scan(&[
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         ]);
         assert!(flagged.is_empty());
+    }
+
+    /// A client cannot switch the watch off by asking for a protocol switch the gateway will
+    /// not grant (`Upgrade: x`, `h2c`, CONNECT): hyper reads on, and so does the watch.
+    #[test]
+    fn requests_asking_to_switch_protocols_are_followed() {
+        let conflicting =
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for asking in [
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            "POST /x HTTP/1.1\r\nUpgrade: x\r\nContent-Length: 3\r\n\r\nabc",
+        ] {
+            let stream = format!("{asking}{conflicting}");
+            assert_eq!(
+                scan_all_splits(stream.as_bytes()),
+                (vec![2], 2, State::Done),
+                "{asking:?}"
+            );
+        }
     }
 
     /// Found by fuzzing (fuzz/regressions/chunked): hyper reads a chunk size with leading zeros
