@@ -21,46 +21,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{SessionId, UnixTime, UserId};
+use crate::types::{SessionId, UnixTime, UserId};
+
+pub use crate::types::SigningAlgorithm;
 
 const PEM_TAG: &str = "PRIVATE KEY";
 
-/// The algorithm new signing keys are generated for (`auth.signing_algorithm`). Existing key
-/// files keep their own algorithm, detected when they are loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum SigningAlgorithm {
-    /// Ed25519 (RFC 8037). The default: small keys and signatures, deterministic signing.
-    #[default]
-    #[serde(rename = "EdDSA")]
-    EdDsa,
-    /// ECDSA on P-256 with SHA-256 (RFC 7518 §3.4), for verifiers without EdDSA (HAProxy 2.6).
-    #[serde(rename = "ES256")]
-    Es256,
-}
-
-impl SigningAlgorithm {
-    /// The JWS `alg` name, which is also the config value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlgorithm::EdDsa => "EdDSA",
-            SigningAlgorithm::Es256 => "ES256",
-        }
-    }
-
-    /// Exactly the JWS name (`"EdDSA"`, `"ES256"`).
-    pub fn parse(name: &str) -> Option<SigningAlgorithm> {
-        match name {
-            "EdDSA" => Some(SigningAlgorithm::EdDsa),
-            "ES256" => Some(SigningAlgorithm::Es256),
-            _ => None,
-        }
-    }
-
-    fn jwt(self) -> Algorithm {
-        match self {
-            SigningAlgorithm::EdDsa => Algorithm::EdDSA,
-            SigningAlgorithm::Es256 => Algorithm::ES256,
-        }
+fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {
+    match alg {
+        SigningAlgorithm::EdDsa => Algorithm::EdDSA,
+        SigningAlgorithm::Es256 => Algorithm::ES256,
     }
 }
 
@@ -241,7 +211,7 @@ impl KeySet {
     /// Signs with the key that is the signing key at `now`.
     pub fn sign(&self, claims: &Claims, now: UnixTime) -> Result<String, TokenError> {
         let signing = self.signing_key(now);
-        let mut header = Header::new(signing.alg.jwt());
+        let mut header = Header::new(jwt_algorithm(signing.alg));
         header.kid = Some(signing.kid.clone());
         jsonwebtoken::encode(&header, claims, &signing.key).map_err(TokenError::Signing)
     }
@@ -272,7 +242,7 @@ impl KeySet {
 
 /// What the library checks for a key of `alg`: that algorithm only, signature, issuer.
 fn validation(alg: SigningAlgorithm, issuer: &str) -> Validation {
-    let mut validation = Validation::new(alg.jwt());
+    let mut validation = Validation::new(jwt_algorithm(alg));
     // Expiry is checked by the caller against the injectable clock (and refresh/logout
     // must accept expired tokens), so the library checks signature, alg and issuer only.
     validation.validate_exp = false;

@@ -14,13 +14,14 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use url::Url;
 
-use super::values::{ByteSize, Secret, duration_serde};
+use super::values::{ByteSize, duration_serde};
 use super::{
     AdminConfig, AuditConfig, AuthConfig, AuthMode, AuthUpstreamConfig, Balance, BootstrapConfig,
     Config, CorsConfig, HealthCheckConfig, LimitsConfig, LogConfig, MailConfig, MailTransport,
     OktaClientAuth, OktaConfig, RouteConfig, ServerConfig, SigningAlgorithm, StoreConfig,
     ThrottleConfig, TlsConfig, UpstreamConfig, UpstreamProtocol,
 };
+use crate::types::Secret;
 
 const ENV_PREFIX: &str = "MEIRO_GATE_";
 /// Names the file; not a setting itself.
@@ -838,10 +839,10 @@ fn fallback_url() -> Url {
 fn read_store(mut s: Section<'_>) -> StoreConfig {
     let url = s.get("url", "sqlite://data/meiro-gate.db".to_owned(), text);
     // The message never repeats the URL: it may carry a password.
-    if let Err(why) = crate::store::check_url(&url) {
+    if let Err(why) = super::store_url::check(&url) {
         s.problem("url", why);
     }
-    let timeout = s.get("timeout", crate::store::DEFAULT_TIMEOUT, duration);
+    let timeout = s.get("timeout", super::store_url::DEFAULT_TIMEOUT, duration);
     s.check("timeout", !timeout.is_zero(), POSITIVE);
     StoreConfig {
         url: Secret::url(url),
@@ -927,7 +928,7 @@ fn read_okta(mut s: Section<'_>) -> OktaConfig {
         client_auth,
     );
     let auto_provision = s.get("auto_provision", false, flag);
-    let default_role = s.get("default_role", crate::store::Role::User, role);
+    let default_role = s.get("default_role", crate::types::Role::User, role);
     let require_verified_email = s.get("require_verified_email", true, flag);
     let algorithms = s.get("algorithms", vec!["RS256".to_owned()], word_list);
     let http_timeout = s.get("http_timeout", secs(10), duration);
@@ -1026,9 +1027,9 @@ fn client_auth(value: &Value) -> Result<OktaClientAuth, String> {
     }
 }
 
-fn role(value: &Value) -> Result<crate::store::Role, String> {
+fn role(value: &Value) -> Result<crate::types::Role, String> {
     let text = text(value)?;
-    crate::store::Role::parse(&text)
+    crate::types::Role::parse(&text)
         .ok_or_else(|| format!("unknown role {text:?}; expected \"admin\" or \"user\""))
 }
 
@@ -2803,7 +2804,7 @@ eject_max = "1s""#,
         assert_eq!(off.scopes, ["openid", "email", "profile"]);
         assert_eq!(off.client_auth, OktaClientAuth::ClientSecretBasic);
         assert!(!off.auto_provision && off.require_verified_email);
-        assert_eq!(off.default_role, crate::store::Role::User);
+        assert_eq!(off.default_role, crate::types::Role::User);
         assert_eq!(off.algorithms, ["RS256"]);
         assert_eq!(
             (off.http_timeout, off.discovery_retry, off.jwks_min_refresh),
@@ -2840,7 +2841,7 @@ eject_max = "1s""#,
         );
         assert_eq!(all.client_auth, OktaClientAuth::ClientSecretPost);
         assert!(all.auto_provision && !all.require_verified_email);
-        assert_eq!(all.default_role, crate::store::Role::Admin);
+        assert_eq!(all.default_role, crate::types::Role::Admin);
         assert_eq!(all.algorithms, ["RS256", "ES256"]);
         assert_eq!(all.http_timeout, secs(3));
         assert_eq!(all.discovery_retry, Duration::from_millis(200));

@@ -5,6 +5,7 @@
 //! and default, because operators script against these names (see the README).
 
 mod load;
+pub mod store_url;
 mod values;
 
 use std::net::SocketAddr;
@@ -14,10 +15,10 @@ use std::time::Duration;
 use serde::Serialize;
 use url::Url;
 
-pub use crate::auth::tokens::SigningAlgorithm;
+pub use crate::types::{Secret, SigningAlgorithm};
 
 pub use load::{ConfigError, Problem, file, load, load_from_figment};
-pub use values::{ByteSize, Secret, duration_serde};
+pub use values::{ByteSize, duration_serde};
 
 /// The whole effective configuration. `Serialize` is what `check-config` prints; secrets
 /// serialize as `"<redacted>"`.
@@ -425,7 +426,7 @@ pub struct OktaConfig {
     /// Create an active user for an unknown, verified email. Default `false`.
     pub auto_provision: bool,
     /// Role of auto-provisioned users. Default `user`.
-    pub default_role: crate::store::Role,
+    pub default_role: crate::types::Role,
     /// Refuse an id_token whose `email_verified` is not true. Default `true`.
     pub require_verified_email: bool,
     /// Accepted id_token signature algorithms. Default `["RS256"]`; `none` and HMAC are

@@ -15,82 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
+pub use crate::config::store_url::DEFAULT_TIMEOUT;
+use crate::config::store_url::{StoreBackend, UNKNOWN_SCHEME};
+pub use crate::types::{Role, SessionId, UnixTime, UserId};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-/// Unix time in seconds.
-pub type UnixTime = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UserId(pub Uuid);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(pub Uuid);
-
-impl UserId {
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl SessionId {
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl AsRef<[u8]> for UserId {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl AsRef<[u8]> for SessionId {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    User,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::User => "user",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "user" => Some(Role::User),
-            _ => None,
-        }
-    }
-}
 
 /// A user as stored. `email` is trimmed and lower-cased by the caller before it gets here.
 #[derive(Clone, PartialEq, Eq)]
@@ -404,9 +336,6 @@ fn ip_from_text(text: Option<String>) -> StoreResult<Option<IpAddr>> {
     .transpose()
 }
 
-/// Default of `store.timeout`: how long a query waits for a database connection.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Opens the store named by `url` (creating and migrating it as needed): `sqlite:` for one
 /// replica, `postgres://` or `postgresql://` for several replicas sharing one database.
 pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
@@ -415,39 +344,11 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
 
 /// As [`open`]; on PostgreSQL, waiting for a connection fails after `timeout` (`store.timeout`).
 pub async fn open_with_timeout(url: &str, timeout: Duration) -> StoreResult<Arc<dyn Store>> {
-    match backend(url) {
-        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
-        Some(Backend::Postgres) => Ok(Arc::new(
+    match StoreBackend::of(url) {
+        Some(StoreBackend::Sqlite) => Ok(Arc::new(SqliteStore::open(url).await?)),
+        Some(StoreBackend::Postgres) => Ok(Arc::new(
             PostgresStore::open_with_timeout(postgres::connect_options(url)?, timeout).await?,
         )),
-        None => Err(StoreError::InvalidUrl(
-            "expected sqlite:, postgres:// or postgresql://".into(),
-        )),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-fn backend(url: &str) -> Option<Backend> {
-    if url.starts_with("sqlite:") {
-        Some(Backend::Sqlite)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Some(Backend::Postgres)
-    } else {
-        None
-    }
-}
-
-/// Checks a store URL without connecting, for configuration validation: the problem, never
-/// echoing the URL (it may carry a password).
-pub fn check_url(url: &str) -> Result<(), String> {
-    match backend(url) {
-        Some(Backend::Sqlite) => Ok(()),
-        Some(Backend::Postgres) => postgres::parse_url(url).map(drop),
-        None => Err("expected sqlite:, postgres:// or postgresql://".to_owned()),
+        None => Err(StoreError::InvalidUrl(UNKNOWN_SCHEME.into())),
     }
 }

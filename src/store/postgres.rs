@@ -39,7 +39,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +51,8 @@ use sqlx::postgres::{
 };
 use sqlx::{Connection, Row, SqlSafeStr};
 use uuid::Uuid;
+
+use crate::config::store_url::postgres_options;
 
 use super::{
     AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser,
@@ -294,35 +295,9 @@ impl PostgresStore {
 
 /// Parses `url`. Errors name the URL with its password redacted.
 pub(crate) fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
-    parse_url(url).map_err(|why| {
-        let shown = crate::config::Secret::url(url.to_owned()).redacted_url();
+    postgres_options(url).map_err(|why| {
+        let shown = crate::types::Secret::url(url.to_owned()).redacted_url();
         StoreError::InvalidUrl(format!("{shown}: {why}"))
-    })
-}
-
-/// Parses `url`; the error says what is wrong without repeating the URL.
-pub(crate) fn parse_url(url: &str) -> Result<PgConnectOptions, String> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("expected postgres:// or postgresql://".to_owned());
-    }
-    let options = PgConnectOptions::from_str(url).map_err(|e| {
-        // sqlx nests "error with configuration:" wrappers; the innermost error names the
-        // offending value (an sslmode, a port), never the whole URL.
-        let mut inner: &dyn std::error::Error = &e;
-        while let Some(source) = inner.source() {
-            inner = source;
-        }
-        format!("invalid PostgreSQL URL: {inner}")
-    })?;
-    // The migrator's `CREATE TABLE IF NOT EXISTS` would log a NOTICE (at info) on every start.
-    // Warnings still come through; a `client_min_messages` in the URL's `options` is kept.
-    let quiet = !options
-        .get_options()
-        .is_some_and(|o| o.contains("client_min_messages"));
-    Ok(if quiet {
-        options.options([("client_min_messages", "warning")])
-    } else {
-        options
     })
 }
 
