@@ -85,7 +85,7 @@ impl Role {
 
 /// The algorithm new signing keys are generated for (`auth.signing_algorithm`). Existing key
 /// files keep their own algorithm, detected when they are loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SigningAlgorithm {
     /// Ed25519 (RFC 8037). The default: small keys and signatures, deterministic signing.
     #[default]
