@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiJson};
 use crate::auth::audit::Caller;
-use crate::auth::layer::extract_token;
+use crate::auth::check::extract_token;
 use crate::auth::{Auth, IssuedToken, Settings};
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -1,5 +1,5 @@
 //! Extractors for callers of the auth API who must be logged in: the same token check as
-//! the data plane (`auth::layer`), then a role check.
+//! the data plane (`auth::check`), then a role check.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::auth::cache::LocalIdentity;
-use crate::auth::layer::extract_token;
+use crate::auth::check::extract_token;
 use crate::auth::{Auth, AuthError};
 use crate::store::Role;
 

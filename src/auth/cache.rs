@@ -1,20 +1,21 @@
 //! The validated-token cache on the per-request path: moka, keyed by a digest of the token
 //! (fixed size, and a collision cannot forge a hit). A hit checks the token's `exp` and its
-//! session's revocation flag; [`TokenCache::sweep`] (every 10 minutes) frees the entries
-//! either has ended, and moka's size bound evicts the least useful. The digest also covers who vouched for the token (this gateway's own
-//! verification, or a named upstream's introspection), so an entry one validator wrote can
-//! never satisfy another (the class of bug of Oathkeeper CVE-2026-33496).
+//! session's revocation flag; [`TokenCache::sweep`] (periodically) frees the entries either
+//! has ended, and moka's size bound evicts the least useful. The digest also covers who
+//! vouched for the token (this gateway's own verification, or a named upstream's
+//! introspection), so an entry one validator wrote can never satisfy another (the class of
+//! bug of Oathkeeper CVE-2026-33496).
 //!
 //! An entry is small because what tokens have in common is shared, not copied: a cached
 //! token is a [`Grant`] of two words — its `exp` and its [`CachedSession`] (one per
 //! session), which points to its user's [`Principal`] with the pre-built identity headers
-//! (one per user). A cached token of its own session costs ~350 bytes (1 M in 380 MiB of RSS,
-//! `benches/compare/run.sh --memory`), most of them moka's own bookkeeping.
+//! (one per user); most of what an entry costs is moka's own bookkeeping (the README's
+//! benchmarks have the measured figure).
 //!
 //! Revocation does not scan the cache: every cached token of a session shares one
 //! [`CachedSession`], so ending a session is one atomic store that all its tokens see at once.
 //! The flag also holds when the session is next due for a re-check against the store (the
-//! safety net behind the revocation feed, see `auth::layer`), so a hit pays one more atomic
+//! safety net behind the revocation feed, see `auth::check`), so a hit pays one more atomic
 //! load and comparison, and a session is re-checked once per interval however many tokens
 //! and requests it has.
 

@@ -3,10 +3,10 @@
 
 pub mod audit;
 pub mod cache;
+pub mod check;
 pub mod clock;
 pub mod invitations;
 pub mod keyring;
-pub mod layer;
 pub mod oidc;
 pub mod passwords;
 mod registry;

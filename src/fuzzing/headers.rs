@@ -31,7 +31,7 @@ fn as_backend_reads(name: &str) -> String {
 /// owned header and no hop-by-hop header passes, the checked (first) token and the assigned id
 /// pass once.
 pub(crate) fn rewrite_and_check(mut headers: HeaderMap, authenticated: bool, underscores: bool) {
-    let client_token = headers.get(&crate::auth::layer::X_ACCESS_TOKEN).cloned();
+    let client_token = headers.get(&crate::auth::check::X_ACCESS_TOKEN).cloned();
     let id = crate::request_id::assign(&mut headers).into_header_value();
     let principal = Principal::new(UserId::new_random(), "u@example.com", Role::User);
     prepare_headers(
@@ -85,7 +85,7 @@ pub(crate) fn rewrite_and_check(mut headers: HeaderMap, authenticated: bool, und
         "the right-most X-Forwarded-For is not the peer: {forwarded_for:?}"
     );
     assert_eq!(
-        headers.get(&crate::auth::layer::X_ACCESS_TOKEN),
+        headers.get(&crate::auth::check::X_ACCESS_TOKEN),
         client_token.as_ref()
     );
     assert_eq!(headers.get(&crate::request_id::X_REQUEST_ID), Some(&id));

@@ -1,11 +1,11 @@
-//! Targets `token_extraction` and `cookies`: `auth::layer::extract_token` on arbitrary
+//! Targets `token_extraction` and `cookies`: `auth::check::extract_token` on arbitrary
 //! request headers, against a reference reading of api-contract.md's rule
 //! (`X-Access-Token`, else `Authorization: Bearer`, else the session cookie).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::Input;
-use crate::auth::layer::extract_token;
+use crate::auth::check::extract_token;
 
 const COOKIE_NAMES: &[&str] = &["meiro_access_token", "t", "token", "a=b", ""];
 const NAMES: [&str; 4] = ["x-access-token", "authorization", "cookie", "x-other"];

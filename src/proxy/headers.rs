@@ -9,7 +9,7 @@ use http::header::{CONNECTION, EXPECT, HOST, HeaderName, TE, TRAILER, TRANSFER_E
 use http::{HeaderMap, HeaderValue};
 
 use crate::auth::Principal;
-use crate::auth::layer::X_ACCESS_TOKEN;
+use crate::auth::check::X_ACCESS_TOKEN;
 use crate::request_id::X_REQUEST_ID;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

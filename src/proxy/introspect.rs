@@ -26,7 +26,7 @@ use moka::future::Cache;
 use super::upstream::Cluster;
 use crate::auth::Clock;
 use crate::auth::cache::{Grant, Principal, TokenDigest, token_digest};
-use crate::auth::layer::X_ACCESS_TOKEN;
+use crate::auth::check::X_ACCESS_TOKEN;
 use crate::config::AuthUpstreamConfig;
 use crate::telemetry::metrics::{Rejection, TokenCheckMetrics};
 

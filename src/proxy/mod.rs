@@ -36,7 +36,7 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::watch;
 
 use crate::auth::cache::Grant;
-use crate::auth::layer::extract_token;
+use crate::auth::check::extract_token;
 use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamConfig};
 use crate::request_id::{self, RequestId};
