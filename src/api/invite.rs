@@ -7,8 +7,8 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::admin::Admin;
 use super::error::{ApiError, ApiJson};
-use super::principal::Admin;
 use super::users::{UserBody, UserIdParam};
 use crate::auth::Auth;
 use crate::auth::audit::Caller;

@@ -1,6 +1,7 @@
 //! The Meiro Authentication API as an axum `Router`: a thin adapter (parse → `auth` → JSON).
 //! Anything it does not serve falls through to the data plane.
 
+mod admin;
 mod caller;
 pub mod error;
 mod invite;
@@ -8,7 +9,6 @@ mod login;
 mod okta;
 pub mod openapi;
 mod password;
-mod principal;
 pub mod users;
 
 use std::sync::Arc;

@@ -1,15 +1,10 @@
-//! Instance health: the pure state machines (active checks with thresholds, passive ejection
-//! with exponential backoff) and the task that runs the active checks.
+//! Instance health as pure state machines: active checks with thresholds, and passive ejection
+//! with exponential backoff. The task that runs the checks against a cluster is
+//! `health_checks.rs`, so this state depends on nothing else of the proxy.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use http::{Request, Uri};
-use tokio::sync::watch;
 use tokio::time::Instant;
-
-use super::upstream::Cluster;
 
 /// Active-check verdicts in a row decide: `unhealthy_threshold` failures take a healthy
 /// instance out, `healthy_threshold` successes bring it back. Instances start healthy, so
@@ -83,61 +78,6 @@ impl Ejection {
     pub fn succeeded(&mut self) {
         self.consecutive = 0;
         self.ejected_until = None;
-    }
-}
-
-/// Runs the active checks of one cluster until shutdown.
-pub async fn run_checks(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
-    let Some(config) = cluster.health.clone() else {
-        return;
-    };
-    let mut ticker = tokio::time::interval(config.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        let checks = cluster.instances.iter().map(|instance| {
-            let uri = Uri::builder()
-                .scheme(instance.scheme.clone())
-                .authority(instance.authority.clone())
-                .path_and_query(config.path.as_str())
-                .build();
-            let cluster = &cluster;
-            async move {
-                let Ok(uri) = uri else { return false };
-                let mut request = Request::new(Body::empty());
-                *request.uri_mut() = uri;
-                match tokio::time::timeout(config.timeout, cluster.client.request(request)).await {
-                    Ok(Ok(response)) => response.status().is_success(),
-                    _ => false,
-                }
-            }
-        });
-        let results = futures_util::future::join_all(checks).await;
-        for (instance, ok) in cluster.instances.iter().zip(results) {
-            let mut state = instance.state();
-            let changed =
-                state
-                    .active
-                    .record(ok, config.healthy_threshold, config.unhealthy_threshold);
-            // A passing check is better evidence than an old failure: like Envoy, it ends a
-            // passive ejection instead of waiting out the backoff.
-            if ok && state.ejection.ejected_until.is_some() {
-                state.ejection.succeeded();
-            }
-            drop(state);
-            match changed {
-                Some(true) => {
-                    tracing::info!(upstream = %cluster.name, instance = %instance.authority, "instance healthy again")
-                }
-                Some(false) => {
-                    tracing::warn!(upstream = %cluster.name, instance = %instance.authority, "instance unhealthy")
-                }
-                None => {}
-            }
-        }
     }
 }
 

@@ -7,6 +7,7 @@ mod body;
 pub mod error;
 pub mod headers;
 pub mod health;
+mod health_checks;
 pub mod introspect;
 pub mod path;
 mod pool;
@@ -215,7 +216,7 @@ impl Proxy {
     /// turns true or its sender is dropped (a reload ends the replaced data plane's checks so).
     pub fn spawn_health_checks(&self, shutdown: &watch::Receiver<bool>) {
         for cluster in self.clusters.iter().filter(|c| c.health.is_some()) {
-            tokio::spawn(health::run_checks(cluster.clone(), shutdown.clone()));
+            tokio::spawn(health_checks::run_checks(cluster.clone(), shutdown.clone()));
         }
     }
 

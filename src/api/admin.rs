@@ -1,5 +1,5 @@
-//! Extractors for callers of the auth API who must be logged in: the same token check as
-//! the data plane (`auth::check`), then a role check.
+//! [`Admin`], the extractor for auth API routes only an administrator may call: the same token
+//! check as the data plane (`auth::check`), then a role check.
 
 use std::sync::Arc;
 
