@@ -135,7 +135,7 @@ impl Generation {
             metrics,
             previous,
         )?);
-        let (mut router, is_api): (Router, fn(&str) -> bool) = match local {
+        let (mut router, local_api) = match local {
             Some((auth, _)) => (
                 crate::api::router(
                     auth.clone(),
@@ -143,17 +143,17 @@ impl Generation {
                     ProxyService(proxy.clone()),
                     metrics,
                 ),
-                crate::api::may_serve,
+                true,
             ),
             // Upstream mode: the data plane itself passes the auth API through.
             None => (
                 Router::new().fallback_service(ProxyService(proxy.clone())),
-                |_| false,
+                false,
             ),
         };
         let mut direct = Some(server::DirectDataPlane {
             proxy: proxy.clone(),
-            is_api,
+            local_api,
         });
         if let Some(cors) = &config.cors {
             // Outermost: a preflight is answered before any route, token check or proxying,

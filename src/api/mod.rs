@@ -1,5 +1,5 @@
 //! The Meiro Authentication API as an axum `Router`: a thin adapter (parse → `auth` → JSON).
-//! Anything it does not serve falls through to the data plane.
+//! Anything it does not serve falls through to the data plane; its paths are `auth::paths`.
 
 mod admin;
 mod caller;
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use tracing::Instrument;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, paths};
 use crate::proxy::ProxyService;
 use crate::telemetry::metrics::{MethodIndex, Metrics, RouteMetrics};
 use error::ApiError;
@@ -44,11 +44,11 @@ pub fn router(
     };
     Router::new()
         .route(
-            "/auth_options",
+            paths::AUTH_OPTIONS,
             counted("api_auth_options", get(auth_options)),
         )
         .route(
-            "/users/login",
+            paths::LOGIN,
             counted(
                 "api_login",
                 axum::routing::post(login::login)
@@ -57,29 +57,29 @@ pub fn router(
             ),
         )
         .route(
-            "/users/okta_login",
+            paths::OKTA_LOGIN,
             counted("api_okta_login", axum::routing::post(okta::okta_login)),
         )
         .route(
-            "/users/invite",
+            paths::INVITE,
             counted(
                 "api_invite",
                 axum::routing::post(invite::invite).patch(invite::reinvite),
             ),
         )
         .route(
-            "/users/{user_id}/invitation_link",
+            paths::INVITATION_LINK,
             counted("api_invitation_link", get(invite::invitation_link)),
         )
         .route(
-            "/users/password",
+            paths::PASSWORD,
             counted(
                 "api_password",
                 axum::routing::post(password::forgot).patch(password::reset),
             ),
         )
-        .route("/.well-known/jwks.json", counted("api_jwks", get(jwks)))
-        .route("/openapi.json", counted("api_openapi", get(openapi::serve)))
+        .route(paths::JWKS, counted("api_jwks", get(jwks)))
+        .route(paths::OPENAPI, counted("api_openapi", get(openapi::serve)))
         // The API's requests are few and slow (argon2, store writes): a span naming the request
         // id is cheap here, and every line their handlers log carries it (see `request_id`).
         .route_layer(axum::middleware::from_fn(request_span))
@@ -90,15 +90,6 @@ pub fn router(
         .layer(DefaultBodyLimit::max(api_max_body))
         .with_state(auth)
         .fallback_service(proxy)
-}
-
-/// Could [`router`] have a route for `path`? Every route above is under one of these; the
-/// listener sends any other path straight to the data plane (the router's fallback).
-pub fn may_serve(path: &str) -> bool {
-    path == "/auth_options"
-        || path == "/openapi.json"
-        || path.starts_with("/users/")
-        || path.starts_with("/.well-known/")
 }
 
 /// Okta login is offered only with a link to follow: while its provider cannot be discovered
@@ -150,34 +141,4 @@ async fn jwks(State(auth): State<Arc<Auth>>) -> Response {
         auth.keys().jwks_json(),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::may_serve;
-
-    #[test]
-    fn may_serve_claims_every_api_route_and_nothing_the_data_plane_owns() {
-        for path in [
-            "/auth_options",
-            "/users/login",
-            "/users/okta_login",
-            "/users/invite",
-            "/users/42/invitation_link",
-            "/users/password",
-            "/.well-known/jwks.json",
-            "/openapi.json",
-        ] {
-            assert!(may_serve(path), "{path}");
-        }
-        for path in [
-            "/",
-            "/api/users/login",
-            "/users",
-            "/auth_options/x",
-            "/usersx/login",
-        ] {
-            assert!(!may_serve(path), "{path}");
-        }
-    }
 }

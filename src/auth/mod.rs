@@ -9,6 +9,7 @@ pub mod invitations;
 pub mod keyring;
 pub mod oidc;
 pub mod passwords;
+pub mod paths;
 mod registry;
 mod resets;
 pub mod revocation;

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::auth::cache::Grant;
 use crate::auth::check::extract_token;
+use crate::auth::paths;
 use crate::auth::{Auth, AuthError, Clock};
 use crate::config::{Config, UpstreamConfig};
 use crate::request_id::{self, RequestId};
@@ -279,7 +280,7 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         if let Validator::Introspect(introspector) = &self.validator
-            && is_auth_api(&path)
+            && paths::upstream_auth_api(&path)
         {
             // Upstream mode serves the auth API whatever the route table says.
             outcome.route = Some(&self.auth_api);
@@ -422,10 +423,9 @@ impl Proxy {
         host: Option<HeaderValue>,
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        let is_login = path == "/users/login"
-            && matches!(parts.method, Method::POST | Method::PATCH)
-            || path == "/users/okta_login" && parts.method == Method::POST;
-        let is_logout = path == "/users/login" && parts.method == Method::DELETE;
+        let is_login = path == paths::LOGIN && matches!(parts.method, Method::POST | Method::PATCH)
+            || path == paths::OKTA_LOGIN && parts.method == Method::POST;
+        let is_logout = path == paths::LOGIN && parts.method == Method::DELETE;
 
         // A logout's ended tokens: the header or cookie one, and the one in a JSON body (read
         // here, bounded, and forwarded as read).
@@ -494,11 +494,6 @@ impl Proxy {
         }
         Ok(Response::from_parts(head, Body::from(bytes)))
     }
-}
-
-/// The auth API's paths, which upstream mode passes through to the backend.
-fn is_auth_api(path: &str) -> bool {
-    path == "/auth_options" || path == "/users" || path.starts_with("/users/")
 }
 
 /// Bodies of the auth API read by upstream mode (a logout request, a login response).

@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::auth::paths;
 use crate::proxy::{ConnectionSlot, Proxy};
 use crate::request_id::{self, RequestId};
 use connection::{ConnectionState, Deadlines};
@@ -74,7 +75,7 @@ fn with_id(mut response: Response<axum::body::Body>, id: RequestId) -> Response<
 #[derive(Clone)]
 pub struct Routing {
     pub router: Router,
-    /// When set, a request whose path `is_api` does not claim goes straight to the data plane
+    /// When set, a request whose path the auth API cannot serve goes straight to the data plane
     /// instead of through the router, whose fallback it would reach anyway: no route lookup,
     /// no boxed future, no extra service clone per proxied request. Unset when a middleware
     /// (CORS) must see every request.
@@ -84,9 +85,9 @@ pub struct Routing {
 #[derive(Clone)]
 pub struct DirectDataPlane {
     pub proxy: Arc<Proxy>,
-    /// Paths the router may serve itself; must cover every route it has (more is harmless:
-    /// the router's fallback is the same data plane).
-    pub is_api: fn(&str) -> bool,
+    /// The router serves the local auth API (`auth::paths::local_api_may_serve` names the
+    /// paths it may claim); without it every request goes straight to the data plane.
+    pub local_api: bool,
 }
 
 impl From<Router> for Routing {
@@ -372,7 +373,9 @@ fn service(
         // future owns clones of what it needs.
         let current = site.load();
         match &current.routing.direct {
-            Some(direct) if !(direct.is_api)(request.uri().path()) => {
+            Some(direct)
+                if !(direct.local_api && paths::local_api_may_serve(request.uri().path())) =>
+            {
                 let proxy = direct.proxy.clone();
                 Either::Right(Either::Left(async move {
                     let response = proxy.handle(request).await;
