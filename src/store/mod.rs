@@ -4,6 +4,7 @@
 //! rules above stay testable with an injected clock; the store never reads the wall clock.
 
 mod postgres;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;

@@ -54,6 +54,7 @@ use uuid::Uuid;
 
 use crate::config::store_url::postgres_options;
 
+use super::sql::{self, audit_columns, user_columns};
 use super::{
     AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser,
     PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
@@ -99,24 +100,52 @@ macro_rules! feed_channel {
 /// different schemas of one database (tests) do not contend.
 const FEED_LOCK_CLASS: i32 = 0x4d47_4645; // "MGFE"
 
-macro_rules! user_columns {
-    () => {
-        "id, email, password_hash, role, disabled, deleted, sso_enabled, invitation_pending, \
-         invitation_nonce, invitation_expires_at, created, last_login"
-    };
-}
+// The statements that differ from SQLite's; the rest are in `sql`.
 
-macro_rules! password_reset_columns {
-    () => {
-        "digest, user_id, created, expires_at, used_at"
-    };
-}
+/// Matches the expression of the unique index on `lower(email)`, which serves the lookup.
+const USER_BY_EMAIL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users WHERE lower(email) = lower($1)"
+);
 
-macro_rules! session_columns {
-    () => {
-        "id, user_id, created, expires_at, revoked_at, current_jti, refresh_count, last_refresh_at"
-    };
-}
+/// insertion_seq breaks ties in insertion order.
+const LIST_USERS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users ORDER BY created, insertion_seq"
+);
+
+/// Locks the user row first, like the reset transactions.
+const SET_USER_DISABLED: &str = concat!(
+    "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
+    user_columns!()
+);
+
+/// See [`lock_user`].
+const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE";
+
+/// The rows are locked in id order so that two of these for one user (say a disable racing a
+/// password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select when
+/// its lock is granted and its `revoked_at` re-checked.
+const REVOKE_OPEN_SESSIONS: &str = "UPDATE sessions SET revoked_at = $1 \
+     WHERE id IN (SELECT id FROM sessions WHERE user_id = $2 AND revoked_at IS NULL \
+                  ORDER BY id FOR UPDATE) \
+     RETURNING id";
+
+/// Sessions in id order: the lock order of the other transactions (an ended session may still be
+/// open and be revoked meanwhile).
+const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE id IN \
+     (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)";
+
+/// PostgreSQL must know a parameter's type even where it is only compared with NULL.
+const AUDIT_EVENTS: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_events WHERE at >= $1 \
+     AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
+     ORDER BY at DESC, seq DESC LIMIT $4"
+);
 
 /// [`Store`] backed by a PostgreSQL database that several replicas may share.
 #[derive(Debug, Clone)]
@@ -528,10 +557,7 @@ fn session_from_row(row: &PgRow) -> StoreResult<Session> {
 /// Locks a user's row for the rest of the transaction; the first lock of every transaction that
 /// changes the user's password resets. A no-op for an unknown user.
 async fn lock_user(conn: &mut PgConnection, user: UserId) -> StoreResult<()> {
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(user.0)
-        .execute(conn)
-        .await?;
+    sqlx::query(LOCK_USER).bind(user.0).execute(conn).await?;
     Ok(())
 }
 
@@ -595,22 +621,14 @@ async fn revoke_open_sessions(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    // The rows are locked in id order so that two of these for one user (say a disable racing
-    // a password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select
-    // when its lock is granted and its `revoked_at` re-checked.
-    let mut ids: Vec<SessionId> = sqlx::query_scalar(
-        "UPDATE sessions SET revoked_at = $1 \
-         WHERE id IN (SELECT id FROM sessions WHERE user_id = $2 AND revoked_at IS NULL \
-                      ORDER BY id FOR UPDATE) \
-         RETURNING id",
-    )
-    .bind(at)
-    .bind(user.0)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(SessionId)
-    .collect();
+    let mut ids: Vec<SessionId> = sqlx::query_scalar(REVOKE_OPEN_SESSIONS)
+        .bind(at)
+        .bind(user.0)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(SessionId)
+        .collect();
     // RETURNING order is unspecified; sort so the feed order is reproducible.
     ids.sort();
     append_revocations(conn, &ids, at).await?;
@@ -664,7 +682,7 @@ impl Store for PostgresStore {
         // `/readyz`: a dead pooled connection is not an unreachable database.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                sqlx::query(sql::PING).execute(&mut *conn).await?;
                 Ok(())
             })
         })
@@ -674,7 +692,7 @@ impl Store for PostgresStore {
     async fn count_users(&self) -> StoreResult<i64> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+                Ok(sqlx::query_scalar(sql::COUNT_USERS)
                     .fetch_one(&mut *conn)
                     .await?)
             })
@@ -700,25 +718,21 @@ impl Store for PostgresStore {
         let row = &user;
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                let inserted = sqlx::query(concat!(
-                    "INSERT INTO users (",
-                    user_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                ))
-                .bind(row.id.0)
-                .bind(&row.email)
-                .bind(&row.password_hash)
-                .bind(row.role.as_str())
-                .bind(row.disabled)
-                .bind(row.deleted)
-                .bind(row.sso_enabled)
-                .bind(row.invitation_pending)
-                .bind(row.invitation.as_ref().map(|i| i.nonce.as_str()))
-                .bind(row.invitation.as_ref().map(|i| i.expires_at))
-                .bind(row.created)
-                .bind(row.last_login)
-                .execute(&mut *conn)
-                .await;
+                let inserted = sqlx::query(sql::INSERT_USER)
+                    .bind(row.id.0)
+                    .bind(&row.email)
+                    .bind(&row.password_hash)
+                    .bind(row.role.as_str())
+                    .bind(row.disabled)
+                    .bind(row.deleted)
+                    .bind(row.sso_enabled)
+                    .bind(row.invitation_pending)
+                    .bind(row.invitation.as_ref().map(|i| i.nonce.as_str()))
+                    .bind(row.invitation.as_ref().map(|i| i.expires_at))
+                    .bind(row.created)
+                    .bind(row.last_login)
+                    .execute(&mut *conn)
+                    .await;
                 match inserted {
                     Ok(_) => Ok(()),
                     Err(sqlx::Error::Database(e))
@@ -737,18 +751,13 @@ impl Store for PostgresStore {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                // Matches the expression of the unique index, which serves the lookup.
-                sqlx::query(concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM users WHERE lower(email) = lower($1)"
-                ))
-                .bind(email)
-                .fetch_optional(&mut *conn)
-                .await?
-                .as_ref()
-                .map(user_from_row)
-                .transpose()
+                sqlx::query(USER_BY_EMAIL)
+                    .bind(email)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(user_from_row)
+                    .transpose()
             })
         })
         .await
@@ -757,17 +766,13 @@ impl Store for PostgresStore {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM users WHERE id = $1"
-                ))
-                .bind(id.0)
-                .fetch_optional(&mut *conn)
-                .await?
-                .as_ref()
-                .map(user_from_row)
-                .transpose()
+                sqlx::query(sql::USER_BY_ID)
+                    .bind(id.0)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(user_from_row)
+                    .transpose()
             })
         })
         .await
@@ -776,17 +781,12 @@ impl Store for PostgresStore {
     async fn list_users(&self) -> StoreResult<Vec<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                // insertion_seq breaks ties in insertion order.
-                sqlx::query(concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM users ORDER BY created, insertion_seq"
-                ))
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(user_from_row)
-                .collect()
+                sqlx::query(LIST_USERS)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(user_from_row)
+                    .collect()
             })
         })
         .await
@@ -798,7 +798,7 @@ impl Store for PostgresStore {
         // by this one; `last_login` is informational.)
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query("UPDATE users SET last_login = $1 WHERE id = $2")
+                sqlx::query(sql::RECORD_LOGIN)
                     .bind(at)
                     .bind(id.0)
                     .execute(&mut *conn)
@@ -813,14 +813,10 @@ impl Store for PostgresStore {
         // Idempotent: a second run matches nothing.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                // `NOT sso_enabled`: every SSO login calls this; only the first one writes a row
-                // version.
-                sqlx::query(
-                    "UPDATE users SET sso_enabled = true WHERE id = $1 AND NOT sso_enabled",
-                )
-                .bind(user.0)
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query(sql::SET_SSO_ENABLED)
+                    .bind(user.0)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(())
             })
         })
@@ -835,15 +831,11 @@ impl Store for PostgresStore {
     ) -> StoreResult<Option<User>> {
         self.run(Replay::Transaction, |mut tx| {
             Box::pin(async move {
-                // Locks the user row first, like the reset transactions.
-                let row = sqlx::query(concat!(
-                    "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
-                    user_columns!()
-                ))
-                .bind(disabled)
-                .bind(email)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let row = sqlx::query(SET_USER_DISABLED)
+                    .bind(disabled)
+                    .bind(email)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 let Some(row) = row else {
                     return Ok(None);
                 };
@@ -861,21 +853,17 @@ impl Store for PostgresStore {
         // Once: a second run of an insert that took effect fails on the primary key.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                sqlx::query(concat!(
-                    "INSERT INTO sessions (",
-                    session_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                ))
-                .bind(session.id.0)
-                .bind(session.user_id.0)
-                .bind(session.created)
-                .bind(session.expires_at)
-                .bind(session.revoked_at)
-                .bind(session.current_jti)
-                .bind(session.refresh_count)
-                .bind(session.last_refresh_at)
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query(sql::INSERT_SESSION)
+                    .bind(session.id.0)
+                    .bind(session.user_id.0)
+                    .bind(session.created)
+                    .bind(session.expires_at)
+                    .bind(session.revoked_at)
+                    .bind(session.current_jti)
+                    .bind(session.refresh_count)
+                    .bind(session.last_refresh_at)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(())
             })
         })
@@ -885,17 +873,13 @@ impl Store for PostgresStore {
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    session_columns!(),
-                    " FROM sessions WHERE id = $1"
-                ))
-                .bind(id.0)
-                .fetch_optional(&mut *conn)
-                .await?
-                .as_ref()
-                .map(session_from_row)
-                .transpose()
+                sqlx::query(sql::SESSION_BY_ID)
+                    .bind(id.0)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(session_from_row)
+                    .transpose()
             })
         })
         .await
@@ -915,24 +899,20 @@ impl Store for PostgresStore {
                 // The compare and the swap are one statement: a concurrent rotation waits for the
                 // row lock, then re-checks `current_jti` against the winner's row and matches
                 // nothing.
-                let swapped = sqlx::query(
-                    "UPDATE sessions \
-                 SET current_jti = $1, refresh_count = refresh_count + 1, last_refresh_at = $2 \
-                 WHERE id = $3 AND current_jti = $4 AND revoked_at IS NULL",
-                )
-                .bind(new_jti)
-                .bind(at)
-                .bind(id.0)
-                .bind(presented_jti)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+                let swapped = sqlx::query(sql::ROTATE_SESSION_TOKEN)
+                    .bind(new_jti)
+                    .bind(at)
+                    .bind(id.0)
+                    .bind(presented_jti)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
                 if swapped > 0 {
                     return Ok(Rotation::Rotated);
                 }
                 // Only classifies the failure; it was decided atomically above.
                 let revoked_at: Option<Option<UnixTime>> =
-                    sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = $1")
+                    sqlx::query_scalar(sql::SESSION_REVOKED_AT)
                         .bind(id.0)
                         .fetch_optional(&mut *conn)
                         .await?;
@@ -950,14 +930,12 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // Nothing to append when it was already revoked; the commit then ends an empty
                 // transaction.
-                let revoked = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-                )
-                .bind(at)
-                .bind(id.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                let revoked = sqlx::query(sql::REVOKE_SESSION)
+                    .bind(at)
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
                     > 0;
                 if revoked {
                     append_revocations(&mut tx, &[id], at).await?;
@@ -986,22 +964,19 @@ impl Store for PostgresStore {
         }
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(
-                    "SELECT seq, session_id FROM session_revocations \
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(Revocation {
-                        seq: row.try_get("seq")?,
-                        session_id: SessionId(row.try_get("session_id")?),
+                sqlx::query(sql::REVOCATIONS_SINCE)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok(Revocation {
+                            seq: row.try_get("seq")?,
+                            session_id: SessionId(row.try_get("session_id")?),
+                        })
                     })
-                })
-                .collect()
+                    .collect()
             })
         })
         .await
@@ -1012,11 +987,9 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // Appends commit in seq order (see `append_revocations`), so nothing below this can
                 // still appear.
-                Ok(
-                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
-                        .fetch_one(&mut *conn)
-                        .await?,
-                )
+                Ok(sqlx::query_scalar(sql::REVOCATION_CURSOR)
+                    .fetch_one(&mut *conn)
+                    .await?)
             })
         })
         .await
@@ -1025,29 +998,24 @@ impl Store for PostgresStore {
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
         self.run(Replay::Transaction, |mut tx| {
             Box::pin(async move {
-                // Old feed rows are locked by no one else. Resets before sessions, and sessions in
-                // id order: the lock order of the other transactions (an ended session may still be
-                // open and be revoked meanwhile).
-                let revocations =
-                    sqlx::query("DELETE FROM session_revocations WHERE revoked_at < $1")
-                        .bind(before)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < $1")
+                // Old feed rows are locked by no one else. Resets before sessions: the lock order
+                // of the other transactions.
+                let revocations = sqlx::query(sql::PRUNE_REVOCATIONS)
                     .bind(before)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                let sessions = sqlx::query(
-                    "DELETE FROM sessions WHERE id IN \
-                 (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)",
-                )
-                .bind(before)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < $1")
+                let resets = sqlx::query(sql::PRUNE_PASSWORD_RESETS)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let sessions = sqlx::query(PRUNE_SESSIONS)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let windows = sqlx::query(sql::PRUNE_THROTTLE_WINDOWS)
                     .bind(before)
                     .execute(&mut *tx)
                     .await?
@@ -1069,40 +1037,24 @@ impl Store for PostgresStore {
         // Once: a second run would count the attempt twice.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-            // One statement, so replicas racing on one key are serialized by its row: insert
-            // the first window, or start a new window over an ended one, or count one more in a
-            // window below the limit. A full, current window matches the WHERE of neither and
-            // returns nothing. (SET expressions all read the row as it was.)
-            let started: Option<UnixTime> = sqlx::query_scalar(
-                "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
-                 VALUES ($1, $2, $3, $3 + $4, 1) \
-                 ON CONFLICT (scope, key) DO UPDATE SET \
-                 window_start = CASE WHEN t.expires_at <= $3 THEN $3 ELSE t.window_start END, \
-                 expires_at = CASE WHEN t.expires_at <= $3 THEN $3 + $4 ELSE t.expires_at END, \
-                 attempts = CASE WHEN t.expires_at <= $3 THEN 1 ELSE t.attempts + 1 END \
-                 WHERE t.expires_at <= $3 OR t.attempts < $5 \
-                 RETURNING window_start",
-            )
-            .bind(scope)
-            .bind(key)
-            .bind(now)
-            .bind(window)
-            .bind(i64::from(limit))
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(started) = started {
-                return Ok(Ok(started));
-            }
-            // Only the retry hint; the decision was made above.
-            let ends: Option<UnixTime> = sqlx::query_scalar(
-                "SELECT expires_at FROM throttle_windows WHERE scope = $1 AND key = $2",
-            )
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
-        })
+                let started: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_RESERVE)
+                    .bind(scope)
+                    .bind(key)
+                    .bind(now)
+                    .bind(window)
+                    .bind(i64::from(limit))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if let Some(started) = started {
+                    return Ok(Ok(started));
+                }
+                let ends: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_WINDOW_END)
+                    .bind(scope)
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+            })
         })
         .await
     }
@@ -1116,15 +1068,12 @@ impl Store for PostgresStore {
         // Once: a second run would take back two attempts.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                sqlx::query(
-                    "UPDATE throttle_windows SET attempts = attempts - 1 \
-                 WHERE scope = $1 AND key = $2 AND window_start = $3 AND attempts > 0",
-                )
-                .bind(scope)
-                .bind(key)
-                .bind(window_start)
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query(sql::THROTTLE_REFUND)
+                    .bind(scope)
+                    .bind(key)
+                    .bind(window_start)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(())
             })
         })
@@ -1148,20 +1097,16 @@ impl Store for PostgresStore {
         // accept the new invitation in between: its link has not been sent yet.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(concat!(
-                    "UPDATE users SET invitation_nonce = $1, invitation_expires_at = $2, role = $3 \
-                 WHERE id = $4 AND invitation_pending RETURNING ",
-                    user_columns!()
-                ))
-                .bind(&invitation.nonce)
-                .bind(invitation.expires_at)
-                .bind(role.as_str())
-                .bind(user.0)
-                .fetch_optional(&mut *conn)
-                .await?
-                .as_ref()
-                .map(user_from_row)
-                .transpose()
+                sqlx::query(sql::RENEW_INVITATION)
+                    .bind(&invitation.nonce)
+                    .bind(invitation.expires_at)
+                    .bind(role.as_str())
+                    .bind(user.0)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(user_from_row)
+                    .transpose()
             })
         })
         .await
@@ -1178,21 +1123,14 @@ impl Store for PostgresStore {
         // reports the link as invalid.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                // Check and spend are one statement, so of concurrent accepts of one link exactly
-                // one wins (like `rotate_session_token`).
-                let accepted = sqlx::query(
-                    "UPDATE users SET password_hash = $1, invitation_pending = false, \
-                 invitation_nonce = NULL, invitation_expires_at = NULL \
-                 WHERE id = $2 AND invitation_pending AND invitation_nonce = $3 \
-                 AND invitation_expires_at > $4",
-                )
-                .bind(password_hash)
-                .bind(user.0)
-                .bind(nonce)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+                let accepted = sqlx::query(sql::ACCEPT_INVITATION)
+                    .bind(password_hash)
+                    .bind(user.0)
+                    .bind(nonce)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
                 Ok(accepted > 0)
             })
         })
@@ -1205,26 +1143,19 @@ impl Store for PostgresStore {
                 // Without it, two concurrent resets of one user would each miss the other's
                 // uncommitted row below and both stay usable.
                 lock_user(&mut tx, reset.user_id).await?;
-                // Superseded: an earlier link stops working once a newer one is sent.
-                sqlx::query(
-                "UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
-            )
-            .bind(reset.created)
-            .bind(reset.user_id.0)
-            .execute(&mut *tx)
-            .await?;
-                sqlx::query(concat!(
-                    "INSERT INTO password_resets (",
-                    password_reset_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5)"
-                ))
-                .bind(&reset.digest)
-                .bind(reset.user_id.0)
-                .bind(reset.created)
-                .bind(reset.expires_at)
-                .bind(reset.used_at)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(sql::SUPERSEDE_PASSWORD_RESETS)
+                    .bind(reset.created)
+                    .bind(reset.user_id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_PASSWORD_RESET)
+                    .bind(&reset.digest)
+                    .bind(reset.user_id.0)
+                    .bind(reset.created)
+                    .bind(reset.expires_at)
+                    .bind(reset.used_at)
+                    .execute(&mut *tx)
+                    .await?;
                 Ok(())
             })
         })
@@ -1234,17 +1165,13 @@ impl Store for PostgresStore {
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    password_reset_columns!(),
-                    " FROM password_resets WHERE digest = $1"
-                ))
-                .bind(digest)
-                .fetch_optional(&mut *conn)
-                .await?
-                .as_ref()
-                .map(password_reset_from_row)
-                .transpose()
+                sqlx::query(sql::PASSWORD_RESET_BY_DIGEST)
+                    .bind(digest)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .as_ref()
+                    .map(password_reset_from_row)
+                    .transpose()
             })
         })
         .await
@@ -1261,21 +1188,18 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // The user row before the reset row, in the same order as `create_password_reset`.
                 lock_user(&mut tx, user).await?;
-                let spent = sqlx::query(
-                    "UPDATE password_resets SET used_at = $1 \
-                 WHERE digest = $2 AND user_id = $3 AND used_at IS NULL AND expires_at > $1",
-                )
-                .bind(at)
-                .bind(digest)
-                .bind(user.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let spent = sqlx::query(sql::SPEND_PASSWORD_RESET)
+                    .bind(at)
+                    .bind(digest)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 if spent == 0 {
                     // Nothing changed; the commit only releases the user row's lock.
                     return Ok(None);
                 }
-                sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                sqlx::query(sql::SET_PASSWORD)
                     .bind(password_hash)
                     .bind(user.0)
                     .execute(&mut *tx)
@@ -1290,20 +1214,16 @@ impl Store for PostgresStore {
         self.run(Replay::Transaction, |mut tx| {
             Box::pin(async move {
                 for e in events {
-                    sqlx::query(
-                        "INSERT INTO audit_events \
-                     (at, kind, user_id, email, client_ip, request_id, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(e.at)
-                    .bind(&e.kind)
-                    .bind(e.user_id.map(|u| u.0))
-                    .bind(&e.email)
-                    .bind(e.client_ip.map(|ip| ip.to_string()))
-                    .bind(&e.request_id)
-                    .bind(detail_json(&e.detail))
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query(sql::INSERT_AUDIT_EVENT)
+                        .bind(e.at)
+                        .bind(&e.kind)
+                        .bind(e.user_id.map(|u| u.0))
+                        .bind(&e.email)
+                        .bind(e.client_ip.map(|ip| ip.to_string()))
+                        .bind(&e.request_id)
+                        .bind(detail_json(&e.detail))
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Ok(())
             })
@@ -1315,18 +1235,13 @@ impl Store for PostgresStore {
         let rows = self
             .run(Replay::Idempotent, |mut conn| {
                 Box::pin(async move {
-                    Ok(sqlx::query(
-                        "SELECT at, kind, user_id, email, client_ip, request_id, detail \
-                     FROM audit_events WHERE at >= $1 \
-                     AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
-                     ORDER BY at DESC, seq DESC LIMIT $4",
-                    )
-                    .bind(filter.since.unwrap_or(UnixTime::MIN))
-                    .bind(filter.user_id.map(|u| u.0))
-                    .bind(&filter.email)
-                    .bind(filter.limit)
-                    .fetch_all(&mut *conn)
-                    .await?)
+                    Ok(sqlx::query(AUDIT_EVENTS)
+                        .bind(filter.since.unwrap_or(UnixTime::MIN))
+                        .bind(filter.user_id.map(|u| u.0))
+                        .bind(&filter.email)
+                        .bind(filter.limit)
+                        .fetch_all(&mut *conn)
+                        .await?)
                 })
             })
             .await?;
@@ -1343,7 +1258,7 @@ impl Store for PostgresStore {
         // logged, then misses what the first run deleted).
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                Ok(sqlx::query("DELETE FROM audit_events WHERE at < $1")
+                Ok(sqlx::query(sql::PRUNE_AUDIT)
                     .bind(before)
                     .execute(&mut *conn)
                     .await?

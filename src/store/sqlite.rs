@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlSafeStr};
 use uuid::Uuid;
 
+use super::sql::{self, audit_columns, user_columns};
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
     Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_from_json,
@@ -38,30 +39,41 @@ const FILE_POOL_SIZE: u32 = 4;
 /// `SQLITE_BUSY` without waiting for `busy_timeout`.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-macro_rules! user_columns {
-    () => {
-        "id, email, password_hash, role, disabled, deleted, sso_enabled, invitation_pending, \
-         invitation_nonce, invitation_expires_at, created, last_login"
-    };
-}
+// The statements that differ from PostgreSQL's; the rest are in `sql`.
 
-macro_rules! password_reset_columns {
-    () => {
-        "digest, user_id, created, expires_at, used_at"
-    };
-}
+/// `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
+const USER_BY_EMAIL: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
 
-macro_rules! audit_columns {
-    () => {
-        "at, kind, user_id, email, client_ip, request_id, detail"
-    };
-}
+/// rowid breaks ties in insertion order.
+const LIST_USERS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users ORDER BY created, rowid"
+);
 
-macro_rules! session_columns {
-    () => {
-        "id, user_id, created, expires_at, revoked_at, current_jti, refresh_count, last_refresh_at"
-    };
-}
+const SET_USER_DISABLED: &str = concat!(
+    "UPDATE users SET disabled = $1 WHERE email = $2 RETURNING ",
+    user_columns!()
+);
+
+/// The write lock of [`BEGIN_WRITE`] already keeps other writers out; no row locks needed.
+const REVOKE_OPEN_SESSIONS: &str =
+    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id";
+
+/// One replica, one writer at a time: the feed's seq order is the commit order without a lock.
+const APPEND_REVOCATION: &str =
+    "INSERT INTO session_revocations (session_id, revoked_at) VALUES ($1, $2)";
+
+const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < $1";
+
+/// SQLite infers a bound NULL's type, so the filters need no casts.
+const AUDIT_EVENTS: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_events WHERE at >= $1 \
+     AND (($2 IS NULL AND $3 IS NULL) OR user_id = $2 OR email = $3) \
+     ORDER BY at DESC, seq DESC LIMIT $4"
+);
 
 /// [`Store`] backed by one SQLite database (a file, or `sqlite::memory:` for tests).
 #[derive(Debug, Clone)]
@@ -225,7 +237,7 @@ async fn append_revocation(
     id: SessionId,
     at: UnixTime,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO session_revocations (session_id, revoked_at) VALUES (?, ?)")
+    sqlx::query(APPEND_REVOCATION)
         .bind(uuid_text(id.0))
         .bind(at)
         .execute(conn)
@@ -240,13 +252,11 @@ async fn revoke_open_sessions(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    let rows = sqlx::query(
-        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(at)
-    .bind(uuid_text(user.0))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(REVOKE_OPEN_SESSIONS)
+        .bind(at)
+        .bind(uuid_text(user.0))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut ids = rows
         .iter()
         .map(|row| uuid_column(row, "id").map(SessionId))
@@ -262,12 +272,12 @@ async fn revoke_open_sessions(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(sql::PING).execute(&self.pool).await?;
         Ok(())
     }
 
     async fn count_users(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        Ok(sqlx::query_scalar(sql::COUNT_USERS)
             .fetch_one(&self.pool)
             .await?)
     }
@@ -286,25 +296,21 @@ impl Store for SqliteStore {
             created: user.created,
             last_login: None,
         };
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO users (",
-            user_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(uuid_text(user.id.0))
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.deleted)
-        .bind(user.sso_enabled)
-        .bind(user.invitation_pending)
-        .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
-        .bind(user.invitation.as_ref().map(|i| i.expires_at))
-        .bind(user.created)
-        .bind(user.last_login)
-        .execute(&self.pool)
-        .await;
+        let inserted = sqlx::query(sql::INSERT_USER)
+            .bind(uuid_text(user.id.0))
+            .bind(&user.email)
+            .bind(&user.password_hash)
+            .bind(user.role.as_str())
+            .bind(user.disabled)
+            .bind(user.deleted)
+            .bind(user.sso_enabled)
+            .bind(user.invitation_pending)
+            .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
+            .bind(user.invitation.as_ref().map(|i| i.expires_at))
+            .bind(user.created)
+            .bind(user.last_login)
+            .execute(&self.pool)
+            .await;
         match inserted {
             Ok(_) => Ok(user),
             // The only other unique key is the random id.
@@ -316,50 +322,36 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        // `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE email = ?"
-        ))
-        .bind(email)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        sqlx::query(USER_BY_EMAIL)
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = ?"
-        ))
-        .bind(uuid_text(id.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        sqlx::query(sql::USER_BY_ID)
+            .bind(uuid_text(id.0))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        // rowid breaks ties in insertion order.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users ORDER BY created, rowid"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(user_from_row)
-        .collect()
+        sqlx::query(LIST_USERS)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
     }
 
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET last_login = ? WHERE id = ?")
+        sqlx::query(sql::RECORD_LOGIN)
             .bind(at)
             .bind(uuid_text(id.0))
             .execute(&self.pool)
@@ -368,7 +360,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET sso_enabled = 1 WHERE id = ?")
+        sqlx::query(sql::SET_SSO_ENABLED)
             .bind(uuid_text(user.0))
             .execute(&self.pool)
             .await?;
@@ -382,14 +374,11 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<User>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!(
-            "UPDATE users SET disabled = ? WHERE email = ? RETURNING ",
-            user_columns!()
-        ))
-        .bind(disabled)
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = sqlx::query(SET_USER_DISABLED)
+            .bind(disabled)
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -402,36 +391,28 @@ impl Store for SqliteStore {
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
-        sqlx::query(concat!(
-            "INSERT INTO sessions (",
-            session_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(uuid_text(session.id.0))
-        .bind(uuid_text(session.user_id.0))
-        .bind(session.created)
-        .bind(session.expires_at)
-        .bind(session.revoked_at)
-        .bind(uuid_text(session.current_jti))
-        .bind(session.refresh_count)
-        .bind(session.last_refresh_at)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql::INSERT_SESSION)
+            .bind(uuid_text(session.id.0))
+            .bind(uuid_text(session.user_id.0))
+            .bind(session.created)
+            .bind(session.expires_at)
+            .bind(session.revoked_at)
+            .bind(uuid_text(session.current_jti))
+            .bind(session.refresh_count)
+            .bind(session.last_refresh_at)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = ?"
-        ))
-        .bind(uuid_text(id.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(session_from_row)
-        .transpose()
+        sqlx::query(sql::SESSION_BY_ID)
+            .bind(uuid_text(id.0))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
     }
 
     async fn rotate_session_token(
@@ -441,29 +422,22 @@ impl Store for SqliteStore {
         new_jti: Uuid,
         at: UnixTime,
     ) -> StoreResult<Rotation> {
-        // The compare and the swap are one statement, so of two refreshes presenting the same
-        // token exactly one can win.
-        let swapped = sqlx::query(
-            "UPDATE sessions \
-             SET current_jti = ?, refresh_count = refresh_count + 1, last_refresh_at = ? \
-             WHERE id = ? AND current_jti = ? AND revoked_at IS NULL",
-        )
-        .bind(uuid_text(new_jti))
-        .bind(at)
-        .bind(uuid_text(id.0))
-        .bind(uuid_text(presented_jti))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let swapped = sqlx::query(sql::ROTATE_SESSION_TOKEN)
+            .bind(uuid_text(new_jti))
+            .bind(at)
+            .bind(uuid_text(id.0))
+            .bind(uuid_text(presented_jti))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if swapped > 0 {
             return Ok(Rotation::Rotated);
         }
         // Only classifies the failure; it was decided atomically above.
-        let revoked_at: Option<Option<UnixTime>> =
-            sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = ?")
-                .bind(uuid_text(id.0))
-                .fetch_optional(&self.pool)
-                .await?;
+        let revoked_at: Option<Option<UnixTime>> = sqlx::query_scalar(sql::SESSION_REVOKED_AT)
+            .bind(uuid_text(id.0))
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match revoked_at {
             Some(None) => Rotation::NotCurrent,
             None | Some(Some(_)) => Rotation::Gone,
@@ -472,14 +446,13 @@ impl Store for SqliteStore {
 
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revoked =
-            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(at)
-                .bind(uuid_text(id.0))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0;
+        let revoked = sqlx::query(sql::REVOKE_SESSION)
+            .bind(at)
+            .bind(uuid_text(id.0))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
         if revoked {
             append_revocation(&mut tx, id, at).await?;
         }
@@ -503,49 +476,45 @@ impl Store for SqliteStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        sqlx::query(
-            "SELECT seq, session_id FROM session_revocations WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Revocation {
-                seq: row.try_get("seq")?,
-                session_id: SessionId(uuid_column(row, "session_id")?),
+        sqlx::query(sql::REVOCATIONS_SINCE)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Revocation {
+                    seq: row.try_get("seq")?,
+                    session_id: SessionId(uuid_column(row, "session_id")?),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn revocation_cursor(&self) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::REVOCATION_CURSOR)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revocations = sqlx::query("DELETE FROM session_revocations WHERE revoked_at < ?")
+        let revocations = sqlx::query(sql::PRUNE_REVOCATIONS)
             .bind(before)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+        let sessions = sqlx::query(PRUNE_SESSIONS)
             .bind(before)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < ?")
+        let resets = sqlx::query(sql::PRUNE_PASSWORD_RESETS)
             .bind(before)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < ?")
+        let windows = sqlx::query(sql::PRUNE_THROTTLE_WINDOWS)
             .bind(before)
             .execute(&mut *tx)
             .await?
@@ -562,38 +531,22 @@ impl Store for SqliteStore {
         window: i64,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
-        // One statement, so replicas racing on one key are serialized by its row: insert the
-        // first window, or start a new window over an ended one, or count one more in a window
-        // below the limit. A full, current window matches the WHERE of neither and returns
-        // nothing. (SET expressions all read the row as it was.)
-        let started: Option<UnixTime> = sqlx::query_scalar(
-            "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
-             VALUES (?1, ?2, ?3, ?3 + ?4, 1) \
-             ON CONFLICT (scope, key) DO UPDATE SET \
-             window_start = CASE WHEN t.expires_at <= ?3 THEN ?3 ELSE t.window_start END, \
-             expires_at = CASE WHEN t.expires_at <= ?3 THEN ?3 + ?4 ELSE t.expires_at END, \
-             attempts = CASE WHEN t.expires_at <= ?3 THEN 1 ELSE t.attempts + 1 END \
-             WHERE t.expires_at <= ?3 OR t.attempts < ?5 \
-             RETURNING window_start",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .bind(window)
-        .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
-        .await?;
+        let started: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_RESERVE)
+            .bind(scope)
+            .bind(key)
+            .bind(now)
+            .bind(window)
+            .bind(i64::from(limit))
+            .fetch_optional(&self.pool)
+            .await?;
         if let Some(started) = started {
             return Ok(Ok(started));
         }
-        // Only the retry hint; the decision was made above.
-        let ends: Option<UnixTime> = sqlx::query_scalar(
-            "SELECT expires_at FROM throttle_windows WHERE scope = ?1 AND key = ?2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let ends: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_WINDOW_END)
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
     }
 
@@ -603,15 +556,12 @@ impl Store for SqliteStore {
         key: &str,
         window_start: UnixTime,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE throttle_windows SET attempts = attempts - 1 \
-             WHERE scope = ?1 AND key = ?2 AND window_start = ?3 AND attempts > 0",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(window_start)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql::THROTTLE_REFUND)
+            .bind(scope)
+            .bind(key)
+            .bind(window_start)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -621,20 +571,16 @@ impl Store for SqliteStore {
         invitation: &Invitation,
         role: Role,
     ) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "UPDATE users SET invitation_nonce = ?, invitation_expires_at = ?, role = ? \
-             WHERE id = ? AND invitation_pending = 1 RETURNING ",
-            user_columns!()
-        ))
-        .bind(&invitation.nonce)
-        .bind(invitation.expires_at)
-        .bind(role.as_str())
-        .bind(uuid_text(user.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        sqlx::query(sql::RENEW_INVITATION)
+            .bind(&invitation.nonce)
+            .bind(invitation.expires_at)
+            .bind(role.as_str())
+            .bind(uuid_text(user.0))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn accept_invitation(
@@ -644,60 +590,44 @@ impl Store for SqliteStore {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<bool> {
-        // Check and spend are one statement, so of concurrent accepts of one link exactly one
-        // wins (like `rotate_session_token`).
-        let accepted = sqlx::query(
-            "UPDATE users SET password_hash = ?, invitation_pending = 0, \
-             invitation_nonce = NULL, invitation_expires_at = NULL \
-             WHERE id = ? AND invitation_pending = 1 AND invitation_nonce = ? \
-             AND invitation_expires_at > ?",
-        )
-        .bind(password_hash)
-        .bind(uuid_text(user.0))
-        .bind(nonce)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let accepted = sqlx::query(sql::ACCEPT_INVITATION)
+            .bind(password_hash)
+            .bind(uuid_text(user.0))
+            .bind(nonce)
+            .bind(at)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(accepted > 0)
     }
 
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        // Superseded: an earlier link stops working once a newer one is sent.
-        sqlx::query("UPDATE password_resets SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
+        sqlx::query(sql::SUPERSEDE_PASSWORD_RESETS)
             .bind(reset.created)
             .bind(uuid_text(reset.user_id.0))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(concat!(
-            "INSERT INTO password_resets (",
-            password_reset_columns!(),
-            ") VALUES (?, ?, ?, ?, ?)"
-        ))
-        .bind(&reset.digest)
-        .bind(uuid_text(reset.user_id.0))
-        .bind(reset.created)
-        .bind(reset.expires_at)
-        .bind(reset.used_at)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_PASSWORD_RESET)
+            .bind(&reset.digest)
+            .bind(uuid_text(reset.user_id.0))
+            .bind(reset.created)
+            .bind(reset.expires_at)
+            .bind(reset.used_at)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            password_reset_columns!(),
-            " FROM password_resets WHERE digest = ?"
-        ))
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(password_reset_from_row)
-        .transpose()
+        sqlx::query(sql::PASSWORD_RESET_BY_DIGEST)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(password_reset_from_row)
+            .transpose()
     }
 
     async fn complete_password_reset(
@@ -708,22 +638,18 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let spent = sqlx::query(
-            "UPDATE password_resets SET used_at = ? \
-             WHERE digest = ? AND user_id = ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(at)
-        .bind(digest)
-        .bind(uuid_text(user.0))
-        .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let spent = sqlx::query(sql::SPEND_PASSWORD_RESET)
+            .bind(at)
+            .bind(digest)
+            .bind(uuid_text(user.0))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if spent == 0 {
             tx.rollback().await?;
             return Ok(None);
         }
-        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+        sqlx::query(sql::SET_PASSWORD)
             .bind(password_hash)
             .bind(uuid_text(user.0))
             .execute(&mut *tx)
@@ -736,39 +662,29 @@ impl Store for SqliteStore {
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         for e in events {
-            sqlx::query(concat!(
-                "INSERT INTO audit_events (",
-                audit_columns!(),
-                ") VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(e.at)
-            .bind(&e.kind)
-            .bind(e.user_id.map(|u| uuid_text(u.0)))
-            .bind(&e.email)
-            .bind(e.client_ip.map(|ip| ip.to_string()))
-            .bind(&e.request_id)
-            .bind(detail_json(&e.detail))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql::INSERT_AUDIT_EVENT)
+                .bind(e.at)
+                .bind(&e.kind)
+                .bind(e.user_id.map(|u| uuid_text(u.0)))
+                .bind(&e.email)
+                .bind(e.client_ip.map(|ip| ip.to_string()))
+                .bind(&e.request_id)
+                .bind(detail_json(&e.detail))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit_events WHERE at >= ?1 \
-             AND ((?2 IS NULL AND ?3 IS NULL) OR user_id = ?2 OR email = ?3) \
-             ORDER BY at DESC, seq DESC LIMIT ?4"
-        ))
-        .bind(filter.since.unwrap_or(UnixTime::MIN))
-        .bind(filter.user_id.map(|u| uuid_text(u.0)))
-        .bind(&filter.email)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(AUDIT_EVENTS)
+            .bind(filter.since.unwrap_or(UnixTime::MIN))
+            .bind(filter.user_id.map(|u| uuid_text(u.0)))
+            .bind(&filter.email)
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut events = rows
             .iter()
             .map(audit_event_from_row)
@@ -778,7 +694,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM audit_events WHERE at < ?")
+        Ok(sqlx::query(sql::PRUNE_AUDIT)
             .bind(before)
             .execute(&self.pool)
             .await?
