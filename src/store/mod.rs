@@ -4,6 +4,7 @@
 //! rules above stay testable with an injected clock; the store never reads the wall clock.
 
 mod postgres;
+mod rows;
 mod sql;
 mod sqlite;
 #[cfg(test)]
@@ -323,18 +324,6 @@ pub trait Store: Send + Sync + 'static {
 /// `detail` as stored: a JSON object.
 pub(crate) fn detail_json(detail: &BTreeMap<String, String>) -> String {
     serde_json::to_string(detail).unwrap_or_else(|_| "{}".to_owned())
-}
-
-fn detail_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))
-}
-
-fn ip_from_text(text: Option<String>) -> StoreResult<Option<IpAddr>> {
-    text.map(|t| {
-        t.parse()
-            .map_err(|_| StoreError::Corrupt(format!("audit client_ip {t:?}")))
-    })
-    .transpose()
 }
 
 /// Opens the store named by `url` (creating and migrating it as needed): `sqlite:` for one

@@ -54,11 +54,15 @@ use uuid::Uuid;
 
 use crate::config::store_url::postgres_options;
 
+use super::rows::{
+    UuidColumns, audit_event_from_row, password_reset_from_row, revocation_from_row,
+    session_from_row, user_from_row,
+};
 use super::sql::{self, audit_columns, user_columns};
 use super::{
     AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, FeedWakeup, Invitation, NewUser,
     PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
-    UnixTime, User, UserId, detail_from_json, detail_json, ip_from_text,
+    UnixTime, User, UserId, detail_json,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro. Versions are kept
@@ -499,59 +503,15 @@ impl ConnectionLoss {
     }
 }
 
-fn user_from_row(row: &PgRow) -> StoreResult<User> {
-    let role: String = row.try_get("role")?;
-    let nonce: Option<String> = row.try_get("invitation_nonce")?;
-    let expires_at: Option<UnixTime> = row.try_get("invitation_expires_at")?;
-    // The schema's CHECK keeps the two together; this only guards against a schema drift.
-    let invitation = match (nonce, expires_at) {
-        (Some(nonce), Some(expires_at)) => Some(Invitation { nonce, expires_at }),
-        (None, None) => None,
-        (nonce, expires_at) => {
-            return Err(StoreError::Corrupt(format!(
-                "invitation_nonce (set: {}) and invitation_expires_at ({expires_at:?}) \
-                 must be set together",
-                nonce.is_some()
-            )));
-        }
-    };
-    Ok(User {
-        id: UserId(row.try_get("id")?),
-        email: row.try_get("email")?,
-        password_hash: row.try_get("password_hash")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
-        disabled: row.try_get("disabled")?,
-        deleted: row.try_get("deleted")?,
-        sso_enabled: row.try_get("sso_enabled")?,
-        invitation_pending: row.try_get("invitation_pending")?,
-        invitation,
-        created: row.try_get("created")?,
-        last_login: row.try_get("last_login")?,
-    })
-}
+/// UUIDs are stored as PostgreSQL's own `uuid`.
+impl UuidColumns for PgRow {
+    fn uuid(&self, column: &str) -> StoreResult<Uuid> {
+        Ok(self.try_get(column)?)
+    }
 
-fn password_reset_from_row(row: &PgRow) -> StoreResult<PasswordReset> {
-    Ok(PasswordReset {
-        digest: row.try_get("digest")?,
-        user_id: UserId(row.try_get("user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-    })
-}
-
-fn session_from_row(row: &PgRow) -> StoreResult<Session> {
-    Ok(Session {
-        id: SessionId(row.try_get("id")?),
-        user_id: UserId(row.try_get("user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        current_jti: row.try_get("current_jti")?,
-        refresh_count: row.try_get("refresh_count")?,
-        last_refresh_at: row.try_get("last_refresh_at")?,
-    })
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<Uuid>> {
+        Ok(self.try_get(column)?)
+    }
 }
 
 /// Locks a user's row for the rest of the transaction; the first lock of every transaction that
@@ -970,12 +930,7 @@ impl Store for PostgresStore {
                     .fetch_all(&mut *conn)
                     .await?
                     .iter()
-                    .map(|row| {
-                        Ok(Revocation {
-                            seq: row.try_get("seq")?,
-                            session_id: SessionId(row.try_get("session_id")?),
-                        })
-                    })
+                    .map(revocation_from_row)
                     .collect()
             })
         })
@@ -1267,20 +1222,6 @@ impl Store for PostgresStore {
         })
         .await
     }
-}
-
-fn audit_event_from_row(row: &PgRow) -> StoreResult<AuditEvent> {
-    let user_id: Option<Uuid> = row.try_get("user_id")?;
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditEvent {
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
-        user_id: user_id.map(UserId),
-        email: row.try_get("email")?,
-        client_ip: ip_from_text(row.try_get("client_ip")?)?,
-        request_id: row.try_get("request_id")?,
-        detail: detail_from_json(&detail)?,
-    })
 }
 
 #[cfg(test)]

@@ -13,11 +13,14 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlSafeStr};
 use uuid::Uuid;
 
+use super::rows::{
+    UuidColumns, audit_event_from_row, password_reset_from_row, revocation_from_row,
+    session_from_row, user_from_row,
+};
 use super::sql::{self, audit_columns, user_columns};
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
-    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_from_json,
-    detail_json, ip_from_text,
+    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_json,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
@@ -172,64 +175,22 @@ fn uuid_text(id: Uuid) -> String {
     id.hyphenated().to_string()
 }
 
-fn uuid_column(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text)
+/// UUIDs are stored as their hyphenated text.
+impl UuidColumns for SqliteRow {
+    fn uuid(&self, column: &str) -> StoreResult<Uuid> {
+        let text: String = self.try_get(column)?;
+        parse_uuid(column, &text)
+    }
+
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<Uuid>> {
+        let text: Option<String> = self.try_get(column)?;
+        text.map(|text| parse_uuid(column, &text)).transpose()
+    }
+}
+
+fn parse_uuid(column: &str, text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text)
         .map_err(|e| StoreError::Corrupt(format!("{column} {text:?} is not a uuid: {e}")))
-}
-
-fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
-    let role: String = row.try_get("role")?;
-    let nonce: Option<String> = row.try_get("invitation_nonce")?;
-    let expires_at: Option<UnixTime> = row.try_get("invitation_expires_at")?;
-    let invitation = match (nonce, expires_at) {
-        (Some(nonce), Some(expires_at)) => Some(Invitation { nonce, expires_at }),
-        (None, None) => None,
-        (nonce, expires_at) => {
-            return Err(StoreError::Corrupt(format!(
-                "invitation_nonce (set: {}) and invitation_expires_at ({expires_at:?}) \
-                 must be set together",
-                nonce.is_some()
-            )));
-        }
-    };
-    Ok(User {
-        id: UserId(uuid_column(row, "id")?),
-        email: row.try_get("email")?,
-        password_hash: row.try_get("password_hash")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
-        disabled: row.try_get("disabled")?,
-        deleted: row.try_get("deleted")?,
-        sso_enabled: row.try_get("sso_enabled")?,
-        invitation_pending: row.try_get("invitation_pending")?,
-        invitation,
-        created: row.try_get("created")?,
-        last_login: row.try_get("last_login")?,
-    })
-}
-
-fn password_reset_from_row(row: &SqliteRow) -> StoreResult<PasswordReset> {
-    Ok(PasswordReset {
-        digest: row.try_get("digest")?,
-        user_id: UserId(uuid_column(row, "user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-    })
-}
-
-fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
-    Ok(Session {
-        id: SessionId(uuid_column(row, "id")?),
-        user_id: UserId(uuid_column(row, "user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        current_jti: uuid_column(row, "current_jti")?,
-        refresh_count: row.try_get("refresh_count")?,
-        last_refresh_at: row.try_get("last_refresh_at")?,
-    })
 }
 
 async fn append_revocation(
@@ -259,7 +220,7 @@ async fn revoke_open_sessions(
         .await?;
     let mut ids = rows
         .iter()
-        .map(|row| uuid_column(row, "id").map(SessionId))
+        .map(|row| row.uuid("id").map(SessionId))
         .collect::<StoreResult<Vec<_>>>()?;
     // RETURNING order is unspecified; sort so the feed order is reproducible.
     ids.sort();
@@ -482,12 +443,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|row| {
-                Ok(Revocation {
-                    seq: row.try_get("seq")?,
-                    session_id: SessionId(uuid_column(row, "session_id")?),
-                })
-            })
+            .map(revocation_from_row)
             .collect()
     }
 
@@ -700,24 +656,6 @@ impl Store for SqliteStore {
             .await?
             .rows_affected())
     }
-}
-
-fn audit_event_from_row(row: &SqliteRow) -> StoreResult<AuditEvent> {
-    let user_id: Option<String> = row.try_get("user_id")?;
-    let user_id = match user_id {
-        Some(_) => Some(UserId(uuid_column(row, "user_id")?)),
-        None => None,
-    };
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditEvent {
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
-        user_id,
-        email: row.try_get("email")?,
-        client_ip: ip_from_text(row.try_get("client_ip")?)?,
-        request_id: row.try_get("request_id")?,
-        detail: detail_from_json(&detail)?,
-    })
 }
 
 #[cfg(test)]
