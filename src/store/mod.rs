@@ -71,6 +71,23 @@ impl User {
     pub fn is_active(&self) -> bool {
         !self.disabled && !self.deleted && !self.invitation_pending
     }
+
+    /// The user [`Store::create_user`] stores for `user`, under a fresh random id.
+    fn from_new(user: NewUser) -> User {
+        User {
+            id: UserId::new_random(),
+            email: user.email,
+            password_hash: user.password_hash,
+            role: user.role,
+            disabled: false,
+            deleted: false,
+            sso_enabled: false,
+            invitation_pending: user.invitation_pending,
+            invitation: user.invitation,
+            created: user.created,
+            last_login: None,
+        }
+    }
 }
 
 // Hand-written so a stray `{:?}` can never print a password hash.
@@ -128,6 +145,17 @@ pub enum Rotation {
     NotCurrent,
     /// No such session, or it is revoked.
     Gone,
+}
+
+impl Rotation {
+    /// Classifies a compare-and-swap that matched nothing by the session's `revoked_at` as read
+    /// afterwards (`None`: no such session).
+    fn of_failed_swap(revoked_at: Option<Option<UnixTime>>) -> Rotation {
+        match revoked_at {
+            Some(None) => Rotation::NotCurrent,
+            None | Some(Some(_)) => Rotation::Gone,
+        }
+    }
 }
 
 /// One entry of the revocation feed every replica polls (see `auth::revocation`).

@@ -125,7 +125,7 @@ pub(super) fn revocation_from_row(row: &impl Columns) -> StoreResult<Revocation>
     })
 }
 
-pub(super) fn audit_event_from_row(row: &impl Columns) -> StoreResult<AuditEvent> {
+fn audit_event_from_row(row: &impl Columns) -> StoreResult<AuditEvent> {
     Ok(AuditEvent {
         at: row.int("at")?,
         kind: row.text("kind")?,
@@ -135,6 +135,17 @@ pub(super) fn audit_event_from_row(row: &impl Columns) -> StoreResult<AuditEvent
         request_id: row.opt_text("request_id")?,
         detail: detail_from_json(&row.text("detail")?)?,
     })
+}
+
+/// Audit records from rows selected newest first (the query's LIMIT keeps the newest), in the
+/// oldest-first order [`super::Store::audit_events`] returns.
+pub(super) fn audit_events_oldest_first(rows: &[impl Columns]) -> StoreResult<Vec<AuditEvent>> {
+    let mut events = rows
+        .iter()
+        .map(audit_event_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    events.reverse();
+    Ok(events)
 }
 
 fn detail_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {

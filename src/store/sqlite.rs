@@ -6,21 +6,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlSafeStr};
+use sqlx::{FromRow, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use super::rows::{
-    UuidColumns, audit_event_from_row, password_reset_from_row, revocation_from_row,
+    UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
     session_from_row, user_from_row,
 };
-use super::sql::{self, audit_columns, user_columns};
+use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
-    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_json,
+    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
 };
 
 /// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
@@ -43,40 +44,36 @@ const FILE_POOL_SIZE: u32 = 4;
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 // The statements that differ from PostgreSQL's; the rest are in `sql`.
-
-/// `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
-const USER_BY_EMAIL: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
-
-/// rowid breaks ties in insertion order.
-const LIST_USERS: &str = concat!(
-    "SELECT ",
-    user_columns!(),
-    " FROM users ORDER BY created, rowid"
-);
-
-const SET_USER_DISABLED: &str = concat!(
-    "UPDATE users SET disabled = $1 WHERE email = $2 RETURNING ",
-    user_columns!()
-);
-
-/// The write lock of [`BEGIN_WRITE`] already keeps other writers out; no row locks needed.
-const REVOKE_OPEN_SESSIONS: &str =
-    "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL RETURNING id";
+const DIALECT: Dialect = Dialect {
+    // `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
+    user_by_email: concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1"),
+    // rowid breaks ties in insertion order.
+    list_users: concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users ORDER BY created, rowid"
+    ),
+    set_user_disabled: concat!(
+        "UPDATE users SET disabled = $1 WHERE email = $2 RETURNING ",
+        user_columns!()
+    ),
+    // The write lock of `BEGIN_WRITE` already keeps other writers out; no row locks needed.
+    revoke_open_sessions: "UPDATE sessions SET revoked_at = $1 \
+         WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
+    prune_sessions: "DELETE FROM sessions WHERE expires_at < $1",
+    // SQLite infers a bound NULL's type, so the filters need no casts.
+    audit_events: concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_events WHERE at >= $1 \
+         AND (($2 IS NULL AND $3 IS NULL) OR user_id = $2 OR email = $3) \
+         ORDER BY at DESC, seq DESC LIMIT $4"
+    ),
+};
 
 /// One replica, one writer at a time: the feed's seq order is the commit order without a lock.
 const APPEND_REVOCATION: &str =
     "INSERT INTO session_revocations (session_id, revoked_at) VALUES ($1, $2)";
-
-const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at < $1";
-
-/// SQLite infers a bound NULL's type, so the filters need no casts.
-const AUDIT_EVENTS: &str = concat!(
-    "SELECT ",
-    audit_columns!(),
-    " FROM audit_events WHERE at >= $1 \
-     AND (($2 IS NULL AND $3 IS NULL) OR user_id = $2 OR email = $3) \
-     ORDER BY at DESC, seq DESC LIMIT $4"
-);
 
 /// [`Store`] backed by one SQLite database (a file, or `sqlite::memory:` for tests).
 #[derive(Debug, Clone)]
@@ -193,14 +190,37 @@ fn parse_uuid(column: &str, text: &str) -> StoreResult<Uuid> {
         .map_err(|e| StoreError::Corrupt(format!("{column} {text:?} is not a uuid: {e}")))
 }
 
+/// `statement` ready to run, UUIDs bound as their hyphenated text.
+fn query(statement: Statement<'_>) -> StoreResult<Query<'static, Sqlite, SqliteArguments>> {
+    let text = statement.text;
+    let arguments = statement.arguments(uuid_text);
+    Ok(sqlx::query_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
+}
+
+/// As [`query`], for a statement that returns one column.
+fn query_scalar<O>(
+    statement: Statement<'_>,
+) -> StoreResult<QueryScalar<'static, Sqlite, O, SqliteArguments>>
+where
+    (O,): for<'r> FromRow<'r, SqliteRow>,
+{
+    let text = statement.text;
+    let arguments = statement.arguments(uuid_text);
+    Ok(sqlx::query_scalar_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
+}
+
 async fn append_revocation(
     conn: &mut SqliteConnection,
     id: SessionId,
     at: UnixTime,
 ) -> StoreResult<()> {
-    sqlx::query(APPEND_REVOCATION)
-        .bind(uuid_text(id.0))
-        .bind(at)
+    query(Statement::new(APPEND_REVOCATION, params![id, at]))?
         .execute(conn)
         .await?;
     Ok(())
@@ -213,9 +233,7 @@ async fn revoke_open_sessions(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    let rows = sqlx::query(REVOKE_OPEN_SESSIONS)
-        .bind(at)
-        .bind(uuid_text(user.0))
+    let rows = query(DIALECT.revoke_open_sessions(user, at))?
         .fetch_all(&mut *conn)
         .await?;
     let mut ids = rows
@@ -233,46 +251,19 @@ async fn revoke_open_sessions(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query(sql::PING).execute(&self.pool).await?;
+        query(sql::ping())?.execute(&self.pool).await?;
         Ok(())
     }
 
     async fn count_users(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(sql::COUNT_USERS)
+        Ok(query_scalar(sql::count_users())?
             .fetch_one(&self.pool)
             .await?)
     }
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
-        let user = User {
-            id: UserId::new_random(),
-            email: user.email,
-            password_hash: user.password_hash,
-            role: user.role,
-            disabled: false,
-            deleted: false,
-            sso_enabled: false,
-            invitation_pending: user.invitation_pending,
-            invitation: user.invitation,
-            created: user.created,
-            last_login: None,
-        };
-        let inserted = sqlx::query(sql::INSERT_USER)
-            .bind(uuid_text(user.id.0))
-            .bind(&user.email)
-            .bind(&user.password_hash)
-            .bind(user.role.as_str())
-            .bind(user.disabled)
-            .bind(user.deleted)
-            .bind(user.sso_enabled)
-            .bind(user.invitation_pending)
-            .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
-            .bind(user.invitation.as_ref().map(|i| i.expires_at))
-            .bind(user.created)
-            .bind(user.last_login)
-            .execute(&self.pool)
-            .await;
-        match inserted {
+        let user = User::from_new(user);
+        match query(sql::insert_user(&user))?.execute(&self.pool).await {
             Ok(_) => Ok(user),
             // The only other unique key is the random id.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -283,8 +274,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        sqlx::query(USER_BY_EMAIL)
-            .bind(email)
+        query(DIALECT.user_by_email(email))?
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -293,8 +283,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        sqlx::query(sql::USER_BY_ID)
-            .bind(uuid_text(id.0))
+        query(sql::user_by_id(id))?
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -303,7 +292,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        sqlx::query(LIST_USERS)
+        query(DIALECT.list_users())?
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -312,17 +301,14 @@ impl Store for SqliteStore {
     }
 
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
-        sqlx::query(sql::RECORD_LOGIN)
-            .bind(at)
-            .bind(uuid_text(id.0))
+        query(sql::record_login(id, at))?
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        sqlx::query(sql::SET_SSO_ENABLED)
-            .bind(uuid_text(user.0))
+        query(sql::set_sso_enabled(user))?
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -335,9 +321,7 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<User>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(SET_USER_DISABLED)
-            .bind(disabled)
-            .bind(email)
+        let row = query(DIALECT.set_user_disabled(email, disabled))?
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -352,23 +336,14 @@ impl Store for SqliteStore {
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
-        sqlx::query(sql::INSERT_SESSION)
-            .bind(uuid_text(session.id.0))
-            .bind(uuid_text(session.user_id.0))
-            .bind(session.created)
-            .bind(session.expires_at)
-            .bind(session.revoked_at)
-            .bind(uuid_text(session.current_jti))
-            .bind(session.refresh_count)
-            .bind(session.last_refresh_at)
+        query(sql::insert_session(session))?
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        sqlx::query(sql::SESSION_BY_ID)
-            .bind(uuid_text(id.0))
+        query(sql::session_by_id(id))?
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -383,11 +358,7 @@ impl Store for SqliteStore {
         new_jti: Uuid,
         at: UnixTime,
     ) -> StoreResult<Rotation> {
-        let swapped = sqlx::query(sql::ROTATE_SESSION_TOKEN)
-            .bind(uuid_text(new_jti))
-            .bind(at)
-            .bind(uuid_text(id.0))
-            .bind(uuid_text(presented_jti))
+        let swapped = query(sql::rotate_session_token(id, presented_jti, new_jti, at))?
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -395,21 +366,15 @@ impl Store for SqliteStore {
             return Ok(Rotation::Rotated);
         }
         // Only classifies the failure; it was decided atomically above.
-        let revoked_at: Option<Option<UnixTime>> = sqlx::query_scalar(sql::SESSION_REVOKED_AT)
-            .bind(uuid_text(id.0))
+        let revoked_at = query_scalar(sql::session_revoked_at(id))?
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match revoked_at {
-            Some(None) => Rotation::NotCurrent,
-            None | Some(Some(_)) => Rotation::Gone,
-        })
+        Ok(Rotation::of_failed_swap(revoked_at))
     }
 
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revoked = sqlx::query(sql::REVOKE_SESSION)
-            .bind(at)
-            .bind(uuid_text(id.0))
+        let revoked = query(sql::revoke_session(id, at))?
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -437,9 +402,7 @@ impl Store for SqliteStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        sqlx::query(sql::REVOCATIONS_SINCE)
-            .bind(after)
-            .bind(limit)
+        query(sql::revocations_since(after, limit))?
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -448,35 +411,24 @@ impl Store for SqliteStore {
     }
 
     async fn revocation_cursor(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(sql::REVOCATION_CURSOR)
+        Ok(query_scalar(sql::revocation_cursor())?
             .fetch_one(&self.pool)
             .await?)
     }
 
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revocations = sqlx::query(sql::PRUNE_REVOCATIONS)
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions = sqlx::query(PRUNE_SESSIONS)
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let resets = sqlx::query(sql::PRUNE_PASSWORD_RESETS)
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let windows = sqlx::query(sql::PRUNE_THROTTLE_WINDOWS)
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut deleted = 0;
+        for statement in [
+            sql::prune_revocations(before),
+            DIALECT.prune_sessions(before),
+            sql::prune_password_resets(before),
+            sql::prune_throttle_windows(before),
+        ] {
+            deleted += query(statement)?.execute(&mut *tx).await?.rows_affected();
+        }
         tx.commit().await?;
-        Ok(revocations + sessions + resets + windows)
+        Ok(deleted)
     }
 
     async fn throttle_reserve(
@@ -487,23 +439,16 @@ impl Store for SqliteStore {
         window: i64,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
-        let started: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_RESERVE)
-            .bind(scope)
-            .bind(key)
-            .bind(now)
-            .bind(window)
-            .bind(i64::from(limit))
+        let started = query_scalar(sql::throttle_reserve(scope, key, limit, window, now))?
             .fetch_optional(&self.pool)
             .await?;
         if let Some(started) = started {
             return Ok(Ok(started));
         }
-        let ends: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_WINDOW_END)
-            .bind(scope)
-            .bind(key)
+        let ends = query_scalar(sql::throttle_window_end(scope, key))?
             .fetch_optional(&self.pool)
             .await?;
-        Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+        Ok(Err(sql::retry_after(ends, now)))
     }
 
     async fn throttle_refund(
@@ -512,10 +457,7 @@ impl Store for SqliteStore {
         key: &str,
         window_start: UnixTime,
     ) -> StoreResult<()> {
-        sqlx::query(sql::THROTTLE_REFUND)
-            .bind(scope)
-            .bind(key)
-            .bind(window_start)
+        query(sql::throttle_refund(scope, key, window_start))?
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -527,11 +469,7 @@ impl Store for SqliteStore {
         invitation: &Invitation,
         role: Role,
     ) -> StoreResult<Option<User>> {
-        sqlx::query(sql::RENEW_INVITATION)
-            .bind(&invitation.nonce)
-            .bind(invitation.expires_at)
-            .bind(role.as_str())
-            .bind(uuid_text(user.0))
+        query(sql::renew_invitation(user, invitation, role))?
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -546,11 +484,7 @@ impl Store for SqliteStore {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<bool> {
-        let accepted = sqlx::query(sql::ACCEPT_INVITATION)
-            .bind(password_hash)
-            .bind(uuid_text(user.0))
-            .bind(nonce)
-            .bind(at)
+        let accepted = query(sql::accept_invitation(user, nonce, password_hash, at))?
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -559,17 +493,10 @@ impl Store for SqliteStore {
 
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(sql::SUPERSEDE_PASSWORD_RESETS)
-            .bind(reset.created)
-            .bind(uuid_text(reset.user_id.0))
+        query(sql::supersede_password_resets(reset))?
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql::INSERT_PASSWORD_RESET)
-            .bind(&reset.digest)
-            .bind(uuid_text(reset.user_id.0))
-            .bind(reset.created)
-            .bind(reset.expires_at)
-            .bind(reset.used_at)
+        query(sql::insert_password_reset(reset))?
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -577,8 +504,7 @@ impl Store for SqliteStore {
     }
 
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        sqlx::query(sql::PASSWORD_RESET_BY_DIGEST)
-            .bind(digest)
+        query(sql::password_reset_by_digest(digest))?
             .fetch_optional(&self.pool)
             .await?
             .as_ref()
@@ -594,10 +520,7 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let spent = sqlx::query(sql::SPEND_PASSWORD_RESET)
-            .bind(at)
-            .bind(digest)
-            .bind(uuid_text(user.0))
+        let spent = query(sql::spend_password_reset(digest, user, at))?
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -605,9 +528,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        sqlx::query(sql::SET_PASSWORD)
-            .bind(password_hash)
-            .bind(uuid_text(user.0))
+        query(sql::set_password(user, password_hash))?
             .execute(&mut *tx)
             .await?;
         let revoked = revoke_open_sessions(&mut tx, user, at).await?;
@@ -617,15 +538,8 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        for e in events {
-            sqlx::query(sql::INSERT_AUDIT_EVENT)
-                .bind(e.at)
-                .bind(&e.kind)
-                .bind(e.user_id.map(|u| uuid_text(u.0)))
-                .bind(&e.email)
-                .bind(e.client_ip.map(|ip| ip.to_string()))
-                .bind(&e.request_id)
-                .bind(detail_json(&e.detail))
+        for event in events {
+            query(sql::insert_audit_event(event))?
                 .execute(&mut *tx)
                 .await?;
         }
@@ -634,24 +548,14 @@ impl Store for SqliteStore {
     }
 
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(AUDIT_EVENTS)
-            .bind(filter.since.unwrap_or(UnixTime::MIN))
-            .bind(filter.user_id.map(|u| uuid_text(u.0)))
-            .bind(&filter.email)
-            .bind(filter.limit)
+        let rows = query(DIALECT.audit_events(filter))?
             .fetch_all(&self.pool)
             .await?;
-        let mut events = rows
-            .iter()
-            .map(audit_event_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        events.reverse();
-        Ok(events)
+        audit_events_oldest_first(&rows)
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
-        Ok(sqlx::query(sql::PRUNE_AUDIT)
-            .bind(before)
+        Ok(query(sql::prune_audit(before))?
             .execute(&self.pool)
             .await?
             .rows_affected())

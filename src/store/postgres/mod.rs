@@ -25,26 +25,30 @@ mod replay;
 #[cfg(test)]
 mod tests;
 
+use std::convert::identity;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row, SqlSafeStr};
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
+};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{Connection, FromRow, Row, SqlSafeStr};
 use uuid::Uuid;
 
 use crate::config::store_url::postgres_options;
 
 use super::rows::{
-    UuidColumns, audit_event_from_row, password_reset_from_row, revocation_from_row,
+    UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
     session_from_row, user_from_row,
 };
-use super::sql::{self, audit_columns, user_columns};
+use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
 use super::{
     AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, Invitation, NewUser, PasswordReset,
     Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User,
-    UserId, detail_json,
+    UserId,
 };
 
 use feed::{PgFeedListener, append_revocations};
@@ -76,52 +80,49 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
 const EMAIL_INDEX: &str = "users_email_lower";
 
 // The statements that differ from SQLite's; the rest are in `sql`.
-
-/// Matches the expression of the unique index on `lower(email)`, which serves the lookup.
-const USER_BY_EMAIL: &str = concat!(
-    "SELECT ",
-    user_columns!(),
-    " FROM users WHERE lower(email) = lower($1)"
-);
-
-/// insertion_seq breaks ties in insertion order.
-const LIST_USERS: &str = concat!(
-    "SELECT ",
-    user_columns!(),
-    " FROM users ORDER BY created, insertion_seq"
-);
-
-/// Locks the user row first, like the reset transactions.
-const SET_USER_DISABLED: &str = concat!(
-    "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
-    user_columns!()
-);
+const DIALECT: Dialect = Dialect {
+    // Matches the expression of the unique index on `lower(email)`, which serves the lookup.
+    user_by_email: concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE lower(email) = lower($1)"
+    ),
+    // insertion_seq breaks ties in insertion order.
+    list_users: concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users ORDER BY created, insertion_seq"
+    ),
+    // Locks the user row first, like the reset transactions.
+    set_user_disabled: concat!(
+        "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
+        user_columns!()
+    ),
+    // The rows are locked in id order so that two of these for one user (say a disable racing a
+    // password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select
+    // when its lock is granted and its `revoked_at` re-checked.
+    revoke_open_sessions: "UPDATE sessions SET revoked_at = $1 \
+         WHERE id IN (SELECT id FROM sessions WHERE user_id = $2 AND revoked_at IS NULL \
+                      ORDER BY id FOR UPDATE) \
+         RETURNING id",
+    // Sessions in id order: the lock order of the other transactions (an ended session may
+    // still be open and be revoked meanwhile).
+    prune_sessions: "DELETE FROM sessions WHERE id IN \
+         (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)",
+    // PostgreSQL must know a parameter's type even where it is only compared with NULL.
+    audit_events: concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_events WHERE at >= $1 \
+         AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
+         ORDER BY at DESC, seq DESC LIMIT $4"
+    ),
+};
 
 /// See [`lock_user`].
 const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE";
 
-/// The rows are locked in id order so that two of these for one user (say a disable racing a
-/// password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select when
-/// its lock is granted and its `revoked_at` re-checked.
-const REVOKE_OPEN_SESSIONS: &str = "UPDATE sessions SET revoked_at = $1 \
-     WHERE id IN (SELECT id FROM sessions WHERE user_id = $2 AND revoked_at IS NULL \
-                  ORDER BY id FOR UPDATE) \
-     RETURNING id";
-
-/// Sessions in id order: the lock order of the other transactions (an ended session may still be
-/// open and be revoked meanwhile).
-const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE id IN \
-     (SELECT id FROM sessions WHERE expires_at < $1 ORDER BY id FOR UPDATE)";
-
-/// PostgreSQL must know a parameter's type even where it is only compared with NULL.
-const AUDIT_EVENTS: &str = concat!(
-    "SELECT ",
-    audit_columns!(),
-    " FROM audit_events WHERE at >= $1 \
-     AND (($2::uuid IS NULL AND $3::text IS NULL) OR user_id = $2 OR email = $3) \
-     ORDER BY at DESC, seq DESC LIMIT $4"
-);
-
+/// [`Store`] backed by a PostgreSQL database that several replicas may share.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -242,10 +243,37 @@ impl UuidColumns for PgRow {
     }
 }
 
+/// `statement` ready to run, UUIDs bound as `uuid`.
+fn query(statement: Statement<'_>) -> StoreResult<Query<'static, Postgres, PgArguments>> {
+    let text = statement.text;
+    let arguments = statement.arguments(identity::<Uuid>);
+    Ok(sqlx::query_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
+}
+
+/// As [`query`], for a statement that returns one column.
+fn query_scalar<O>(
+    statement: Statement<'_>,
+) -> StoreResult<QueryScalar<'static, Postgres, O, PgArguments>>
+where
+    (O,): for<'r> FromRow<'r, PgRow>,
+{
+    let text = statement.text;
+    let arguments = statement.arguments(identity::<Uuid>);
+    Ok(sqlx::query_scalar_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
+}
+
 /// Locks a user's row for the rest of the transaction; the first lock of every transaction that
 /// changes the user's password resets. A no-op for an unknown user.
 async fn lock_user(conn: &mut PgConnection, user: UserId) -> StoreResult<()> {
-    sqlx::query(LOCK_USER).bind(user.0).execute(conn).await?;
+    query(Statement::new(LOCK_USER, params![user]))?
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -257,9 +285,7 @@ async fn revoke_open_sessions(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    let mut ids: Vec<SessionId> = sqlx::query_scalar(REVOKE_OPEN_SESSIONS)
-        .bind(at)
-        .bind(user.0)
+    let mut ids: Vec<SessionId> = query_scalar(DIALECT.revoke_open_sessions(user, at))?
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
@@ -278,7 +304,7 @@ impl Store for PostgresStore {
         // `/readyz`: a dead pooled connection is not an unreachable database.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::PING).execute(&mut *conn).await?;
+                query(sql::ping())?.execute(&mut *conn).await?;
                 Ok(())
             })
         })
@@ -288,7 +314,7 @@ impl Store for PostgresStore {
     async fn count_users(&self) -> StoreResult<i64> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                Ok(sqlx::query_scalar(sql::COUNT_USERS)
+                Ok(query_scalar(sql::count_users())?
                     .fetch_one(&mut *conn)
                     .await?)
             })
@@ -297,39 +323,12 @@ impl Store for PostgresStore {
     }
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
-        let user = User {
-            id: UserId::new_random(),
-            email: user.email,
-            password_hash: user.password_hash,
-            role: user.role,
-            disabled: false,
-            deleted: false,
-            sso_enabled: false,
-            invitation_pending: user.invitation_pending,
-            invitation: user.invitation,
-            created: user.created,
-            last_login: None,
-        };
+        let user = User::from_new(user);
         // Once: a second run of an insert that took effect fails as a duplicate email.
         let row = &user;
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                let inserted = sqlx::query(sql::INSERT_USER)
-                    .bind(row.id.0)
-                    .bind(&row.email)
-                    .bind(&row.password_hash)
-                    .bind(row.role.as_str())
-                    .bind(row.disabled)
-                    .bind(row.deleted)
-                    .bind(row.sso_enabled)
-                    .bind(row.invitation_pending)
-                    .bind(row.invitation.as_ref().map(|i| i.nonce.as_str()))
-                    .bind(row.invitation.as_ref().map(|i| i.expires_at))
-                    .bind(row.created)
-                    .bind(row.last_login)
-                    .execute(&mut *conn)
-                    .await;
-                match inserted {
+                match query(sql::insert_user(row))?.execute(&mut *conn).await {
                     Ok(_) => Ok(()),
                     Err(sqlx::Error::Database(e))
                         if e.is_unique_violation() && e.constraint() == Some(EMAIL_INDEX) =>
@@ -347,8 +346,7 @@ impl Store for PostgresStore {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(USER_BY_EMAIL)
-                    .bind(email)
+                query(DIALECT.user_by_email(email))?
                     .fetch_optional(&mut *conn)
                     .await?
                     .as_ref()
@@ -362,8 +360,7 @@ impl Store for PostgresStore {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::USER_BY_ID)
-                    .bind(id.0)
+                query(sql::user_by_id(id))?
                     .fetch_optional(&mut *conn)
                     .await?
                     .as_ref()
@@ -377,7 +374,7 @@ impl Store for PostgresStore {
     async fn list_users(&self) -> StoreResult<Vec<User>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(LIST_USERS)
+                query(DIALECT.list_users())?
                     .fetch_all(&mut *conn)
                     .await?
                     .iter()
@@ -394,9 +391,7 @@ impl Store for PostgresStore {
         // by this one; `last_login` is informational.)
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::RECORD_LOGIN)
-                    .bind(at)
-                    .bind(id.0)
+                query(sql::record_login(id, at))?
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -409,8 +404,7 @@ impl Store for PostgresStore {
         // Idempotent: a second run matches nothing.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::SET_SSO_ENABLED)
-                    .bind(user.0)
+                query(sql::set_sso_enabled(user))?
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -427,9 +421,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<Option<User>> {
         self.run(Replay::Transaction, |mut tx| {
             Box::pin(async move {
-                let row = sqlx::query(SET_USER_DISABLED)
-                    .bind(disabled)
-                    .bind(email)
+                let row = query(DIALECT.set_user_disabled(email, disabled))?
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
@@ -449,15 +441,7 @@ impl Store for PostgresStore {
         // Once: a second run of an insert that took effect fails on the primary key.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::INSERT_SESSION)
-                    .bind(session.id.0)
-                    .bind(session.user_id.0)
-                    .bind(session.created)
-                    .bind(session.expires_at)
-                    .bind(session.revoked_at)
-                    .bind(session.current_jti)
-                    .bind(session.refresh_count)
-                    .bind(session.last_refresh_at)
+                query(sql::insert_session(session))?
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -469,8 +453,7 @@ impl Store for PostgresStore {
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::SESSION_BY_ID)
-                    .bind(id.0)
+                query(sql::session_by_id(id))?
                     .fetch_optional(&mut *conn)
                     .await?
                     .as_ref()
@@ -495,11 +478,7 @@ impl Store for PostgresStore {
                 // The compare and the swap are one statement: a concurrent rotation waits for the
                 // row lock, then re-checks `current_jti` against the winner's row and matches
                 // nothing.
-                let swapped = sqlx::query(sql::ROTATE_SESSION_TOKEN)
-                    .bind(new_jti)
-                    .bind(at)
-                    .bind(id.0)
-                    .bind(presented_jti)
+                let swapped = query(sql::rotate_session_token(id, presented_jti, new_jti, at))?
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
@@ -507,15 +486,10 @@ impl Store for PostgresStore {
                     return Ok(Rotation::Rotated);
                 }
                 // Only classifies the failure; it was decided atomically above.
-                let revoked_at: Option<Option<UnixTime>> =
-                    sqlx::query_scalar(sql::SESSION_REVOKED_AT)
-                        .bind(id.0)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                Ok(match revoked_at {
-                    Some(None) => Rotation::NotCurrent,
-                    None | Some(Some(_)) => Rotation::Gone,
-                })
+                let revoked_at = query_scalar(sql::session_revoked_at(id))?
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(Rotation::of_failed_swap(revoked_at))
             })
         })
         .await
@@ -526,9 +500,7 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // Nothing to append when it was already revoked; the commit then ends an empty
                 // transaction.
-                let revoked = sqlx::query(sql::REVOKE_SESSION)
-                    .bind(at)
-                    .bind(id.0)
+                let revoked = query(sql::revoke_session(id, at))?
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -560,9 +532,7 @@ impl Store for PostgresStore {
         }
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::REVOCATIONS_SINCE)
-                    .bind(after)
-                    .bind(limit)
+                query(sql::revocations_since(after, limit))?
                     .fetch_all(&mut *conn)
                     .await?
                     .iter()
@@ -578,7 +548,7 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // Appends commit in seq order (see `append_revocations`), so nothing below this can
                 // still appear.
-                Ok(sqlx::query_scalar(sql::REVOCATION_CURSOR)
+                Ok(query_scalar(sql::revocation_cursor())?
                     .fetch_one(&mut *conn)
                     .await?)
             })
@@ -591,27 +561,16 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // Old feed rows are locked by no one else. Resets before sessions: the lock order
                 // of the other transactions.
-                let revocations = sqlx::query(sql::PRUNE_REVOCATIONS)
-                    .bind(before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let resets = sqlx::query(sql::PRUNE_PASSWORD_RESETS)
-                    .bind(before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let sessions = sqlx::query(PRUNE_SESSIONS)
-                    .bind(before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                let windows = sqlx::query(sql::PRUNE_THROTTLE_WINDOWS)
-                    .bind(before)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                Ok(revocations + sessions + resets + windows)
+                let mut deleted = 0;
+                for statement in [
+                    sql::prune_revocations(before),
+                    sql::prune_password_resets(before),
+                    DIALECT.prune_sessions(before),
+                    sql::prune_throttle_windows(before),
+                ] {
+                    deleted += query(statement)?.execute(&mut *tx).await?.rows_affected();
+                }
+                Ok(deleted)
             })
         })
         .await
@@ -628,23 +587,16 @@ impl Store for PostgresStore {
         // Once: a second run would count the attempt twice.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                let started: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_RESERVE)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(now)
-                    .bind(window)
-                    .bind(i64::from(limit))
+                let started = query_scalar(sql::throttle_reserve(scope, key, limit, window, now))?
                     .fetch_optional(&mut *conn)
                     .await?;
                 if let Some(started) = started {
                     return Ok(Ok(started));
                 }
-                let ends: Option<UnixTime> = sqlx::query_scalar(sql::THROTTLE_WINDOW_END)
-                    .bind(scope)
-                    .bind(key)
+                let ends = query_scalar(sql::throttle_window_end(scope, key))?
                     .fetch_optional(&mut *conn)
                     .await?;
-                Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+                Ok(Err(sql::retry_after(ends, now)))
             })
         })
         .await
@@ -659,10 +611,7 @@ impl Store for PostgresStore {
         // Once: a second run would take back two attempts.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::THROTTLE_REFUND)
-                    .bind(scope)
-                    .bind(key)
-                    .bind(window_start)
+                query(sql::throttle_refund(scope, key, window_start))?
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -688,11 +637,7 @@ impl Store for PostgresStore {
         // accept the new invitation in between: its link has not been sent yet.
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::RENEW_INVITATION)
-                    .bind(&invitation.nonce)
-                    .bind(invitation.expires_at)
-                    .bind(role.as_str())
-                    .bind(user.0)
+                query(sql::renew_invitation(user, invitation, role))?
                     .fetch_optional(&mut *conn)
                     .await?
                     .as_ref()
@@ -714,11 +659,7 @@ impl Store for PostgresStore {
         // reports the link as invalid.
         self.run(Replay::Once, |mut conn| {
             Box::pin(async move {
-                let accepted = sqlx::query(sql::ACCEPT_INVITATION)
-                    .bind(password_hash)
-                    .bind(user.0)
-                    .bind(nonce)
-                    .bind(at)
+                let accepted = query(sql::accept_invitation(user, nonce, password_hash, at))?
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
@@ -734,17 +675,10 @@ impl Store for PostgresStore {
                 // Without it, two concurrent resets of one user would each miss the other's
                 // uncommitted row below and both stay usable.
                 lock_user(&mut tx, reset.user_id).await?;
-                sqlx::query(sql::SUPERSEDE_PASSWORD_RESETS)
-                    .bind(reset.created)
-                    .bind(reset.user_id.0)
+                query(sql::supersede_password_resets(reset))?
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(sql::INSERT_PASSWORD_RESET)
-                    .bind(&reset.digest)
-                    .bind(reset.user_id.0)
-                    .bind(reset.created)
-                    .bind(reset.expires_at)
-                    .bind(reset.used_at)
+                query(sql::insert_password_reset(reset))?
                     .execute(&mut *tx)
                     .await?;
                 Ok(())
@@ -756,8 +690,7 @@ impl Store for PostgresStore {
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                sqlx::query(sql::PASSWORD_RESET_BY_DIGEST)
-                    .bind(digest)
+                query(sql::password_reset_by_digest(digest))?
                     .fetch_optional(&mut *conn)
                     .await?
                     .as_ref()
@@ -779,10 +712,7 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 // The user row before the reset row, in the same order as `create_password_reset`.
                 lock_user(&mut tx, user).await?;
-                let spent = sqlx::query(sql::SPEND_PASSWORD_RESET)
-                    .bind(at)
-                    .bind(digest)
-                    .bind(user.0)
+                let spent = query(sql::spend_password_reset(digest, user, at))?
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -790,9 +720,7 @@ impl Store for PostgresStore {
                     // Nothing changed; the commit only releases the user row's lock.
                     return Ok(None);
                 }
-                sqlx::query(sql::SET_PASSWORD)
-                    .bind(password_hash)
-                    .bind(user.0)
+                query(sql::set_password(user, password_hash))?
                     .execute(&mut *tx)
                     .await?;
                 Ok(Some(revoke_open_sessions(&mut tx, user, at).await?))
@@ -804,15 +732,8 @@ impl Store for PostgresStore {
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
         self.run(Replay::Transaction, |mut tx| {
             Box::pin(async move {
-                for e in events {
-                    sqlx::query(sql::INSERT_AUDIT_EVENT)
-                        .bind(e.at)
-                        .bind(&e.kind)
-                        .bind(e.user_id.map(|u| u.0))
-                        .bind(&e.email)
-                        .bind(e.client_ip.map(|ip| ip.to_string()))
-                        .bind(&e.request_id)
-                        .bind(detail_json(&e.detail))
+                for event in events {
+                    query(sql::insert_audit_event(event))?
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -826,22 +747,13 @@ impl Store for PostgresStore {
         let rows = self
             .run(Replay::Idempotent, |mut conn| {
                 Box::pin(async move {
-                    Ok(sqlx::query(AUDIT_EVENTS)
-                        .bind(filter.since.unwrap_or(UnixTime::MIN))
-                        .bind(filter.user_id.map(|u| u.0))
-                        .bind(&filter.email)
-                        .bind(filter.limit)
+                    Ok(query(DIALECT.audit_events(filter))?
                         .fetch_all(&mut *conn)
                         .await?)
                 })
             })
             .await?;
-        let mut events = rows
-            .iter()
-            .map(audit_event_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        events.reverse();
-        Ok(events)
+        audit_events_oldest_first(&rows)
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
@@ -849,8 +761,7 @@ impl Store for PostgresStore {
         // logged, then misses what the first run deleted).
         self.run(Replay::Idempotent, |mut conn| {
             Box::pin(async move {
-                Ok(sqlx::query(sql::PRUNE_AUDIT)
-                    .bind(before)
+                Ok(query(sql::prune_audit(before))?
                     .execute(&mut *conn)
                     .await?
                     .rows_affected())

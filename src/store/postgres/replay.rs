@@ -19,6 +19,7 @@
 //!
 //! Only an operation that already holds a connection is run again, and only once: failing to
 //! get a connection means the database is unreachable, and the pool has already tried for
+//! `store.timeout`. SQLite has no connection to lose and none of this.
 
 use std::future::Future;
 use std::marker::PhantomData;
