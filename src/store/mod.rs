@@ -5,6 +5,7 @@
 
 mod postgres;
 mod rows;
+mod schema;
 mod sql;
 mod sqlite;
 #[cfg(test)]

@@ -5,31 +5,25 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{Migration, Migrator};
 use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{
     Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, SqlSafeStr};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::rows::{
     UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
     session_from_row, user_from_row,
 };
+use super::schema::sqlite_migrations;
 use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
     Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
 };
-
-/// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
-const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
-const INVITATIONS_AND_RESETS_SQL: &str =
-    include_str!("../../migrations/sqlite/0002_invitations_and_resets.sql");
-const THROTTLE_SQL: &str = include_str!("../../migrations/sqlite/0003_throttle.sql");
-const AUDIT_SQL: &str = include_str!("../../migrations/sqlite/0004_audit.sql");
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,25 +137,9 @@ fn is_memory_url(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
-/// Every schema migration, in order. Applied ones must never change: sqlx checksums them.
+/// Every schema migration, in order (see `schema`).
 fn migrations() -> Vec<Migration> {
-    [
-        (1, "init", INIT_SQL),
-        (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
-        (3, "throttle", THROTTLE_SQL),
-        (4, "audit", AUDIT_SQL),
-    ]
-    .into_iter()
-    .map(|(version, description, sql)| {
-        Migration::new(
-            version,
-            description.into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    })
-    .collect()
+    sqlite_migrations()
 }
 
 fn migrator() -> Migrator {

@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{Migration, Migrator};
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
 };
 use sqlx::query::{Query, QueryScalar};
-use sqlx::{Connection, FromRow, Row, SqlSafeStr};
+use sqlx::{Connection, FromRow, Row};
 use uuid::Uuid;
 
 use crate::config::store_url::postgres_options;
@@ -44,6 +44,7 @@ use super::rows::{
     UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
     session_from_row, user_from_row,
 };
+use super::schema::postgres_migrations;
 use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
 use super::{
     AuditEvent, AuditFilter, DEFAULT_TIMEOUT, FeedListener, Invitation, NewUser, PasswordReset,
@@ -53,14 +54,6 @@ use super::{
 
 use feed::{PgFeedListener, append_revocations};
 use replay::{ConnectionLoss, Replay};
-
-/// Embedded so the binary carries its schema without sqlx's `migrate!` macro. Versions are kept
-/// parallel to `migrations/sqlite`.
-const INIT_SQL: &str = include_str!("../../../migrations/postgres/0001_init.sql");
-const INVITATIONS_AND_RESETS_SQL: &str =
-    include_str!("../../../migrations/postgres/0002_invitations_and_resets.sql");
-const THROTTLE_SQL: &str = include_str!("../../../migrations/postgres/0003_throttle.sql");
-const AUDIT_SQL: &str = include_str!("../../../migrations/postgres/0004_audit.sql");
 
 /// Connections per replica. Queries are short; argon2 and the network, not the database, bound
 /// a gateway, and PostgreSQL's default `max_connections` (100) leaves room for several replicas.
@@ -207,25 +200,9 @@ pub(crate) fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
     })
 }
 
-/// Every schema migration, in order. Applied ones must never change: sqlx checksums them.
+/// Every schema migration, in order (see `schema`).
 fn migrations() -> Vec<Migration> {
-    [
-        (1, "init", INIT_SQL),
-        (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
-        (3, "throttle", THROTTLE_SQL),
-        (4, "audit", AUDIT_SQL),
-    ]
-    .into_iter()
-    .map(|(version, description, sql)| {
-        Migration::new(
-            version,
-            description.into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    })
-    .collect()
+    postgres_migrations()
 }
 
 fn migrator() -> Migrator {
