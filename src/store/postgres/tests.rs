@@ -12,7 +12,13 @@ use sqlx::postgres::PgSslMode;
 use super::feed::append_revocations;
 use super::replay::{ConnectionLoss, Replay, Stage, is_dead_connection};
 use super::*;
-use crate::store::{FeedWakeup, suite};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use crate::store::{
+    AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
+    Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
+};
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
 
