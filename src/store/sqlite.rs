@@ -542,6 +542,7 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -569,6 +570,20 @@ mod tests {
             invitation: None,
             created: 1_700_000_000,
         }
+    }
+
+    /// Runs `check` on a store of its own in a fresh file.
+    async fn on_fresh_store<F, Fut>(_case: &'static str, check: F)
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let (_dir, store) = temp_store().await;
+        check(Arc::new(store)).await;
+    }
+
+    mod conformance {
+        crate::store::suite::conformance_tests!(super::on_fresh_store);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

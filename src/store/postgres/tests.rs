@@ -120,6 +120,22 @@ async fn applied_migrations(store: &PostgresStore) -> i64 {
         .unwrap()
 }
 
+/// Runs `check` on a store of its own in a scratch schema; skips when the server's URL is not set.
+async fn on_fresh_store<F, Fut>(case: &'static str, check: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_scratch_schema(case, |options| async move {
+        check(Arc::new(open(&options).await)).await;
+    })
+    .await;
+}
+
+mod conformance {
+    crate::store::suite::conformance_tests!(super::on_fresh_store);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite() {
     with_scratch_schema("conformance_suite", |options| async move {
