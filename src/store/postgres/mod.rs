@@ -1,4 +1,4 @@
-//! PostgreSQL implementation of [`Store`], so several gateway replicas can share users, sessions
+//! PostgreSQL implementation of [`Store`](super::Store), so several gateway replicas can share users, sessions
 //! and the revocation feed: connection setup, the embedded schema migrations and the queries
 //! behind each trait method.
 //!
@@ -12,11 +12,11 @@
 //!   `complete_password_reset`) first lock the user's row (`SELECT ... FOR NO KEY UPDATE`), which
 //!   serializes them per user like SQLite's `BEGIN IMMEDIATE` does globally.
 //! - Locks are always taken in the same order — the user row, then reset rows, then session rows
-//!   (several of them in id order), then the feed lock of [`append_revocations`] — so these
+//!   (several of them in id order), then the feed lock of [`feed::append_revocations`] — so these
 //!   transactions cannot deadlock each other.
 //!
 //! Pooled connections that die under the pool are the other PostgreSQL-only concern: every
-//! method runs through [`PostgresStore::run`] with the [`Replay`] class that says whether it may
+//! method runs through [`PostgresStore::run`] with the [`Replay`](replay::Replay) class that says whether it may
 //! run again on another connection (see `replay`). The revocation feed's ordered append and its
 //! LISTEN/NOTIFY wake-ups are in `feed`.
 
@@ -102,10 +102,10 @@ const DIALECT: Dialect = Dialect {
     ),
 };
 
-/// See [`lock_user`].
+/// See `lock_user` (in `store`).
 const LOCK_USER: &str = "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE";
 
-/// [`Store`] backed by a PostgreSQL database that several replicas may share.
+/// [`Store`](super::Store) backed by a PostgreSQL database that several replicas may share.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -113,7 +113,7 @@ pub struct PostgresStore {
     listener_pool: PgPool,
     /// Shared with `pool`'s `before_acquire`.
     loss: Arc<ConnectionLoss>,
-    /// `store.timeout`, which also bounds [`Replay::Once`]'s ping.
+    /// `store.timeout`, which also bounds [`replay::Replay::Once`]'s ping.
     timeout: Duration,
 }
 
