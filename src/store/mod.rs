@@ -4,6 +4,9 @@
 //! rules above stay testable with an injected clock; the store never reads the wall clock.
 
 mod postgres;
+mod rows;
+mod schema;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
@@ -69,6 +72,23 @@ impl User {
     pub fn is_active(&self) -> bool {
         !self.disabled && !self.deleted && !self.invitation_pending
     }
+
+    /// The user [`Store::create_user`] stores for `user`, under a fresh random id.
+    fn from_new(user: NewUser) -> User {
+        User {
+            id: UserId::new_random(),
+            email: user.email,
+            password_hash: user.password_hash,
+            role: user.role,
+            disabled: false,
+            deleted: false,
+            sso_enabled: false,
+            invitation_pending: user.invitation_pending,
+            invitation: user.invitation,
+            created: user.created,
+            last_login: None,
+        }
+    }
 }
 
 // Hand-written so a stray `{:?}` can never print a password hash.
@@ -126,6 +146,17 @@ pub enum Rotation {
     NotCurrent,
     /// No such session, or it is revoked.
     Gone,
+}
+
+impl Rotation {
+    /// Classifies a compare-and-swap that matched nothing by the session's `revoked_at` as read
+    /// afterwards (`None`: no such session).
+    fn of_failed_swap(revoked_at: Option<Option<UnixTime>>) -> Rotation {
+        match revoked_at {
+            Some(None) => Rotation::NotCurrent,
+            None | Some(Some(_)) => Rotation::Gone,
+        }
+    }
 }
 
 /// One entry of the revocation feed every replica polls (see `auth::revocation`).
@@ -322,18 +353,6 @@ pub trait Store: Send + Sync + 'static {
 /// `detail` as stored: a JSON object.
 pub(crate) fn detail_json(detail: &BTreeMap<String, String>) -> String {
     serde_json::to_string(detail).unwrap_or_else(|_| "{}".to_owned())
-}
-
-fn detail_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))
-}
-
-fn ip_from_text(text: Option<String>) -> StoreResult<Option<IpAddr>> {
-    text.map(|t| {
-        t.parse()
-            .map_err(|_| StoreError::Corrupt(format!("audit client_ip {t:?}")))
-    })
-    .transpose()
 }
 
 /// Opens the store named by `url` (creating and migrating it as needed): `sqlite:` for one

@@ -5,26 +5,25 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::{Migration, Migrator};
+use sqlx::query::{Query, QueryScalar};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlSafeStr};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
+use super::rows::{
+    UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
+    session_from_row, user_from_row,
+};
+use super::schema::sqlite_migrations;
+use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
-    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId, detail_from_json,
-    detail_json, ip_from_text,
+    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
 };
-
-/// Embedded so the binary carries its schema without sqlx's `migrate!` macro.
-const INIT_SQL: &str = include_str!("../../migrations/sqlite/0001_init.sql");
-const INVITATIONS_AND_RESETS_SQL: &str =
-    include_str!("../../migrations/sqlite/0002_invitations_and_resets.sql");
-const THROTTLE_SQL: &str = include_str!("../../migrations/sqlite/0003_throttle.sql");
-const AUDIT_SQL: &str = include_str!("../../migrations/sqlite/0004_audit.sql");
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,30 +37,37 @@ const FILE_POOL_SIZE: u32 = 4;
 /// `SQLITE_BUSY` without waiting for `busy_timeout`.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-macro_rules! user_columns {
-    () => {
-        "id, email, password_hash, role, disabled, deleted, sso_enabled, invitation_pending, \
-         invitation_nonce, invitation_expires_at, created, last_login"
-    };
-}
+// The statements that differ from PostgreSQL's; the rest are in `sql`.
+const DIALECT: Dialect = Dialect {
+    // `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
+    user_by_email: concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1"),
+    // rowid breaks ties in insertion order.
+    list_users: concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users ORDER BY created, rowid"
+    ),
+    set_user_disabled: concat!(
+        "UPDATE users SET disabled = $1 WHERE email = $2 RETURNING ",
+        user_columns!()
+    ),
+    // The write lock of `BEGIN_WRITE` already keeps other writers out; no row locks needed.
+    revoke_open_sessions: "UPDATE sessions SET revoked_at = $1 \
+         WHERE user_id = $2 AND revoked_at IS NULL RETURNING id",
+    prune_sessions: "DELETE FROM sessions WHERE expires_at < $1",
+    // SQLite infers a bound NULL's type, so the filters need no casts.
+    audit_events: concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_events WHERE at >= $1 \
+         AND (($2 IS NULL AND $3 IS NULL) OR user_id = $2 OR email = $3) \
+         ORDER BY at DESC, seq DESC LIMIT $4"
+    ),
+};
 
-macro_rules! password_reset_columns {
-    () => {
-        "digest, user_id, created, expires_at, used_at"
-    };
-}
-
-macro_rules! audit_columns {
-    () => {
-        "at, kind, user_id, email, client_ip, request_id, detail"
-    };
-}
-
-macro_rules! session_columns {
-    () => {
-        "id, user_id, created, expires_at, revoked_at, current_jti, refresh_count, last_refresh_at"
-    };
-}
+/// One replica, one writer at a time: the feed's seq order is the commit order without a lock.
+const APPEND_REVOCATION: &str =
+    "INSERT INTO session_revocations (session_id, revoked_at) VALUES ($1, $2)";
 
 /// [`Store`] backed by one SQLite database (a file, or `sqlite::memory:` for tests).
 #[derive(Debug, Clone)]
@@ -131,25 +137,9 @@ fn is_memory_url(url: &str) -> bool {
     database == ":memory:" || params.split('&').any(|p| p == "mode=memory")
 }
 
-/// Every schema migration, in order. Applied ones must never change: sqlx checksums them.
+/// Every schema migration, in order (see `schema`).
 fn migrations() -> Vec<Migration> {
-    [
-        (1, "init", INIT_SQL),
-        (2, "invitations and resets", INVITATIONS_AND_RESETS_SQL),
-        (3, "throttle", THROTTLE_SQL),
-        (4, "audit", AUDIT_SQL),
-    ]
-    .into_iter()
-    .map(|(version, description, sql)| {
-        Migration::new(
-            version,
-            description.into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )
-    })
-    .collect()
+    sqlite_migrations()
 }
 
 fn migrator() -> Migrator {
@@ -160,64 +150,47 @@ fn uuid_text(id: Uuid) -> String {
     id.hyphenated().to_string()
 }
 
-fn uuid_column(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text)
+/// UUIDs are stored as their hyphenated text.
+impl UuidColumns for SqliteRow {
+    fn uuid(&self, column: &str) -> StoreResult<Uuid> {
+        let text: String = self.try_get(column)?;
+        parse_uuid(column, &text)
+    }
+
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<Uuid>> {
+        let text: Option<String> = self.try_get(column)?;
+        text.map(|text| parse_uuid(column, &text)).transpose()
+    }
+}
+
+fn parse_uuid(column: &str, text: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(text)
         .map_err(|e| StoreError::Corrupt(format!("{column} {text:?} is not a uuid: {e}")))
 }
 
-fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
-    let role: String = row.try_get("role")?;
-    let nonce: Option<String> = row.try_get("invitation_nonce")?;
-    let expires_at: Option<UnixTime> = row.try_get("invitation_expires_at")?;
-    let invitation = match (nonce, expires_at) {
-        (Some(nonce), Some(expires_at)) => Some(Invitation { nonce, expires_at }),
-        (None, None) => None,
-        (nonce, expires_at) => {
-            return Err(StoreError::Corrupt(format!(
-                "invitation_nonce (set: {}) and invitation_expires_at ({expires_at:?}) \
-                 must be set together",
-                nonce.is_some()
-            )));
-        }
-    };
-    Ok(User {
-        id: UserId(uuid_column(row, "id")?),
-        email: row.try_get("email")?,
-        password_hash: row.try_get("password_hash")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
-        disabled: row.try_get("disabled")?,
-        deleted: row.try_get("deleted")?,
-        sso_enabled: row.try_get("sso_enabled")?,
-        invitation_pending: row.try_get("invitation_pending")?,
-        invitation,
-        created: row.try_get("created")?,
-        last_login: row.try_get("last_login")?,
-    })
+/// `statement` ready to run, UUIDs bound as their hyphenated text.
+fn query(statement: Statement<'_>) -> StoreResult<Query<'static, Sqlite, SqliteArguments>> {
+    let text = statement.text;
+    let arguments = statement.arguments(uuid_text);
+    Ok(sqlx::query_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
 }
 
-fn password_reset_from_row(row: &SqliteRow) -> StoreResult<PasswordReset> {
-    Ok(PasswordReset {
-        digest: row.try_get("digest")?,
-        user_id: UserId(uuid_column(row, "user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-    })
-}
-
-fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
-    Ok(Session {
-        id: SessionId(uuid_column(row, "id")?),
-        user_id: UserId(uuid_column(row, "user_id")?),
-        created: row.try_get("created")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        current_jti: uuid_column(row, "current_jti")?,
-        refresh_count: row.try_get("refresh_count")?,
-        last_refresh_at: row.try_get("last_refresh_at")?,
-    })
+/// As [`query`], for a statement that returns one column.
+fn query_scalar<O>(
+    statement: Statement<'_>,
+) -> StoreResult<QueryScalar<'static, Sqlite, O, SqliteArguments>>
+where
+    (O,): for<'r> FromRow<'r, SqliteRow>,
+{
+    let text = statement.text;
+    let arguments = statement.arguments(uuid_text);
+    Ok(sqlx::query_scalar_with(
+        text,
+        arguments.map_err(sqlx::Error::Encode)?,
+    ))
 }
 
 async fn append_revocation(
@@ -225,9 +198,7 @@ async fn append_revocation(
     id: SessionId,
     at: UnixTime,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO session_revocations (session_id, revoked_at) VALUES (?, ?)")
-        .bind(uuid_text(id.0))
-        .bind(at)
+    query(Statement::new(APPEND_REVOCATION, params![id, at]))?
         .execute(conn)
         .await?;
     Ok(())
@@ -240,16 +211,12 @@ async fn revoke_open_sessions(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    let rows = sqlx::query(
-        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(at)
-    .bind(uuid_text(user.0))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = query(DIALECT.revoke_open_sessions(user, at))?
+        .fetch_all(&mut *conn)
+        .await?;
     let mut ids = rows
         .iter()
-        .map(|row| uuid_column(row, "id").map(SessionId))
+        .map(|row| row.uuid("id").map(SessionId))
         .collect::<StoreResult<Vec<_>>>()?;
     // RETURNING order is unspecified; sort so the feed order is reproducible.
     ids.sort();
@@ -262,50 +229,19 @@ async fn revoke_open_sessions(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        query(sql::ping())?.execute(&self.pool).await?;
         Ok(())
     }
 
     async fn count_users(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        Ok(query_scalar(sql::count_users())?
             .fetch_one(&self.pool)
             .await?)
     }
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
-        let user = User {
-            id: UserId::new_random(),
-            email: user.email,
-            password_hash: user.password_hash,
-            role: user.role,
-            disabled: false,
-            deleted: false,
-            sso_enabled: false,
-            invitation_pending: user.invitation_pending,
-            invitation: user.invitation,
-            created: user.created,
-            last_login: None,
-        };
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO users (",
-            user_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(uuid_text(user.id.0))
-        .bind(&user.email)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.deleted)
-        .bind(user.sso_enabled)
-        .bind(user.invitation_pending)
-        .bind(user.invitation.as_ref().map(|i| i.nonce.as_str()))
-        .bind(user.invitation.as_ref().map(|i| i.expires_at))
-        .bind(user.created)
-        .bind(user.last_login)
-        .execute(&self.pool)
-        .await;
-        match inserted {
+        let user = User::from_new(user);
+        match query(sql::insert_user(&user))?.execute(&self.pool).await {
             Ok(_) => Ok(user),
             // The only other unique key is the random id.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -316,60 +252,41 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        // `email` is declared COLLATE NOCASE, so `=` is case-insensitive and uses the index.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE email = ?"
-        ))
-        .bind(email)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        query(DIALECT.user_by_email(email))?
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = ?"
-        ))
-        .bind(uuid_text(id.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        query(sql::user_by_id(id))?
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        // rowid breaks ties in insertion order.
-        sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users ORDER BY created, rowid"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(user_from_row)
-        .collect()
+        query(DIALECT.list_users())?
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect()
     }
 
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET last_login = ? WHERE id = ?")
-            .bind(at)
-            .bind(uuid_text(id.0))
+        query(sql::record_login(id, at))?
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET sso_enabled = 1 WHERE id = ?")
-            .bind(uuid_text(user.0))
+        query(sql::set_sso_enabled(user))?
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -382,14 +299,9 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<User>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!(
-            "UPDATE users SET disabled = ? WHERE email = ? RETURNING ",
-            user_columns!()
-        ))
-        .bind(disabled)
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = query(DIALECT.set_user_disabled(email, disabled))?
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -402,36 +314,19 @@ impl Store for SqliteStore {
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
-        sqlx::query(concat!(
-            "INSERT INTO sessions (",
-            session_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(uuid_text(session.id.0))
-        .bind(uuid_text(session.user_id.0))
-        .bind(session.created)
-        .bind(session.expires_at)
-        .bind(session.revoked_at)
-        .bind(uuid_text(session.current_jti))
-        .bind(session.refresh_count)
-        .bind(session.last_refresh_at)
-        .execute(&self.pool)
-        .await?;
+        query(sql::insert_session(session))?
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = ?"
-        ))
-        .bind(uuid_text(id.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(session_from_row)
-        .transpose()
+        query(sql::session_by_id(id))?
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
     }
 
     async fn rotate_session_token(
@@ -441,45 +336,27 @@ impl Store for SqliteStore {
         new_jti: Uuid,
         at: UnixTime,
     ) -> StoreResult<Rotation> {
-        // The compare and the swap are one statement, so of two refreshes presenting the same
-        // token exactly one can win.
-        let swapped = sqlx::query(
-            "UPDATE sessions \
-             SET current_jti = ?, refresh_count = refresh_count + 1, last_refresh_at = ? \
-             WHERE id = ? AND current_jti = ? AND revoked_at IS NULL",
-        )
-        .bind(uuid_text(new_jti))
-        .bind(at)
-        .bind(uuid_text(id.0))
-        .bind(uuid_text(presented_jti))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let swapped = query(sql::rotate_session_token(id, presented_jti, new_jti, at))?
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if swapped > 0 {
             return Ok(Rotation::Rotated);
         }
         // Only classifies the failure; it was decided atomically above.
-        let revoked_at: Option<Option<UnixTime>> =
-            sqlx::query_scalar("SELECT revoked_at FROM sessions WHERE id = ?")
-                .bind(uuid_text(id.0))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match revoked_at {
-            Some(None) => Rotation::NotCurrent,
-            None | Some(Some(_)) => Rotation::Gone,
-        })
+        let revoked_at = query_scalar(sql::session_revoked_at(id))?
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Rotation::of_failed_swap(revoked_at))
     }
 
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revoked =
-            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(at)
-                .bind(uuid_text(id.0))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0;
+        let revoked = query(sql::revoke_session(id, at))?
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
         if revoked {
             append_revocation(&mut tx, id, at).await?;
         }
@@ -503,55 +380,33 @@ impl Store for SqliteStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        sqlx::query(
-            "SELECT seq, session_id FROM session_revocations WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Revocation {
-                seq: row.try_get("seq")?,
-                session_id: SessionId(uuid_column(row, "session_id")?),
-            })
-        })
-        .collect()
+        query(sql::revocations_since(after, limit))?
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(revocation_from_row)
+            .collect()
     }
 
     async fn revocation_cursor(&self) -> StoreResult<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM session_revocations")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(query_scalar(sql::revocation_cursor())?
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revocations = sqlx::query("DELETE FROM session_revocations WHERE revoked_at < ?")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let resets = sqlx::query("DELETE FROM password_resets WHERE expires_at < ?")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let windows = sqlx::query("DELETE FROM throttle_windows WHERE expires_at < ?")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut deleted = 0;
+        for statement in [
+            sql::prune_revocations(before),
+            DIALECT.prune_sessions(before),
+            sql::prune_password_resets(before),
+            sql::prune_throttle_windows(before),
+        ] {
+            deleted += query(statement)?.execute(&mut *tx).await?.rows_affected();
+        }
         tx.commit().await?;
-        Ok(revocations + sessions + resets + windows)
+        Ok(deleted)
     }
 
     async fn throttle_reserve(
@@ -562,39 +417,16 @@ impl Store for SqliteStore {
         window: i64,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
-        // One statement, so replicas racing on one key are serialized by its row: insert the
-        // first window, or start a new window over an ended one, or count one more in a window
-        // below the limit. A full, current window matches the WHERE of neither and returns
-        // nothing. (SET expressions all read the row as it was.)
-        let started: Option<UnixTime> = sqlx::query_scalar(
-            "INSERT INTO throttle_windows AS t (scope, key, window_start, expires_at, attempts) \
-             VALUES (?1, ?2, ?3, ?3 + ?4, 1) \
-             ON CONFLICT (scope, key) DO UPDATE SET \
-             window_start = CASE WHEN t.expires_at <= ?3 THEN ?3 ELSE t.window_start END, \
-             expires_at = CASE WHEN t.expires_at <= ?3 THEN ?3 + ?4 ELSE t.expires_at END, \
-             attempts = CASE WHEN t.expires_at <= ?3 THEN 1 ELSE t.attempts + 1 END \
-             WHERE t.expires_at <= ?3 OR t.attempts < ?5 \
-             RETURNING window_start",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(now)
-        .bind(window)
-        .bind(i64::from(limit))
-        .fetch_optional(&self.pool)
-        .await?;
+        let started = query_scalar(sql::throttle_reserve(scope, key, limit, window, now))?
+            .fetch_optional(&self.pool)
+            .await?;
         if let Some(started) = started {
             return Ok(Ok(started));
         }
-        // Only the retry hint; the decision was made above.
-        let ends: Option<UnixTime> = sqlx::query_scalar(
-            "SELECT expires_at FROM throttle_windows WHERE scope = ?1 AND key = ?2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(Err(ends.map_or(1, |ends| (ends - now).max(1) as u64)))
+        let ends = query_scalar(sql::throttle_window_end(scope, key))?
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Err(sql::retry_after(ends, now)))
     }
 
     async fn throttle_refund(
@@ -603,15 +435,9 @@ impl Store for SqliteStore {
         key: &str,
         window_start: UnixTime,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE throttle_windows SET attempts = attempts - 1 \
-             WHERE scope = ?1 AND key = ?2 AND window_start = ?3 AND attempts > 0",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(window_start)
-        .execute(&self.pool)
-        .await?;
+        query(sql::throttle_refund(scope, key, window_start))?
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -621,20 +447,12 @@ impl Store for SqliteStore {
         invitation: &Invitation,
         role: Role,
     ) -> StoreResult<Option<User>> {
-        sqlx::query(concat!(
-            "UPDATE users SET invitation_nonce = ?, invitation_expires_at = ?, role = ? \
-             WHERE id = ? AND invitation_pending = 1 RETURNING ",
-            user_columns!()
-        ))
-        .bind(&invitation.nonce)
-        .bind(invitation.expires_at)
-        .bind(role.as_str())
-        .bind(uuid_text(user.0))
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from_row)
-        .transpose()
+        query(sql::renew_invitation(user, invitation, role))?
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(user_from_row)
+            .transpose()
     }
 
     async fn accept_invitation(
@@ -644,60 +462,32 @@ impl Store for SqliteStore {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<bool> {
-        // Check and spend are one statement, so of concurrent accepts of one link exactly one
-        // wins (like `rotate_session_token`).
-        let accepted = sqlx::query(
-            "UPDATE users SET password_hash = ?, invitation_pending = 0, \
-             invitation_nonce = NULL, invitation_expires_at = NULL \
-             WHERE id = ? AND invitation_pending = 1 AND invitation_nonce = ? \
-             AND invitation_expires_at > ?",
-        )
-        .bind(password_hash)
-        .bind(uuid_text(user.0))
-        .bind(nonce)
-        .bind(at)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let accepted = query(sql::accept_invitation(user, nonce, password_hash, at))?
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(accepted > 0)
     }
 
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        // Superseded: an earlier link stops working once a newer one is sent.
-        sqlx::query("UPDATE password_resets SET used_at = ? WHERE user_id = ? AND used_at IS NULL")
-            .bind(reset.created)
-            .bind(uuid_text(reset.user_id.0))
+        query(sql::supersede_password_resets(reset))?
             .execute(&mut *tx)
             .await?;
-        sqlx::query(concat!(
-            "INSERT INTO password_resets (",
-            password_reset_columns!(),
-            ") VALUES (?, ?, ?, ?, ?)"
-        ))
-        .bind(&reset.digest)
-        .bind(uuid_text(reset.user_id.0))
-        .bind(reset.created)
-        .bind(reset.expires_at)
-        .bind(reset.used_at)
-        .execute(&mut *tx)
-        .await?;
+        query(sql::insert_password_reset(reset))?
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            password_reset_columns!(),
-            " FROM password_resets WHERE digest = ?"
-        ))
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(password_reset_from_row)
-        .transpose()
+        query(sql::password_reset_by_digest(digest))?
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(password_reset_from_row)
+            .transpose()
     }
 
     async fn complete_password_reset(
@@ -708,24 +498,15 @@ impl Store for SqliteStore {
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let spent = sqlx::query(
-            "UPDATE password_resets SET used_at = ? \
-             WHERE digest = ? AND user_id = ? AND used_at IS NULL AND expires_at > ?",
-        )
-        .bind(at)
-        .bind(digest)
-        .bind(uuid_text(user.0))
-        .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let spent = query(sql::spend_password_reset(digest, user, at))?
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if spent == 0 {
             tx.rollback().await?;
             return Ok(None);
         }
-        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
-            .bind(password_hash)
-            .bind(uuid_text(user.0))
+        query(sql::set_password(user, password_hash))?
             .execute(&mut *tx)
             .await?;
         let revoked = revoke_open_sessions(&mut tx, user, at).await?;
@@ -735,77 +516,33 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        for e in events {
-            sqlx::query(concat!(
-                "INSERT INTO audit_events (",
-                audit_columns!(),
-                ") VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(e.at)
-            .bind(&e.kind)
-            .bind(e.user_id.map(|u| uuid_text(u.0)))
-            .bind(&e.email)
-            .bind(e.client_ip.map(|ip| ip.to_string()))
-            .bind(&e.request_id)
-            .bind(detail_json(&e.detail))
-            .execute(&mut *tx)
-            .await?;
+        for event in events {
+            query(sql::insert_audit_event(event))?
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit_events WHERE at >= ?1 \
-             AND ((?2 IS NULL AND ?3 IS NULL) OR user_id = ?2 OR email = ?3) \
-             ORDER BY at DESC, seq DESC LIMIT ?4"
-        ))
-        .bind(filter.since.unwrap_or(UnixTime::MIN))
-        .bind(filter.user_id.map(|u| uuid_text(u.0)))
-        .bind(&filter.email)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut events = rows
-            .iter()
-            .map(audit_event_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        events.reverse();
-        Ok(events)
+        let rows = query(DIALECT.audit_events(filter))?
+            .fetch_all(&self.pool)
+            .await?;
+        audit_events_oldest_first(&rows)
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM audit_events WHERE at < ?")
-            .bind(before)
+        Ok(query(sql::prune_audit(before))?
             .execute(&self.pool)
             .await?
             .rows_affected())
     }
 }
 
-fn audit_event_from_row(row: &SqliteRow) -> StoreResult<AuditEvent> {
-    let user_id: Option<String> = row.try_get("user_id")?;
-    let user_id = match user_id {
-        Some(_) => Some(UserId(uuid_column(row, "user_id")?)),
-        None => None,
-    };
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditEvent {
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
-        user_id,
-        email: row.try_get("email")?,
-        client_ip: ip_from_text(row.try_get("client_ip")?)?,
-        request_id: row.try_get("request_id")?,
-        detail: detail_from_json(&detail)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -833,6 +570,20 @@ mod tests {
             invitation: None,
             created: 1_700_000_000,
         }
+    }
+
+    /// Runs `check` on a store of its own in a fresh file.
+    async fn on_fresh_store<F, Fut>(_case: &'static str, check: F)
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let (_dir, store) = temp_store().await;
+        check(Arc::new(store)).await;
+    }
+
+    mod conformance {
+        crate::store::suite::conformance_tests!(super::on_fresh_store);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

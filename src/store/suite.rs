@@ -1,5 +1,6 @@
 //! Backend-independent conformance checks for [`Store`] implementations: every backend's tests
-//! call [`run_all`] on a freshly opened store, so all of them honour the same trait contract.
+//! run each check as a test of its own ([`conformance_tests`]) and all of them in a row on one
+//! store ([`run_all`]), so all of them honour the same trait contract.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -46,6 +47,46 @@ pub async fn run_all(store: Arc<dyn Store>) {
     audit_trail(s).await;
     prune_audit(s).await;
 }
+
+/// One test per check for a backend, named after the check (`…::conformance::prune`), so a
+/// failure names its case. `$on_fresh_store` is an `async fn(&'static str, check)` of the
+/// backend's tests that opens a store dedicated to the check (as [`run_all`] requires) and runs
+/// `check(store)` on it; the `&str` is the case's name. Lists the same checks as [`run_all`]: a
+/// new check goes in both.
+macro_rules! conformance_tests {
+    ($on_fresh_store:path) => {
+        $crate::store::suite::conformance_tests!(@borrowing $on_fresh_store;
+            ping create_and_fetch_user duplicate_email_is_case_insensitive
+            list_users_oldest_first record_login set_sso_enabled session_round_trip
+            disable_revokes_sessions rotate_compare_and_swap revoke_session_is_idempotent
+            revoke_user_sessions revocation_feed_cursor invitation_round_trip accept_invitation
+            password_reset_round_trip new_reset_supersedes_older_ones complete_password_reset
+            throttle_windows prune audit_trail prune_audit);
+        $crate::store::suite::conformance_tests!(@sharing $on_fresh_store;
+            concurrent_rotations_have_one_winner concurrent_accepts_have_one_winner
+            concurrent_reservations_stop_at_the_limit);
+    };
+    (@borrowing $on_fresh_store:path; $($case:ident)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            $on_fresh_store(concat!("conformance::", stringify!($case)), |store| async move {
+                $crate::store::suite::$case(store.as_ref()).await
+            })
+            .await;
+        }
+    )*};
+    (@sharing $on_fresh_store:path; $($case:ident)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            $on_fresh_store(concat!("conformance::", stringify!($case)), |store| async move {
+                $crate::store::suite::$case(store).await
+            })
+            .await;
+        }
+    )*};
+}
+
+pub(crate) use conformance_tests;
 
 /// The per-account limit's counter: counts up to the limit, refuses with the seconds left,
 /// takes a refund back, and starts over once the window has ended.
