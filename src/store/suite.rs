@@ -54,36 +54,50 @@ pub async fn run_all(store: Arc<dyn Store>) {
 /// `check(store)` on it; the `&str` is the case's name. Lists the same checks as [`run_all`]: a
 /// new check goes in both.
 macro_rules! conformance_tests {
-    ($on_fresh_store:path) => {
-        $crate::store::suite::conformance_tests!(@borrowing $on_fresh_store;
-            ping create_and_fetch_user duplicate_email_is_case_insensitive
-            list_users_oldest_first record_login set_sso_enabled session_round_trip
-            disable_revokes_sessions rotate_compare_and_swap revoke_session_is_idempotent
-            revoke_user_sessions revocation_feed_cursor invitation_round_trip accept_invitation
-            password_reset_round_trip new_reset_supersedes_older_ones complete_password_reset
-            throttle_windows prune audit_trail prune_audit);
-        $crate::store::suite::conformance_tests!(@sharing $on_fresh_store;
-            concurrent_rotations_have_one_winner concurrent_accepts_have_one_winner
-            concurrent_reservations_stop_at_the_limit);
-    };
-    (@borrowing $on_fresh_store:path; $($case:ident)*) => {$(
+    // `$attrs` is one bracketed group of attributes for every generated test (e.g. the
+    // PostgreSQL backend's `#[cfg_attr(not(postgres_tests), ignore = ...)]`), taken as one
+    // token tree so it can be repeated once per case.
+    (@borrowing $attrs:tt $on_fresh_store:path; $($case:ident)*) => {$(
+        $crate::store::suite::conformance_tests!(@one $attrs $on_fresh_store; $case; as_ref);
+    )*};
+    (@sharing $attrs:tt $on_fresh_store:path; $($case:ident)*) => {$(
+        $crate::store::suite::conformance_tests!(@one $attrs $on_fresh_store; $case; clone);
+    )*};
+    (@one [$($attr:tt)*] $on_fresh_store:path; $case:ident; as_ref) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $($attr)*
         async fn $case() {
             $on_fresh_store(concat!("conformance::", stringify!($case)), |store| async move {
                 $crate::store::suite::$case(store.as_ref()).await
             })
             .await;
         }
-    )*};
-    (@sharing $on_fresh_store:path; $($case:ident)*) => {$(
+    };
+    (@one [$($attr:tt)*] $on_fresh_store:path; $case:ident; clone) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $($attr)*
         async fn $case() {
             $on_fresh_store(concat!("conformance::", stringify!($case)), |store| async move {
                 $crate::store::suite::$case(store).await
             })
             .await;
         }
-    )*};
+    };
+    ($on_fresh_store:path) => {
+        $crate::store::suite::conformance_tests!($on_fresh_store, []);
+    };
+    ($on_fresh_store:path, $attrs:tt) => {
+        $crate::store::suite::conformance_tests!(@borrowing $attrs $on_fresh_store;
+            ping create_and_fetch_user duplicate_email_is_case_insensitive
+            list_users_oldest_first record_login set_sso_enabled session_round_trip
+            disable_revokes_sessions rotate_compare_and_swap revoke_session_is_idempotent
+            revoke_user_sessions revocation_feed_cursor invitation_round_trip accept_invitation
+            password_reset_round_trip new_reset_supersedes_older_ones complete_password_reset
+            throttle_windows prune audit_trail prune_audit);
+        $crate::store::suite::conformance_tests!(@sharing $attrs $on_fresh_store;
+            concurrent_rotations_have_one_winner concurrent_accepts_have_one_winner
+            concurrent_reservations_stop_at_the_limit);
+    };
 }
 
 pub(crate) use conformance_tests;

@@ -133,10 +133,17 @@ where
 }
 
 mod conformance {
-    crate::store::suite::conformance_tests!(super::on_fresh_store);
+    crate::store::suite::conformance_tests!(
+        super::on_fresh_store,
+        [#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn conformance_suite() {
     with_scratch_schema("conformance_suite", |options| async move {
         suite::run_all(Arc::new(open(&options).await)).await;
@@ -145,6 +152,10 @@ async fn conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn conformance_suite_reruns_on_a_used_schema() {
     with_scratch_schema(
         "conformance_suite_reruns_on_a_used_schema",
@@ -158,6 +169,10 @@ async fn conformance_suite_reruns_on_a_used_schema() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn reopening_keeps_data_and_does_not_reapply_migrations() {
     with_scratch_schema(
         "reopening_keeps_data_and_does_not_reapply_migrations",
@@ -187,6 +202,10 @@ async fn reopening_keeps_data_and_does_not_reapply_migrations() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn database_from_first_migration_upgrades() {
     with_scratch_schema(
         "database_from_first_migration_upgrades",
@@ -230,6 +249,10 @@ async fn database_from_first_migration_upgrades() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn schema_rejects_half_an_invitation_and_unknown_roles() {
     with_scratch_schema(
         "schema_rejects_half_an_invitation_and_unknown_roles",
@@ -268,6 +291,10 @@ async fn schema_rejects_half_an_invitation_and_unknown_roles() {
 /// while another is uncommitted waits for its commit, so its larger seq can never be read
 /// before the smaller one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn feed_appends_commit_in_seq_order() {
     with_scratch_schema("feed_appends_commit_in_seq_order", |options| async move {
         let store = open(&options).await;
@@ -315,6 +342,10 @@ async fn feed_appends_commit_in_seq_order() {
 /// revocation exactly once. Every other append dawdles a little before its commit, the
 /// window in which an unserialized feed lets a later seq be read first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn follower_misses_no_concurrent_revocation() {
     const WRITERS: usize = 8;
     const PER_WRITER: usize = 40;
@@ -398,6 +429,10 @@ async fn follower_misses_no_concurrent_revocation() {
 /// Two stores on one database behave as replicas: what one writes, the other reads,
 /// including through the revocation feed each one follows from its own cursor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn replicas_share_users_sessions_and_the_revocation_feed() {
     with_scratch_schema(
         "replicas_share_users_sessions_and_the_revocation_feed",
@@ -470,6 +505,10 @@ async fn replicas_share_users_sessions_and_the_revocation_feed() {
 /// A feed append by one replica wakes another replica's listener, on commit and not
 /// before: a woken follower always finds the entries it was woken for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn listener_is_woken_by_another_replicas_commit() {
     with_scratch_schema(
         "listener_is_woken_by_another_replicas_commit",
@@ -499,6 +538,10 @@ async fn listener_is_woken_by_another_replicas_commit() {
 
 /// Concurrent refreshes of one token through two replicas: exactly one wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn rotations_across_replicas_have_one_winner() {
     with_scratch_schema(
         "rotations_across_replicas_have_one_winner",
@@ -534,6 +577,10 @@ async fn rotations_across_replicas_have_one_winner() {
 
 /// Revoking a user's sessions feeds them in id order, one seq each.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn bulk_revocation_feeds_in_id_order() {
     with_scratch_schema("bulk_revocation_feeds_in_id_order", |options| async move {
         let store = open(&options).await;
@@ -653,6 +700,10 @@ async fn until_waiting_on_a_lock(admin: &mut PgConnection, name: &str) {
 /// succeeds, and each write takes effect once: reads and idempotent writes are run again,
 /// transactions failed before their commit, single writes were stopped by their ping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn every_operation_survives_its_pooled_connections_being_killed() {
     with_scratch_schema(
         "every_operation_survives_its_pooled_connections_being_killed",
@@ -824,6 +875,10 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
 /// A single write whose statement reached the server before its backend was killed is not
 /// run again: it may have taken effect (here it did not, and it is not counted twice either).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_single_write_killed_on_the_server_is_not_run_again() {
     with_scratch_schema(
         "a_single_write_killed_on_the_server_is_not_run_again",
@@ -887,6 +942,10 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
 /// A transaction whose backend is killed before its commit is run again on another
 /// connection: the server rolled the first run back, so the revocations are fed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_transaction_killed_before_its_commit_is_run_again() {
     with_scratch_schema(
         "a_transaction_killed_before_its_commit_is_run_again",
@@ -934,6 +993,10 @@ async fn a_transaction_killed_before_its_commit_is_run_again() {
 /// `sslmode` from the URL is honoured, and TLS (rustls on aws-lc-rs) really connects when
 /// the server offers it.
 #[tokio::test]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn sslmode_from_the_url_is_honoured() {
     let Some(url) = test_url("sslmode_from_the_url_is_honoured") else {
         return;
