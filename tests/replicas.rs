@@ -63,7 +63,10 @@ async fn rejected_within(gw: &Gateway, token: &str, since: Instant, limit: Durat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_token_from_a_works_on_b_and_a_logout_on_b_ends_it_on_a_within_a_second() {
     let Some((_replicas, a, b)) = two_replicas("logout_propagates").await else {
         return;
@@ -81,7 +84,10 @@ async fn a_token_from_a_works_on_b_and_a_logout_on_b_ends_it_on_a_within_a_secon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn refresh_on_a_then_reuse_on_b_ends_the_session_on_both() {
     let Some((_replicas, a, b)) = two_replicas("refresh_reuse_propagates").await else {
         return;
@@ -107,7 +113,10 @@ async fn refresh_on_a_then_reuse_on_b_ends_the_session_on_both() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn disabling_a_user_on_a_is_enforced_on_b_within_a_second() {
     let Some((_replicas, a, b)) = two_replicas("disable_propagates").await else {
         return;
@@ -136,7 +145,10 @@ async fn disabling_a_user_on_a_is_enforced_on_b_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_password_reset_on_a_ends_the_sessions_on_b_within_a_second() {
     let Some((_replicas, a, b)) = two_replicas("reset_propagates").await else {
         return;
@@ -185,7 +197,10 @@ async fn a_password_reset_on_a_ends_the_sessions_on_b_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn when_a_stops_mid_traffic_b_keeps_serving() {
     let Some((_replicas, a, b)) = two_replicas("a_stops_b_serves").await else {
         return;
@@ -224,7 +239,10 @@ async fn when_a_stops_mid_traffic_b_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn revocations_keep_propagating_after_the_listeners_connections_are_killed() {
     let Some((replicas, a, b)) = two_replicas("listener_reconnects").await else {
         return;
@@ -277,7 +295,10 @@ async fn all_accepted_at_once(gw: &Gateway, tokens: &[String]) {
 /// cache misses (tokens B has never seen), a login, a refresh and a logout answer as they
 /// would have, each meeting a dead connection first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn killing_a_replicas_pooled_connections_fails_no_request() {
     let Some(replicas) = Replicas::new("dead_connections").await else {
         return;
@@ -337,7 +358,10 @@ async fn killing_a_replicas_pooled_connections_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_revocation_the_feed_never_carried_is_caught_by_the_recheck() {
     let Some(replicas) = Replicas::new("recheck_safety_net").await else {
         return;
@@ -365,7 +389,10 @@ async fn a_revocation_the_feed_never_carried_is_caught_by_the_recheck() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn a_postgresql_outage_keeps_cached_tokens_working_and_heals_by_itself() {
     let Some(replicas) = Replicas::new("outage").await else {
         return;
@@ -453,7 +480,10 @@ async fn a_postgresql_outage_keeps_cached_tokens_working_and_heals_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
 async fn failed_logins_spread_over_a_and_b_together_hit_the_account_limit() {
     let limit = "[auth.login_throttle]\nper_account = 4\n";
     let Some((_replicas, a, b)) = two_replicas_with("shared_login_limit", limit).await else {
