@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
 const ROUTER_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs");
+const PATHS_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth/paths.rs");
 
 /// The methods an OpenAPI path item can hold, as its lower-case keys.
 const METHODS: [&str; 8] = [
@@ -162,17 +163,36 @@ fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
 // ---------------------------------------------------------------------------------------
 // Routes: documented = served
 
-/// The paths `api::router` declares, read from its `.route("…", …)` calls: axum cannot list
-/// a router's routes, and this catches a route added without documenting it.
+/// The paths `api::router` declares, read from its `.route(…, …)` calls, whose paths are
+/// literals or `paths::NAME` constants of `auth::paths`: axum cannot list a router's routes,
+/// and this catches a route added without documenting it.
 fn router_paths() -> BTreeSet<String> {
+    let constants = std::fs::read_to_string(PATHS_SOURCE).unwrap();
+    let constant = |name: &str| -> String {
+        let declared = format!("pub const {name}: &str = \"");
+        let at = constants
+            .find(&declared)
+            .unwrap_or_else(|| panic!("{name} is not declared in {PATHS_SOURCE}"));
+        let rest = &constants[at + declared.len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    };
     let source = std::fs::read_to_string(ROUTER_SOURCE).unwrap();
     source
         .split(".route(")
         .skip(1)
-        // Only calls with a literal path declare a route (`metrics.route(name)` does not).
+        // Only calls with a literal or a `paths::` path declare a route (`metrics.route(name)`
+        // does not).
         .filter_map(|rest| {
-            let rest = rest.trim_start().strip_prefix('"')?;
-            Some(rest[..rest.find('"').unwrap()].to_owned())
+            let rest = rest.trim_start();
+            if let Some(literal) = rest.strip_prefix('"') {
+                Some(literal[..literal.find('"').unwrap()].to_owned())
+            } else {
+                let name = rest.strip_prefix("paths::")?;
+                let end = name
+                    .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                    .unwrap_or(name.len());
+                Some(constant(&name[..end]))
+            }
         })
         .collect()
 }
