@@ -1,6 +1,6 @@
-//! The layout rule of `docs/architecture.md`: dependencies between the crate's top-level modules
-//! point one way (no import cycle), so each module can be read, and changed, on top of the ones
-//! below it. The graph is read from the source: every `crate::module` a module's non-test code
+//! The layout rules: dependencies between the crate's top-level modules point one way (no
+//! import cycle), so each module can be read, and changed, on top of the ones below it; and no
+//! source file outgrows what one reader holds in mind (tests aside). The graph is read from the source: every `crate::module` a module's non-test code
 //! names, in a path or a `use crate::{...}` group; comments and test-only files do not count.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +24,45 @@ fn top_level_modules_have_no_import_cycle() {
         }
         panic!("import cycle {}:{why}", cycle.join(" → "));
     }
+}
+
+/// Lines of a non-test source file, its inline `mod tests` not counted.
+const MAX_SOURCE_LINES: usize = 600;
+
+#[test]
+fn no_source_file_is_over_the_line_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.join("lib.rs"), src.join("main.rs")];
+    for entry in fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_non_test_files(&path.join("mod.rs"), &mut files);
+        } else if !files.contains(&path) {
+            collect_non_test_files(&path, &mut files);
+        }
+    }
+    assert!(files.len() > 50, "the walk found only {files:?}");
+    let too_long: Vec<(String, usize)> = files
+        .iter()
+        .map(|file| {
+            let code = fs::read_to_string(file).unwrap();
+            let lines = code
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap()
+                .lines()
+                .count();
+            (
+                file.strip_prefix(&src).unwrap().display().to_string(),
+                lines,
+            )
+        })
+        .filter(|(_, lines)| *lines > MAX_SOURCE_LINES)
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "over {MAX_SOURCE_LINES} lines (tests aside): {too_long:?}"
+    );
 }
 
 #[test]
