@@ -131,7 +131,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            headers.remove(name);
+            // The request id is the gateway's, assigned at the edge before this strip (the
+            // other owned headers are set after it): a client cannot name it away.
+            if name != X_REQUEST_ID {
+                headers.remove(name);
+            }
         }
     }
     if count == usize::MAX {
@@ -245,6 +249,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    /// Found by the `header_rewrite` fuzz target: `Connection: x-request-id` removed the id the
+    /// edge had assigned, so the upstream never saw it.
+    #[test]
+    fn connection_cannot_name_away_the_gateways_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("x-request-id, x-secret-hop"),
+        );
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("gw-assigned-1"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[&X_REQUEST_ID], "gw-assigned-1");
     }
 
     #[test]
