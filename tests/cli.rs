@@ -216,7 +216,12 @@ impl Setup {
                     panic!("serve exited early with {status}:\n{log}");
                 }
                 let up = |addr| StdStream::connect_timeout(&addr, Duration::from_millis(200));
-                if up(main).is_ok() && up(admin).is_ok() {
+                // Our child's own line first: a port another test's gateway took in between
+                // would also accept connections, and the requests would reach that gateway.
+                if guard.log_text().contains("meiro-gate listening")
+                    && up(main).is_ok()
+                    && up(admin).is_ok()
+                {
                     return Served {
                         guard,
                         main,
