@@ -46,12 +46,7 @@ fn no_source_file_is_over_the_line_limit() {
         .iter()
         .map(|file| {
             let code = fs::read_to_string(file).unwrap();
-            let lines = code
-                .split("#[cfg(test)]\nmod tests")
-                .next()
-                .unwrap()
-                .lines()
-                .count();
+            let lines = without_inline_tests(&code).lines().count();
             (
                 file.strip_prefix(&src).unwrap().display().to_string(),
                 lines,
@@ -176,14 +171,17 @@ fn collect_non_test_files(file: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `code` up to its inline `#[cfg(test)] mod tests`, by the crate's convention the file's end.
+fn without_inline_tests(code: &str) -> &str {
+    code.split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default()
+}
+
 /// The top-level modules `code` names through `crate::`, outside comments and outside an
 /// inline `#[cfg(test)] mod tests`.
 fn modules_named(code: &str) -> BTreeSet<String> {
-    let code = code
-        .split("#[cfg(test)]\nmod tests")
-        .next()
-        .unwrap_or_default();
-    let text: String = code
+    let text: String = without_inline_tests(code)
         .lines()
         .map(|line| line.split("//").next().unwrap_or_default())
         .collect::<Vec<_>>()
