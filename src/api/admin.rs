@@ -8,7 +8,6 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use crate::auth::cache::LocalIdentity;
-use crate::auth::check::extract_token;
 use crate::auth::{Auth, AuthError};
 use crate::store::Role;
 
@@ -19,9 +18,7 @@ impl FromRequestParts<Arc<Auth>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, auth: &Arc<Auth>) -> Result<Self, ApiError> {
-        let token = extract_token(&parts.headers, &auth.settings().cookie_name)
-            .ok_or(AuthError::MissingToken)?;
-        let grant = auth.authenticate(token).await?;
+        let grant = auth.check(&parts.headers).await?;
         match grant.local() {
             Some(identity) if identity.role == Role::Admin => Ok(Admin(identity)),
             _ => Err(AuthError::Forbidden.into()),

@@ -35,6 +35,16 @@ enum LoadError {
 }
 
 impl Auth {
+    /// What the token of a request grants: the check behind the data plane
+    /// ([`super::validator::Validator`]) and the API's extractors alike.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Grant, AuthError> {
+        let Some(token) = extract_token(headers, &self.settings.cookie_name) else {
+            self.metrics.tokens.rejected(Rejection::Missing);
+            return Err(AuthError::MissingToken);
+        };
+        self.authenticate(token).await
+    }
+
     /// What a token grants, or why it grants nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Grant, AuthError> {
         let checks = &self.metrics.tokens;

@@ -1,10 +1,13 @@
 //! The authentication rules: credentials login, refresh, logout, and the check every proxied
-//! request goes through. Knows no HTTP types beyond header values; `api/` and `proxy/` adapt.
+//! request goes through (`validator`: this gateway's tokens, or upstream mode's introspection).
+//! HTTP reaches it only at two seams — the request's headers, and the introspection
+//! `Backend` the data plane injects; `api/` and `proxy/` adapt.
 
 pub mod audit;
 pub mod cache;
 pub mod check;
 pub mod clock;
+pub mod introspect;
 pub mod invitations;
 pub mod keyring;
 pub mod oidc;
@@ -16,6 +19,7 @@ pub mod revocation;
 mod sessions;
 pub mod throttle;
 pub mod tokens;
+pub mod validator;
 
 use std::sync::Arc;
 use std::time::Duration;

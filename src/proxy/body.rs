@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
@@ -20,6 +22,30 @@ use tokio::time::{Instant, Sleep};
 use super::error::ProxyError;
 use super::pool::Checkout;
 use super::upstream::InFlight;
+
+/// The client's body as the upstream client will read it: a declared length over the
+/// route's limit is refused at once; a body that streams is counted against the limit, given
+/// `read_timeout` between reads, and watched (see [`BodyProgress`]). An empty body is passed
+/// as it is, so bodiless requests cost nothing here.
+pub fn downstream_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: Option<u64>,
+    read_timeout: Duration,
+) -> Result<(Body, Option<Arc<BodyProgress>>), ProxyError> {
+    if body.is_end_stream() {
+        return Ok((body, None));
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if max.is_some_and(|max| declared.is_some_and(|len| len > max)) {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let (body, progress) = DownstreamBody::new(body, max, read_timeout);
+    Ok((Body::new(body), Some(progress)))
+}
 
 /// How reading a request body went, shared between the body (which the upstream client owns
 /// while it sends) and the data plane (which must tell a client's fault from an upstream's).

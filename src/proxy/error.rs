@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::auth::validator::Denial;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
     #[error("request path cannot be normalized safely")]
@@ -32,6 +34,16 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("could not build the upstream request")]
     Internal,
+}
+
+impl From<Denial> for ProxyError {
+    fn from(denial: Denial) -> ProxyError {
+        match denial {
+            Denial::Missing => ProxyError::MissingToken,
+            Denial::Invalid => ProxyError::InvalidToken,
+            Denial::Unavailable => ProxyError::AuthUnavailable,
+        }
+    }
 }
 
 impl ProxyError {

@@ -2,9 +2,14 @@
 //! normalized path (`/api` matches `/api` and `/api/x`, never `/apix`); for the same prefix a
 //! route for the request's host wins over one for any host.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Uri;
+use http::uri::PathAndQuery;
+
+use super::error::ProxyError;
 use super::path;
 use super::upstream::Cluster;
 use crate::config::RouteConfig;
@@ -108,9 +113,37 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// `path` with the query of `uri`, as the upstream receives them.
+pub fn path_and_query(uri: &Uri, path: &str) -> Result<PathAndQuery, ProxyError> {
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)
+}
+
+/// The path and query the upstream receives: the normalized path (minus the prefix when the
+/// route strips it), the query untouched. Reuses the original (no allocation) when nothing
+/// changed.
+pub fn upstream_target(
+    uri: &Uri,
+    normalized: Cow<'_, str>,
+    route: &Route,
+) -> Result<PathAndQuery, ProxyError> {
+    if let (Cow::Borrowed(_), false, Some(pq)) =
+        (&normalized, route.strip_prefix, uri.path_and_query())
+    {
+        return Ok(pq.clone());
+    }
+    path_and_query(uri, route.upstream_path(&normalized))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+    use proptest::prelude::*;
 
     #[test]
     fn segment_boundaries() {
@@ -172,5 +205,102 @@ mod tests {
         assert_eq!(strip_port("api.example.com"), "api.example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    /// Routes whose prefixes nest and overlap, each with `strip_prefix` as given.
+    fn route_table(strip: [bool; 5]) -> RouteTable {
+        let prefixes = ["/", "/api", "/api/admin", "/public", "/api/v1.0"];
+        let mut toml =
+            String::from("[[upstreams]]\nname = \"u\"\ninstances = [\"http://127.0.0.1:9\"]\n");
+        for (prefix, strip) in prefixes.iter().zip(strip) {
+            toml.push_str(&format!(
+                "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"u\"\nstrip_prefix = {strip}\n"
+            ));
+        }
+        let config = crate::config::load_from_figment(&Figment::from(Toml::string(&toml)))
+            .expect("valid config");
+        let metrics = Metrics::new();
+        let cluster = Arc::new(Cluster::new(&config.upstreams[0], &metrics).unwrap());
+        RouteTable::new(
+            config
+                .routes
+                .iter()
+                .map(|r| Route::new(r, cluster.clone(), &metrics))
+                .collect(),
+        )
+    }
+
+    /// Segments chosen to trip a normalizer: dots plain and escaped, escaped separators, case,
+    /// escaped unreserved characters, and the prefixes themselves.
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "", ".", "..", "%2e", "%2E%2e", ".%2e", "%2e.", "api", "API", "admin", "public",
+            "v1.0", "v1%2e0", "%61pi", "%61dmin", "a%2fb", "a%5Cb", "x", "%7e", "~", ";", "%20",
+            "%25", "api;x", "%",
+        ])
+    }
+
+    fn request_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(segment(), 0..8).prop_map(|segments| {
+            let mut path = String::new();
+            for s in segments {
+                path.push('/');
+                path.push_str(s);
+            }
+            if path.is_empty() {
+                path.push('/');
+            }
+            path
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever path the gateway matched a route on is exactly the path the upstream
+        /// receives (after `strip_prefix`), and that path is already normal: the upstream
+        /// cannot read it as another one.
+        #[test]
+        fn the_path_that_routes_is_the_path_that_is_forwarded(
+            path in request_path(),
+            query in prop::option::of(prop::sample::select(vec!["a=1", "x=%2e%2e/..", ""])),
+            strip in any::<[bool; 5]>(),
+        ) {
+            let table = route_table(strip);
+            let target = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let Ok(uri) = target.parse::<Uri>() else { return Ok(()) };
+            let Ok(normalized) = path::normalize(uri.path()) else { return Ok(()) };
+            // As the data plane does: routes see the path without segment parameters.
+            let routing = path::without_params(&normalized);
+            let route = table.find(None, &routing).expect("\"/\" matches every path");
+            prop_assert!(prefix_matches(&route.prefix, &routing));
+            // The longest matching prefix won.
+            for other in ["/", "/api", "/api/admin", "/public", "/api/v1.0"] {
+                if prefix_matches(other, &routing) {
+                    prop_assert!(other.trim_end_matches('/').len() <= route.prefix.len());
+                }
+            }
+            let sent = upstream_target(&uri, normalized.clone(), route).unwrap();
+            let forwarded = sent.path();
+            if route.strip_prefix {
+                // What the upstream routes on is the matched path minus the prefix.
+                let remainder = routing.strip_prefix(route.prefix.as_str()).unwrap();
+                let expected = if remainder.is_empty() { "/" } else { remainder };
+                prop_assert_eq!(
+                    &*path::without_params(forwarded), expected,
+                    "{} → {} on {}", normalized, forwarded, route.prefix
+                );
+            } else {
+                prop_assert_eq!(forwarded, &*normalized);
+            }
+            // Already normal, so no reading of it climbs elsewhere: no dot segment, with or
+            // without parameters, survives.
+            let renormalized = path::normalize(forwarded).unwrap();
+            prop_assert_eq!(&*renormalized, forwarded, "not normal");
+            prop_assert_eq!(sent.query(), uri.query());
+        }
     }
 }

@@ -16,10 +16,10 @@ use http::header::{CONNECTION, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
+use super::ConnectionSlot;
 use super::error::ProxyError;
 use super::headers;
 use super::upstream::Cluster;
-use super::{ConnectionSlot, Outcome};
 use crate::config::UpstreamProtocol;
 use crate::request_id::{self, RequestId};
 
@@ -80,6 +80,23 @@ pub fn switched_as_offered(response: &HeaderMap, offered: &HeaderValue) -> bool 
     named.peek().is_some() && named.all(|p| tokens(offered).any(|o| o.eq_ignore_ascii_case(p)))
 }
 
+/// The switch a request asks for, if its route allows it: only a protocol the route allows
+/// is asked of the upstream; anything else goes on as a plain request, its `Upgrade` dropped
+/// with the other hop-by-hop headers. Takes the connection's upgrade handle, which hyper
+/// leaves in the extensions of HTTP/1.1 requests.
+pub(super) fn take_switch(parts: &mut http::request::Parts, allowed: &[String]) -> Option<Switch> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let offered = permitted(requested(&parts.headers)?, allowed)?;
+    let downstream = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    Some(Switch {
+        offered,
+        downstream,
+        slot: parts.extensions.remove::<ConnectionSlot>(),
+    })
+}
+
 /// What a tunnel needs of the request that opens it.
 pub(super) struct Switch {
     pub offered: HeaderValue,
@@ -95,13 +112,13 @@ pub(super) async fn tunnel(
     target: PathAndQuery,
     deadline: Duration,
     switch: Switch,
-    outcome: &mut Outcome<'_>,
+    instance_tried: &mut Option<(Arc<Cluster>, usize)>,
 ) -> Result<Response<Body>, ProxyError> {
     if cluster.protocol == UpstreamProtocol::Http2 {
         return Err(ProxyError::UpstreamUnavailable);
     }
     let index = cluster.pick(None).ok_or(ProxyError::NoInstance)?;
-    outcome.instance = Some((cluster.clone(), index));
+    *instance_tried = Some((cluster.clone(), index));
     let instance = &cluster.instances[index];
     let id = request_id::of(&parts.headers);
     let mut request = Request::new(Body::empty());

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::future::BoxFuture;
 use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,6 +19,7 @@ use super::balance::{self, RoundRobin};
 use super::health::{ActiveHealth, Ejection};
 use super::pool::Http1Pool;
 use super::retry::RetryBudget;
+use crate::auth::introspect;
 use crate::config::{Balance, HealthCheckConfig, UpstreamConfig, UpstreamProtocol};
 use crate::telemetry::metrics::{ClusterMetrics, InstanceHealth, Metrics};
 
@@ -249,6 +252,45 @@ impl Cluster {
         if instance.ejected_until_ms.load(Ordering::Relaxed) != 0 {
             instance.state().ejection.succeeded();
         }
+    }
+}
+
+/// Upstream mode asks the backend's cluster to introspect tokens: any available instance,
+/// within the cluster's response timeout, ejected when it cannot be reached.
+impl introspect::Backend for Cluster {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deadline(&self) -> Duration {
+        self.response_timeout
+    }
+
+    fn send(&self, mut request: Request<Body>) -> BoxFuture<'_, Result<Response<Body>, String>> {
+        Box::pin(async move {
+            let index = self
+                .pick(None)
+                .ok_or_else(|| "no healthy instance".to_owned())?;
+            let instance = &self.instances[index];
+            let target = request.uri().path_and_query().cloned();
+            *request.uri_mut() = Uri::builder()
+                .scheme(instance.scheme.clone())
+                .authority(instance.authority.clone())
+                .path_and_query(target.ok_or_else(|| "no target".to_owned())?)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let timeout = self.response_timeout;
+            match tokio::time::timeout(timeout, self.client.request(request)).await {
+                Ok(Ok(response)) => Ok(response.map(Body::new)),
+                Ok(Err(e)) => {
+                    if e.is_connect() {
+                        self.eject(index);
+                    }
+                    Err(e.to_string())
+                }
+                Err(_) => Err(format!("no answer in {timeout:?}")),
+            }
+        })
     }
 }
 

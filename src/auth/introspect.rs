@@ -9,6 +9,9 @@
 //!
 //! TTLs are kept as monotonic instants, not unix seconds: sub-second TTLs are valid
 //! configuration, and whole seconds would round them to zero (every answer stale at once).
+//!
+//! The backend is reached through [`Backend`], which the data plane implements with its
+//! cluster (instance choice, ejection, deadline): `auth` owns the rules, not an HTTP client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,17 +19,17 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::ACCEPT;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use moka::Expiry;
 use moka::future::Cache;
 
-use super::upstream::Cluster;
-use crate::auth::Clock;
-use crate::auth::cache::{Grant, Principal, TokenDigest, token_digest};
-use crate::auth::check::X_ACCESS_TOKEN;
+use super::cache::{Grant, Principal, TokenDigest, token_digest};
+use super::check::{X_ACCESS_TOKEN, extract_token};
+use super::{Clock, paths};
 use crate::config::AuthUpstreamConfig;
 use crate::telemetry::metrics::{Rejection, TokenCheckMetrics};
 
@@ -43,8 +46,22 @@ pub enum IntrospectError {
     Unavailable(String),
 }
 
+/// Whom the introspector asks: in the gateway, the data plane's cluster for the Meiro
+/// backend; in tests, anything that speaks HTTP.
+pub trait Backend: Send + Sync {
+    /// Names the backend in cache keys (`introspect:<name>`).
+    fn name(&self) -> &str;
+    /// How long an answer (head, then body) may take.
+    fn deadline(&self) -> Duration;
+    /// Sends `request` (origin-form target) to one instance, within [`Backend::deadline`];
+    /// the error says why there is no answer.
+    fn send(&self, request: Request<Body>) -> BoxFuture<'_, Result<Response<Body>, String>>;
+}
+
 pub struct Introspector {
-    cluster: Arc<Cluster>,
+    backend: Arc<dyn Backend>,
+    /// Where a token may also come from besides the headers (`auth.cookie_name`).
+    cookie_name: String,
     method: Method,
     path: PathAndQuery,
     positive_ttl: Duration,
@@ -95,13 +112,15 @@ impl Expiry<TokenDigest, Answer> for UntilAnswerExpires {
 impl Introspector {
     pub fn new(
         config: &AuthUpstreamConfig,
-        cluster: Arc<Cluster>,
+        cookie_name: &str,
+        backend: Arc<dyn Backend>,
         clock: Clock,
         checks: TokenCheckMetrics,
     ) -> Introspector {
         Introspector {
-            tag: format!("introspect:{}", cluster.name).into_bytes(),
-            cluster,
+            tag: format!("introspect:{}", backend.name()).into_bytes(),
+            backend,
+            cookie_name: cookie_name.to_owned(),
             method: Method::from_bytes(config.introspect_method.as_bytes()).unwrap_or(Method::GET),
             path: PathAndQuery::try_from(config.introspect_path.as_str())
                 .unwrap_or_else(|_| PathAndQuery::from_static("/")),
@@ -117,8 +136,8 @@ impl Introspector {
         }
     }
 
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
     }
 
     /// Entries of the answer cache, settled first (`/metrics`).
@@ -127,9 +146,18 @@ impl Introspector {
         self.cache.entry_count()
     }
 
+    /// What the token of a request grants: `Ok(None)` when it carries none.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<Option<Grant>, IntrospectError> {
+        let Some(token) = extract_token(headers, &self.cookie_name) else {
+            self.checks.rejected(Rejection::Missing);
+            return Ok(None);
+        };
+        self.authenticate(token).await.map(Some)
+    }
+
     /// What the backend vouches for, from the cache or by asking once.
     pub async fn authenticate(&self, token: &str) -> Result<Grant, IntrospectError> {
-        let result = self.check(token).await;
+        let result = self.cached_or_asked(token).await;
         match &result {
             Ok((_, true)) => {
                 self.checks.verified.inc();
@@ -146,7 +174,7 @@ impl Introspector {
     }
 
     /// The backend's grant, and whether the backend was asked for it.
-    async fn check(&self, token: &str) -> Result<(Grant, bool), IntrospectError> {
+    async fn cached_or_asked(&self, token: &str) -> Result<(Grant, bool), IntrospectError> {
         let key = token_digest(&self.tag, token.as_bytes());
         let (answer, fresh) = match self.answer(key, token).await? {
             // A fresh answer is used as is, however short its TTL; a cached one while trusted.
@@ -184,8 +212,24 @@ impl Introspector {
         Ok((entry.into_value(), fresh))
     }
 
+    /// A successful login's response body: the token in it is valid without asking.
+    pub async fn learn_from_login(&self, response_body: &[u8]) {
+        if let Some(token) = token_in_body(response_body) {
+            self.learn(&token).await;
+        }
+    }
+
+    /// The tokens a logout request ends: the header or cookie one, and its JSON body's.
+    pub fn ended_by_logout(&self, headers: &HeaderMap, request_body: &[u8]) -> Vec<String> {
+        let from_headers = extract_token(headers, &self.cookie_name).map(str::to_owned);
+        from_headers
+            .into_iter()
+            .chain(token_in_body(request_body))
+            .collect()
+    }
+
     /// A token seen in a successful login response: valid without asking.
-    pub async fn learn(&self, token: &str) {
+    async fn learn(&self, token: &str) {
         let (until, exp) = self.expiry(self.positive_ttl);
         let grant = Grant::vouched(Principal::vouched(None, None, None), exp);
         self.cache
@@ -223,43 +267,21 @@ impl Introspector {
 
     async fn ask(&self, token: &str) -> Result<Answer, IntrospectError> {
         let token = HeaderValue::from_str(token).map_err(|_| IntrospectError::Invalid)?;
-        let index = self
-            .cluster
-            .pick(None)
-            .ok_or_else(|| IntrospectError::Unavailable("no healthy instance".into()))?;
-        let instance = &self.cluster.instances[index];
-        let uri = Uri::builder()
-            .scheme(instance.scheme.clone())
-            .authority(instance.authority.clone())
-            .path_and_query(self.path.clone())
-            .build()
-            .map_err(|e| IntrospectError::Unavailable(e.to_string()))?;
         let mut request = Request::new(Body::empty());
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri;
+        *request.uri_mut() = self.path.clone().into();
         request.headers_mut().insert(X_ACCESS_TOKEN.clone(), token);
         request
             .headers_mut()
             .insert(ACCEPT, HeaderValue::from_static("application/json"));
-        let timeout = self.cluster.response_timeout;
-        let response =
-            match tokio::time::timeout(timeout, self.cluster.client.request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => {
-                    if e.is_connect() {
-                        self.cluster.eject(index);
-                    }
-                    return Err(IntrospectError::Unavailable(e.to_string()));
-                }
-                Err(_) => {
-                    return Err(IntrospectError::Unavailable(format!(
-                        "no answer in {timeout:?}"
-                    )));
-                }
-            };
+        let response = self
+            .backend
+            .send(request)
+            .await
+            .map_err(IntrospectError::Unavailable)?;
         match response.status() {
             status if status.is_success() => {
-                let body = read_body(response.into_body(), timeout)
+                let body = read_body(response.into_body(), self.backend.deadline())
                     .await
                     .unwrap_or_default();
                 let (id, email, role) = identity(&body);
@@ -281,7 +303,7 @@ impl Introspector {
 }
 
 /// A response body, bounded in size and time; `None` if it is larger or slower.
-pub async fn read_body(body: hyper::body::Incoming, timeout: Duration) -> Option<Bytes> {
+async fn read_body(body: Body, timeout: Duration) -> Option<Bytes> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await;
     collected.ok()?.ok().map(|c| c.to_bytes())
 }
@@ -307,8 +329,30 @@ fn identity(
     (header("id"), header("email"), header("role"))
 }
 
+/// What upstream mode learns from an auth API request it passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Credentials or Okta login: a success teaches its token.
+    Login,
+    /// A success forgets the tokens the request named.
+    Logout,
+    Other,
+}
+
+impl Exchange {
+    pub fn of(method: &Method, path: &str) -> Exchange {
+        match (path, method) {
+            (paths::LOGIN, &Method::POST | &Method::PATCH) | (paths::OKTA_LOGIN, &Method::POST) => {
+                Exchange::Login
+            }
+            (paths::LOGIN, &Method::DELETE) => Exchange::Logout,
+            _ => Exchange::Other,
+        }
+    }
+}
+
 /// The `{"token": …}` of a JSON body, if any.
-pub fn token_in_body(body: &[u8]) -> Option<String> {
+fn token_in_body(body: &[u8]) -> Option<String> {
     match serde_json::from_slice::<serde_json::Value>(body).ok()? {
         serde_json::Value::Object(mut fields) => match fields.remove("token")? {
             serde_json::Value::String(token) if !token.is_empty() => Some(token),
@@ -334,6 +378,29 @@ mod tests {
         assert_eq!(identity(b"not json"), (None, None, None));
         assert_eq!(identity(br#"{"email": "a\nb@c.d"}"#).1, None);
         assert_eq!(identity(br#"[1]"#), (None, None, None));
+    }
+
+    #[test]
+    fn logins_and_logouts_are_told_by_method_and_path() {
+        assert_eq!(Exchange::of(&Method::POST, paths::LOGIN), Exchange::Login);
+        assert_eq!(Exchange::of(&Method::PATCH, paths::LOGIN), Exchange::Login);
+        assert_eq!(
+            Exchange::of(&Method::POST, paths::OKTA_LOGIN),
+            Exchange::Login
+        );
+        assert_eq!(
+            Exchange::of(&Method::DELETE, paths::LOGIN),
+            Exchange::Logout
+        );
+        assert_eq!(Exchange::of(&Method::GET, paths::LOGIN), Exchange::Other);
+        assert_eq!(
+            Exchange::of(&Method::DELETE, paths::OKTA_LOGIN),
+            Exchange::Other
+        );
+        assert_eq!(
+            Exchange::of(&Method::POST, "/users/invite"),
+            Exchange::Other
+        );
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! Upstream mode's auth API: `/auth_options` and `/users/*` go to the backend unchanged
+//! (bodies, statuses, cookies), no token required here — the backend decides. On the way the
+//! introspector learns ([`Exchange`]): a successful login's token is valid without asking,
+//! and the tokens a successful logout ended are forgotten at once.
+
+use axum::body::Body;
+use http::{HeaderValue, Response};
+use http_body_util::{BodyExt, Limited};
+
+use super::attempt::{self, Clients, Outbound};
+use super::body::downstream_body;
+use super::error::ProxyError;
+use super::{Outcome, Proxy, routes};
+use crate::auth::introspect::{Exchange, Introspector};
+
+/// Bodies read on the way (a logout request, a login response).
+const AUTH_BODY_LIMIT: usize = 1 << 20;
+
+impl Proxy {
+    pub(super) async fn pass_auth_api(
+        &self,
+        introspector: &Introspector,
+        mut parts: http::request::Parts,
+        body: Body,
+        path: &str,
+        host: Option<HeaderValue>,
+        outcome: &mut Outcome<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let exchange = Exchange::of(&parts.method, path);
+        let (body, progress) = downstream_body(body, &parts.headers, None, self.body_read_timeout)?;
+        // A logout's body is read (bounded) for the token it ends, and forwarded as read.
+        let (body, progress, ended) = if exchange == Exchange::Logout {
+            let bytes = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                // Reading failed: the body was malformed or stalled (the client's), or too long.
+                Err(_) => {
+                    return Err(progress
+                        .and_then(|p| p.failure())
+                        .unwrap_or(ProxyError::PayloadTooLarge));
+                }
+            };
+            let ended = introspector.ended_by_logout(&parts.headers, &bytes);
+            (Body::from(bytes), None, ended)
+        } else {
+            (body, progress, Vec::new())
+        };
+
+        self.prepare_upstream_headers(&mut parts, host, None, None)?;
+        let target = routes::path_and_query(&parts.uri, path)?;
+        let cluster = self.auth_api_cluster.clone().ok_or(ProxyError::Internal)?;
+        let deadline = cluster.response_timeout;
+        let outbound = Outbound {
+            parts,
+            body,
+            progress,
+            target,
+            deadline,
+        };
+        let response = attempt::send(&Clients, cluster, outbound, &mut outcome.instance).await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        match exchange {
+            Exchange::Logout => {
+                for token in &ended {
+                    introspector.forget(token).await;
+                }
+                Ok(response)
+            }
+            Exchange::Login => {
+                // Read the login response (small) to learn its token; pass the same bytes on.
+                let (head, body) = response.into_parts();
+                let bytes = Limited::new(body, AUTH_BODY_LIMIT)
+                    .collect()
+                    .await
+                    .map_err(|_| ProxyError::UpstreamUnavailable)?
+                    .to_bytes();
+                introspector.learn_from_login(&bytes).await;
+                Ok(Response::from_parts(head, Body::from(bytes)))
+            }
+            Exchange::Other => Ok(response),
+        }
+    }
+}
