@@ -78,12 +78,7 @@ cookie_secure = false
 [bootstrap]
 admin_email = "$ADMIN_EMAIL"
 admin_password = "$ADMIN_PASSWORD"
-[[upstreams]]
-name = "origin"
-instances = ["http://127.0.0.1:$ORIGIN_PORT"]
-[[routes]]
-prefix = "/"
-upstream = "origin"
+$(origin_route_toml "$ORIGIN_PORT")
 EOF
 }
 

@@ -20,3 +20,15 @@ http {
 }
 CONF
 }
+
+# origin_route_toml PORT: the gateway config's upstream (the origin on PORT) and its one route.
+origin_route_toml() {
+  cat <<TOML
+[[upstreams]]
+name = "origin"
+instances = ["http://127.0.0.1:$1"]
+[[routes]]
+prefix = "/"
+upstream = "origin"
+TOML
+}

@@ -258,12 +258,7 @@ per_account = 1000000
 per_ip = 1000000
 [mail]
 dir = "$W/gate/outbox"
-[[upstreams]]
-name = "origin"
-instances = ["http://127.0.0.1:$ORIGIN_PORT"]
-[[routes]]
-prefix = "/"
-upstream = "origin"
+$(origin_route_toml "$ORIGIN_PORT")
 EOF
 }
 gate_config 8h >"$W/gate/gate.toml"
