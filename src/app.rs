@@ -1,34 +1,37 @@
 //! Wires the subsystems together. [`App::start`] binds the listeners (port 0 works, so tests
-//! run many gateways in one process) and reports the addresses actually bound.
+//! run many gateways in one process) and reports the addresses actually bound;
+//! [`RunningApp::reload`] swaps in what a new configuration may change live. Beside it:
+//! `bootstrap` (the first admin), `admin_endpoints` (`/healthz`, `/readyz`, `/metrics`),
+//! `reload_diff` (which keys need a restart), `reload_file` (SIGHUP and the file watch).
 
+mod admin_endpoints;
+mod bootstrap;
 mod reload_diff;
 mod reload_file;
+
+use admin_endpoints::admin_router;
+use bootstrap::bootstrap_admin;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::passwords::hash_standalone;
-use crate::auth::{Auth, AuthInitError, Clock, normalize_email, revocation};
+use crate::auth::{Auth, AuthInitError, Clock, revocation};
 use crate::config::{AuthMode, Config};
 use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
 use crate::server::tls::{CertStore, TlsError};
 use crate::server::{self, ConnectionLimits, LiveSite, Site};
-use crate::store::{self, NewUser, Role, Store, StoreError};
+use crate::store::{self, Store, StoreError};
 use crate::telemetry::LogFilter;
-use crate::telemetry::metrics::{self, Metrics};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -459,100 +462,4 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, St
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-/// Creates the `[bootstrap]` admin when the store has no user at all (first start only).
-async fn bootstrap_admin(
-    config: &Config,
-    store: &dyn Store,
-    clock: &Clock,
-) -> Result<(), StartError> {
-    let b = &config.bootstrap;
-    if b.admin_email.is_empty() || store.count_users().await? > 0 {
-        return Ok(());
-    }
-    let hash = hash_standalone(b.admin_password.expose().to_owned())
-        .await
-        .map_err(|e| StartError::Bootstrap(e.to_string()))?;
-    let user = store
-        .create_user(NewUser {
-            email: normalize_email(&b.admin_email),
-            password_hash: Some(hash),
-            role: Role::Admin,
-            invitation_pending: false,
-            invitation: None,
-            created: clock.now(),
-        })
-        .await?;
-    tracing::info!(user = %user.id, email = %user.email, "bootstrap admin created");
-    Ok(())
-}
-
-#[derive(Clone)]
-struct Readiness {
-    /// Local mode's store; upstream mode has none.
-    store: Option<Arc<dyn Store>>,
-    proxy: Arc<Proxy>,
-    metrics: Arc<Metrics>,
-}
-
-fn admin_router(store: Option<Arc<dyn Store>>, proxy: Arc<Proxy>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(scrape))
-        // Every path here is the gateway's own: what the router answers itself is the API's
-        // JSON error too, not an empty body.
-        .method_not_allowed_fallback(crate::api::method_not_allowed)
-        .fallback(crate::api::not_found)
-        .with_state(Readiness {
-            store,
-            proxy,
-            metrics,
-        })
-}
-
-/// `GET /metrics`: the Prometheus text exposition.
-async fn scrape(State(admin): State<Readiness>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let state = admin.proxy.scrape_state().await;
-    match admin.metrics.render(&state) {
-        Ok(text) => (
-            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(serde_json::json!({"message": "metrics unavailable"})),
-            )
-                .into_response()
-        }
-    }
-}
-
-/// Ready: the store answers and at least one upstream instance is available (or no
-/// upstream is configured).
-async fn readyz(State(ready): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
-    if let Some(store) = &ready.store
-        && let Err(e) = store.ping().await
-    {
-        tracing::warn!(error = %e, "readiness: store unreachable");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"message": "store unreachable"})),
-        );
-    }
-    if !ready.proxy.any_instance_available() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"message": "no healthy upstream instance"})),
-        );
-    }
-    (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
 }

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use meiro_gate::api::users::{UserBody, rfc3339};
 use meiro_gate::auth::audit::{self, AuditKind, Caller, Entry};
 use meiro_gate::auth::passwords::{check_password_policy, hash_standalone};
-use meiro_gate::auth::{Clock, normalize_email, tokens};
+use meiro_gate::auth::{Clock, key_files, normalize_email};
 use meiro_gate::store::{self, NewUser, Role, StoreError};
 use meiro_gate::telemetry::{self, LogFormat};
 use meiro_gate::{App, Config, RunningApp, config};
@@ -156,7 +156,8 @@ async fn run(command: Command, config: Config, reload: Reload) -> Result<()> {
         }
         Command::Users(users) => users_command(users, &config).await,
         Command::Keys(KeysCommand::Rotate) => {
-            let kid = tokens::generate_key(&config.auth.keys_dir, config.auth.signing_algorithm)?;
+            let kid =
+                key_files::generate_key(&config.auth.keys_dir, config.auth.signing_algorithm)?;
             let delay = humantime::format_duration(config.auth.key_activation_delay);
             println!(
                 "new signing key {kid}; running gateways sign with it {delay} after their next key re-scan"

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{FakeUpstream, Gateway, kid_of, status_message};
+use meiro_gate::auth::key_files::generate_key;
 use meiro_gate::auth::keyring::UNKNOWN_KID_RESCAN_GAP;
-use meiro_gate::auth::tokens::{SigningAlgorithm, generate_key};
+use meiro_gate::auth::tokens::SigningAlgorithm;
 use meiro_gate::store::Role;
 
 const EMAIL: &str = "ada@example.com";

@@ -15,7 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::audit::{AuditKind, Caller, Entry};
 use super::cache::LocalIdentity;
-use super::tokens::{KeyError, random_base64url, write_private};
+use super::key_files::{KeyError, write_private};
+use super::tokens::random_base64url;
 use super::{Auth, AuthError, normalize_email};
 use crate::store::{Invitation, NewUser, Role, StoreError, UnixTime, User, UserId};
 

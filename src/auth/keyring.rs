@@ -25,10 +25,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::Clock;
-use super::tokens::{
-    Claims, KeyError, KeySet, SigningAlgorithm, TokenError, create_and_read_keys, generate_key,
-    read_keys,
-};
+use super::key_files::{KeyError, create_and_read_keys, generate_key, read_keys};
+use super::tokens::{Claims, KeySet, SigningAlgorithm, TokenError};
 use crate::store::UnixTime;
 
 /// The shortest time between two directory scans caused by unknown kids.

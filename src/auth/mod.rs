@@ -9,6 +9,7 @@ pub mod check;
 pub mod clock;
 pub mod introspect;
 pub mod invitations;
+pub mod key_files;
 pub mod keyring;
 pub mod oidc;
 pub mod passwords;
@@ -96,7 +97,7 @@ impl From<PasswordError> for AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthInitError {
     #[error(transparent)]
-    Keys(#[from] tokens::KeyError),
+    Keys(#[from] key_files::KeyError),
     #[error(transparent)]
     Passwords(#[from] PasswordError),
     #[error(transparent)]

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::Input;
 use crate::auth::Keyring;
 use crate::auth::clock::Clock;
-use crate::auth::tokens::{Claims, SigningAlgorithm, generate_key};
+use crate::auth::key_files::generate_key;
+use crate::auth::tokens::{Claims, SigningAlgorithm};
 use crate::store::{SessionId, UserId};
 
 const ISSUER: &str = "https://gate.fuzz";
