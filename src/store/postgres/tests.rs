@@ -10,11 +10,12 @@ use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgSslMode;
 
 use super::feed::append_revocations;
-use super::replay::{ConnectionLoss, Replay, Stage, is_dead_connection};
+use super::replay::{ConnectionLoss, Stage, is_dead_connection};
 use super::*;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
+use crate::store::backend::Replay;
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
     Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
