@@ -226,7 +226,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::{Invitation, NewUser, Role, Store, suite};
+    use crate::store::suite::{self, T0, new_user};
+    use crate::store::{Invitation, Role, Store};
 
     fn file_url(path: &Path) -> String {
         format!("sqlite://{}", path.display())
@@ -240,15 +241,11 @@ mod tests {
         (dir, store)
     }
 
-    fn new_user(email: &str) -> NewUser {
-        NewUser {
-            email: email.to_owned(),
-            password_hash: None,
-            role: Role::User,
-            invitation_pending: false,
-            invitation: None,
-            created: 1_700_000_000,
-        }
+    async fn applied_migrations(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
     }
 
     /// Runs `check` on a store of its own in a fresh file.
@@ -289,7 +286,7 @@ mod tests {
     async fn in_memory_stores_are_independent() {
         let a = SqliteStore::open("sqlite::memory:").await.unwrap();
         let b = SqliteStore::open("sqlite::memory:").await.unwrap();
-        a.create_user(new_user("a@example.test")).await.unwrap();
+        a.create_user(new_user("a@example.test", T0)).await.unwrap();
         assert_eq!(a.count_users().await.unwrap(), 1);
         assert_eq!(b.count_users().await.unwrap(), 0);
     }
@@ -313,7 +310,7 @@ mod tests {
 
         let store = SqliteStore::open(&url).await.unwrap();
         let user = store
-            .create_user(new_user("keep@example.test"))
+            .create_user(new_user("keep@example.test", T0))
             .await
             .unwrap();
         store.pool().close().await;
@@ -322,12 +319,8 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         let found = store.user_by_email("keep@example.test").await.unwrap();
         assert_eq!(found, Some(user), "user survives reopening");
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
         assert_eq!(
-            applied,
+            applied_migrations(&store).await,
             migrations().len() as i64,
             "each migration recorded once"
         );
@@ -361,23 +354,10 @@ mod tests {
         pool.close().await;
 
         let store = SqliteStore::open(&url).await.unwrap();
-        let user = store
-            .user_by_email("old@example.test")
-            .await
-            .unwrap()
-            .expect("user survives the upgrade");
-        assert_eq!(user.id, UserId(id));
-        assert_eq!(user.password_hash.as_deref(), Some("hash"));
-        assert_eq!(user.role, Role::Admin);
-        assert!(user.invitation_pending);
-        assert_eq!(user.invitation, None, "no invitation before migration 2");
+        let user = suite::upgraded_user(&store, id).await;
         assert_eq!(user.created, 42);
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
         assert_eq!(
-            applied,
+            applied_migrations(&store).await,
             migrations().len() as i64,
             "later migrations applied on top of 1"
         );

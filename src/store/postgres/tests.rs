@@ -16,6 +16,7 @@ use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
 use crate::store::backend::Replay;
+use crate::store::suite::{T0, new_user};
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
     Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
@@ -79,17 +80,6 @@ async fn open(options: &PgConnectOptions) -> PostgresStore {
         .expect("open PostgresStore")
 }
 
-fn new_user(email: &str) -> NewUser {
-    NewUser {
-        email: email.to_owned(),
-        password_hash: None,
-        role: Role::User,
-        invitation_pending: false,
-        invitation: None,
-        created: 1_700_000_000,
-    }
-}
-
 fn new_session(user: UserId) -> Session {
     Session {
         id: SessionId::new_random(),
@@ -104,7 +94,7 @@ fn new_session(user: UserId) -> Session {
 }
 
 async fn sessions_of_new_user(store: &PostgresStore, email: &str, n: usize) -> Vec<Session> {
-    let user = store.create_user(new_user(email)).await.unwrap();
+    let user = store.create_user(new_user(email, T0)).await.unwrap();
     let mut sessions = Vec::new();
     for _ in 0..n {
         let s = new_session(user.id);
@@ -180,7 +170,7 @@ async fn reopening_keeps_data_and_does_not_reapply_migrations() {
         |options| async move {
             let store = open(&options).await;
             let user = store
-                .create_user(new_user("keep@example.test"))
+                .create_user(new_user("keep@example.test", T0))
                 .await
                 .unwrap();
             assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
@@ -233,16 +223,7 @@ async fn database_from_first_migration_upgrades() {
             pool.close().await;
 
             let store = open(&options).await;
-            let user = store
-                .user_by_email("old@example.test")
-                .await
-                .unwrap()
-                .expect("user survives the upgrade");
-            assert_eq!(user.id, UserId(id));
-            assert_eq!(user.password_hash.as_deref(), Some("hash"));
-            assert_eq!(user.role, Role::Admin);
-            assert!(user.invitation_pending);
-            assert_eq!(user.invitation, None, "no invitation before migration 2");
+            suite::upgraded_user(&store, id).await;
             assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
         },
     )
@@ -445,7 +426,7 @@ async fn replicas_share_users_sessions_and_the_revocation_feed() {
             assert_eq!(cursor_a, cursor_b);
 
             let user = a
-                .create_user(new_user("shared@example.test"))
+                .create_user(new_user("shared@example.test", T0))
                 .await
                 .unwrap();
             assert_eq!(
@@ -453,7 +434,7 @@ async fn replicas_share_users_sessions_and_the_revocation_feed() {
                 Some(user.clone())
             );
             assert!(matches!(
-                b.create_user(new_user("shared@example.test")).await,
+                b.create_user(new_user("shared@example.test", T0)).await,
                 Err(StoreError::DuplicateEmail)
             ));
             let s1 = new_session(user.id);
@@ -722,7 +703,7 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             }
 
             // Once (pinged first), then reads of what they wrote.
-            let user = after_kill!(store.create_user(new_user("dead@example.test")));
+            let user = after_kill!(store.create_user(new_user("dead@example.test", T0)));
             let session = new_session(user.id);
             after_kill!(store.create_session(&session));
             assert_eq!(after_kill!(store.user_by_id(user.id)), Some(user.clone()));
@@ -779,7 +760,7 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
                         nonce: "first".into(),
                         expires_at: t0 + 100,
                     }),
-                    ..new_user("dead-invited@example.test")
+                    ..new_user("dead-invited@example.test", T0)
                 })
                 .await
                 .unwrap();
