@@ -1,5 +1,6 @@
-//! SQLite implementation of [`Store`]: connection setup, the embedded schema migrations and
-//! the queries behind each trait method.
+//! The SQLite backend of [`Store`](super::Store) (one replica): connection setup, the embedded
+//! schema migrations, UUIDs stored as text, and its [`Backend`] part of the shared
+//! implementation (`backend`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -242,10 +243,7 @@ mod tests {
     }
 
     async fn applied_migrations(store: &SqliteStore) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
+        suite::count_rows(store.pool(), "SELECT COUNT(*) FROM _sqlx_migrations").await
     }
 
     /// Runs `check` on a store of its own in a fresh file.
@@ -333,15 +331,7 @@ mod tests {
 
         // A database as the previous release left it: only migration 1 applied.
         let (options, _) = connect_options(&url).unwrap();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .unwrap();
-        Migrator::with_migrations(migrations().into_iter().take(1).collect())
-            .run(&pool)
-            .await
-            .unwrap();
+        let pool = suite::first_release_pool::<Sqlite>(options, migrations()).await;
         let id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO users (id, email, password_hash, role, invitation_pending, created) \

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use sqlx::migrate::{Migration, Migrator};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -171,6 +172,38 @@ pub(crate) fn new_user(email: &str, created: UnixTime) -> NewUser {
         invitation: None,
         created,
     }
+}
+
+/// The number a `SELECT COUNT(*)` statement answers.
+pub(crate) async fn count_rows<'c, E>(executor: E, count: &'static str) -> i64
+where
+    E: sqlx::Executor<'c>,
+    (i64,): for<'r> sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+    <E::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<E::Database>,
+{
+    sqlx::query_scalar(count).fetch_one(executor).await.unwrap()
+}
+
+/// A pool of one connection to the database of `options` with only the first of `migrations`
+/// applied, as the first release left it.
+pub(crate) async fn first_release_pool<DB>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+    migrations: Vec<Migration>,
+) -> sqlx::Pool<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    Migrator::with_migrations(migrations.into_iter().take(1).collect())
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
 }
 
 /// The user a backend's upgrade test inserted (`old@example.test`, id `id`, password `hash`,

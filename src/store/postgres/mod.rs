@@ -1,6 +1,6 @@
-//! PostgreSQL implementation of [`Store`](super::Store), so several gateway replicas can share users, sessions
-//! and the revocation feed: connection setup, the embedded schema migrations and the queries
-//! behind each trait method.
+//! The PostgreSQL backend of [`Store`](super::Store), so several gateway replicas can share
+//! users, sessions and the revocation feed: connection setup, the embedded schema migrations,
+//! and its [`Backend`](super::backend::Backend) part of the shared implementation (`store`).
 //!
 //! Transactions run at PostgreSQL's default READ COMMITTED isolation:
 //!

@@ -105,10 +105,8 @@ async fn sessions_of_new_user(store: &PostgresStore, email: &str, n: usize) -> V
 }
 
 async fn applied_migrations(store: &PostgresStore) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
+    let successful = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+    suite::count_rows(store.pool(), successful).await
 }
 
 /// Runs `check` on a store of its own in a scratch schema; skips when the server's URL is not set.
@@ -202,15 +200,7 @@ async fn database_from_first_migration_upgrades() {
         "database_from_first_migration_upgrades",
         |options| async move {
             // A schema with only migration 1 applied.
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await
-                .unwrap();
-            Migrator::with_migrations(migrations().into_iter().take(1).collect())
-                .run(&pool)
-                .await
-                .unwrap();
+            let pool = suite::first_release_pool::<Postgres>(options.clone(), migrations()).await;
             let id = Uuid::new_v4();
             sqlx::query(
                 "INSERT INTO users (id, email, password_hash, role, invitation_pending, created) \
