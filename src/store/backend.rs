@@ -20,6 +20,7 @@ use super::{
     AuditEvent, AuditFilter, FeedListener, Invitation, NewUser, PasswordReset, Revocation, Role,
     Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
 };
+use Replay::{Idempotent, Once, Transaction};
 
 /// What kind of operation [`Backend::run`] runs. On PostgreSQL it also says whether the
 /// operation may run again after its pooled connection died (see `postgres::replay`); on SQLite,
@@ -90,26 +91,23 @@ pub(super) trait Backend: Send + Sync + 'static {
         F: for<'c> FnMut(Conn<'c, 'env, Self::Connection>) -> BoxFuture<'c, StoreResult<T>> + Send;
 
     /// Runs `statement`; returns how many rows it changed.
-    fn execute(
-        conn: &mut Self::Connection,
-        statement: Statement<'_>,
-    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    fn execute<'c>(conn: &'c mut Self::Connection, statement: Statement<'c>) -> Run<'c, u64>;
 
-    fn fetch_optional(
-        conn: &mut Self::Connection,
-        statement: Statement<'_>,
-    ) -> impl Future<Output = StoreResult<Option<Self::Row>>> + Send;
+    fn fetch_optional<'c>(
+        conn: &'c mut Self::Connection,
+        statement: Statement<'c>,
+    ) -> Run<'c, Option<Self::Row>>;
 
-    fn fetch_all(
-        conn: &mut Self::Connection,
-        statement: Statement<'_>,
-    ) -> impl Future<Output = StoreResult<Vec<Self::Row>>> + Send;
+    fn fetch_all<'c>(
+        conn: &'c mut Self::Connection,
+        statement: Statement<'c>,
+    ) -> Run<'c, Vec<Self::Row>>;
 
     /// The first column of the first row, if there is a row.
-    fn fetch_int(
-        conn: &mut Self::Connection,
-        statement: Statement<'_>,
-    ) -> impl Future<Output = StoreResult<Option<Option<i64>>>> + Send;
+    fn fetch_int<'c>(
+        conn: &'c mut Self::Connection,
+        statement: Statement<'c>,
+    ) -> Run<'c, Option<Option<i64>>>;
 
     /// Locks the user's row for the rest of the transaction where the backend needs a row lock
     /// to serialize the changes of one user's password resets.
@@ -135,93 +133,66 @@ pub(super) trait Backend: Send + Sync + 'static {
     }
 }
 
-/// [`Backend::execute`], [`Backend::fetch_optional`], [`Backend::fetch_all`] and
-/// [`Backend::fetch_int`] for a backend whose module has a `query` function that makes a
-/// [`Statement`] an sqlx query; the same text on both backends.
+/// What a statement runner ([`Backend::execute`], [`Backend::fetch_optional`], ...) returns.
+pub(super) type Run<'c, T> = BoxFuture<'c, StoreResult<T>>;
+
+/// The statement runners of [`Backend`] for a backend whose module has a `query` function that
+/// makes a [`Statement`] an sqlx query; the same text on both backends.
 macro_rules! statement_runners {
     ($connection:ty, $row:ty) => {
         type Connection = $connection;
         type Row = $row;
 
-        async fn execute(conn: &mut $connection, statement: Statement<'_>) -> StoreResult<u64> {
-            Ok(query(statement)?.execute(conn).await?.rows_affected())
+        fn execute<'c>(conn: &'c mut $connection, statement: Statement<'c>) -> Run<'c, u64> {
+            Box::pin(async move { Ok(query(statement)?.execute(conn).await?.rows_affected()) })
         }
 
-        async fn fetch_optional(
-            conn: &mut $connection,
-            statement: Statement<'_>,
-        ) -> StoreResult<Option<$row>> {
-            Ok(query(statement)?.fetch_optional(conn).await?)
+        fn fetch_optional<'c>(
+            conn: &'c mut $connection,
+            statement: Statement<'c>,
+        ) -> Run<'c, Option<$row>> {
+            Box::pin(async move { Ok(query(statement)?.fetch_optional(conn).await?) })
         }
 
-        async fn fetch_all(
-            conn: &mut $connection,
-            statement: Statement<'_>,
-        ) -> StoreResult<Vec<$row>> {
-            Ok(query(statement)?.fetch_all(conn).await?)
+        fn fetch_all<'c>(
+            conn: &'c mut $connection,
+            statement: Statement<'c>,
+        ) -> Run<'c, Vec<$row>> {
+            Box::pin(async move { Ok(query(statement)?.fetch_all(conn).await?) })
         }
 
-        async fn fetch_int(
-            conn: &mut $connection,
-            statement: Statement<'_>,
-        ) -> StoreResult<Option<Option<i64>>> {
-            let row = query(statement)?.fetch_optional(conn).await?;
-            Ok(row.map(|row| sqlx::Row::try_get(&row, 0)).transpose()?)
+        fn fetch_int<'c>(
+            conn: &'c mut $connection,
+            statement: Statement<'c>,
+        ) -> Run<'c, Option<Option<i64>>> {
+            Box::pin(async move {
+                let row = query(statement)?.fetch_optional(conn).await?;
+                Ok(row.map(|row| sqlx::Row::try_get(&row, 0)).transpose()?)
+            })
         }
     };
 }
 
 pub(super) use statement_runners;
 
-/// The rows of one statement.
-async fn rows<B: Backend>(
+/// One statement as an operation of its own, run by `runner` (one of the backend's runners).
+async fn single<B: Backend, T: Send>(
     store: &B,
     replay: Replay,
     statement: Statement<'_>,
-) -> StoreResult<Vec<B::Row>> {
+    runner: for<'c> fn(&'c mut B::Connection, Statement<'c>) -> Run<'c, T>,
+) -> StoreResult<T> {
     store
         .run(replay, |mut conn| {
             let statement = statement.clone();
-            Box::pin(async move { B::fetch_all(&mut conn, statement).await })
-        })
-        .await
-}
-
-/// The row of one statement that returns at most one.
-async fn row<B: Backend>(
-    store: &B,
-    replay: Replay,
-    statement: Statement<'_>,
-) -> StoreResult<Option<B::Row>> {
-    store
-        .run(replay, |mut conn| {
-            let statement = statement.clone();
-            Box::pin(async move { B::fetch_optional(&mut conn, statement).await })
-        })
-        .await
-}
-
-/// The number of rows one statement changed.
-async fn execute<B: Backend>(
-    store: &B,
-    replay: Replay,
-    statement: Statement<'_>,
-) -> StoreResult<u64> {
-    store
-        .run(replay, |mut conn| {
-            let statement = statement.clone();
-            Box::pin(async move { B::execute(&mut conn, statement).await })
+            Box::pin(async move { runner(&mut conn, statement).await })
         })
         .await
 }
 
 /// The one integer an aggregate statement returns.
 async fn count<B: Backend>(store: &B, statement: Statement<'_>) -> StoreResult<i64> {
-    store
-        .run(Replay::Idempotent, |mut conn| {
-            let statement = statement.clone();
-            Box::pin(async move { B::fetch_int(&mut conn, statement).await })
-        })
+    single(store, Replay::Idempotent, statement, B::fetch_int)
         .await?
         .flatten()
         .ok_or_else(|| sqlx::Error::RowNotFound.into())
@@ -256,7 +227,7 @@ async fn revoke_open_sessions<B: Backend>(
 impl<B: Backend> Store for B {
     async fn ping(&self) -> StoreResult<()> {
         // `/readyz`: a dead pooled connection is not an unreachable database.
-        execute(self, Replay::Idempotent, sql::ping()).await?;
+        single(self, Idempotent, sql::ping(), B::execute).await?;
         Ok(())
     }
 
@@ -267,7 +238,7 @@ impl<B: Backend> Store for B {
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
         let user = User::from_new(user);
         // Once: a second run of an insert that took effect fails as a duplicate email.
-        match execute(self, Replay::Once, sql::insert_user(&user)).await {
+        match single(self, Once, sql::insert_user(&user), B::execute).await {
             Ok(_) => Ok(user),
             Err(StoreError::Database(sqlx::Error::Database(e))) if B::is_duplicate_email(&*e) => {
                 Err(StoreError::DuplicateEmail)
@@ -277,19 +248,20 @@ impl<B: Backend> Store for B {
     }
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        let found = row(self, Replay::Idempotent, B::DIALECT.user_by_email(email)).await?;
+        let by_email = B::DIALECT.user_by_email(email);
+        let found = single(self, Idempotent, by_email, B::fetch_optional).await?;
         one(found, user_from_row)
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
         one(
-            row(self, Replay::Idempotent, sql::user_by_id(id)).await?,
+            single(self, Idempotent, sql::user_by_id(id), B::fetch_optional).await?,
             user_from_row,
         )
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        let rows = rows(self, Replay::Idempotent, B::DIALECT.list_users()).await?;
+        let rows = single(self, Idempotent, B::DIALECT.list_users(), B::fetch_all).await?;
         rows.iter().map(user_from_row).collect()
     }
 
@@ -297,13 +269,13 @@ impl<B: Backend> Store for B {
         // Idempotent: a second run writes the same time again. (Only a login of the same user
         // committed between the two runs, milliseconds apart, would see its later time replaced
         // by this one; `last_login` is informational.)
-        execute(self, Replay::Idempotent, sql::record_login(id, at)).await?;
+        single(self, Idempotent, sql::record_login(id, at), B::execute).await?;
         Ok(())
     }
 
     async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
         // Idempotent: a second run matches nothing.
-        execute(self, Replay::Idempotent, sql::set_sso_enabled(user)).await?;
+        single(self, Idempotent, sql::set_sso_enabled(user), B::execute).await?;
         Ok(())
     }
 
@@ -313,7 +285,7 @@ impl<B: Backend> Store for B {
         disabled: bool,
         at: UnixTime,
     ) -> StoreResult<Option<User>> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 let statement = B::DIALECT.set_user_disabled(email, disabled);
                 let Some(row) = B::fetch_optional(&mut tx, statement).await? else {
@@ -331,13 +303,13 @@ impl<B: Backend> Store for B {
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
         // Once: a second run of an insert that took effect fails on the primary key.
-        execute(self, Replay::Once, sql::insert_session(session)).await?;
+        single(self, Once, sql::insert_session(session), B::execute).await?;
         Ok(())
     }
 
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
         one(
-            row(self, Replay::Idempotent, sql::session_by_id(id)).await?,
+            single(self, Idempotent, sql::session_by_id(id), B::fetch_optional).await?,
             session_from_row,
         )
     }
@@ -351,7 +323,7 @@ impl<B: Backend> Store for B {
     ) -> StoreResult<Rotation> {
         // Once: a second run of a swap that took effect finds `new_jti` current and reports a
         // reuse, which would end the session.
-        self.run(Replay::Once, |mut conn| {
+        self.run(Once, |mut conn| {
             Box::pin(async move {
                 // The compare and the swap are one statement: a concurrent rotation waits for the
                 // row lock, then re-checks `current_jti` against the winner's row and matches
@@ -369,7 +341,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // Nothing to append when it was already revoked; the commit then ends an empty
                 // transaction.
@@ -388,7 +360,7 @@ impl<B: Backend> Store for B {
         user: UserId,
         at: UnixTime,
     ) -> StoreResult<Vec<SessionId>> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move { revoke_open_sessions::<B>(&mut tx, user, at).await })
         })
         .await
@@ -399,12 +371,8 @@ impl<B: Backend> Store for B {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let rows = rows(
-            self,
-            Replay::Idempotent,
-            sql::revocations_since(after, limit),
-        )
-        .await?;
+        let since = sql::revocations_since(after, limit);
+        let rows = single(self, Idempotent, since, B::fetch_all).await?;
         rows.iter().map(revocation_from_row).collect()
     }
 
@@ -415,7 +383,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // Old feed rows are locked by no one else. Resets before sessions: the lock order
                 // of the other transactions.
@@ -443,7 +411,7 @@ impl<B: Backend> Store for B {
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
         // Once: a second run would count the attempt twice.
-        self.run(Replay::Once, |mut conn| {
+        self.run(Once, |mut conn| {
             Box::pin(async move {
                 let reserve = sql::throttle_reserve(scope, key, limit, window, now);
                 if let Some(started) = B::fetch_int(&mut conn, reserve).await?.flatten() {
@@ -465,7 +433,7 @@ impl<B: Backend> Store for B {
     ) -> StoreResult<()> {
         // Once: a second run would take back two attempts.
         let refund = sql::throttle_refund(scope, key, window_start);
-        execute(self, Replay::Once, refund).await?;
+        single(self, Once, refund, B::execute).await?;
         Ok(())
     }
 
@@ -482,7 +450,10 @@ impl<B: Backend> Store for B {
         // Idempotent: a second run writes the same nonce, expiry and role again. Nothing can
         // accept the new invitation in between: its link has not been sent yet.
         let renew = sql::renew_invitation(user, invitation, role);
-        one(row(self, Replay::Idempotent, renew).await?, user_from_row)
+        one(
+            single(self, Idempotent, renew, B::fetch_optional).await?,
+            user_from_row,
+        )
     }
 
     async fn accept_invitation(
@@ -495,11 +466,11 @@ impl<B: Backend> Store for B {
         // Once: a second run of an accept that took effect finds the invitation spent and
         // reports the link as invalid.
         let accept = sql::accept_invitation(user, nonce, password_hash, at);
-        Ok(execute(self, Replay::Once, accept).await? > 0)
+        Ok(single(self, Once, accept, B::execute).await? > 0)
     }
 
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // Without it, two concurrent resets of one user would each miss the other's
                 // uncommitted row below and both stay usable.
@@ -513,12 +484,8 @@ impl<B: Backend> Store for B {
     }
 
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        let found = row(
-            self,
-            Replay::Idempotent,
-            sql::password_reset_by_digest(digest),
-        )
-        .await?;
+        let by_digest = sql::password_reset_by_digest(digest);
+        let found = single(self, Idempotent, by_digest, B::fetch_optional).await?;
         one(found, password_reset_from_row)
     }
 
@@ -529,7 +496,7 @@ impl<B: Backend> Store for B {
         password_hash: &str,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // The user row before the reset row, in the same order as `create_password_reset`.
                 B::lock_user(&mut tx, user).await?;
@@ -546,7 +513,7 @@ impl<B: Backend> Store for B {
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
-        self.run(Replay::Transaction, |mut tx| {
+        self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 for event in events {
                     B::execute(&mut tx, sql::insert_audit_event(event)).await?;
@@ -558,13 +525,14 @@ impl<B: Backend> Store for B {
     }
 
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = rows(self, Replay::Idempotent, B::DIALECT.audit_events(filter)).await?;
+        let matching = B::DIALECT.audit_events(filter);
+        let rows = single(self, Idempotent, matching, B::fetch_all).await?;
         audit_events_oldest_first(&rows)
     }
 
     async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
         // Idempotent: a second run deletes only what has aged since (its count, which is only
         // logged, then misses what the first run deleted).
-        execute(self, Replay::Idempotent, sql::prune_audit(before)).await
+        single(self, Idempotent, sql::prune_audit(before), B::execute).await
     }
 }

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::backend::{Backend, BoxFuture, Conn, Replay, statement_runners};
+use super::backend::{Backend, BoxFuture, Conn, Replay, Run, statement_runners};
 use super::rows::UuidColumns;
 use super::schema::sqlite_migrations;
 use super::sql::{Dialect, Statement, audit_columns, params, user_columns};

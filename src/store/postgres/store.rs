@@ -7,7 +7,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 
 use super::feed::{PgFeedListener, append_revocations};
 use super::{DIALECT, EMAIL_INDEX, LOCK_USER, PostgresStore, query};
-use crate::store::backend::{Backend, BoxFuture, Conn, Replay, statement_runners};
+use crate::store::backend::{Backend, BoxFuture, Conn, Replay, Run, statement_runners};
 use crate::store::sql::{Dialect, Statement, params};
 use crate::store::{FeedListener, SessionId, StoreResult, UnixTime, UserId};
 
