@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::invite::InvitationBody;
 use super::login::{LoginBody, LogoutBody, TokenBody};
@@ -175,12 +175,50 @@ struct Jwks {
 const DEFAULT: &str = "Service unavailable (store down, or too many password hashes queued; \
     `Retry-After` says when to retry) or an internal error";
 
+/// Declares the responses several operations share, each a type that `responses(...)` lists by
+/// name: `Name(Body): status, description` (optionally with `headers(...)`).
+macro_rules! shared_responses {
+    ($($name:ident($body:ty): $status:tt, $description:tt $(, headers $headers:tt)?;)*) => {$(
+        #[derive(IntoResponses)]
+        #[response(status = $status, description = $description $(, headers $headers)?)]
+        #[allow(dead_code)]
+        struct $name($body);
+    )*};
+}
+
+/// The 401s: `Name: description`, each with the `WWW-Authenticate` challenge.
+macro_rules! challenges {
+    ($($name:ident: $description:tt;)*) => {
+        shared_responses! {$(
+            $name(Error): 401, $description, headers(
+                ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
+            );
+        )*}
+    };
+}
+
+shared_responses! {
+    LoggedIn(TokenBody): 200, "Logged in", headers(
+        ("Set-Cookie" = String, description = "The session cookie with the same token"),
+    );
+    MalformedBody(Error): 400, "Malformed body";
+    NotAdmin(Error): 403, "Insufficient permissions (not an admin)";
+    TooLarge(Error): 413, "Body larger than `limits.api_max_body`";
+    Unavailable(Error): "default", DEFAULT;
+}
+
+challenges! {
+    BadCredentials: "Invalid credentials have been provided";
+    Unauthenticated: "Missing, invalid or expired access token";
+    RefreshRefused: "Too old for refresh, forged, revoked or already refreshed";
+}
+
 /// Login options
 #[utoipa::path(
     get, path = "/auth_options", tag = "discovery",
     responses(
         (status = 200, description = "The login options", body = AuthOptions),
-        (status = "default", description = DEFAULT, body = Error),
+        Unavailable,
     )
 )]
 #[allow(dead_code)]
@@ -194,18 +232,14 @@ fn auth_options() {}
     post, path = "/users/login", tag = "session",
     request_body = LoginBody,
     responses(
-        (status = 200, description = "Logged in", body = TokenBody, headers(
-            ("Set-Cookie" = String, description = "The session cookie with the same token"),
-        )),
-        (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Invalid credentials have been provided", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
+        LoggedIn,
+        MalformedBody,
+        BadCredentials,
+        TooLarge,
         (status = 429, description = "Too many failed attempts for this account or client", body = Error, headers(
             ("Retry-After" = u64, description = "Seconds until the next attempt is allowed"),
         )),
-        (status = "default", description = DEFAULT, body = Error),
+        Unavailable,
     )
 )]
 #[allow(dead_code)]
@@ -223,12 +257,10 @@ fn login() {}
         (status = 200, description = "A new token", body = TokenBody, headers(
             ("Set-Cookie" = String, description = "The session cookie with the new token"),
         )),
-        (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Too old for refresh, forged, revoked or already refreshed", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        MalformedBody,
+        RefreshRefused,
+        TooLarge,
+        Unavailable,
     )
 )]
 #[allow(dead_code)]
@@ -245,7 +277,7 @@ fn refresh() {}
         (status = 200, description = "`{\"message\": \"Successfully logged-out\"}`", body = Message, headers(
             ("Set-Cookie" = String, description = "Deletes the session cookie"),
         )),
-        (status = "default", description = DEFAULT, body = Error),
+        Unavailable,
     ),
     security((), ("access_token" = []), ("bearer" = []), ("cookie" = []))
 )]
@@ -257,16 +289,12 @@ fn logout() {}
     post, path = "/users/okta_login", tag = "session",
     request_body = OktaLoginBody,
     responses(
-        (status = 200, description = "Logged in", body = TokenBody, headers(
-            ("Set-Cookie" = String, description = "The session cookie with the same token"),
-        )),
-        (status = 400, description = "Malformed body", body = Error),
-        (status = 401, description = "Invalid credentials have been provided", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
+        LoggedIn,
+        MalformedBody,
+        BadCredentials,
         (status = 404, description = "Okta login is not enabled", body = Error),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        TooLarge,
+        Unavailable,
     )
 )]
 #[allow(dead_code)]
@@ -281,13 +309,11 @@ fn okta_login() {}
     responses(
         (status = 200, description = "The pending user", body = UserBody),
         (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to (the message says which rule)", body = Error),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
-        (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
+        Unauthenticated,
+        NotAdmin,
         (status = 409, description = "A user with this email already exists", body = Error),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        TooLarge,
+        Unavailable,
     ),
     security(("access_token" = []), ("bearer" = []), ("cookie" = []))
 )]
@@ -303,13 +329,11 @@ fn invite() {}
     responses(
         (status = 200, description = "The pending user", body = UserBody),
         (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to", body = Error),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
-        (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
+        Unauthenticated,
+        NotAdmin,
         (status = 404, description = "No pending invitation for this email", body = Error),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        TooLarge,
+        Unavailable,
     ),
     security(("access_token" = []), ("bearer" = []), ("cookie" = []))
 )]
@@ -322,12 +346,10 @@ fn reinvite() {}
     params(("user_id" = String, Path, description = "The user's id: a UUID in its hyphenated form; anything else, including a segment that is not UTF-8 once decoded, is an unknown user (404)")),
     responses(
         (status = 200, description = "The link that was e-mailed, until re-invite or use", body = InvitationLink),
-        (status = 401, description = "Missing, invalid or expired access token", body = Error, headers(
-            ("WWW-Authenticate" = String, description = "`Bearer` (RFC 9110 §11.6.1)"),
-        )),
-        (status = 403, description = "Insufficient permissions (not an admin)", body = Error),
+        Unauthenticated,
+        NotAdmin,
         (status = 404, description = "Unknown user, or no pending invitation", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        Unavailable,
     ),
     security(("access_token" = []), ("bearer" = []), ("cookie" = []))
 )]
@@ -342,12 +364,12 @@ fn invitation_link() {}
     request_body = ForgotPasswordBody,
     responses(
         (status = 200, description = "`{\"message\": \"ok\"}`", body = Message),
-        (status = 400, description = "Malformed body", body = Error),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
+        MalformedBody,
+        TooLarge,
         (status = 429, description = "Too many requests for this account or client", body = Error, headers(
             ("Retry-After" = u64, description = "Seconds until the next request is allowed"),
         )),
-        (status = "default", description = DEFAULT, body = Error),
+        Unavailable,
     )
 )]
 #[allow(dead_code)]
@@ -363,8 +385,8 @@ fn forgot_password() {}
     responses(
         (status = 200, description = "`{\"message\": \"ok\"}`", body = Message),
         (status = 400, description = "Malformed body; invalid or expired token (wrong, used, expired, or not this email's); password too weak (the message says the rule)", body = Error),
-        (status = 413, description = "Body larger than `limits.api_max_body`", body = Error),
-        (status = "default", description = DEFAULT, body = Error),
+        TooLarge,
+        Unavailable,
     )
 )]
 #[allow(dead_code)]

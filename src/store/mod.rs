@@ -3,6 +3,7 @@
 //! `auth/` talks only to this trait. Times are passed in by the caller (unix seconds) so the
 //! rules above stay testable with an injected clock; the store never reads the wall clock.
 
+mod backend;
 mod postgres;
 mod rows;
 mod schema;

@@ -174,6 +174,7 @@ pub(super) const PRUNE_AUDIT: &str = "DELETE FROM audit_events WHERE at < $1";
 
 /// One value bound to a statement. A UUID stays a UUID here: how one is stored (text or a native
 /// `uuid`) is the backend's choice, made once in [`Statement::arguments`].
+#[derive(Clone)]
 pub(super) enum Param<'a> {
     Text(Cow<'a, str>),
     OptText(Option<Cow<'a, str>>),
@@ -220,6 +221,7 @@ pub(super) use params;
 
 /// A statement's text with the values for its placeholders, kept together so the order of the
 /// values is written once, next to the text it must match.
+#[derive(Clone)]
 pub(super) struct Statement<'a> {
     pub(super) text: &'static str,
     params: Vec<Param<'a>>,

@@ -1,29 +1,25 @@
-//! SQLite implementation of [`Store`]: connection setup, the embedded schema migrations and
-//! the queries behind each trait method.
+//! The SQLite backend of [`Store`](super::Store) (one replica): connection setup, the embedded
+//! schema migrations, UUIDs stored as text, and its [`Backend`] part of the shared
+//! implementation (`backend`).
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migration, Migrator};
-use sqlx::query::{Query, QueryScalar};
+use sqlx::query::Query;
 use sqlx::sqlite::{
     Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-use super::rows::{
-    UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
-    session_from_row, user_from_row,
-};
+use super::backend::{Backend, BoxFuture, Conn, Replay, Run, statement_runners};
+use super::rows::UuidColumns;
 use super::schema::sqlite_migrations;
-use super::sql::{self, Dialect, Statement, audit_columns, params, user_columns};
-use super::{
-    AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Revocation, Role, Rotation,
-    Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
-};
+use super::sql::{Dialect, Statement, audit_columns, params, user_columns};
+use super::{SessionId, StoreError, StoreResult, UnixTime, UserId};
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,7 +61,6 @@ const DIALECT: Dialect = Dialect {
     ),
 };
 
-/// One replica, one writer at a time: the feed's seq order is the commit order without a lock.
 const APPEND_REVOCATION: &str =
     "INSERT INTO session_revocations (session_id, revoked_at) VALUES ($1, $2)";
 
@@ -178,365 +173,50 @@ fn query(statement: Statement<'_>) -> StoreResult<Query<'static, Sqlite, SqliteA
     ))
 }
 
-/// As [`query`], for a statement that returns one column.
-fn query_scalar<O>(
-    statement: Statement<'_>,
-) -> StoreResult<QueryScalar<'static, Sqlite, O, SqliteArguments>>
-where
-    (O,): for<'r> FromRow<'r, SqliteRow>,
-{
-    let text = statement.text;
-    let arguments = statement.arguments(uuid_text);
-    Ok(sqlx::query_scalar_with(
-        text,
-        arguments.map_err(sqlx::Error::Encode)?,
-    ))
-}
+/// One replica, one writer at a time (`BEGIN_WRITE`): no row locks, and the feed's seq order is
+/// the commit order.
+impl Backend for SqliteStore {
+    statement_runners!(SqliteConnection, SqliteRow);
 
-async fn append_revocation(
-    conn: &mut SqliteConnection,
-    id: SessionId,
-    at: UnixTime,
-) -> StoreResult<()> {
-    query(Statement::new(APPEND_REVOCATION, params![id, at]))?
-        .execute(conn)
-        .await?;
-    Ok(())
-}
+    const DIALECT: Dialect = DIALECT;
 
-/// Revokes the user's open sessions and feeds them to the revocation log; the caller owns the
-/// transaction so this can be part of a larger change.
-async fn revoke_open_sessions(
-    conn: &mut SqliteConnection,
-    user: UserId,
-    at: UnixTime,
-) -> StoreResult<Vec<SessionId>> {
-    let rows = query(DIALECT.revoke_open_sessions(user, at))?
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut ids = rows
-        .iter()
-        .map(|row| row.uuid("id").map(SessionId))
-        .collect::<StoreResult<Vec<_>>>()?;
-    // RETURNING order is unspecified; sort so the feed order is reproducible.
-    ids.sort();
-    for id in &ids {
-        append_revocation(conn, *id, at).await?;
-    }
-    Ok(ids)
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> StoreResult<()> {
-        query(sql::ping())?.execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn count_users(&self) -> StoreResult<i64> {
-        Ok(query_scalar(sql::count_users())?
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
-        let user = User::from_new(user);
-        match query(sql::insert_user(&user))?.execute(&self.pool).await {
-            Ok(_) => Ok(user),
-            // The only other unique key is the random id.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::DuplicateEmail)
-            }
-            Err(e) => Err(e.into()),
+    /// No connection to lose here, so nothing runs again; a transaction takes the write lock
+    /// up front.
+    async fn run<'env, T, F>(&self, replay: Replay, mut op: F) -> StoreResult<T>
+    where
+        T: Send,
+        F: for<'c> FnMut(Conn<'c, 'env, SqliteConnection>) -> BoxFuture<'c, StoreResult<T>> + Send,
+    {
+        if replay != Replay::Transaction {
+            let mut conn = self.pool.acquire().await?;
+            return op(Conn::new(&mut *conn)).await;
         }
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let value = op(Conn::new(&mut *tx)).await?;
+        tx.commit().await?;
+        Ok(value)
     }
 
-    async fn user_by_email(&self, email: &str) -> StoreResult<Option<User>> {
-        query(DIALECT.user_by_email(email))?
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
-    }
-
-    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        query(sql::user_by_id(id))?
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
-    }
-
-    async fn list_users(&self) -> StoreResult<Vec<User>> {
-        query(DIALECT.list_users())?
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(user_from_row)
-            .collect()
-    }
-
-    async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()> {
-        query(sql::record_login(id, at))?
-            .execute(&self.pool)
-            .await?;
+    async fn lock_user(_: &mut SqliteConnection, _: UserId) -> StoreResult<()> {
         Ok(())
     }
 
-    async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        query(sql::set_sso_enabled(user))?
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn set_user_disabled(
-        &self,
-        email: &str,
-        disabled: bool,
+    async fn append_revocations(
+        conn: &mut SqliteConnection,
+        ids: &[SessionId],
         at: UnixTime,
-    ) -> StoreResult<Option<User>> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = query(DIALECT.set_user_disabled(email, disabled))?
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let user = user_from_row(&row)?;
-        if disabled {
-            revoke_open_sessions(&mut tx, user.id, at).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(user))
-    }
-
-    async fn create_session(&self, session: &Session) -> StoreResult<()> {
-        query(sql::insert_session(session))?
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn session(&self, id: SessionId) -> StoreResult<Option<Session>> {
-        query(sql::session_by_id(id))?
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(session_from_row)
-            .transpose()
-    }
-
-    async fn rotate_session_token(
-        &self,
-        id: SessionId,
-        presented_jti: Uuid,
-        new_jti: Uuid,
-        at: UnixTime,
-    ) -> StoreResult<Rotation> {
-        let swapped = query(sql::rotate_session_token(id, presented_jti, new_jti, at))?
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if swapped > 0 {
-            return Ok(Rotation::Rotated);
-        }
-        // Only classifies the failure; it was decided atomically above.
-        let revoked_at = query_scalar(sql::session_revoked_at(id))?
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(Rotation::of_failed_swap(revoked_at))
-    }
-
-    async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let revoked = query(sql::revoke_session(id, at))?
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
-        if revoked {
-            append_revocation(&mut tx, id, at).await?;
-        }
-        tx.commit().await?;
-        Ok(revoked)
-    }
-
-    async fn revoke_user_sessions(
-        &self,
-        user: UserId,
-        at: UnixTime,
-    ) -> StoreResult<Vec<SessionId>> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let ids = revoke_open_sessions(&mut tx, user, at).await?;
-        tx.commit().await?;
-        Ok(ids)
-    }
-
-    async fn revocations_since(&self, after: i64, limit: i64) -> StoreResult<Vec<Revocation>> {
-        // SQLite reads a negative LIMIT as "no limit".
-        if limit <= 0 {
-            return Ok(Vec::new());
-        }
-        query(sql::revocations_since(after, limit))?
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(revocation_from_row)
-            .collect()
-    }
-
-    async fn revocation_cursor(&self) -> StoreResult<i64> {
-        Ok(query_scalar(sql::revocation_cursor())?
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    async fn prune(&self, before: UnixTime) -> StoreResult<u64> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let mut deleted = 0;
-        for statement in [
-            sql::prune_revocations(before),
-            DIALECT.prune_sessions(before),
-            sql::prune_password_resets(before),
-            sql::prune_throttle_windows(before),
-        ] {
-            deleted += query(statement)?.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(deleted)
-    }
-
-    async fn throttle_reserve(
-        &self,
-        scope: &str,
-        key: &str,
-        limit: u32,
-        window: i64,
-        now: UnixTime,
-    ) -> StoreResult<Result<UnixTime, u64>> {
-        let started = query_scalar(sql::throttle_reserve(scope, key, limit, window, now))?
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(started) = started {
-            return Ok(Ok(started));
-        }
-        let ends = query_scalar(sql::throttle_window_end(scope, key))?
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(Err(sql::retry_after(ends, now)))
-    }
-
-    async fn throttle_refund(
-        &self,
-        scope: &str,
-        key: &str,
-        window_start: UnixTime,
     ) -> StoreResult<()> {
-        query(sql::throttle_refund(scope, key, window_start))?
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn renew_invitation(
-        &self,
-        user: UserId,
-        invitation: &Invitation,
-        role: Role,
-    ) -> StoreResult<Option<User>> {
-        query(sql::renew_invitation(user, invitation, role))?
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_from_row)
-            .transpose()
-    }
-
-    async fn accept_invitation(
-        &self,
-        user: UserId,
-        nonce: &str,
-        password_hash: &str,
-        at: UnixTime,
-    ) -> StoreResult<bool> {
-        let accepted = query(sql::accept_invitation(user, nonce, password_hash, at))?
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(accepted > 0)
-    }
-
-    async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        query(sql::supersede_password_resets(reset))?
-            .execute(&mut *tx)
-            .await?;
-        query(sql::insert_password_reset(reset))?
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>> {
-        query(sql::password_reset_by_digest(digest))?
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(password_reset_from_row)
-            .transpose()
-    }
-
-    async fn complete_password_reset(
-        &self,
-        digest: &str,
-        user: UserId,
-        password_hash: &str,
-        at: UnixTime,
-    ) -> StoreResult<Option<Vec<SessionId>>> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let spent = query(sql::spend_password_reset(digest, user, at))?
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if spent == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        query(sql::set_password(user, password_hash))?
-            .execute(&mut *tx)
-            .await?;
-        let revoked = revoke_open_sessions(&mut tx, user, at).await?;
-        tx.commit().await?;
-        Ok(Some(revoked))
-    }
-
-    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        for event in events {
-            query(sql::insert_audit_event(event))?
-                .execute(&mut *tx)
+        for id in ids {
+            query(Statement::new(APPEND_REVOCATION, params![*id, at]))?
+                .execute(&mut *conn)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
-    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
-        let rows = query(DIALECT.audit_events(filter))?
-            .fetch_all(&self.pool)
-            .await?;
-        audit_events_oldest_first(&rows)
-    }
-
-    async fn prune_audit(&self, before: UnixTime) -> StoreResult<u64> {
-        Ok(query(sql::prune_audit(before))?
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+    /// The only other unique key is the random id.
+    fn is_duplicate_email(error: &dyn DatabaseError) -> bool {
+        error.is_unique_violation()
     }
 }
 
@@ -547,7 +227,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::suite;
+    use crate::store::suite::{self, T0, new_user};
+    use crate::store::{Invitation, Role, Store};
 
     fn file_url(path: &Path) -> String {
         format!("sqlite://{}", path.display())
@@ -561,15 +242,8 @@ mod tests {
         (dir, store)
     }
 
-    fn new_user(email: &str) -> NewUser {
-        NewUser {
-            email: email.to_owned(),
-            password_hash: None,
-            role: Role::User,
-            invitation_pending: false,
-            invitation: None,
-            created: 1_700_000_000,
-        }
+    async fn applied_migrations(store: &SqliteStore) -> i64 {
+        suite::count_rows(store.pool(), "SELECT COUNT(*) FROM _sqlx_migrations").await
     }
 
     /// Runs `check` on a store of its own in a fresh file.
@@ -610,7 +284,7 @@ mod tests {
     async fn in_memory_stores_are_independent() {
         let a = SqliteStore::open("sqlite::memory:").await.unwrap();
         let b = SqliteStore::open("sqlite::memory:").await.unwrap();
-        a.create_user(new_user("a@example.test")).await.unwrap();
+        a.create_user(new_user("a@example.test", T0)).await.unwrap();
         assert_eq!(a.count_users().await.unwrap(), 1);
         assert_eq!(b.count_users().await.unwrap(), 0);
     }
@@ -634,7 +308,7 @@ mod tests {
 
         let store = SqliteStore::open(&url).await.unwrap();
         let user = store
-            .create_user(new_user("keep@example.test"))
+            .create_user(new_user("keep@example.test", T0))
             .await
             .unwrap();
         store.pool().close().await;
@@ -643,12 +317,8 @@ mod tests {
         let store = SqliteStore::open(&url).await.unwrap();
         let found = store.user_by_email("keep@example.test").await.unwrap();
         assert_eq!(found, Some(user), "user survives reopening");
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
         assert_eq!(
-            applied,
+            applied_migrations(&store).await,
             migrations().len() as i64,
             "each migration recorded once"
         );
@@ -661,15 +331,7 @@ mod tests {
 
         // A database as the previous release left it: only migration 1 applied.
         let (options, _) = connect_options(&url).unwrap();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .unwrap();
-        Migrator::with_migrations(migrations().into_iter().take(1).collect())
-            .run(&pool)
-            .await
-            .unwrap();
+        let pool = suite::first_release_pool::<Sqlite>(options, migrations()).await;
         let id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO users (id, email, password_hash, role, invitation_pending, created) \
@@ -682,23 +344,10 @@ mod tests {
         pool.close().await;
 
         let store = SqliteStore::open(&url).await.unwrap();
-        let user = store
-            .user_by_email("old@example.test")
-            .await
-            .unwrap()
-            .expect("user survives the upgrade");
-        assert_eq!(user.id, UserId(id));
-        assert_eq!(user.password_hash.as_deref(), Some("hash"));
-        assert_eq!(user.role, Role::Admin);
-        assert!(user.invitation_pending);
-        assert_eq!(user.invitation, None, "no invitation before migration 2");
+        let user = suite::upgraded_user(&store, id).await;
         assert_eq!(user.created, 42);
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
         assert_eq!(
-            applied,
+            applied_migrations(&store).await,
             migrations().len() as i64,
             "later migrations applied on top of 1"
         );

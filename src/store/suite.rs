@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use sqlx::migrate::{Migration, Migrator};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ use super::{
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
-const T0: UnixTime = 1_700_000_000;
+pub(crate) const T0: UnixTime = 1_700_000_000;
 const HOUR: i64 = 3_600;
 
 /// Runs every check in order. The store must be dedicated to the run (no other writers), since
@@ -162,7 +163,7 @@ fn unique_email(tag: &str) -> String {
     format!("{tag}-{}@example.test", Uuid::new_v4())
 }
 
-fn new_user(email: &str, created: UnixTime) -> NewUser {
+pub(crate) fn new_user(email: &str, created: UnixTime) -> NewUser {
     NewUser {
         email: email.to_owned(),
         password_hash: None,
@@ -171,6 +172,54 @@ fn new_user(email: &str, created: UnixTime) -> NewUser {
         invitation: None,
         created,
     }
+}
+
+/// The number a `SELECT COUNT(*)` statement answers.
+pub(crate) async fn count_rows<'c, E>(executor: E, count: &'static str) -> i64
+where
+    E: sqlx::Executor<'c>,
+    (i64,): for<'r> sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+    <E::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<E::Database>,
+{
+    sqlx::query_scalar(count).fetch_one(executor).await.unwrap()
+}
+
+/// A pool of one connection to the database of `options` with only the first of `migrations`
+/// applied, as the first release left it.
+pub(crate) async fn first_release_pool<DB>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+    migrations: Vec<Migration>,
+) -> sqlx::Pool<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    Migrator::with_migrations(migrations.into_iter().take(1).collect())
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+/// The user a backend's upgrade test inserted (`old@example.test`, id `id`, password `hash`,
+/// an admin, pending) as the upgraded store reads it back.
+pub(crate) async fn upgraded_user(store: &dyn Store, id: Uuid) -> User {
+    let user = store
+        .user_by_email("old@example.test")
+        .await
+        .unwrap()
+        .expect("user survives the upgrade");
+    assert_eq!(user.id, UserId(id));
+    assert_eq!(user.password_hash.as_deref(), Some("hash"));
+    assert_eq!(user.role, Role::Admin);
+    assert!(user.invitation_pending);
+    assert_eq!(user.invitation, None, "no invitation before migration 2");
+    user
 }
 
 async fn user(store: &dyn Store, tag: &str) -> UserId {
@@ -278,6 +327,30 @@ async fn fetch_reset(store: &dyn Store, digest: &str) -> PasswordReset {
         .await
         .expect("password_reset")
         .unwrap_or_else(|| panic!("reset {digest} should exist"))
+}
+
+/// The checks after a bulk revocation of a user's two open sessions: the user's session revoked
+/// earlier (at `T0 + 1`) and another user's are untouched, and the feed since `cursor` holds
+/// exactly two entries, which it returns.
+async fn others_untouched_and_two_fed(
+    store: &dyn Store,
+    already: &Session,
+    bystander: &Session,
+    cursor: i64,
+) -> Vec<SessionId> {
+    assert_eq!(
+        fetch_session(store, already.id).await.revoked_at,
+        Some(T0 + 1),
+        "an already revoked session keeps its revocation time"
+    );
+    assert_eq!(
+        fetch_session(store, bystander.id).await.revoked_at,
+        None,
+        "other users' sessions are untouched"
+    );
+    let fed = feed_ids_since(store, cursor).await;
+    assert_eq!(fed.len(), 2, "one feed entry per revoked session: {fed:?}");
+    fed
 }
 
 fn set<T: Ord + Copy>(items: &[T]) -> BTreeSet<T> {
@@ -410,21 +483,13 @@ pub async fn record_login(store: &dyn Store) {
         .record_login(id, T0 + 100)
         .await
         .expect("record_login");
-    let u = store
-        .user_by_id(id)
-        .await
-        .expect("user_by_id")
-        .expect("user");
+    let u = fetch_user(store, id).await;
     assert_eq!(u.last_login, Some(T0 + 100));
     store
         .record_login(id, T0 + 200)
         .await
         .expect("record_login");
-    let u = store
-        .user_by_id(id)
-        .await
-        .expect("user_by_id")
-        .expect("user");
+    let u = fetch_user(store, id).await;
     assert_eq!(u.last_login, Some(T0 + 200), "later login overwrites");
 }
 
@@ -514,18 +579,7 @@ pub async fn disable_revokes_sessions(store: &dyn Store) {
             s.id
         );
     }
-    assert_eq!(
-        fetch_session(store, already.id).await.revoked_at,
-        Some(T0 + 1),
-        "an already revoked session keeps its revocation time"
-    );
-    assert_eq!(
-        fetch_session(store, bystander.id).await.revoked_at,
-        None,
-        "other users' sessions are untouched"
-    );
-    let fed = feed_ids_since(store, cursor).await;
-    assert_eq!(fed.len(), 2, "one feed entry per revoked session: {fed:?}");
+    let fed = others_untouched_and_two_fed(store, &already, &bystander, cursor).await;
     assert_eq!(set(&fed), set(&[a.id, b.id]));
 
     let cursor = store.revocation_cursor().await.expect("revocation_cursor");
@@ -1212,18 +1266,7 @@ pub async fn complete_password_reset(store: &dyn Store) {
     for s in [&a, &b] {
         assert_eq!(fetch_session(store, s.id).await.revoked_at, Some(T0 + 20));
     }
-    assert_eq!(
-        fetch_session(store, already.id).await.revoked_at,
-        Some(T0 + 1),
-        "an already revoked session keeps its revocation time"
-    );
-    assert_eq!(
-        fetch_session(store, bystander.id).await.revoked_at,
-        None,
-        "other users' sessions are untouched"
-    );
-    let fed = feed_ids_since(store, cursor).await;
-    assert_eq!(fed.len(), 2, "one feed entry per revoked session: {fed:?}");
+    let fed = others_untouched_and_two_fed(store, &already, &bystander, cursor).await;
     assert_eq!(set(&fed), set(&revoked));
     assert_eq!(
         fetch_reset(store, &reset.digest).await.used_at,

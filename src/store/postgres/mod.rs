@@ -1,6 +1,6 @@
-//! PostgreSQL implementation of [`Store`](super::Store), so several gateway replicas can share users, sessions
-//! and the revocation feed: connection setup, the embedded schema migrations and the queries
-//! behind each trait method.
+//! The PostgreSQL backend of [`Store`](super::Store), so several gateway replicas can share
+//! users, sessions and the revocation feed: connection setup, the embedded schema migrations,
+//! and its [`Backend`](super::backend::Backend) part of the shared implementation (`store`).
 //!
 //! Transactions run at PostgreSQL's default READ COMMITTED isolation:
 //!
@@ -16,7 +16,7 @@
 //!   transactions cannot deadlock each other.
 //!
 //! Pooled connections that die under the pool are the other PostgreSQL-only concern: every
-//! method runs through [`PostgresStore::run`] with the [`Replay`](replay::Replay) class that says whether it may
+//! method runs through [`PostgresStore::run`] with the [`Replay`](super::backend::Replay) class that says whether it may
 //! run again on another connection (see `replay`). The revocation feed's ordered append and its
 //! LISTEN/NOTIFY wake-ups are in `feed`.
 
@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, Migrator};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow, Postgres};
-use sqlx::query::{Query, QueryScalar};
-use sqlx::{Connection, FromRow, Row};
+use sqlx::query::Query;
+use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use crate::config::store_url::postgres_options;
@@ -215,21 +215,6 @@ fn query(statement: Statement<'_>) -> StoreResult<Query<'static, Postgres, PgArg
     let text = statement.text;
     let arguments = statement.arguments(identity::<Uuid>);
     Ok(sqlx::query_with(
-        text,
-        arguments.map_err(sqlx::Error::Encode)?,
-    ))
-}
-
-/// As [`query`], for a statement that returns one column.
-fn query_scalar<O>(
-    statement: Statement<'_>,
-) -> StoreResult<QueryScalar<'static, Postgres, O, PgArguments>>
-where
-    (O,): for<'r> FromRow<'r, PgRow>,
-{
-    let text = statement.text;
-    let arguments = statement.arguments(identity::<Uuid>);
-    Ok(sqlx::query_scalar_with(
         text,
         arguments.map_err(sqlx::Error::Encode)?,
     ))

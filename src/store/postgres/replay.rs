@@ -21,10 +21,6 @@
 //! get a connection means the database is unreachable, and the pool has already tried for
 //! `store.timeout`. SQLite has no connection to lose and none of this.
 
-use std::future::Future;
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,6 +29,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, Postgres};
 
 use super::PostgresStore;
+use crate::store::backend::{BoxFuture, Conn, Replay};
 use crate::store::{StoreError, StoreResult};
 
 impl PostgresStore {
@@ -41,7 +38,7 @@ impl PostgresStore {
     /// `op` a connection inside a transaction that this begins and commits.
     pub(super) async fn run<'env, T, F>(&self, replay: Replay, mut op: F) -> StoreResult<T>
     where
-        F: for<'c> FnMut(Conn<'c, 'env>) -> BoxFuture<'c, StoreResult<T>>,
+        F: for<'c> FnMut(Conn<'c, 'env, PgConnection>) -> BoxFuture<'c, StoreResult<T>>,
     {
         let mut rerun = false;
         loop {
@@ -80,7 +77,7 @@ impl PostgresStore {
         op: &mut F,
     ) -> Result<T, (Stage, StoreError)>
     where
-        F: for<'c> FnMut(Conn<'c, 'env>) -> BoxFuture<'c, StoreResult<T>>,
+        F: for<'c> FnMut(Conn<'c, 'env, PgConnection>) -> BoxFuture<'c, StoreResult<T>>,
     {
         // Not run again: the pool has already replaced dead idle connections and retried
         // connecting for `store.timeout`.
@@ -91,20 +88,20 @@ impl PostgresStore {
             .map_err(|e| (Stage::Acquire, e.into()))?;
         let outcome = async {
             match replay {
-                Replay::Idempotent => op(Conn::new(&mut conn))
+                Replay::Idempotent => op(Conn::new(&mut *conn))
                     .await
                     .map_err(|e| (Stage::Statements, e)),
                 Replay::Once => {
                     self.check_alive(&mut conn)
                         .await
                         .map_err(|e| (Stage::Check, e))?;
-                    op(Conn::new(&mut conn))
+                    op(Conn::new(&mut *conn))
                         .await
                         .map_err(|e| (Stage::Statements, e))
                 }
                 Replay::Transaction => {
                     let mut tx = conn.begin().await.map_err(|e| (Stage::Check, e.into()))?;
-                    let value = op(Conn::new(&mut tx))
+                    let value = op(Conn::new(&mut *tx))
                         .await
                         .map_err(|e| (Stage::Statements, e))?;
                     tx.commit().await.map_err(|e| (Stage::Commit, e.into()))?;
@@ -133,22 +130,6 @@ impl PostgresStore {
             )))),
         }
     }
-}
-
-/// Whether [`PostgresStore::run`] may run an operation again after its connection turned out to
-/// be dead; each method names its class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Replay {
-    /// Reads, and writes whose second run leaves the database as one run would: run again
-    /// whatever stage failed.
-    Idempotent,
-    /// Several statements in one transaction, which `run` begins and commits: run again when
-    /// the failure came before the `COMMIT` was sent, since PostgreSQL rolls back a transaction
-    /// whose connection died uncommitted.
-    Transaction,
-    /// A single write that must not take effect twice: its connection is pinged first, and only
-    /// a failure up to that ping (the statement was never sent) is run again.
-    Once,
 }
 
 /// How far a failed attempt got.
@@ -204,42 +185,6 @@ pub(super) fn is_dead_connection(error: &StoreError) -> bool {
             )
         }),
         _ => false,
-    }
-}
-
-/// What an operation of [`PostgresStore::run`] returns.
-pub(super) type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
-
-/// The connection [`PostgresStore::run`] lends an operation (dereferences to it). Its second
-/// lifetime, bounded as in `std::thread::scope`'s `Scope<'scope, 'env>`, lets the operation's
-/// boxed future hold both this borrow and the method's own arguments: `'env: 'c` is implied by
-/// the type. (An `AsyncFnMut` operation would need no box, but rustc cannot yet prove its
-/// future `Send` for every lifetime, as `async_trait` requires.)
-pub(super) struct Conn<'c, 'env: 'c> {
-    conn: &'c mut PgConnection,
-    env: PhantomData<&'c &'env ()>,
-}
-
-impl<'c> Conn<'c, '_> {
-    fn new(conn: &'c mut PgConnection) -> Self {
-        Conn {
-            conn,
-            env: PhantomData,
-        }
-    }
-}
-
-impl Deref for Conn<'_, '_> {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        self.conn
-    }
-}
-
-impl DerefMut for Conn<'_, '_> {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn
     }
 }
 

@@ -10,11 +10,13 @@ use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgSslMode;
 
 use super::feed::append_revocations;
-use super::replay::{ConnectionLoss, Replay, Stage, is_dead_connection};
+use super::replay::{ConnectionLoss, Stage, is_dead_connection};
 use super::*;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
+use crate::store::backend::Replay;
+use crate::store::suite::{T0, new_user};
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
     Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
@@ -78,17 +80,6 @@ async fn open(options: &PgConnectOptions) -> PostgresStore {
         .expect("open PostgresStore")
 }
 
-fn new_user(email: &str) -> NewUser {
-    NewUser {
-        email: email.to_owned(),
-        password_hash: None,
-        role: Role::User,
-        invitation_pending: false,
-        invitation: None,
-        created: 1_700_000_000,
-    }
-}
-
 fn new_session(user: UserId) -> Session {
     Session {
         id: SessionId::new_random(),
@@ -103,7 +94,7 @@ fn new_session(user: UserId) -> Session {
 }
 
 async fn sessions_of_new_user(store: &PostgresStore, email: &str, n: usize) -> Vec<Session> {
-    let user = store.create_user(new_user(email)).await.unwrap();
+    let user = store.create_user(new_user(email, T0)).await.unwrap();
     let mut sessions = Vec::new();
     for _ in 0..n {
         let s = new_session(user.id);
@@ -114,10 +105,8 @@ async fn sessions_of_new_user(store: &PostgresStore, email: &str, n: usize) -> V
 }
 
 async fn applied_migrations(store: &PostgresStore) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
+    let successful = "SELECT COUNT(*) FROM _sqlx_migrations WHERE success";
+    suite::count_rows(store.pool(), successful).await
 }
 
 /// Runs `check` on a store of its own in a scratch schema; skips when the server's URL is not set.
@@ -179,7 +168,7 @@ async fn reopening_keeps_data_and_does_not_reapply_migrations() {
         |options| async move {
             let store = open(&options).await;
             let user = store
-                .create_user(new_user("keep@example.test"))
+                .create_user(new_user("keep@example.test", T0))
                 .await
                 .unwrap();
             assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
@@ -211,15 +200,7 @@ async fn database_from_first_migration_upgrades() {
         "database_from_first_migration_upgrades",
         |options| async move {
             // A schema with only migration 1 applied.
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await
-                .unwrap();
-            Migrator::with_migrations(migrations().into_iter().take(1).collect())
-                .run(&pool)
-                .await
-                .unwrap();
+            let pool = suite::first_release_pool::<Postgres>(options.clone(), migrations()).await;
             let id = Uuid::new_v4();
             sqlx::query(
                 "INSERT INTO users (id, email, password_hash, role, invitation_pending, created) \
@@ -232,16 +213,7 @@ async fn database_from_first_migration_upgrades() {
             pool.close().await;
 
             let store = open(&options).await;
-            let user = store
-                .user_by_email("old@example.test")
-                .await
-                .unwrap()
-                .expect("user survives the upgrade");
-            assert_eq!(user.id, UserId(id));
-            assert_eq!(user.password_hash.as_deref(), Some("hash"));
-            assert_eq!(user.role, Role::Admin);
-            assert!(user.invitation_pending);
-            assert_eq!(user.invitation, None, "no invitation before migration 2");
+            suite::upgraded_user(&store, id).await;
             assert_eq!(applied_migrations(&store).await, migrations().len() as i64);
         },
     )
@@ -444,7 +416,7 @@ async fn replicas_share_users_sessions_and_the_revocation_feed() {
             assert_eq!(cursor_a, cursor_b);
 
             let user = a
-                .create_user(new_user("shared@example.test"))
+                .create_user(new_user("shared@example.test", T0))
                 .await
                 .unwrap();
             assert_eq!(
@@ -452,7 +424,7 @@ async fn replicas_share_users_sessions_and_the_revocation_feed() {
                 Some(user.clone())
             );
             assert!(matches!(
-                b.create_user(new_user("shared@example.test")).await,
+                b.create_user(new_user("shared@example.test", T0)).await,
                 Err(StoreError::DuplicateEmail)
             ));
             let s1 = new_session(user.id);
@@ -721,7 +693,7 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             }
 
             // Once (pinged first), then reads of what they wrote.
-            let user = after_kill!(store.create_user(new_user("dead@example.test")));
+            let user = after_kill!(store.create_user(new_user("dead@example.test", T0)));
             let session = new_session(user.id);
             after_kill!(store.create_session(&session));
             assert_eq!(after_kill!(store.user_by_id(user.id)), Some(user.clone()));
@@ -778,7 +750,7 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
                         nonce: "first".into(),
                         expires_at: t0 + 100,
                     }),
-                    ..new_user("dead-invited@example.test")
+                    ..new_user("dead-invited@example.test", T0)
                 })
                 .await
                 .unwrap();
