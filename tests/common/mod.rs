@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod oidc;
+pub mod plane;
 pub mod raw;
 pub mod replicas;
 pub mod smtp;
@@ -43,6 +44,10 @@ macro_rules! eventually {
         }
     }};
 }
+
+/// The data plane's 401 messages.
+pub const MISSING: &str = "Missing access token";
+pub const INVALID: &str = "Invalid or expired access token";
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
@@ -103,6 +108,15 @@ impl FakeUpstream {
     pub fn last(&self) -> Recorded {
         self.recorded().pop().expect("the upstream saw no request")
     }
+}
+
+/// Every value of header `name` a request arrived with.
+pub fn header<'a>(r: &'a Recorded, name: &str) -> Vec<&'a str> {
+    r.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
 }
 
 impl Drop for FakeUpstream {
