@@ -151,13 +151,7 @@ async fn a_code_of_a_known_user_gives_a_working_token_and_cookie() {
     assert_eq!(seen.headers["x-meiro-user-email"], "ann@example.com");
     assert_eq!(seen.headers["x-meiro-user-id"], ann.id.to_string().as_str());
     // …and refreshes like one.
-    let refreshed = gw
-        .http
-        .patch(gw.url("/users/login"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
+    let refreshed = gw.refresh_response(&token).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
 
     let ann = user(&gw, "ann@example.com").await.unwrap();

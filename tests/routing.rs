@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::plane::{Upstream, gateway, raw_get, route_toml, token, upstream_toml};
 use common::raw::raw;
-use common::{FakeUpstream, Gateway, INVALID, MISSING, header, message};
+use common::{FakeUpstream, Gateway, INVALID, MISSING, foreign_token, header, message};
 use http::Method;
 use meiro_gate::store::{Role, SqliteStore, Store};
 
@@ -82,9 +82,7 @@ async fn missing_and_forged_tokens_are_rejected_before_the_upstream() {
     .unwrap();
 
     // A valid token of another gateway (same issuer URL, its own key).
-    let other = Gateway::start(&up).await;
-    other.add_user("alice@example.com", Role::User).await;
-    let foreign = other.login("alice@example.com").await;
+    let (other, foreign) = foreign_token(&up, "alice@example.com").await;
 
     let seen_before = up.recorded().len();
     for (what, token) in [

@@ -6,11 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::fake::{FakeTask, serve_http};
 use common::plane::{Upstream, closed_port, gateway, route_toml, upstream_toml};
 use common::raw::find;
 use common::{FakeUpstream, Gateway, message};
@@ -116,34 +118,19 @@ async fn a_50_mib_request_body_streams_through_with_flat_memory() {
 }
 
 /// An upstream whose every answer is a `len`-byte body streamed in 64 KiB frames.
-async fn start_big_upstream(len: usize) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+async fn start_big_upstream(len: usize) -> (SocketAddr, FakeTask) {
     static CHUNK: [u8; 64 * 1024] = [b'y'; 64 * 1024];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let frames = std::iter::repeat_n(CHUNK.len(), len / CHUNK.len())
-                        .chain(std::iter::once(len % CHUNK.len()))
-                        .filter(|n| *n > 0)
-                        .map(|n| {
-                            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(
-                                &CHUNK[..n],
-                            )))
-                        });
-                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+    serve_http(move |_req| async move {
+        let frames = std::iter::repeat_n(CHUNK.len(), len / CHUNK.len())
+            .chain(std::iter::once(len % CHUNK.len()))
+            .filter(|n| *n > 0)
+            .map(|n| {
+                Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(&CHUNK[..n])))
             });
-        }
-    });
-    (addr, task)
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        hyper::Response::new(body)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -744,4 +731,46 @@ async fn http2_upstreams_are_spoken_to_in_http2() {
     assert_eq!(response.status(), 200);
     assert_eq!(up.seen().pop().unwrap().version, Version::HTTP_11);
     gw.shutdown().await;
+}
+
+/// The harness's own promise: a fake whose handler panics fails the test that owns it, when
+/// the test asks it for its records and when the test drops it (also for a panic in a task
+/// hyper spawned itself, an HTTP/2 stream), instead of leaving the test a closed connection
+/// to puzzle over.
+#[tokio::test]
+async fn a_panic_in_a_fake_upstream_fails_the_test_that_owns_it() {
+    let _shared = RSS_GUARD.read().await;
+    let panic_of = |outcome: std::thread::Result<()>| -> String {
+        let payload = outcome.expect_err("the owning scope did not panic");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    let up = FakeUpstream::start().await;
+    let answered = reqwest::get(format!("{}/x?panic=1", up.url())).await;
+    assert!(answered.is_err(), "{answered:?}");
+    let asked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        up.recorded();
+    }));
+    let message = panic_of(asked);
+    assert!(
+        message.contains("the fake upstream was asked to panic"),
+        "{message}"
+    );
+
+    let up = FakeUpstream::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answered = h2.get(format!("{}/x?panic=1", up.url())).send().await;
+    assert!(answered.is_err(), "{answered:?}");
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| drop(up)));
+    let message = panic_of(dropped);
+    assert!(
+        message.contains("the fake upstream was asked to panic"),
+        "{message}"
+    );
 }

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use meiro_gate::store::Role;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::Gateway;
+use super::fake::Tasks;
 use super::raw::{Raw, raw};
 
 /// One request as an upstream instance saw it.
@@ -62,6 +63,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hold: Duration,
     log: Arc<Log>,
+    tasks: Tasks,
     task: Option<JoinHandle<()>>,
 }
 
@@ -75,12 +77,14 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::<Log>::default();
-        let task = spawn_upstream(listener, name, hold, log.clone());
+        let tasks = Tasks::default();
+        let task = spawn_upstream(&tasks, listener, name, hold, log.clone());
         Upstream {
             name,
             addr,
             hold,
             log,
+            tasks,
             task: Some(task),
         }
     }
@@ -90,10 +94,12 @@ impl Upstream {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
+        self.tasks.check();
         self.log.seen.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
+        self.tasks.check();
         self.log.seen.lock().unwrap().len()
     }
 
@@ -138,6 +144,7 @@ impl Upstream {
         assert!(self.task.is_none(), "{} is running", self.name);
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.task = Some(spawn_upstream(
+            &self.tasks,
             listener,
             self.name,
             self.hold,
@@ -151,16 +158,19 @@ impl Drop for Upstream {
         if let Some(task) = &self.task {
             task.abort();
         }
+        self.tasks.check_on_drop();
     }
 }
 
 fn spawn_upstream(
+    tasks: &Tasks,
     listener: TcpListener,
     name: &'static str,
     hold: Duration,
     log: Arc<Log>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let watched = tasks.clone();
+    tasks.spawn(async move {
         // Owned by this task: aborting it drops the set, which aborts every connection.
         let mut connections = JoinSet::new();
         loop {
@@ -169,14 +179,15 @@ fn spawn_upstream(
                     let Ok((stream, _)) = accepted else { return };
                     log.connections.fetch_add(1, Ordering::SeqCst);
                     let log = log.clone();
-                    connections.spawn(async move {
+                    let executor = watched.clone();
+                    connections.spawn(watched.watch(async move {
                         let service = hyper::service::service_fn(move |request| {
                             answer(name, hold, log.clone(), request)
                         });
-                        let _ = auto::Builder::new(TokioExecutor::new())
+                        let _ = auto::Builder::new(executor)
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
-                    });
+                    }));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -273,6 +284,16 @@ pub fn upstream_toml(name: &str, instances: &[String], settings: &str) -> String
 
 pub fn route_toml(prefix: &str, upstream: &str, settings: &str) -> String {
     format!("\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{settings}\n")
+}
+
+/// A gateway whose one upstream, `backend` at `url`, serves `routes`: each a prefix and the
+/// route's other settings.
+pub async fn backend_gateway(url: &str, routes: &[(&str, &str)]) -> Gateway {
+    let mut extra = upstream_toml("backend", &[url.to_owned()], "");
+    for (prefix, settings) in routes {
+        extra.push_str(&route_toml(prefix, "backend", settings));
+    }
+    Gateway::start_with(url, &extra).await
 }
 
 /// A gateway whose config is `[[upstreams]]`/`[[routes]]`/sections given in full by `extra`.
