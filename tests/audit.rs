@@ -9,6 +9,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use common::accounts::{INVALID_CREDENTIALS, LINK_PREFIX, NEW_PASSWORD};
 use common::oidc::{CLIENT_SECRET, FakeIdp};
 use common::smtp::SmtpSink;
 use common::thread_log;
@@ -20,12 +21,9 @@ use url::Url;
 const ADMIN: &str = "admin@example.com";
 const ALICE: &str = "alice@example.com";
 const CAROL: &str = "carol@example.com";
-const NEW_PASSWORD: &str = "a brand new passphrase";
 const CAROL_PASSWORD: &str = "carol's first passphrase";
 /// Typed into the email field by mistake: must never be recorded.
 const PASSWORD_AS_EMAIL: &str = "hunter2-typed-in-the-wrong-field";
-const LINK_PREFIX: &str = "http://gateway.test/set_password/";
-const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
 
 struct Env {
     _upstream: FakeUpstream,

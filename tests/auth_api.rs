@@ -302,10 +302,8 @@ async fn every_credential_failure_is_the_same_401() {
     let hash = hash_standalone(PASSWORD.into()).await.unwrap();
     gw.add_user("active@example.com", Role::User).await;
     gw.add_user("disabled@example.com", Role::User).await;
-    store
-        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+    gw.disable_user("disabled@example.com")
         .await
-        .unwrap()
         .expect("user exists");
     gw.add_user("deleted@example.com", Role::User).await;
     // No store API deletes a user: mark the row the way a deletion would.
@@ -1009,12 +1007,7 @@ async fn session_max_age_caps_the_refresh_chain() {
 async fn refresh_refuses_tokens_of_a_disabled_user() {
     let (_up, gw, token) = alice_session().await;
     assert_proxied(&gw, &token).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("alice@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("alice@example.com").await;
     assert_eq!(refresh_refused(&gw, &token).await, INVALID_TOKEN);
     // The cached token stops working within the revocation feed's interval.
     crate::eventually!(

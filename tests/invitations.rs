@@ -377,12 +377,8 @@ async fn invite_validates_the_request() {
     }
     // A disabled user still holds the address.
     gw.add_user("disabled@example.com", Role::User).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+    gw.disable_user("disabled@example.com")
         .await
-        .unwrap()
         .expect("user exists");
     let (status, _) =
         status_message(invite(gw, &env.admin, json!({ "email": "disabled@example.com" })).await)

@@ -215,12 +215,7 @@ async fn auto_provision_creates_an_active_user_with_the_default_role() {
     assert_eq!(users.len(), 1);
     // An existing but disabled user is refused, not provisioned again.
     gw.add_user("off@example.com", Role::User).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("off@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("off@example.com").await;
     assert_refused(
         &gw,
         &idp.login_code("off@example.com"),
@@ -276,12 +271,7 @@ async fn unknown_disabled_or_pending_users_are_refused() {
     );
 
     gw.add_user("gone@example.com", Role::User).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("gone@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("gone@example.com").await;
     assert_refused(
         &gw,
         &idp.login_code("gone@example.com"),

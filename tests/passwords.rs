@@ -241,10 +241,8 @@ async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer()
     let gw = &env.gw;
     let store = gw.app().auth().store().clone();
     gw.add_user("disabled@example.com", Role::User).await;
-    store
-        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+    gw.disable_user("disabled@example.com")
         .await
-        .unwrap()
         .expect("user exists");
     store
         .create_user(NewUser {

@@ -169,24 +169,17 @@ impl Gateway {
     /// so helpers and tests can each set keys of the same section.
     pub async fn start_with_layers(upstream_url: &str, layers: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let base = format!(
-            r#"
-            {local}
-            [[upstreams]]
-            name = "backend"
-            instances = ["{upstream_url}"]
-            connect_timeout = "1s"
-            response_timeout = "2s"
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            [[routes]]
-            prefix = "/public"
-            upstream = "backend"
-            public = true
-            "#,
-            local = local_toml(dir.path()),
-        );
+        let base = [
+            local_toml(dir.path()),
+            plane::upstream_toml(
+                "backend",
+                &[upstream_url.to_owned()],
+                "connect_timeout = \"1s\"\nresponse_timeout = \"2s\"",
+            ),
+            plane::route_toml("/", "backend", ""),
+            plane::route_toml("/public", "backend", "public = true"),
+        ]
+        .concat();
         let figment = layers
             .iter()
             .fold(Figment::from(Toml::string(&base)), |f, layer| {
@@ -263,6 +256,16 @@ impl Gateway {
                 invitation: None,
                 created: self.clock.now(),
             })
+            .await
+            .unwrap()
+    }
+
+    /// Disables `email` in the store (`None`: no such user).
+    pub async fn disable_user(&self, email: &str) -> Option<User> {
+        self.app()
+            .auth()
+            .store()
+            .set_user_disabled(email, true, self.clock.now())
             .await
             .unwrap()
     }
