@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::plane::backend_gateway;
 use common::raw::{find, raw, read_response, read_until_closed};
 use common::ws::ws_echo;
 use common::{FakeUpstream, Gateway};
@@ -203,24 +204,9 @@ async fn underscores_in_headers_off_drops_every_underscore_header() {
 
 /// `public.example` has a public route for `/`; every other host needs a token.
 async fn host_routed_gateway(upstream: &FakeUpstream) -> Gateway {
-    Gateway::start_with(
+    backend_gateway(
         &upstream.url(),
-        &format!(
-            r#"
-            [[upstreams]]
-            name = "backend"
-            instances = ["{}"]
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            [[routes]]
-            prefix = "/"
-            host = "public.example"
-            upstream = "backend"
-            public = true
-            "#,
-            upstream.url()
-        ),
+        &[("/", ""), ("/", "host = \"public.example\"\npublic = true")],
     )
     .await
 }
@@ -327,27 +313,13 @@ async fn http2_authority_against_host_is_refused() {
 async fn path_parameters_and_a_trailing_host_dot_do_not_escape_a_protected_route() {
     let upstream = FakeUpstream::start().await;
     // The layout that makes these tricks pay: a public catch-all with protected routes inside.
-    let gw = Gateway::start_with(
+    let gw = backend_gateway(
         &upstream.url(),
-        &format!(
-            r#"
-            [[upstreams]]
-            name = "backend"
-            instances = ["{}"]
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            public = true
-            [[routes]]
-            prefix = "/admin"
-            upstream = "backend"
-            [[routes]]
-            prefix = "/"
-            host = "admin.example"
-            upstream = "backend"
-            "#,
-            upstream.url()
-        ),
+        &[
+            ("/", "public = true"),
+            ("/admin", ""),
+            ("/", "host = \"admin.example\""),
+        ],
     )
     .await;
     let get = |host: &str, target: &str| {
@@ -428,6 +400,11 @@ impl ScriptedUpstream {
             max_in_progress,
             task,
         }
+    }
+
+    /// Answers every request with `reply`.
+    async fn answering(reply: &'static [u8]) -> ScriptedUpstream {
+        Self::start(Arc::new(move |_: &str| reply.to_vec())).await
     }
 
     fn url(&self) -> String {
@@ -620,30 +597,13 @@ async fn a_route_tunnels_only_the_protocols_it_allows() {
         }
     }))
     .await;
-    let gw = Gateway::start_with(
+    let gw = backend_gateway(
         &upstream.url(),
-        &format!(
-            r#"
-            [[upstreams]]
-            name = "backend"
-            instances = ["{}"]
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            public = true
-            [[routes]]
-            prefix = "/custom"
-            upstream = "backend"
-            public = true
-            upgrades = ["x-custom/2"]
-            [[routes]]
-            prefix = "/none"
-            upstream = "backend"
-            public = true
-            upgrades = []
-            "#,
-            upstream.url()
-        ),
+        &[
+            ("/", "public = true"),
+            ("/custom", "public = true\nupgrades = [\"x-custom/2\"]"),
+            ("/none", "public = true\nupgrades = []"),
+        ],
     )
     .await;
     let ask = |target: &str, protocol: &str| {
@@ -683,9 +643,9 @@ async fn a_route_tunnels_only_the_protocols_it_allows() {
 #[tokio::test]
 async fn an_upstream_switching_to_anything_unoffered_gets_no_tunnel() {
     // 101 to everything, naming h2c whatever was asked.
-    let upstream = ScriptedUpstream::start(Arc::new(|_: &str| {
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec()
-    }))
+    let upstream = ScriptedUpstream::answering(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    )
     .await;
     let gw = Gateway::start_with(&upstream.url(), "").await;
     for head in [
@@ -773,11 +733,27 @@ async fn strict_gateway(upstream: &str, extra: &str) -> Gateway {
     .await
 }
 
+/// A [`strict_gateway`] with `extra`, its upstream, and a user's token.
+async fn strict_setup(extra: &str) -> (FakeUpstream, Gateway, String) {
+    let upstream = FakeUpstream::start().await;
+    let gw = strict_gateway(&upstream.url(), extra).await;
+    let token = user_token(&gw).await;
+    (upstream, gw, token)
+}
+
+/// A connection that has sent [`authenticated_post`]`(token, rest)`.
+async fn send_post(gw: &Gateway, token: &str, rest: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(authenticated_post(token, rest).as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
 #[tokio::test]
 async fn malformed_chunked_bodies_are_the_clients_400_and_charge_no_upstream() {
-    let upstream = FakeUpstream::start().await;
-    let gw = strict_gateway(&upstream.url(), "").await;
-    let token = user_token(&gw).await;
+    let (_upstream, gw, token) = strict_setup("").await;
     for (case, body) in [
         ("plus sign", "+5\r\nhello\r\n0\r\n\r\n"),
         ("0x prefix", "0x5\r\nhello\r\n0\r\n\r\n"),
@@ -813,14 +789,8 @@ async fn malformed_chunked_bodies_are_the_clients_400_and_charge_no_upstream() {
 
 #[tokio::test]
 async fn a_stalled_upload_is_the_clients_408_and_charges_no_upstream() {
-    let upstream = FakeUpstream::start().await;
-    let gw = strict_gateway(&upstream.url(), "[limits]\nbody_read_timeout = \"300ms\"\n").await;
-    let token = user_token(&gw).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(authenticated_post(&token, "Content-Length: 10\r\n\r\nabc").as_bytes())
-        .await
-        .unwrap();
+    let (_upstream, gw, token) = strict_setup("[limits]\nbody_read_timeout = \"300ms\"\n").await;
+    let mut stream = send_post(&gw, &token, "Content-Length: 10\r\n\r\nabc").await;
     let started = Instant::now();
     let response = read_response(&mut stream).await;
     assert_eq!(response.status, 408, "{response:?}");
@@ -837,15 +807,9 @@ async fn a_stalled_upload_is_the_clients_408_and_charges_no_upstream() {
 
 #[tokio::test]
 async fn a_slow_steady_upload_is_not_an_upstream_timeout() {
-    let upstream = FakeUpstream::start().await;
     // response_timeout is 300 ms; the upload takes about 750 ms.
-    let gw = strict_gateway(&upstream.url(), "").await;
-    let token = user_token(&gw).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(authenticated_post(&token, "Transfer-Encoding: chunked\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let (_upstream, gw, token) = strict_setup("").await;
+    let mut stream = send_post(&gw, &token, "Transfer-Encoding: chunked\r\n\r\n").await;
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         stream.write_all(b"a\r\n0123456789\r\n").await.unwrap();
@@ -860,9 +824,7 @@ async fn a_slow_steady_upload_is_not_an_upstream_timeout() {
 
 #[tokio::test]
 async fn a_slow_endpoint_times_out_but_ejects_no_instance() {
-    let upstream = FakeUpstream::start().await;
-    let gw = strict_gateway(&upstream.url(), "").await;
-    let token = user_token(&gw).await;
+    let (_upstream, gw, token) = strict_setup("").await;
     // Any client can ask for something slow.
     let slow = gw.get_with_token("/data?delay_ms=800", &token).await;
     assert_eq!(slow.status(), 504);
@@ -890,7 +852,7 @@ async fn an_http10_upstream_neither_downgrades_nor_closes_the_client_connection(
             b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok",
         ),
     ] {
-        let upstream = ScriptedUpstream::start(Arc::new(move |_: &str| reply.to_vec())).await;
+        let upstream = ScriptedUpstream::answering(reply).await;
         let gw = Gateway::start_with(&upstream.url(), "").await;
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
         for n in 0..3 {
@@ -1098,10 +1060,8 @@ impl Relay {
 
 #[tokio::test]
 async fn an_http2_client_that_stops_answering_pings_loses_its_connection_and_its_requests() {
-    let upstream = ScriptedUpstream::start(Arc::new(|_: &str| {
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
-    }))
-    .await;
+    let upstream =
+        ScriptedUpstream::answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let gw = Gateway::start_with(
         &upstream.url(),
         "[limits]\nhttp2_keepalive_interval = \"200ms\"\nhttp2_keepalive_timeout = \"200ms\"\n",
@@ -1149,10 +1109,8 @@ async fn an_http2_client_that_stops_answering_pings_loses_its_connection_and_its
 
 #[tokio::test]
 async fn paced_rapid_reset_gets_goaway_and_cancels_at_the_upstream() {
-    let upstream = ScriptedUpstream::start(Arc::new(|_: &str| {
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
-    }))
-    .await;
+    let upstream =
+        ScriptedUpstream::answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let gw = Gateway::start_with(&upstream.url(), "").await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();

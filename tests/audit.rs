@@ -9,6 +9,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use common::accounts::{INVALID_CREDENTIALS, LINK_PREFIX, NEW_PASSWORD};
 use common::oidc::{CLIENT_SECRET, FakeIdp};
 use common::smtp::SmtpSink;
 use common::thread_log;
@@ -20,12 +21,9 @@ use url::Url;
 const ADMIN: &str = "admin@example.com";
 const ALICE: &str = "alice@example.com";
 const CAROL: &str = "carol@example.com";
-const NEW_PASSWORD: &str = "a brand new passphrase";
 const CAROL_PASSWORD: &str = "carol's first passphrase";
 /// Typed into the email field by mistake: must never be recorded.
 const PASSWORD_AS_EMAIL: &str = "hunter2-typed-in-the-wrong-field";
-const LINK_PREFIX: &str = "http://gateway.test/set_password/";
-const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
 
 struct Env {
     _upstream: FakeUpstream,
@@ -65,25 +63,12 @@ async fn token_of(response: reqwest::Response) -> String {
     body["token"].as_str().expect("a token").to_owned()
 }
 
-async fn all_events(gw: &Gateway) -> Vec<AuditEvent> {
-    gw.app()
-        .auth()
-        .store()
-        .audit_events(&AuditFilter {
-            user_id: None,
-            email: None,
-            since: None,
-            limit: 10_000,
-        })
-        .await
-        .unwrap()
-}
-
 /// The one persisted event of the request `id` (written in the background: waited for).
 async fn event_of(gw: &Gateway, id: &str) -> AuditEvent {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let mut found: Vec<AuditEvent> = all_events(gw)
+        let mut found: Vec<AuditEvent> = gw
+            .audit_events()
             .await
             .into_iter()
             .filter(|e| e.request_id.as_deref() == Some(id))
@@ -296,7 +281,7 @@ async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_sec
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["target"] == "audit")
         .collect();
-    for event in all_events(gw).await {
+    for event in gw.audit_events().await {
         let id = event
             .request_id
             .clone()
@@ -311,7 +296,7 @@ async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_sec
     }
 
     // No secret anywhere: not in the store, not in any log line.
-    let persisted = serde_json::to_string(&all_events(gw).await).unwrap();
+    let persisted = serde_json::to_string(&gw.audit_events().await).unwrap();
     for secret in &secrets {
         assert!(secret.len() >= 8, "a meaningful needle: {secret:?}");
         assert!(

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{FakeUpstream, Gateway, PASSWORD, assert_json, message, status_message};
+use common::accounts::{INVALID_CREDENTIALS, assert_proxied, assert_rejected};
+use common::{
+    FakeUpstream, Gateway, PASSWORD, assert_json, foreign_token, message, status_message,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meiro_gate::auth::passwords::hash_standalone;
 use meiro_gate::store::{NewUser, Role};
@@ -16,7 +19,6 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER, SET_COOKIE};
 use serde_json::{Value, json};
 
-const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
 const INVALID_TOKEN: &str = "Invalid or expired access token";
 const TOO_OLD: &str = "Token is too old for refresh";
 const LOGGED_OUT: &str = "Successfully logged-out";
@@ -31,6 +33,20 @@ async fn setup() -> (FakeUpstream, Gateway) {
     let upstream = FakeUpstream::start().await;
     let gw = Gateway::start(&upstream).await;
     (upstream, gw)
+}
+
+/// [`setup`] with alice as a user.
+async fn with_alice() -> (FakeUpstream, Gateway) {
+    let (upstream, gw) = setup().await;
+    gw.add_user("alice@example.com", Role::User).await;
+    (upstream, gw)
+}
+
+/// [`with_alice`] and a session of hers.
+async fn alice_session() -> (FakeUpstream, Gateway, String) {
+    let (upstream, gw) = with_alice().await;
+    let token = gw.login("alice@example.com").await;
+    (upstream, gw, token)
 }
 
 async fn setup_with(extra_toml: &str) -> (FakeUpstream, Gateway) {
@@ -92,18 +108,9 @@ async fn login_raw(
         .unwrap()
 }
 
-async fn refresh(gw: &Gateway, token: &str) -> reqwest::Response {
-    gw.http
-        .patch(gw.url("/users/login"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Refreshes and returns the new token, asserting the 200, the body and the cookie.
 async fn refresh_ok(gw: &Gateway, token: &str) -> String {
-    let response = refresh(gw, token).await;
+    let response = gw.refresh_response(token).await;
     assert_eq!(response.status(), StatusCode::OK, "refresh");
     assert_json(response.headers());
     let cookie = the_cookie(response.headers());
@@ -116,7 +123,7 @@ async fn refresh_ok(gw: &Gateway, token: &str) -> String {
 
 /// Asserts a refresh is refused with 401 and returns its message.
 async fn refresh_refused(gw: &Gateway, token: &str) -> String {
-    let (status, msg) = status_message(refresh(gw, token).await).await;
+    let (status, msg) = status_message(gw.refresh_response(token).await).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
@@ -129,34 +136,23 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
     request.send().await.unwrap()
 }
 
+/// `DELETE /users/login` with `X-Access-Token`, asserting the contract's logout answer.
+async fn log_out(gw: &Gateway, token: &str) {
+    let response = send(
+        gw.http
+            .delete(gw.url("/users/login"))
+            .header("x-access-token", token),
+    )
+    .await;
+    assert_logged_out(response).await;
+}
+
 /// Asserts the contract's logout answer: 200, the message and the cookie deletion.
 async fn assert_logged_out(response: reqwest::Response) {
     assert_eq!(response.status(), StatusCode::OK);
     assert_json(response.headers());
     assert_eq!(the_cookie(response.headers()), DELETION_COOKIE);
     assert_eq!(message(response).await, LOGGED_OUT);
-}
-
-/// The token works on the data plane: 200 from the fake upstream.
-async fn assert_proxied(gw: &Gateway, token: &str) {
-    let response = gw.get_with_token("/anything", token).await;
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "token should pass the proxy"
-    );
-    assert_eq!(response.headers()["x-upstream"], "fake");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["path"], "/anything");
-}
-
-/// The token is refused on the data plane with the contract's 401.
-async fn assert_rejected(gw: &Gateway, token: &str) {
-    let response = gw.get_with_token("/anything", token).await;
-    assert!(response.headers().get("x-upstream").is_none());
-    let (status, msg) = status_message(response).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(msg, INVALID_TOKEN);
 }
 
 /// Waits (under a second) for the wall clock to enter a new second, so that the next few
@@ -306,10 +302,8 @@ async fn every_credential_failure_is_the_same_401() {
     let hash = hash_standalone(PASSWORD.into()).await.unwrap();
     gw.add_user("active@example.com", Role::User).await;
     gw.add_user("disabled@example.com", Role::User).await;
-    store
-        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+    gw.disable_user("disabled@example.com")
         .await
-        .unwrap()
         .expect("user exists");
     gw.add_user("deleted@example.com", Role::User).await;
     // No store API deletes a user: mark the row the way a deletion would.
@@ -374,8 +368,7 @@ async fn every_credential_failure_is_the_same_401() {
 
 #[tokio::test]
 async fn unknown_email_and_wrong_password_take_comparable_time() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     async fn timed(gw: &Gateway, email: &str) -> Duration {
         let start = Instant::now();
         let response = gw.login_response(email, "wrong password here").await;
@@ -403,8 +396,7 @@ async fn unknown_email_and_wrong_password_take_comparable_time() {
 
 #[tokio::test]
 async fn malformed_login_requests_are_4xx_json_never_500() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     let json_ct = "application/json";
     let big = format!(
         r#"{{"email":"alice@example.com","password":"{PASSWORD}","pad":"{}"}}"#,
@@ -607,15 +599,15 @@ async fn every_field_of_every_body_refuses_every_wrong_type_and_names_itself() {
         }
     }
     // A string that is not a role: the field and what it may be, not what was sent.
-    for role in ["<script>", "ADMIN", "Admin", "superuser", ""] {
-        let response = gw
-            .http
+    let invite = |role: Value| {
+        gw.http
             .post(gw.url("/users/invite"))
             .header("x-access-token", &admin)
             .json(&json!({"email": "new@example.com", "role": role}))
             .send()
-            .await
-            .unwrap();
+    };
+    for role in ["<script>", "ADMIN", "Admin", "superuser", ""] {
+        let response = invite(json!(role)).await.unwrap();
         let (status, msg) = status_message(response).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{role}");
         assert_eq!(
@@ -624,14 +616,7 @@ async fn every_field_of_every_body_refuses_every_wrong_type_and_names_itself() {
         );
     }
     // Nobody was invited by any of that, and `null` is the documented default.
-    let response = gw
-        .http
-        .post(gw.url("/users/invite"))
-        .header("x-access-token", &admin)
-        .json(&json!({"email": "new@example.com", "role": null}))
-        .send()
-        .await
-        .unwrap();
+    let response = invite(Value::Null).await.unwrap();
     let (status, user) = common::status_json(response).await;
     assert_eq!(status, StatusCode::OK, "{user}");
     assert_eq!(user["role"], "user");
@@ -642,13 +627,12 @@ async fn every_field_of_every_body_refuses_every_wrong_type_and_names_itself() {
 /// login's included, as the data plane's do.
 #[tokio::test]
 async fn every_401_of_the_api_carries_a_bearer_challenge() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     let responses = [
         gw.login_response("alice@example.com", "wrong password")
             .await,
         gw.login_response("nobody@example.com", "x").await,
-        refresh(&gw, "forged.token.here").await,
+        gw.refresh_response("forged.token.here").await,
         gw.http
             .post(gw.url("/users/invite"))
             .json(&json!({"email": "x@example.com"}))
@@ -740,8 +724,7 @@ async fn router_fallbacks_are_json_errors() {
 
 #[tokio::test]
 async fn login_ignores_unknown_fields() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     let body = json!({
         "email": "alice@example.com",
         "password": PASSWORD,
@@ -784,8 +767,7 @@ async fn wrong_method_on_login_is_not_a_server_error() {
 
 #[tokio::test]
 async fn five_failures_block_the_account_even_for_the_right_password() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     gw.add_user("bob@example.com", Role::User).await;
     for i in 0..5 {
         let response = gw.login_response("alice@example.com", "wrong").await;
@@ -817,8 +799,7 @@ async fn five_failures_block_the_account_even_for_the_right_password() {
 
 #[tokio::test]
 async fn successful_logins_do_not_count_towards_the_account_limit() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     for _ in 0..4 {
         let response = gw.login_response("alice@example.com", "wrong").await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -836,8 +817,7 @@ async fn successful_logins_do_not_count_towards_the_account_limit() {
 
 #[tokio::test]
 async fn concurrent_failures_cannot_exceed_the_account_limit() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
+    let (_up, gw) = with_alice().await;
     let attempts = (0..12).map(|_| gw.login_response("alice@example.com", "wrong"));
     let responses = futures_util::future::join_all(attempts).await;
     let mut statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
@@ -906,9 +886,7 @@ async fn refresh_issues_a_new_token_of_the_same_session() {
 
 #[tokio::test]
 async fn refreshing_a_token_twice_ends_the_whole_session() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let other_session = gw.login("alice@example.com").await;
+    let (_up, gw, other_session) = alice_session().await;
     let old = gw.login("alice@example.com").await;
     let new = refresh_ok(&gw, &old).await;
     assert_proxied(&gw, &new).await; // cached now
@@ -931,9 +909,7 @@ async fn refreshing_a_token_twice_ends_the_whole_session() {
 
 #[tokio::test]
 async fn refresh_accepts_a_token_exactly_at_the_end_of_its_window() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     let exp = claim_i64(&token, "exp");
     assert_eq!(exp - claim_i64(&token, "iat"), TTL as i64);
     align_to_second_start().await;
@@ -944,9 +920,7 @@ async fn refresh_accepts_a_token_exactly_at_the_end_of_its_window() {
 
 #[tokio::test]
 async fn refresh_refuses_a_token_one_second_past_its_window() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     advance_to(&gw, claim_i64(&token, "exp") + WINDOW as i64 + 1); // login + 8 h + 4 h + 1 s
     assert_eq!(refresh_refused(&gw, &token).await, TOO_OLD);
     assert_rejected(&gw, &token).await;
@@ -954,14 +928,10 @@ async fn refresh_refuses_a_token_one_second_past_its_window() {
 
 #[tokio::test]
 async fn refresh_refuses_forged_and_foreign_tokens_with_another_message() {
-    let (up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (up, gw, token) = alice_session().await;
 
     // A token from another gateway (another key, same issuer).
-    let other = Gateway::start(&up).await;
-    other.add_user("alice@example.com", Role::User).await;
-    let foreign = other.login("alice@example.com").await;
+    let (_other, foreign) = foreign_token(&up, "alice@example.com").await;
 
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     // Payload re-encoded with a later exp, original signature kept.
@@ -1002,9 +972,7 @@ async fn refresh_refuses_forged_and_foreign_tokens_with_another_message() {
 
 #[tokio::test]
 async fn an_expired_token_inside_the_window_refreshes_into_a_working_one() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     assert_proxied(&gw, &token).await; // cached before it expires
     gw.clock.advance(secs(TTL + 1));
     assert_rejected(&gw, &token).await;
@@ -1037,16 +1005,9 @@ async fn session_max_age_caps_the_refresh_chain() {
 
 #[tokio::test]
 async fn refresh_refuses_tokens_of_a_disabled_user() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     assert_proxied(&gw, &token).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("alice@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("alice@example.com").await;
     assert_eq!(refresh_refused(&gw, &token).await, INVALID_TOKEN);
     // The cached token stops working within the revocation feed's interval.
     crate::eventually!(
@@ -1063,9 +1024,7 @@ async fn refresh_refuses_tokens_of_a_disabled_user() {
 async fn logout_ends_the_session(
     carry: fn(reqwest::RequestBuilder, &str) -> reqwest::RequestBuilder,
 ) {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     assert_proxied(&gw, &token).await;
     let response = send(carry(gw.http.delete(gw.url("/users/login")), &token)).await;
     assert_logged_out(response).await;
@@ -1111,9 +1070,7 @@ async fn logout_with_header_token_and_a_non_json_body_still_ends_the_session() {
 
 #[tokio::test]
 async fn logout_ends_both_the_cookie_session_and_the_body_session() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let stale = gw.login("alice@example.com").await;
+    let (_up, gw, stale) = alice_session().await;
     let current = gw.login("alice@example.com").await;
     assert_proxied(&gw, &current).await;
     let response = send(
@@ -1130,12 +1087,8 @@ async fn logout_ends_both_the_cookie_session_and_the_body_session() {
 
 #[tokio::test]
 async fn logout_is_idempotent_for_unknown_garbage_or_no_token() {
-    let (up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let live = gw.login("alice@example.com").await;
-    let other = Gateway::start(&up).await;
-    other.add_user("alice@example.com", Role::User).await;
-    let foreign = other.login("alice@example.com").await;
+    let (up, gw, live) = alice_session().await;
+    let (_other, foreign) = foreign_token(&up, "alice@example.com").await;
     let url = gw.url("/users/login");
     let requests = [
         ("no token", gw.http.delete(&url)),
@@ -1176,38 +1129,22 @@ async fn logout_is_idempotent_for_unknown_garbage_or_no_token() {
 
 #[tokio::test]
 async fn logout_accepts_an_expired_but_refreshable_token_and_ends_its_session() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let token = gw.login("alice@example.com").await;
+    let (_up, gw, token) = alice_session().await;
     gw.clock.advance(secs(TTL + 60));
     assert_rejected(&gw, &token).await;
-    let response = send(
-        gw.http
-            .delete(gw.url("/users/login"))
-            .header("x-access-token", &token),
-    )
-    .await;
-    assert_logged_out(response).await;
+    log_out(&gw, &token).await;
     // Without the logout this refresh would succeed (see the expired-token refresh test).
     assert_eq!(refresh_refused(&gw, &token).await, INVALID_TOKEN);
 }
 
 #[tokio::test]
 async fn logging_out_one_session_leaves_the_others_working() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let laptop = gw.login("alice@example.com").await;
+    let (_up, gw, laptop) = alice_session().await;
     let phone = gw.login("alice@example.com").await;
     assert_ne!(claim_str(&laptop, "sid"), claim_str(&phone, "sid"));
     assert_proxied(&gw, &laptop).await;
     assert_proxied(&gw, &phone).await;
-    let response = send(
-        gw.http
-            .delete(gw.url("/users/login"))
-            .header("x-access-token", &laptop),
-    )
-    .await;
-    assert_logged_out(response).await;
+    log_out(&gw, &laptop).await;
     assert_rejected(&gw, &laptop).await;
     assert_proxied(&gw, &phone).await;
     let phone2 = refresh_ok(&gw, &phone).await;
@@ -1216,20 +1153,12 @@ async fn logging_out_one_session_leaves_the_others_working() {
 
 #[tokio::test]
 async fn logout_of_a_refreshed_session_rejects_every_token_of_it() {
-    let (_up, gw) = setup().await;
-    gw.add_user("alice@example.com", Role::User).await;
-    let old = gw.login("alice@example.com").await;
+    let (_up, gw, old) = alice_session().await;
     let new = refresh_ok(&gw, &old).await;
     assert_proxied(&gw, &old).await;
     assert_proxied(&gw, &new).await;
     // Logging out with the older token ends the session the newer one belongs to.
-    let response = send(
-        gw.http
-            .delete(gw.url("/users/login"))
-            .header("x-access-token", &old),
-    )
-    .await;
-    assert_logged_out(response).await;
+    log_out(&gw, &old).await;
     assert_rejected(&gw, &old).await;
     assert_rejected(&gw, &new).await;
     assert_eq!(refresh_refused(&gw, &new).await, INVALID_TOKEN);

@@ -259,6 +259,16 @@ impl Served {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The status of a GET of `path` on the admin listener.
+    async fn admin_status(&self, path: &str) -> reqwest::StatusCode {
+        self.http
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     async fn login(&self, email: &str, password: &str) -> String {
         let response = self
             .http
@@ -267,30 +277,15 @@ impl Served {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "login of {email}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
+        common::token_of_login(response, email).await
     }
 
     async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .header("x-access-token", token)
-            .send()
-            .await
-            .unwrap()
+        common::get_with_token(&self.http, self.url(path), token).await
     }
 
     async fn jwks_kids(&self) -> Vec<String> {
-        let jwks: serde_json::Value = self
-            .http
-            .get(self.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = common::get_json(self.http.get(self.url("/.well-known/jwks.json"))).await;
         let mut kids: Vec<String> = jwks["keys"]
             .as_array()
             .unwrap()
@@ -611,20 +606,8 @@ async fn serve_end_to_end_with_live_revocation_by_the_cli() {
     let setup = Setup::valid(&up.url(), "");
     let served = setup.serve(&BOOTSTRAP_ENV);
 
-    let healthz = served
-        .http
-        .get(served.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(healthz.status(), 200);
-    let readyz = served
-        .http
-        .get(served.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(readyz.status(), 200);
+    assert_eq!(served.admin_status("/healthz").await, 200);
+    assert_eq!(served.admin_status("/readyz").await, 200);
 
     let missing = served.http.get(served.url("/x")).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -663,13 +646,11 @@ async fn serve_end_to_end_with_live_revocation_by_the_cli() {
         "SIGHUP ended the process:\n{}",
         served.guard.log_text()
     );
-    let healthz = served
-        .http
-        .get(served.admin_url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(healthz.status(), 200, "still serving after SIGHUP");
+    assert_eq!(
+        served.admin_status("/healthz").await,
+        200,
+        "still serving after SIGHUP"
+    );
     assert_eq!(served.stop().code(), Some(0));
 }
 

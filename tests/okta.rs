@@ -151,13 +151,7 @@ async fn a_code_of_a_known_user_gives_a_working_token_and_cookie() {
     assert_eq!(seen.headers["x-meiro-user-email"], "ann@example.com");
     assert_eq!(seen.headers["x-meiro-user-id"], ann.id.to_string().as_str());
     // …and refreshes like one.
-    let refreshed = gw
-        .http
-        .patch(gw.url("/users/login"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
+    let refreshed = gw.refresh_response(&token).await;
     assert_eq!(refreshed.status(), StatusCode::OK);
 
     let ann = user(&gw, "ann@example.com").await.unwrap();
@@ -221,12 +215,7 @@ async fn auto_provision_creates_an_active_user_with_the_default_role() {
     assert_eq!(users.len(), 1);
     // An existing but disabled user is refused, not provisioned again.
     gw.add_user("off@example.com", Role::User).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("off@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("off@example.com").await;
     assert_refused(
         &gw,
         &idp.login_code("off@example.com"),
@@ -282,12 +271,7 @@ async fn unknown_disabled_or_pending_users_are_refused() {
     );
 
     gw.add_user("gone@example.com", Role::User).await;
-    gw.app()
-        .auth()
-        .store()
-        .set_user_disabled("gone@example.com", true, gw.clock.now())
-        .await
-        .unwrap();
+    gw.disable_user("gone@example.com").await;
     assert_refused(
         &gw,
         &idp.login_code("gone@example.com"),

@@ -376,19 +376,15 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
         .json()
         .await
         .unwrap();
-    let link: Value = gw
-        .http
-        .get(gw.url(&format!(
-            "/users/{}/invitation_link",
-            invited["id"].as_str().unwrap()
-        )))
-        .header("x-access-token", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let link = common::get_json(
+        gw.http
+            .get(gw.url(&format!(
+                "/users/{}/invitation_link",
+                invited["id"].as_str().unwrap()
+            )))
+            .header("x-access-token", &admin),
+    )
+    .await;
     let link = url::Url::parse(link["user_invitation_link"].as_str().unwrap()).unwrap();
     let invitation_token = link
         .query_pairs()

@@ -6,6 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::accounts::{
+    INVALID_ONE_TIME_TOKEN, LINK_PREFIX, MAIL_WAIT, NEW_PASSWORD, assert_login_refused,
+    assert_no_more_mail, assert_password_set, assert_proxied, assert_rejected,
+    assert_spent_once_under_concurrent_use, assert_token_refused, login_with, set_password,
+};
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
     FakeUpstream, Gateway, PASSWORD, assert_json, smtp_toml, status_json, status_message,
@@ -16,19 +21,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 use url::Url;
 
-const LINK_PREFIX: &str = "http://gateway.test/set_password/";
-const INVALID_ONE_TIME_TOKEN: &str = "Invalid or expired token";
-const INVALID_ACCESS_TOKEN: &str = "Invalid or expired access token";
-const INVALID_CREDENTIALS: &str = "Invalid credentials have been provided";
-const NEW_PASSWORD: &str = "a brand new passphrase";
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
-const MAIL_WAIT: Duration = Duration::from_secs(10);
 const RESET_TTL: u64 = 3600;
 const THROTTLE_WINDOW: u64 = 15 * 60;
-/// How long a test waits before asserting that no (further) e-mail arrived: the lookup runs
-/// in a background task and the queue delivers to loopback in milliseconds.
-const QUIET: Duration = Duration::from_millis(400);
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -54,6 +50,14 @@ async fn setup_with(extra_toml: &str) -> Env {
     }
 }
 
+impl Env {
+    /// Alice asks for a reset; the link of the `n`th message (asserting no more arrived).
+    async fn reset_alice(&self, n: usize) -> Link {
+        forgot_ok(&self.gw, ALICE).await;
+        nth_reset(&self.sink, n, ALICE).await
+    }
+}
+
 async fn setup() -> Env {
     setup_with("").await
 }
@@ -74,70 +78,8 @@ async fn forgot_ok(gw: &Gateway, email: &str) {
     assert_eq!(body, json!({ "message": "ok" }));
 }
 
-async fn set_password(gw: &Gateway, email: &str, password: &str, token: &str) -> reqwest::Response {
-    gw.http
-        .patch(gw.url("/users/password"))
-        .json(&json!({ "email": email, "password": password, "token": token }))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn assert_password_set(gw: &Gateway, email: &str, password: &str, token: &str) {
-    let (status, body) = status_json(set_password(gw, email, password, token).await).await;
-    assert_eq!(status, StatusCode::OK, "reset of {email}: {body}");
-    assert_eq!(body, json!({ "message": "ok" }));
-}
-
-/// Asserts exactly `400 {"message": "Invalid or expired token"}`.
-async fn assert_token_refused(gw: &Gateway, email: &str, password: &str, token: &str) {
-    let (status, body) = status_json(set_password(gw, email, password, token).await).await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "{email} / {token:?}: {body}"
-    );
-    assert_eq!(body, json!({ "message": INVALID_ONE_TIME_TOKEN }));
-}
-
-async fn login_with(gw: &Gateway, email: &str, password: &str) -> String {
-    let response = gw.login_response(email, password).await;
-    assert_eq!(response.status(), StatusCode::OK, "login of {email}");
-    let body: Value = response.json().await.unwrap();
-    body["token"].as_str().unwrap().to_owned()
-}
-
-async fn assert_login_refused(gw: &Gateway, email: &str, password: &str) {
-    let (status, msg) = status_message(gw.login_response(email, password).await).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "login of {email}");
-    assert_eq!(msg, INVALID_CREDENTIALS);
-}
-
-async fn assert_proxied(gw: &Gateway, token: &str) {
-    let response = gw.get_with_token("/anything", token).await;
-    assert_eq!(response.status(), StatusCode::OK, "token should pass");
-    assert_eq!(response.headers()["x-upstream"], "fake");
-}
-
-async fn assert_rejected(gw: &Gateway, token: &str) {
-    let response = gw.get_with_token("/anything", token).await;
-    assert!(response.headers().get("x-upstream").is_none());
-    let (status, msg) = status_message(response).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(msg, INVALID_ACCESS_TOKEN);
-}
-
-async fn refresh(gw: &Gateway, token: &str) -> reqwest::Response {
-    gw.http
-        .patch(gw.url("/users/login"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn refresh_ok(gw: &Gateway, token: &str) -> String {
-    let (status, body) = status_json(refresh(gw, token).await).await;
+    let (status, body) = status_json(gw.refresh_response(token).await).await;
     assert_eq!(status, StatusCode::OK, "refresh: {body}");
     body["token"].as_str().expect("a token").to_owned()
 }
@@ -191,12 +133,6 @@ async fn nth_reset(sink: &SmtpSink, n: usize, to: &str) -> Link {
     let mails = sink.wait_for(n, MAIL_WAIT).await;
     assert_eq!(mails.len(), n, "exactly {n} message(s): {mails:#?}");
     reset_link_in(&mails[n - 1], to)
-}
-
-async fn assert_no_more_mail(sink: &SmtpSink, n: usize) {
-    tokio::time::sleep(QUIET).await;
-    let mails = sink.messages();
-    assert_eq!(mails.len(), n, "unexpected e-mail: {mails:#?}");
 }
 
 /// The `q`-quantile (0..=1) of sorted durations, nearest rank.
@@ -278,12 +214,11 @@ async fn after_a_reset_old_tokens_cannot_be_refreshed() {
     let refreshed = refresh_ok(gw, &before_refresh).await;
     assert_proxied(gw, &refreshed).await;
 
-    forgot_ok(gw, ALICE).await;
-    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let link = env.reset_alice(1).await;
     assert_password_set(gw, ALICE, NEW_PASSWORD, &link.token).await;
 
     for token in [&plain, &refreshed] {
-        let (status, msg) = status_message(refresh(gw, token).await).await;
+        let (status, msg) = status_message(gw.refresh_response(token).await).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,
@@ -306,10 +241,8 @@ async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer()
     let gw = &env.gw;
     let store = gw.app().auth().store().clone();
     gw.add_user("disabled@example.com", Role::User).await;
-    store
-        .set_user_disabled("disabled@example.com", true, gw.clock.now())
+    gw.disable_user("disabled@example.com")
         .await
-        .unwrap()
         .expect("user exists");
     store
         .create_user(NewUser {
@@ -563,8 +496,7 @@ async fn reset_requests_are_limited_per_email() {
 
     // Once the window has passed, alice may ask again; the new link supersedes all five.
     gw.clock.advance(Duration::from_secs(THROTTLE_WINDOW + 1));
-    forgot_ok(gw, ALICE).await;
-    let newest = nth_reset(&env.sink, 7, ALICE).await;
+    let newest = env.reset_alice(7).await;
     for link in &earlier {
         assert_token_refused(gw, ALICE, NEW_PASSWORD, &link.token).await;
     }
@@ -598,21 +530,18 @@ async fn reset_requests_are_limited_per_client_ip_across_addresses() {
 async fn reset_tokens_expire_after_one_hour() {
     let env = setup().await;
     let gw = &env.gw;
-    forgot_ok(gw, ALICE).await;
-    let early = nth_reset(&env.sink, 1, ALICE).await;
+    let early = env.reset_alice(1).await;
     // Still good five seconds before the hour is up.
     gw.clock.advance(Duration::from_secs(RESET_TTL - 5));
     assert_password_set(gw, ALICE, NEW_PASSWORD, &early.token).await;
 
-    forgot_ok(gw, ALICE).await;
-    let late = nth_reset(&env.sink, 2, ALICE).await;
+    let late = env.reset_alice(2).await;
     gw.clock.advance(Duration::from_secs(RESET_TTL + 1));
     assert_token_refused(gw, ALICE, "too late passphrase", &late.token).await;
     assert_login_refused(gw, ALICE, "too late passphrase").await;
     login_with(gw, ALICE, NEW_PASSWORD).await;
     // A new request brings a working link again.
-    forgot_ok(gw, ALICE).await;
-    let again = nth_reset(&env.sink, 3, ALICE).await;
+    let again = env.reset_alice(3).await;
     assert_password_set(gw, ALICE, "in time passphrase", &again.token).await;
     login_with(gw, ALICE, "in time passphrase").await;
 }
@@ -621,10 +550,8 @@ async fn reset_tokens_expire_after_one_hour() {
 async fn a_newer_reset_supersedes_the_earlier_one() {
     let env = setup().await;
     let gw = &env.gw;
-    forgot_ok(gw, ALICE).await;
-    let first = nth_reset(&env.sink, 1, ALICE).await;
-    forgot_ok(gw, ALICE).await;
-    let second = nth_reset(&env.sink, 2, ALICE).await;
+    let first = env.reset_alice(1).await;
+    let second = env.reset_alice(2).await;
     assert_ne!(first.token, second.token);
     assert_token_refused(gw, ALICE, NEW_PASSWORD, &first.token).await;
     assert_login_refused(gw, ALICE, NEW_PASSWORD).await;
@@ -636,8 +563,7 @@ async fn a_newer_reset_supersedes_the_earlier_one() {
 async fn a_reset_token_is_bound_to_its_user() {
     let env = setup().await;
     let gw = &env.gw;
-    forgot_ok(gw, ALICE).await;
-    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let link = env.reset_alice(1).await;
     // Another existing user, an unknown address: refused, and nothing changes.
     assert_token_refused(gw, BOB, NEW_PASSWORD, &link.token).await;
     assert_token_refused(gw, "nobody@example.com", NEW_PASSWORD, &link.token).await;
@@ -652,8 +578,7 @@ async fn a_reset_token_is_bound_to_its_user() {
 async fn garbage_tokens_are_refused_without_spending_the_real_one() {
     let env = setup().await;
     let gw = &env.gw;
-    forgot_ok(gw, ALICE).await;
-    let link = nth_reset(&env.sink, 1, ALICE).await;
+    let link = env.reset_alice(1).await;
     let mut tampered = link.token.clone().into_bytes();
     tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
@@ -838,32 +763,7 @@ async fn a_reset_token_is_spent_once_even_under_concurrent_use() {
     let env = setup().await;
     let gw = &env.gw;
     let session = gw.login(ALICE).await;
-    forgot_ok(gw, ALICE).await;
-    let link = nth_reset(&env.sink, 1, ALICE).await;
-    let passwords: Vec<String> = (0..4)
-        .map(|i| format!("concurrent passphrase {i}"))
-        .collect();
-    let attempt = |i: usize| set_password(gw, ALICE, &passwords[i], &link.token);
-    let (a, b, c, d) = tokio::join!(attempt(0), attempt(1), attempt(2), attempt(3));
-    let responses = [a, b, c, d];
-    let mut winners = Vec::new();
-    for (password, response) in passwords.iter().zip(responses) {
-        let (status, body) = status_json(response).await;
-        match status {
-            StatusCode::OK => winners.push(password),
-            StatusCode::BAD_REQUEST => {
-                assert_eq!(body, json!({ "message": INVALID_ONE_TIME_TOKEN }));
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    assert_eq!(winners.len(), 1, "exactly one use succeeds: {winners:?}");
-    for password in &passwords {
-        if password == winners[0] {
-            login_with(gw, ALICE, password).await;
-        } else {
-            assert_login_refused(gw, ALICE, password).await;
-        }
-    }
+    let link = env.reset_alice(1).await;
+    assert_spent_once_under_concurrent_use(gw, ALICE, &link.token).await;
     assert_rejected(gw, &session).await;
 }

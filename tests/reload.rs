@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::fake::{FakeTask, serve_http};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meiro_gate::{App, Config, RunningApp, config};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -46,52 +46,34 @@ struct Origin {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     health_checks: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: FakeTask,
 }
 
 impl Origin {
     async fn start(name: &'static str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let health_checks = Arc::new(AtomicUsize::new(0));
         let (counted, checks) = (requests.clone(), health_checks.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (counted, checks) = (counted.clone(), checks.clone());
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                            let (counted, checks) = (counted.clone(), checks.clone());
-                            async move {
-                                if req.uri().path() == "/health" {
-                                    checks.fetch_add(1, Ordering::SeqCst);
-                                    return Ok::<_, Infallible>(answer(Bytes::from_static(b"ok")));
-                                }
-                                counted.fetch_add(1, Ordering::SeqCst);
-                                if req.uri().path() == "/stream" {
-                                    return Ok(slow_stream());
-                                }
-                                Ok(answer(Bytes::from_static(name.as_bytes())))
-                            }
-                        });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let (addr, task) = serve_http(move |req: hyper::Request<Incoming>| {
+            let (counted, checks) = (counted.clone(), checks.clone());
+            async move {
+                if req.uri().path() == "/health" {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    return answer(Bytes::from_static(b"ok"));
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                if req.uri().path() == "/stream" {
+                    return slow_stream();
+                }
+                answer(Bytes::from_static(name.as_bytes()))
             }
-        });
+        })
+        .await;
         Origin {
             addr,
             requests,
             health_checks,
-            task,
+            _task: task,
         }
     }
 

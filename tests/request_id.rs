@@ -5,19 +5,17 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use common::fake::{FakeTask, serve_http};
 use common::thread_log;
 use common::{Gateway, PASSWORD};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meiro_gate::store::Role;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACESTATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
@@ -28,56 +26,36 @@ const ORIGIN_TRACESTATE: &str = "origin=1,rojo=00f067aa0ba902b7";
 /// trace context it received (`traceparent` as is, `tracestate` with an entry of its own).
 struct EchoOrigin {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    _task: FakeTask,
 }
 
 impl EchoOrigin {
     async fn start() -> EchoOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let headers: serde_json::Map<String, Value> = req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>")))
-                            })
-                            .collect();
-                        let mut response = Response::builder()
-                            .header("content-type", "application/json")
-                            // An origin's own id must not replace the gateway's.
-                            .header("x-request-id", "set-by-origin");
-                        if let Some(tp) = req.headers().get("traceparent") {
-                            response = response
-                                .header("traceparent", tp)
-                                .header("tracestate", ORIGIN_TRACESTATE);
-                        }
-                        Ok::<_, Infallible>(
-                            response
-                                .body(Full::new(Bytes::from(Value::from(headers).to_string())))
-                                .unwrap(),
-                        )
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        let (addr, task) = serve_http(|req: Request<Incoming>| async move {
+            let headers: serde_json::Map<String, Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>"))))
+                .collect();
+            let mut response = Response::builder()
+                .header("content-type", "application/json")
+                // An origin's own id must not replace the gateway's.
+                .header("x-request-id", "set-by-origin");
+            if let Some(tp) = req.headers().get("traceparent") {
+                response = response
+                    .header("traceparent", tp)
+                    .header("tracestate", ORIGIN_TRACESTATE);
             }
-        });
-        EchoOrigin { addr, task }
+            response
+                .body(Full::new(Bytes::from(Value::from(headers).to_string())))
+                .unwrap()
+        })
+        .await;
+        EchoOrigin { addr, _task: task }
     }
 
     fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for EchoOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -7,25 +7,23 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::fake::{FakeTask, serve_http};
 use common::{Gateway, message};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meiro_gate::app::StartError;
 use meiro_gate::proxy::ProxyBuildError;
 use meiro_gate::{App, config};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 const INVALID: &str = "Invalid or expired access token";
 const UNAVAILABLE: &str = "Token validation is temporarily unavailable";
@@ -96,33 +94,19 @@ struct BackendState {
 struct Backend {
     addr: SocketAddr,
     state: Arc<BackendState>,
-    task: tokio::task::JoinHandle<()>,
+    _task: FakeTask,
 }
 
 impl Backend {
     async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state: Arc<BackendState> = Arc::default();
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(serve(req, state).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Backend { addr, state, task }
+        let (addr, task) = serve_http(move |req| serve(req, shared.clone())).await;
+        Backend {
+            addr,
+            state,
+            _task: task,
+        }
     }
 
     fn url(&self) -> String {
@@ -167,12 +151,6 @@ impl Backend {
 
     fn is_live(&self, token: &str) -> bool {
         self.state.tokens.lock().unwrap().contains_key(token)
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -575,13 +553,7 @@ async fn tokens_learned_from_login_responses_need_no_introspection() {
     assert_eq!(by_cookie.status(), 200);
 
     // A refresh's new token is learned too.
-    let refreshed = gw
-        .http
-        .patch(gw.url("/users/login"))
-        .json(&json!({ "token": token }))
-        .send()
-        .await
-        .unwrap();
+    let refreshed = gw.refresh_response(&token).await;
     assert_eq!(refreshed.status(), 200);
     let new: Value = refreshed.json().await.unwrap();
     let new = new["token"].as_str().unwrap().to_owned();

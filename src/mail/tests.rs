@@ -336,14 +336,7 @@ const LINK: &str = "http://127.0.0.1:8080/invitation/accept?token=Zm9vYmFyYmF6cX
 async fn file_transport_end_to_end() {
     let root = tempfile::tempdir().unwrap();
     let outbox = root.path().join("outbox");
-    let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(
-        &config(MailTransport::File, &outbox, ""),
-        shutdown,
-        MailMetrics::default(),
-    )
-    .await
-    .unwrap();
+    let (mail, _worker, _stop) = start_configured(config(MailTransport::File, &outbox, "")).await;
     mail.send_password_reset("ann@example.com", LINK, |_| {});
 
     let read_outbox = || -> Vec<String> {
@@ -411,18 +404,21 @@ async fn start_refuses_bad_settings() {
     assert!(matches!(err, MailError::Outbox { .. }), "{err}");
 }
 
+/// A started `Mail` on `config`, with its worker and the sender that would stop it.
+async fn start_configured(config: MailConfig) -> (Mail, JoinHandle<()>, watch::Sender<bool>) {
+    let (stop, shutdown) = watch::channel(false);
+    let (mail, worker) = Mail::start(&config, shutdown, MailMetrics::default())
+        .await
+        .unwrap();
+    (mail, worker, stop)
+}
+
 #[tokio::test]
 async fn smtp_round_trip_through_a_real_server() {
     let sink = SmtpSink::start().await;
     let url = format!("smtp://{}", sink.addr);
-    let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(
-        &config(MailTransport::Smtp, Path::new("."), &url),
-        shutdown,
-        MailMetrics::default(),
-    )
-    .await
-    .unwrap();
+    let (mail, _worker, _stop) =
+        start_configured(config(MailTransport::Smtp, Path::new("."), &url)).await;
     mail.send_invitation("ann@example.com", LINK, |_| {});
 
     let received = sink.wait_for(1, WAIT).await;
@@ -479,14 +475,8 @@ async fn smtp_down_then_back_is_retried_until_delivered() {
     first.stop().await;
 
     let url = format!("smtp://{addr}");
-    let (_stop, shutdown) = watch::channel(false);
-    let (mail, _worker) = Mail::start(
-        &config(MailTransport::Smtp, Path::new("."), &url),
-        shutdown,
-        MailMetrics::default(),
-    )
-    .await
-    .unwrap();
+    let (mail, _worker, _stop) =
+        start_configured(config(MailTransport::Smtp, Path::new("."), &url)).await;
     mail.send_password_reset("ann@example.com", LINK, |_| {});
 
     tokio::time::sleep(Duration::from_secs(1)).await;

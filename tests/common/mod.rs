@@ -4,7 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod accounts;
 pub mod oidc;
+pub mod plane;
 pub mod raw;
 pub mod replicas;
 pub mod smtp;
@@ -12,24 +14,25 @@ pub mod thread_log;
 pub mod tls;
 pub mod ws;
 
-use std::convert::Infallible;
+/// Declared in `smtp.rs`, which `src/mail` also includes on its own.
+pub use smtp::fake;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fake::FakeTask;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use meiro_gate::auth::Clock;
 use meiro_gate::auth::passwords::hash_standalone;
-use meiro_gate::store::{NewUser, Role, User};
+use meiro_gate::store::{AuditEvent, AuditFilter, NewUser, Role, User};
 use meiro_gate::{App, RunningApp, config};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 /// Polls `cond` every 20 ms for up to 5 s; for asynchronous state (revocation, health).
 #[macro_export]
@@ -44,6 +47,10 @@ macro_rules! eventually {
     }};
 }
 
+/// The data plane's 401 messages.
+pub const MISSING: &str = "Missing access token";
+pub const INVALID: &str = "Invalid or expired access token";
+
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -55,36 +62,19 @@ pub struct Recorded {
 
 /// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1:0. It reads the whole request body as a
 /// stream (counting, not keeping it) and answers `200 {"path", "body_bytes"}`. Query
-/// parameters steer it: `delay_ms=N` waits before answering, `status=N` sets the status.
+/// parameters steer it: `delay_ms=N` waits before answering, `status=N` sets the status,
+/// `panic=1` makes its handler panic (which fails the test, see [`fake`]).
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
+    task: FakeTask,
 }
 
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let log = requests.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let log = log.clone();
-                        async move { Ok::<_, Infallible>(answer(req, log).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = fake::serve_http(move |req| answer(req, log.clone())).await;
         FakeUpstream {
             addr,
             requests,
@@ -97,6 +87,7 @@ impl FakeUpstream {
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {
+        self.task.tasks.check();
         self.requests.lock().unwrap().clone()
     }
 
@@ -105,10 +96,13 @@ impl FakeUpstream {
     }
 }
 
-impl Drop for FakeUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Every value of header `name` a request arrived with.
+pub fn header<'a>(r: &'a Recorded, name: &str) -> Vec<&'a str> {
+    r.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
 }
 
 async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Response<Full<Bytes>> {
@@ -127,6 +121,9 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Respo
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .and_then(|v| v.parse::<u64>().ok())
     };
+    if param("panic").is_some() {
+        panic!("the fake upstream was asked to panic");
+    }
     if let Some(ms) = param("delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -172,24 +169,17 @@ impl Gateway {
     /// so helpers and tests can each set keys of the same section.
     pub async fn start_with_layers(upstream_url: &str, layers: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let base = format!(
-            r#"
-            {local}
-            [[upstreams]]
-            name = "backend"
-            instances = ["{upstream_url}"]
-            connect_timeout = "1s"
-            response_timeout = "2s"
-            [[routes]]
-            prefix = "/"
-            upstream = "backend"
-            [[routes]]
-            prefix = "/public"
-            upstream = "backend"
-            public = true
-            "#,
-            local = local_toml(dir.path()),
-        );
+        let base = [
+            local_toml(dir.path()),
+            plane::upstream_toml(
+                "backend",
+                &[upstream_url.to_owned()],
+                "connect_timeout = \"1s\"\nresponse_timeout = \"2s\"",
+            ),
+            plane::route_toml("/", "backend", ""),
+            plane::route_toml("/public", "backend", "public = true"),
+        ]
+        .concat();
         let figment = layers
             .iter()
             .fold(Figment::from(Toml::string(&base)), |f, layer| {
@@ -216,12 +206,20 @@ impl Gateway {
 
     /// The published key set (`/.well-known/jwks.json`).
     pub async fn jwks(&self) -> serde_json::Value {
-        self.http
-            .get(self.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
+        get_json(self.http.get(self.url("/.well-known/jwks.json"))).await
+    }
+
+    /// Every audit event persisted so far, as the store lists them.
+    pub async fn audit_events(&self) -> Vec<AuditEvent> {
+        self.app()
+            .auth()
+            .store()
+            .audit_events(&AuditFilter {
+                user_id: None,
+                email: None,
+                since: None,
+                limit: 10_000,
+            })
             .await
             .unwrap()
     }
@@ -262,6 +260,16 @@ impl Gateway {
             .unwrap()
     }
 
+    /// Disables `email` in the store (`None`: no such user).
+    pub async fn disable_user(&self, email: &str) -> Option<User> {
+        self.app()
+            .auth()
+            .store()
+            .set_user_disabled(email, true, self.clock.now())
+            .await
+            .unwrap()
+    }
+
     pub async fn login_response(&self, email: &str, password: &str) -> reqwest::Response {
         self.http
             .post(self.url("/users/login"))
@@ -273,20 +281,12 @@ impl Gateway {
 
     /// Logs in with [`PASSWORD`] and returns the token.
     pub async fn login(&self, email: &str) -> String {
-        let response = self.login_response(email, PASSWORD).await;
-        assert_eq!(response.status(), 200, "login of {email}");
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
+        token_of_login(self.login_response(email, PASSWORD).await, email).await
     }
 
     /// GET through the data plane with `X-Access-Token`.
     pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .header("x-access-token", token)
-            .send()
-            .await
-            .unwrap()
+        get_with_token(&self.http, self.url(path), token).await
     }
 
     /// `PATCH /users/login` with the token in the body.
@@ -334,6 +334,36 @@ impl Gateway {
             dir = self.dir.path().display()
         )
     }
+}
+
+/// A valid token for `email` of another gateway on `upstream` (same issuer URL, its own
+/// key), with that gateway, which must live as long as the token is used.
+pub async fn foreign_token(upstream: &FakeUpstream, email: &str) -> (Gateway, String) {
+    let other = Gateway::start(upstream).await;
+    other.add_user(email, Role::User).await;
+    let token = other.login(email).await;
+    (other, token)
+}
+
+/// The JSON body of a request's response, whatever its status.
+pub async fn get_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+/// The token of a login response, asserting its 200.
+pub async fn token_of_login(response: reqwest::Response, email: &str) -> String {
+    assert_eq!(response.status(), 200, "login of {email}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// GET `url` with `X-Access-Token`.
+pub async fn get_with_token(http: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
+    http.get(url)
+        .header("x-access-token", token)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The `kid` in a JWT's header.

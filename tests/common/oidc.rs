@@ -22,10 +22,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+
+use super::fake::Tasks;
 
 pub const CLIENT_ID: &str = "0oa-meiro-gate";
 pub const CLIENT_SECRET: &str = "client-secret-for-tests-only";
@@ -167,6 +169,7 @@ pub struct FakeIdp {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     server: Mutex<Option<JoinHandle<()>>>,
+    tasks: Tasks,
 }
 
 impl FakeIdp {
@@ -193,15 +196,18 @@ impl FakeIdp {
             token_endpoint_moved: false,
             token_delay: Duration::ZERO,
         }));
-        let server = tokio::spawn(serve(listener, state.clone()));
+        let tasks = Tasks::default();
+        let server = tasks.spawn(serve(listener, state.clone(), tasks.clone()));
         FakeIdp {
             addr,
             state,
             server: Mutex::new(Some(server)),
+            tasks,
         }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.tasks.check();
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -362,7 +368,9 @@ impl FakeIdp {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
-        let server = tokio::spawn(serve(listener, self.state.clone()));
+        let server = self
+            .tasks
+            .spawn(serve(listener, self.state.clone(), self.tasks.clone()));
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server);
     }
 }
@@ -370,27 +378,29 @@ impl FakeIdp {
 impl Drop for FakeIdp {
     fn drop(&mut self) {
         self.stop();
+        self.tasks.check_on_drop();
     }
 }
 
 /// Accepts until aborted; the connections live in a `JoinSet` the task owns, so aborting it
 /// closes them too.
-async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>, tasks: Tasks) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
         let state = state.clone();
-        connections.spawn(async move {
+        let executor = tasks.clone();
+        connections.spawn(tasks.watch(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(answer(req, &state).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let _ = hyper_util::server::conn::auto::Builder::new(executor)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
+        }));
         while connections.try_join_next().is_some() {}
     }
 }

@@ -13,6 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+// Declared here, not beside it in `common/mod.rs` (which re-exports it): `src/mail` includes
+// this file on its own for its unit tests, and the sink's tasks are watched there too.
+#[path = "fake.rs"]
+pub mod fake;
+
+use fake::Tasks;
+
 /// Longest command or data line accepted (RFC 5321 §4.5.3.1.6 allows 1000 with CRLF; some
 /// slack for clients that fold late).
 const MAX_LINE: usize = 8192;
@@ -211,6 +218,7 @@ pub struct SmtpSink {
     arrived: Arc<Notify>,
     rcpt_reply: Arc<Mutex<Option<String>>>,
     stop: watch::Sender<bool>,
+    tasks: Tasks,
     task: Option<JoinHandle<()>>,
 }
 
@@ -239,13 +247,15 @@ impl SmtpSink {
             arrived: arrived.clone(),
             rcpt_reply: rcpt_reply.clone(),
         };
-        let task = tokio::spawn(accept_loop(listener, shared, stopped));
+        let tasks = Tasks::default();
+        let task = tasks.spawn(accept_loop(listener, shared, stopped, tasks.clone()));
         SmtpSink {
             addr,
             received,
             arrived,
             rcpt_reply,
             stop,
+            tasks,
             task: Some(task),
         }
     }
@@ -260,33 +270,32 @@ impl SmtpSink {
 
     /// Everything received so far, oldest first.
     pub fn messages(&self) -> Vec<ReceivedMail> {
+        self.tasks.check();
         lock(&self.received).clone()
     }
 
     /// Waits until at least `n` messages arrived; panics after `timeout` with what did.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let arrived = self.arrived.notified();
-            tokio::pin!(arrived);
-            // Registered before the check, so a message arriving in between is not missed.
-            arrived.as_mut().enable();
-            let messages = self.messages();
-            if messages.len() >= n {
-                return messages;
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                let got = self.messages();
-                if got.len() >= n {
-                    return got;
+        let enough = async {
+            // `notify_waiters` wakes every `Notified` created before it, polled or not: one
+            // made before the count is read misses no message arriving in between.
+            loop {
+                let arrived = self.arrived.notified();
+                if self.messages().len() >= n {
+                    break;
                 }
-                panic!(
-                    "SmtpSink {}: expected {n} message(s) within {timeout:?}, got {}: {got:#?}",
-                    self.addr,
-                    got.len()
-                );
+                arrived.await;
             }
-        }
+        };
+        let _ = tokio::time::timeout(timeout, enough).await;
+        let got = self.messages();
+        assert!(
+            got.len() >= n,
+            "SmtpSink {}: expected {n} message(s) within {timeout:?}, got {}: {got:#?}",
+            self.addr,
+            got.len()
+        );
+        got
     }
 
     /// Makes every later `RCPT TO` answer `reply` (e.g. `"550 5.1.1 no such user"` or
@@ -303,6 +312,7 @@ impl Drop for SmtpSink {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.tasks.check_on_drop();
     }
 }
 
@@ -317,14 +327,19 @@ struct Shared {
     rcpt_reply: Arc<Mutex<Option<String>>>,
 }
 
-async fn accept_loop(listener: TcpListener, shared: Shared, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Shared,
+    mut stopped: watch::Receiver<bool>,
+    tasks: Tasks,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                connections.spawn(serve(stream, shared.clone()));
+                connections.spawn(tasks.watch(serve(stream, shared.clone())));
             }
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

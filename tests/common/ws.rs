@@ -7,21 +7,25 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::fake::{FakeTask, Tasks};
+
 /// An echo WebSocket server: greets, then echoes every text or binary message. Records the
-/// handshake headers.
-pub async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>, JoinHandle<()>) {
+/// handshake headers. Dropping (or aborting) the task stops it.
+pub async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>, FakeTask) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
     let log = handshakes.clone();
-    let task = tokio::spawn(async move {
+    let tasks = Tasks::default();
+    let watched = tasks.clone();
+    let task = tasks.spawn(async move {
         let mut connections = JoinSet::new();
         while let Ok((stream, _)) = listener.accept().await {
             let log = log.clone();
-            connections.spawn(async move {
+            connections.spawn(watched.watch(async move {
                 // The callback's error type is tungstenite's, large or not.
                 #[allow(clippy::result_large_err)]
                 let record =
@@ -42,10 +46,10 @@ pub async fn ws_echo() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>, JoinHandle<()
                         return;
                     }
                 }
-            });
+            }));
         }
     });
-    (addr, handshakes, task)
+    (addr, handshakes, FakeTask::new(tasks, task))
 }
 
 pub async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> String {

@@ -1,139 +1,32 @@
-//! The data plane end to end: token checks, forwarded headers, identity-header spoofing, path
-//! normalization, streaming, upstream failures, expiry and revocation, and h2c.
+//! Routing on the data plane: longest prefix, host and `strip_prefix` routes, per-route
+//! `max_body`, path normalization against public routes, CORS, and the tokens of protected
+//! routes (where a token may be, forged and expired ones, revocation) with the identity and
+//! forwarding headers the upstream gets in their place.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use common::{FakeUpstream, Gateway, message};
+use common::plane::{Upstream, gateway, raw_get, route_toml, token, upstream_toml};
+use common::raw::raw;
+use common::{FakeUpstream, Gateway, INVALID, MISSING, foreign_token, header, message};
+use http::Method;
 use meiro_gate::store::{Role, SqliteStore, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::RwLock;
 
-const MISSING: &str = "Missing access token";
-const INVALID: &str = "Invalid or expired access token";
-
-/// The memory test reads this process's RSS, which every other test running in parallel
-/// moves (each argon2 hash alone takes 19 MiB): it holds this exclusively, the others shared.
-static RSS_GUARD: RwLock<()> = RwLock::const_new(());
-
-/// One raw HTTP/1.1 exchange, for request targets a client library would normalize itself.
-/// Returns the status, the lower-cased header lines and the (de-chunked) body.
-async fn raw_request(addr: SocketAddr, head: &str) -> (u16, Vec<String>, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf))
-        .await
-        .expect("the gateway answers and closes within 5 s")
-        .unwrap();
-    let text = String::from_utf8(buf).expect("UTF-8 response");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .expect("a complete response head");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
-    let body = if headers.iter().any(|h| h == "transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, headers, body)
-}
-
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-}
-
-/// `GET target` with `Host: x` and `Connection: close`, plus `extra` header lines.
-async fn raw_get(addr: SocketAddr, target: &str, extra: &str) -> (u16, String) {
-    let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
-    let (status, _, body) = raw_request(addr, &head).await;
-    (status, body)
+/// `GET target` with `Host: x` and `Connection: close`, plus `extra` header lines: the status
+/// and the body as text, for request targets a client library would normalize itself.
+async fn raw_get_x(addr: SocketAddr, target: &str, extra: &str) -> (u16, String) {
+    let response = raw_get(addr, "x", target, extra).await;
+    let body = String::from_utf8(response.body).expect("UTF-8 response");
+    (response.status, body)
 }
 
 fn json_message(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
     v["message"].as_str().expect("a message").to_owned()
-}
-
-fn header<'a>(r: &'a common::Recorded, name: &str) -> Vec<&'a str> {
-    r.headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect()
-}
-
-/// A `/proc/self/status` field in kB (`VmRSS:`, `VmHWM:`).
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
-/// Watches this process's peak RSS from `start` to `stop`: a buffered body may be freed again
-/// before the response arrives, so the RSS afterwards proves nothing. The kernel's high-water
-/// mark is reset where allowed, and a thread samples VmRSS every 2 ms regardless.
-struct PeakRss {
-    hwm_reset: bool,
-    stop: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<u64>,
-}
-
-impl PeakRss {
-    fn start() -> PeakRss {
-        let hwm_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let sampler = std::thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(status_kib("VmRSS:"));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            peak.max(status_kib("VmRSS:"))
-        });
-        PeakRss {
-            hwm_reset,
-            stop,
-            sampler,
-        }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let sampled = self.sampler.join().unwrap();
-        if self.hwm_reset {
-            sampled.max(status_kib("VmHWM:"))
-        } else {
-            sampled
-        }
-    }
 }
 
 /// A token with its signature replaced by `signature` (already base64url).
@@ -143,7 +36,6 @@ fn with_parts(header: &str, payload: &str, signature: &str) -> String {
 
 #[tokio::test]
 async fn missing_and_forged_tokens_are_rejected_before_the_upstream() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     gw.add_user("alice@example.com", Role::User).await;
@@ -190,9 +82,7 @@ async fn missing_and_forged_tokens_are_rejected_before_the_upstream() {
     .unwrap();
 
     // A valid token of another gateway (same issuer URL, its own key).
-    let other = Gateway::start(&up).await;
-    other.add_user("alice@example.com", Role::User).await;
-    let foreign = other.login("alice@example.com").await;
+    let (other, foreign) = foreign_token(&up, "alice@example.com").await;
 
     let seen_before = up.recorded().len();
     for (what, token) in [
@@ -222,7 +112,6 @@ async fn missing_and_forged_tokens_are_rejected_before_the_upstream() {
 
 #[tokio::test]
 async fn valid_token_in_each_place_is_forwarded_with_identity_and_forwarding_headers() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     let user = gw.add_user("Bob@Example.com", Role::Admin).await;
@@ -311,7 +200,6 @@ async fn valid_token_in_each_place_is_forwarded_with_identity_and_forwarding_hea
 
 #[tokio::test]
 async fn token_sources_keep_their_order_but_an_empty_one_hides_nothing() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     gw.add_user("kim@example.com", Role::User).await;
@@ -359,10 +247,9 @@ async fn token_sources_keep_their_order_but_an_empty_one_hides_nothing() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
-    let (status, _) = raw_get(
+    let (status, _) = raw_get_x(
         gw.addr,
         "/public/hop",
         "Connection: close, x-secret-hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
@@ -379,7 +266,6 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     let user = gw.add_user("carol@example.com", Role::User).await;
@@ -448,13 +334,12 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn path_normalization_cannot_reach_a_protected_route_through_a_public_one() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     gw.add_user("dave@example.com", Role::User).await;
     let token = gw.login("dave@example.com").await;
 
-    let (status, body) = raw_get(gw.addr, "/public/x", "").await;
+    let (status, body) = raw_get_x(gw.addr, "/public/x", "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(up.last().uri.path(), "/public/x");
 
@@ -466,7 +351,7 @@ async fn path_normalization_cannot_reach_a_protected_route_through_a_public_one(
         "/public//../private",
         "/publicity",
     ] {
-        let (status, body) = raw_get(gw.addr, target, "").await;
+        let (status, body) = raw_get_x(gw.addr, target, "").await;
         assert_eq!(status, 401, "{target}: {body}");
         assert_eq!(json_message(&body), MISSING, "{target}");
     }
@@ -478,7 +363,7 @@ async fn path_normalization_cannot_reach_a_protected_route_through_a_public_one(
 
     // With a token the same target goes through, normalized, query intact.
     let auth = format!("X-Access-Token: {token}\r\n");
-    let (status, body) = raw_get(gw.addr, "/public/%2e%2e/private?q=%2e%2e", &auth).await;
+    let (status, body) = raw_get_x(gw.addr, "/public/%2e%2e/private?q=%2e%2e", &auth).await;
     assert_eq!(status, 200, "{body}");
     let seen = up.last();
     assert_eq!(seen.uri.path(), "/private");
@@ -492,12 +377,12 @@ async fn path_normalization_cannot_reach_a_protected_route_through_a_public_one(
         "/public/%zz",
         "/public/../..",
     ] {
-        let (status, body) = raw_get(gw.addr, target, "").await;
+        let (status, body) = raw_get_x(gw.addr, target, "").await;
         assert_eq!(status, 400, "{target}: {body}");
         assert_eq!(json_message(&body), "Invalid request path", "{target}");
     }
 
-    let (status, body) = raw_get(gw.addr, "//public/x", "").await;
+    let (status, body) = raw_get_x(gw.addr, "//public/x", "").await;
     assert_eq!(status, 200, "{body}");
     let answered: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answered["path"], "/public/x");
@@ -505,153 +390,8 @@ async fn path_normalization_cannot_reach_a_protected_route_through_a_public_one(
     gw.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_50_mib_request_body_streams_through_with_flat_memory() {
-    const CHUNK_LEN: usize = 64 * 1024;
-    const CHUNKS: usize = 800;
-    static CHUNK: [u8; CHUNK_LEN] = [b'x'; CHUNK_LEN];
-
-    let _exclusive = RSS_GUARD.write().await;
-    let up = FakeUpstream::start().await;
-    let gw = Gateway::start(&up).await;
-    gw.add_user("erin@example.com", Role::User).await;
-    let token = gw.login("erin@example.com").await;
-    // Warm every connection pool and buffer before the baseline.
-    assert_eq!(gw.get_with_token("/warm", &token).await.status(), 200);
-
-    let before = status_kib("VmRSS:");
-    let peak = PeakRss::start();
-    let chunks = futures_util::stream::iter(
-        std::iter::repeat_n(Bytes::from_static(&CHUNK), CHUNKS).map(Ok::<_, std::io::Error>),
-    );
-    let response = gw
-        .http
-        .post(gw.url("/upload"))
-        .header("x-access-token", &token)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
-    let peak = peak.stop();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["body_bytes"], 52_428_800);
-    assert_eq!(up.last().body_bytes, 52_428_800);
-    let growth_mib = peak.saturating_sub(before) / 1024;
-    assert!(
-        growth_mib < 40,
-        "RSS peaked {growth_mib} MiB above the start ({before} kB -> {peak} kB): the body was buffered"
-    );
-    gw.shutdown().await;
-}
-
-/// An upstream whose every answer is a `len`-byte body streamed in 64 KiB frames.
-async fn start_big_upstream(len: usize) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    static CHUNK: [u8; 64 * 1024] = [b'y'; 64 * 1024];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| async move {
-                    let frames = std::iter::repeat_n(CHUNK.len(), len / CHUNK.len())
-                        .chain(std::iter::once(len % CHUNK.len()))
-                        .filter(|n| *n > 0)
-                        .map(|n| {
-                            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(
-                                &CHUNK[..n],
-                            )))
-                        });
-                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
-    (addr, task)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_50_mib_response_body_streams_through_with_flat_memory() {
-    const LEN: usize = 50 * 1024 * 1024 + 7;
-    let _exclusive = RSS_GUARD.write().await;
-    let (addr, upstream) = start_big_upstream(LEN).await;
-    let gw = Gateway::start_with(&format!("http://{addr}"), "").await;
-    let warm = gw.http.get(gw.url("/public/warm")).send().await.unwrap();
-    assert_eq!(warm.status(), 200);
-    drop(warm);
-
-    let before = status_kib("VmRSS:");
-    let peak = PeakRss::start();
-    let mut response = gw.http.get(gw.url("/public/big")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut received = 0;
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        received += chunk.len();
-    }
-    let peak = peak.stop();
-    assert_eq!(received, LEN);
-    let growth_mib = peak.saturating_sub(before) / 1024;
-    assert!(
-        growth_mib < 40,
-        "RSS peaked {growth_mib} MiB above the start ({before} kB -> {peak} kB): the response was buffered"
-    );
-    gw.shutdown().await;
-    upstream.abort();
-}
-
-#[tokio::test]
-async fn upstream_down_is_502_and_slow_is_504_never_a_hang() {
-    let _shared = RSS_GUARD.read().await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let down = Gateway::start_with(&format!("http://{closed}"), "").await;
-    down.add_user("frank@example.com", Role::User).await;
-    let token = down.login("frank@example.com").await;
-    let started = Instant::now();
-    let response = down.get_with_token("/x", &token).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(response.status(), 502);
-    assert_eq!(message(response).await, "Upstream unavailable");
-    // The refused instance is now ejected: the public route (same cluster) is answered at
-    // once with 503, without another connection attempt.
-    let started = Instant::now();
-    let response = down.http.get(down.url("/public/x")).send().await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
-    assert_eq!(response.status(), 503);
-    assert_eq!(message(response).await, "No upstream instance available");
-    down.shutdown().await;
-
-    let up = FakeUpstream::start().await;
-    let gw = Gateway::start(&up).await;
-    gw.add_user("frank@example.com", Role::User).await;
-    let token = gw.login("frank@example.com").await;
-    let started = Instant::now();
-    let response = gw.get_with_token("/slow?delay_ms=3000", &token).await;
-    let elapsed = started.elapsed();
-    assert_eq!(response.status(), 504);
-    assert_eq!(message(response).await, "Upstream timed out");
-    assert!(
-        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(2600),
-        "504 after {elapsed:?}, the response timeout is 2 s"
-    );
-    gw.shutdown().await;
-}
-
 #[tokio::test]
 async fn cached_tokens_expire_with_the_clock() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     gw.add_user("gina@example.com", Role::User).await;
@@ -674,7 +414,6 @@ async fn cached_tokens_expire_with_the_clock() {
 
 #[tokio::test]
 async fn disabling_a_user_from_another_process_rejects_cached_tokens_within_a_second() {
-    let _shared = RSS_GUARD.read().await;
     let up = FakeUpstream::start().await;
     let gw = Gateway::start(&up).await;
     gw.add_user("hank@example.com", Role::User).await;
@@ -717,39 +456,292 @@ async fn disabling_a_user_from_another_process_rejects_cached_tokens_within_a_se
 }
 
 #[tokio::test]
-async fn h2c_prior_knowledge_clients_are_served() {
-    let _shared = RSS_GUARD.read().await;
-    let up = FakeUpstream::start().await;
-    let gw = Gateway::start(&up).await;
-    gw.add_user("jack@example.com", Role::User).await;
-    let token = gw.login("jack@example.com").await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+async fn longest_prefix_host_and_strip_prefix_routing() {
+    let root = Upstream::start("root").await;
+    let api = Upstream::start("api").await;
+    let v2 = Upstream::start("v2").await;
+    let hosted = Upstream::start("hosted").await;
+    let stripped = Upstream::start("stripped").await;
+    let extra = [
+        upstream_toml("root", &[root.url()], ""),
+        upstream_toml("api", &[api.url()], ""),
+        upstream_toml("v2", &[v2.url()], ""),
+        upstream_toml("hosted", &[hosted.url()], ""),
+        upstream_toml("stripped", &[stripped.url()], ""),
+        route_toml("/", "root", "public = true"),
+        route_toml("/api", "api", "public = true"),
+        route_toml("/api/v2", "v2", "public = true"),
+        route_toml(
+            "/svc",
+            "hosted",
+            "public = true\nhost = \"Svc.Example.com\"",
+        ),
+        route_toml("/strip", "stripped", "public = true\nstrip_prefix = true"),
+    ]
+    .concat();
+    let gw = gateway(&extra).await;
 
-    let response = h2
-        .post(gw.url("/h2/path?z=9"))
+    // (Host, target) → (upstream, path it receives, query it receives)
+    let cases: &[(&str, &str, &str, &str, Option<&str>)] = &[
+        ("x", "/api/v2/users", "v2", "/api/v2/users", None),
+        ("x", "/api/v2", "v2", "/api/v2", None),
+        (
+            "x",
+            "/api/users?page=2",
+            "api",
+            "/api/users",
+            Some("page=2"),
+        ),
+        ("x", "/api", "api", "/api", None),
+        ("x", "/api/v2x", "api", "/api/v2x", None),
+        ("x", "/apix", "root", "/apix", None),
+        ("x", "/other", "root", "/other", None),
+        // A host route serves its host only: any case, with or without a port.
+        ("svc.example.com", "/svc/a", "hosted", "/svc/a", None),
+        ("SVC.Example.COM:8443", "/svc/a", "hosted", "/svc/a", None),
+        ("svc.example.com:80", "/svc", "hosted", "/svc", None),
+        ("other.example.com", "/svc/a", "root", "/svc/a", None),
+        ("svc.example.com.evil", "/svc/a", "root", "/svc/a", None),
+        ("svc.example.com", "/api/x", "api", "/api/x", None),
+        // strip_prefix: the prefix goes, the query stays; the bare prefix becomes "/".
+        ("x", "/strip/x?q=1", "stripped", "/x", Some("q=1")),
+        ("x", "/strip/deep/er", "stripped", "/deep/er", None),
+        ("x", "/strip", "stripped", "/", None),
+        ("x", "/strip?q=2", "stripped", "/", Some("q=2")),
+        ("x", "/stripx", "root", "/stripx", None),
+    ];
+    for &(host, target, upstream, path, query) in cases {
+        let response = raw_get(gw.addr, host, target, "").await;
+        assert_eq!(response.status, 200, "{host} {target}");
+        let body = response.json();
+        assert_eq!(body["upstream"], upstream, "{host} {target}");
+        assert_eq!(body["path"], path, "{host} {target}");
+        assert_eq!(body["query"].as_str(), query, "{host} {target}");
+    }
+    // Each upstream saw exactly the requests routed to it.
+    let routed = |name: &str| cases.iter().filter(|c| c.2 == name).count();
+    for up in [&root, &api, &v2, &hosted, &stripped] {
+        assert_eq!(up.count(), routed(up.name), "{}", up.name);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_body_is_413_for_declared_and_streamed_bodies() {
+    let up = Upstream::start("up").await;
+    let extra = [
+        upstream_toml("backend", &[up.url()], ""),
+        route_toml("/", "backend", "public = true"),
+        route_toml("/upload", "backend", "public = true\nmax_body = \"1KiB\""),
+    ]
+    .concat();
+    let gw = gateway(&extra).await;
+
+    // Declared over the limit: refused at once, before any byte of the body is read.
+    let started = Instant::now();
+    let response = raw(
+        gw.addr,
+        "POST /upload/declared HTTP/1.1\r\nHost: x\r\nContent-Length: 2048\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.message(), "Request body is too large");
+    assert!(
+        response
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // At the limit: forwarded whole.
+    let at_limit = format!(
+        "POST /upload/exact HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+        "a".repeat(1024)
+    );
+    let response = raw(gw.addr, at_limit).await;
+    assert_eq!(response.status, 200);
+    let exact = up.seen().into_iter().find(|s| s.path == "/upload/exact");
+    let exact = exact.expect("the upstream got /upload/exact");
+    assert_eq!((exact.body.len(), exact.complete), (1024, true));
+
+    // Chunked, growing past the limit: 413, and the upstream never gets a body that ends
+    // cleanly (a cut-off body that looks complete would be processed as a truncated upload).
+    let mut chunked = String::from(
+        "POST /upload/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        chunked.push_str(&format!("200\r\n{}\r\n", "b".repeat(512)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let response = raw(gw.addr, chunked).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.message(), "Request body is too large");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for seen in up.seen().iter().filter(|s| s.path == "/upload/chunked") {
+        assert!(
+            !seen.complete && seen.body.len() <= 1024,
+            "the upstream got a complete body: {} bytes",
+            seen.body.len()
+        );
+    }
+    // Without the limit the same chunked body goes through.
+    let mut unlimited = String::from(
+        "POST /free HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..4 {
+        unlimited.push_str(&format!("200\r\n{}\r\n", "b".repeat(512)));
+    }
+    unlimited.push_str("0\r\n\r\n");
+    assert_eq!(raw(gw.addr, unlimited).await.status, 200);
+    assert_eq!(up.seen().last().unwrap().body.len(), 2048);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn normalization_bypasses_of_public_routes_require_a_token() {
+    let up = Upstream::start("up").await;
+    let extra = [
+        upstream_toml("backend", &[up.url()], ""),
+        route_toml("/", "backend", ""),
+        route_toml("/public", "backend", "public = true"),
+        route_toml("/pub", "backend", "public = true\nstrip_prefix = true"),
+    ]
+    .concat();
+    let gw = gateway(&extra).await;
+    let token = token(&gw).await;
+
+    for target in [
+        "/public/../users/invite",
+        "/public/%2e%2e/x",
+        "/public/%2E%2E/x",
+        "/public/./../x",
+        "//x",
+        "/pub/../x",
+        "/pub/%2e%2e/admin",
+    ] {
+        let response = raw_get(gw.addr, "x", target, "").await;
+        assert_eq!(response.status, 401, "{target}");
+        assert_eq!(response.message(), "Missing access token", "{target}");
+    }
+    for target in ["/public%2f..%2fx", "/public/%2F../x", "/public\\..\\x"] {
+        let response = raw_get(gw.addr, "x", target, "").await;
+        assert_eq!(response.status, 400, "{target}");
+        assert_eq!(response.message(), "Invalid request path", "{target}");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing reached the upstream without a token"
+    );
+
+    // With a token the normalized path is what the upstream gets.
+    let auth = format!("X-Access-Token: {token}\r\n");
+    let response = raw_get(gw.addr, "x", "/public/%2e%2e/x?a=%2e", &auth).await;
+    assert_eq!(response.status, 200);
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(
+        (seen.path.as_str(), seen.query.as_deref()),
+        ("/x", Some("a=%2e"))
+    );
+    gw.shutdown().await;
+}
+
+fn cors_headers(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn cors_preflights_and_responses_only_for_allowed_origins() {
+    const ALLOWED: &str = "https://app.example.com";
+    const OTHER: &str = "https://evil.example.com";
+    let up = Upstream::start("up").await;
+    let extra = [
+        "[cors]\nallowed_origins = [\"https://app.example.com\"]\n".to_owned(),
+        upstream_toml("backend", &[up.url()], ""),
+        route_toml("/", "backend", ""),
+    ]
+    .concat();
+    let gw = gateway(&extra).await;
+    let token = token(&gw).await;
+    let preflight = |path: &str, origin: &str| {
+        gw.http
+            .request(Method::OPTIONS, gw.url(path))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-access-token, content-type",
+            )
+            .send()
+    };
+
+    for path in ["/protected/data", "/users/login"] {
+        let response = preflight(path, ALLOWED).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        let h = response.headers();
+        assert_eq!(h["access-control-allow-origin"], ALLOWED, "{path}");
+        assert_eq!(h["access-control-allow-credentials"], "true", "{path}");
+        let methods = h["access-control-allow-methods"].to_str().unwrap();
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+        let allowed_headers = h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            allowed_headers.contains("x-access-token") && allowed_headers.contains("content-type"),
+            "{allowed_headers}"
+        );
+        assert_eq!(h["access-control-max-age"], "600", "{path}");
+
+        let denied = preflight(path, OTHER).await.unwrap();
+        assert!(
+            denied
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none(),
+            "{path}: {:?}",
+            denied.headers()
+        );
+    }
+    assert_eq!(up.count(), 0, "preflights are answered by the gateway");
+
+    let get = |origin: &str| {
+        gw.http
+            .get(gw.url("/protected/data"))
+            .header("x-access-token", &token)
+            .header("origin", origin)
+            .send()
+    };
+    let allowed = get(ALLOWED).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], ALLOWED);
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+
+    let other = get(OTHER).await.unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(cors_headers(other.headers()), Vec::<String>::new());
+    let plain = gw
+        .http
+        .get(gw.url("/protected/data"))
         .header("x-access-token", &token)
-        .body("twelve bytes")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(response.status(), 200);
-    let seen = up.last();
-    assert_eq!(seen.uri.path(), "/h2/path");
-    assert_eq!(seen.uri.query(), Some("z=9"));
-    assert_eq!(seen.body_bytes, 12);
-    assert_eq!(header(&seen, "x-meiro-user-email"), ["jack@example.com"]);
-    assert_eq!(
-        header(&seen, "x-forwarded-host"),
-        [gw.addr.to_string().as_str()],
-        "the :authority becomes X-Forwarded-Host"
-    );
-
-    let missing = h2.get(gw.url("/h2/path")).send().await.unwrap();
-    assert_eq!(missing.status(), 401);
-    assert_eq!(message(missing).await, MISSING);
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(up.count(), 3);
     gw.shutdown().await;
 }
