@@ -15,7 +15,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 
-use super::body::{BodyProgress, TrackedBody};
+use super::body::{BodyProgress, RequestBody, TrackedBody};
 use super::error::ProxyError;
 use super::retry::{self, Failure};
 use super::upstream::{Cluster, InFlight};
@@ -25,13 +25,27 @@ use crate::request_id;
 /// A request on its way to a cluster, as the attempts send it.
 pub(super) struct Outbound {
     pub parts: http::request::Parts,
-    pub body: Body,
-    /// How the client's body is being read, when it streams.
-    pub progress: Option<Arc<BodyProgress>>,
+    pub body: RequestBody,
     /// What the upstream is asked for (`/path?query`).
     pub target: PathAndQuery,
     /// For the response head, counted from the end of the request body.
     pub deadline: Duration,
+}
+
+impl Outbound {
+    pub fn new(
+        parts: http::request::Parts,
+        body: RequestBody,
+        target: PathAndQuery,
+        deadline: Duration,
+    ) -> Outbound {
+        Outbound {
+            parts,
+            body,
+            target,
+            deadline,
+        }
+    }
 }
 
 /// How one attempt ended.
@@ -158,8 +172,7 @@ pub(super) async fn send<T: Transport>(
 ) -> Result<Response<Body>, ProxyError> {
     let Outbound {
         mut parts,
-        body,
-        progress,
+        body: RequestBody { body, progress },
         target,
         deadline,
     } = outbound;
@@ -446,6 +459,7 @@ mod tests {
     }
 
     fn outbound(method: Method, body: Body, progress: Option<Arc<BodyProgress>>) -> Outbound {
+        let body = RequestBody { body, progress };
         let (parts, ()) = Request::builder()
             .method(method)
             .body(())
@@ -454,7 +468,6 @@ mod tests {
         Outbound {
             parts,
             body,
-            progress,
             target: PathAndQuery::from_static("/x"),
             deadline: Duration::from_millis(100),
         }

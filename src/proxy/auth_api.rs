@@ -8,7 +8,7 @@ use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Limited};
 
 use super::attempt::{self, Clients, Outbound};
-use super::body::downstream_body;
+use super::body::{RequestBody, downstream_body};
 use super::error::ProxyError;
 use super::{Outcome, Proxy, routes};
 use crate::auth::introspect::{Exchange, Introspector};
@@ -27,9 +27,10 @@ impl Proxy {
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let exchange = Exchange::of(&parts.method, path);
-        let (body, progress) = downstream_body(body, &parts.headers, None, self.body_read_timeout)?;
+        let body = downstream_body(body, &parts.headers, None, self.body_read_timeout)?;
         // A logout's body is read (bounded) for the token it ends, and forwarded as read.
-        let (body, progress, ended) = if exchange == Exchange::Logout {
+        let (body, ended) = if exchange == Exchange::Logout {
+            let RequestBody { body, progress } = body;
             let bytes = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 // Reading failed: the body was malformed or stalled (the client's), or too long.
@@ -40,22 +41,16 @@ impl Proxy {
                 }
             };
             let ended = introspector.ended_by_logout(&parts.headers, &bytes);
-            (Body::from(bytes), None, ended)
+            (RequestBody::whole(Body::from(bytes)), ended)
         } else {
-            (body, progress, Vec::new())
+            (body, Vec::new())
         };
 
         self.prepare_upstream_headers(&mut parts, host, None, None)?;
         let target = routes::path_and_query(&parts.uri, path)?;
         let cluster = self.auth_api_cluster.clone().ok_or(ProxyError::Internal)?;
         let deadline = cluster.response_timeout;
-        let outbound = Outbound {
-            parts,
-            body,
-            progress,
-            target,
-            deadline,
-        };
+        let outbound = Outbound::new(parts, body, target, deadline);
         let response = attempt::send(&Clients, cluster, outbound, &mut outcome.instance).await?;
         if !response.status().is_success() {
             return Ok(response);

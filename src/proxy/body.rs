@@ -32,9 +32,9 @@ pub fn downstream_body(
     headers: &HeaderMap,
     max: Option<u64>,
     read_timeout: Duration,
-) -> Result<(Body, Option<Arc<BodyProgress>>), ProxyError> {
+) -> Result<RequestBody, ProxyError> {
     if body.is_end_stream() {
-        return Ok((body, None));
+        return Ok(RequestBody::whole(body));
     }
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -44,7 +44,27 @@ pub fn downstream_body(
         return Err(ProxyError::PayloadTooLarge);
     }
     let (body, progress) = DownstreamBody::new(body, max, read_timeout);
-    Ok((Body::new(body), Some(progress)))
+    Ok(RequestBody {
+        body: Body::new(body),
+        progress: Some(progress),
+    })
+}
+
+/// A request body on its way upstream.
+pub struct RequestBody {
+    pub body: Body,
+    /// How reading the client's body goes, while it streams; `None` for a body that is
+    /// already whole (empty, or read by the gateway).
+    pub progress: Option<Arc<BodyProgress>>,
+}
+
+impl RequestBody {
+    pub fn whole(body: Body) -> RequestBody {
+        RequestBody {
+            body,
+            progress: None,
+        }
+    }
 }
 
 /// How reading a request body went, shared between the body (which the upstream client owns

@@ -287,8 +287,7 @@ impl Proxy {
         let target = routes::upstream_target(&parts.uri, path, route)?;
 
         // 3. Body.
-        let (body, progress) =
-            downstream_body(body, &parts.headers, route.max_body, self.body_read_timeout)?;
+        let body = downstream_body(body, &parts.headers, route.max_body, self.body_read_timeout)?;
 
         // 4. Authenticate.
         let grant = match route.public {
@@ -314,13 +313,7 @@ impl Proxy {
         if let Some(switch) = switch {
             return upgrade::tunnel(cluster, parts, target, deadline, switch, instance).await;
         }
-        let outbound = Outbound {
-            parts,
-            body,
-            progress,
-            target,
-            deadline,
-        };
+        let outbound = Outbound::new(parts, body, target, deadline);
         attempt::send(&Clients, cluster, outbound, instance).await
     }
 
