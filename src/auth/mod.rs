@@ -40,7 +40,7 @@ use invitations::LinkSecret;
 use passwords::{PasswordError, Passwords};
 use throttle::Throttle;
 
-/// How many validated tokens the cache holds (~350 B each with their sessions, see `cache`).
+/// How many validated tokens the cache holds (what an entry costs: the README's benchmarks).
 const TOKEN_CACHE_CAPACITY: u64 = 2_000_000;
 /// How long a login may wait for an argon2 slot before it is refused as overloaded.
 const PASSWORD_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
