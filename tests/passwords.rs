@@ -13,7 +13,8 @@ use common::accounts::{
 };
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
-    FakeUpstream, Gateway, PASSWORD, assert_json, smtp_toml, status_json, status_message,
+    FakeUpstream, Gateway, PASSWORD, assert_json, retry_after, smtp_toml, status_json,
+    status_message,
 };
 use meiro_gate::store::{AuditFilter, NewUser, Role};
 use reqwest::StatusCode;
@@ -146,16 +147,6 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 fn comparable(a: Duration, b: Duration, factor: f64, slack: Duration) -> bool {
     let ratio = a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     a.abs_diff(b) < slack || (1.0 / factor..factor).contains(&ratio)
-}
-
-fn retry_after(headers: &HeaderMap) -> u64 {
-    headers
-        .get(RETRY_AFTER)
-        .expect("a Retry-After header")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("Retry-After in whole seconds")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -404,11 +404,35 @@ pub async fn status_message(response: reqwest::Response) -> (reqwest::StatusCode
     (status, message(response).await)
 }
 
+/// [`status_message`], naming `what` the response answered if it is not JSON.
+pub async fn status_message_of(
+    response: reqwest::Response,
+    what: &str,
+) -> (reqwest::StatusCode, String) {
+    assert_eq!(
+        response.headers()[http::header::CONTENT_TYPE],
+        "application/json",
+        "{what}"
+    );
+    status_message(response).await
+}
+
 /// Status and the whole JSON body.
 pub async fn status_json(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
     let status = response.status();
     assert_json(response.headers());
     (status, response.json().await.expect("a JSON body"))
+}
+
+/// The `Retry-After` of a throttled answer, in whole seconds.
+pub fn retry_after(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in whole seconds")
 }
 
 /// Extra TOML sending mail over SMTP to `addr`, with quick retries.
