@@ -13,7 +13,8 @@ use common::accounts::{
 };
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
-    FakeUpstream, Gateway, PASSWORD, smtp_toml, status_json, status_message, status_message_of,
+    FakeUpstream, Gateway, MailingGateway, PASSWORD, smtp_toml, status_json, status_message,
+    status_message_of,
 };
 use meiro_gate::store::Role;
 use reqwest::StatusCode;
@@ -38,9 +39,7 @@ struct Env {
 }
 
 async fn setup() -> Env {
-    let sink = SmtpSink::start().await;
-    let upstream = FakeUpstream::start().await;
-    let gw = Gateway::start_with(&upstream.url(), &smtp_toml(sink.addr)).await;
+    let MailingGateway { upstream, sink, gw } = MailingGateway::start(&[]).await;
     let admin_user = gw.add_user(ADMIN, Role::Admin).await;
     let admin = gw.login(ADMIN).await;
     Env {

@@ -13,7 +13,7 @@ use common::accounts::{
 };
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
-    FakeUpstream, Gateway, PASSWORD, assert_json, retry_after, smtp_toml, status_json,
+    FakeUpstream, Gateway, MailingGateway, PASSWORD, assert_json, retry_after, status_json,
     status_message,
 };
 use meiro_gate::store::{AuditFilter, NewUser, Role};
@@ -38,10 +38,7 @@ struct Env {
 }
 
 async fn setup_with(extra_toml: &str) -> Env {
-    let sink = SmtpSink::start().await;
-    let upstream = FakeUpstream::start().await;
-    let toml = format!("{}\n{extra_toml}", smtp_toml(sink.addr));
-    let gw = Gateway::start_with(&upstream.url(), &toml).await;
+    let MailingGateway { upstream, sink, gw } = MailingGateway::start(&[extra_toml]).await;
     gw.add_user(ALICE, Role::User).await;
     gw.add_user(BOB, Role::User).await;
     Env {

@@ -435,6 +435,27 @@ pub fn retry_after(headers: &http::HeaderMap) -> u64 {
         .expect("Retry-After in whole seconds")
 }
 
+/// A gateway in front of a fake upstream, delivering its mail over SMTP to `sink`.
+pub struct MailingGateway {
+    pub upstream: FakeUpstream,
+    pub sink: smtp::SmtpSink,
+    pub gw: Gateway,
+}
+
+impl MailingGateway {
+    /// `layers` of TOML are merged over the mail settings, in order.
+    pub async fn start(layers: &[&str]) -> MailingGateway {
+        let sink = smtp::SmtpSink::start().await;
+        let upstream = FakeUpstream::start().await;
+        let mail = smtp_toml(sink.addr);
+        let layers: Vec<&str> = std::iter::once(mail.as_str())
+            .chain(layers.iter().copied())
+            .collect();
+        let gw = Gateway::start_with_layers(&upstream.url(), &layers).await;
+        MailingGateway { upstream, sink, gw }
+    }
+}
+
 /// Extra TOML sending mail over SMTP to `addr`, with quick retries.
 pub fn smtp_toml(addr: SocketAddr) -> String {
     format!(
