@@ -13,7 +13,7 @@ use common::accounts::{
 };
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
-    FakeUpstream, Gateway, MailingGateway, PASSWORD, assert_json, retry_after, status_json,
+    FakeUpstream, Gateway, MailingGateway, PASSWORD, assert_json, assert_throttled, status_json,
     status_message,
 };
 use meiro_gate::store::{AuditFilter, NewUser, Role};
@@ -466,12 +466,7 @@ async fn reset_requests_are_limited_per_email() {
     ] {
         forgot_ok(gw, email).await;
     }
-    let response = forgot(gw, ALICE).await;
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait = retry_after(response.headers());
-    assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
-    let (_, msg) = status_message(response).await;
-    assert!(!msg.is_empty());
+    assert_throttled(forgot(gw, ALICE).await, THROTTLE_WINDOW, ALICE).await;
     // An unknown address is limited the same way, so the 429 reveals nothing either.
     for _ in 0..5 {
         forgot_ok(gw, "nobody@example.com").await;
@@ -509,12 +504,7 @@ async fn reset_requests_are_limited_per_client_ip_across_addresses() {
         forgot_ok(gw, email).await;
     }
     for email in ["four@example.com", BOB] {
-        let response = forgot(gw, email).await;
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{email}");
-        let wait = retry_after(response.headers());
-        assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
-        let (_, msg) = status_message(response).await;
-        assert!(!msg.is_empty());
+        assert_throttled(forgot(gw, email).await, THROTTLE_WINDOW, email).await;
     }
     // Only alice's accepted request sent mail.
     nth_reset(&env.sink, 1, ALICE).await;

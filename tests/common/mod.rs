@@ -456,6 +456,25 @@ impl MailingGateway {
     }
 }
 
+/// Asserts a throttled answer (`what` names it): 429, a `Retry-After` within `1..=window`
+/// seconds and a JSON message; the wait and the message.
+pub async fn assert_throttled(
+    response: reqwest::Response,
+    window: u64,
+    what: &str,
+) -> (u64, String) {
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "{what}"
+    );
+    let wait = retry_after(response.headers());
+    assert!((1..=window).contains(&wait), "{what}: Retry-After {wait}");
+    let (_, msg) = status_message(response).await;
+    assert!(!msg.is_empty(), "{what}");
+    (wait, msg)
+}
+
 /// Extra TOML sending mail over SMTP to `addr`, with quick retries.
 pub fn smtp_toml(addr: SocketAddr) -> String {
     format!(
