@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::plane::backend_gateway;
-use common::raw::{find, raw, read_response, read_until_closed};
+use common::plane::{backend_gateway, raw_get};
+use common::raw::{Raw, exchange, find, raw, read_response, read_until_closed};
 use common::ws::ws_echo;
 use common::{FakeUpstream, Gateway};
 use http::HeaderMap;
@@ -216,11 +216,7 @@ async fn two_hosts_or_a_host_against_the_target_are_refused_and_never_forwarded(
     let upstream = FakeUpstream::start().await;
     let gw = host_routed_gateway(&upstream).await;
     // The public host alone routes without a token (the test would prove nothing otherwise).
-    let alone = raw(
-        gw.addr,
-        "GET /admin HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let alone = raw_get(gw.addr, "public.example", "/admin", "").await;
     assert_eq!(alone.status, 200);
     let forwarded = upstream.recorded().len();
 
@@ -258,11 +254,7 @@ async fn two_hosts_or_a_host_against_the_target_are_refused_and_never_forwarded(
     );
 
     // Absolute form with the same host routes on it, and the upstream gets that host only.
-    let same = raw(
-        gw.addr,
-        "GET http://public.example/admin HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let same = raw_get(gw.addr, "public.example", "http://public.example/admin", "").await;
     assert_eq!(same.status, 200);
     let seen = upstream.last();
     assert_eq!(seen.headers.get_all("host").iter().count(), 1);
@@ -322,12 +314,7 @@ async fn path_parameters_and_a_trailing_host_dot_do_not_escape_a_protected_route
         ],
     )
     .await;
-    let get = |host: &str, target: &str| {
-        raw(
-            gw.addr,
-            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-        )
-    };
+    let get = |host: &'static str, target: &'static str| raw_get(gw.addr, host, target, "");
     assert_eq!(
         get("gateway.test", "/open").await.status,
         200,
@@ -513,13 +500,11 @@ async fn an_h2c_upgrade_is_never_tunnelled_and_the_connection_stays_http1() {
     let upstream = ScriptedUpstream::start(h2c_accepting()).await;
     let gw = Gateway::start_with(&upstream.url(), "").await;
     let token = user_token(&gw).await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let h2c = format!(
         "GET /data HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-Access-Token: {token}\r\n\r\n"
     );
-    stream.write_all(h2c.as_bytes()).await.unwrap();
-    let response = read_response(&mut stream).await;
+    let (mut stream, response) = exchange(gw.addr, h2c).await;
     assert_eq!(
         response.status, 200,
         "answered as a plain request: {response:?}"
@@ -618,12 +603,7 @@ async fn a_route_tunnels_only_the_protocols_it_allows() {
         ("/custom", "websocket", false),
         ("/none", "websocket", false),
     ] {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(ask(target, protocol).as_bytes())
-            .await
-            .unwrap();
-        let response = read_response(&mut stream).await;
+        let (mut stream, response) = exchange(gw.addr, ask(target, protocol)).await;
         if switched {
             assert_eq!(response.status, 101, "{target} {protocol}");
             // Bytes now go through the tunnel (the upstream echoes them).
@@ -652,9 +632,7 @@ async fn an_upstream_switching_to_anything_unoffered_gets_no_tunnel() {
         "GET /public/ws HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         "GET /public/plain HTTP/1.1\r\nHost: gateway.test\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let response = read_response(&mut stream).await;
+        let (_stream, response) = exchange(gw.addr, head).await;
         assert_eq!(response.status, 502, "{head:?}: {response:?}");
     }
     gw.shutdown().await;
@@ -668,9 +646,7 @@ async fn connect_and_trace_are_refused_before_any_route() {
         "CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n",
         "TRACE /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let response = read_response(&mut stream).await;
+        let (_stream, response) = exchange(gw.addr, head).await;
         assert_eq!(response.status, 405, "{head:?}");
         assert!(response.header("allow").unwrap().contains("GET"));
         assert_eq!(response.header("content-type"), Some("application/json"));
@@ -880,6 +856,12 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Durati
     started.elapsed()
 }
 
+/// A client asking for `/public/x` from a task, so that the test can watch it wait in the
+/// backlog for a free connection slot.
+fn get_in_background(addr: SocketAddr) -> JoinHandle<Raw> {
+    tokio::spawn(async move { raw_get(addr, "gateway.test", "/public/x", "").await })
+}
+
 #[tokio::test]
 async fn silent_and_half_open_connections_are_closed_and_free_their_slots() {
     let upstream = FakeUpstream::start().await;
@@ -894,16 +876,7 @@ async fn silent_and_half_open_connections_are_closed_and_free_their_slots() {
     let mut half_head = TcpStream::connect(gw.addr).await.unwrap();
     half_head.write_all(b"GET /public/x HT").await.unwrap();
     // All three places are taken: a fourth client waits in the backlog until one is freed.
-    let waiting = tokio::spawn({
-        let addr = gw.addr;
-        async move {
-            raw(
-                addr,
-                "GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
-            )
-            .await
-        }
-    });
+    let waiting = get_in_background(gw.addr);
     for (name, stream) in [
         ("silent", &mut silent),
         ("half a preface", &mut half_preface),
@@ -950,16 +923,7 @@ async fn an_upgraded_tunnel_keeps_its_connection_slot() {
         .await
         .expect("the upgrade succeeds");
     // The only place is the tunnel's: another client waits in the backlog meanwhile.
-    let waiting = tokio::spawn({
-        let addr = gw.addr;
-        async move {
-            raw(
-                addr,
-                "GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
-            )
-            .await
-        }
-    });
+    let waiting = get_in_background(gw.addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "served past max_connections");
     drop(ws);

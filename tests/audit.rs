@@ -13,7 +13,7 @@ use common::accounts::{INVALID_CREDENTIALS, LINK_PREFIX, NEW_PASSWORD};
 use common::oidc::{CLIENT_SECRET, FakeIdp};
 use common::smtp::SmtpSink;
 use common::thread_log;
-use common::{FakeUpstream, Gateway, PASSWORD, smtp_toml};
+use common::{FakeUpstream, Gateway, MailingGateway, PASSWORD};
 use meiro_gate::store::{AuditEvent, AuditFilter, Role, UserId};
 use serde_json::{Value, json};
 use url::Url;
@@ -24,31 +24,6 @@ const CAROL: &str = "carol@example.com";
 const CAROL_PASSWORD: &str = "carol's first passphrase";
 /// Typed into the email field by mistake: must never be recorded.
 const PASSWORD_AS_EMAIL: &str = "hunter2-typed-in-the-wrong-field";
-
-struct Env {
-    _upstream: FakeUpstream,
-    idp: FakeIdp,
-    sink: SmtpSink,
-    gw: Gateway,
-}
-
-async fn setup() -> Env {
-    thread_log::capture("info", thread_log::Format::Json);
-    let idp = FakeIdp::start().await;
-    let sink = SmtpSink::start().await;
-    let upstream = FakeUpstream::start().await;
-    let gw = Gateway::start_with_layers(
-        &upstream.url(),
-        &[&smtp_toml(sink.addr), &idp.okta_toml("")],
-    )
-    .await;
-    Env {
-        _upstream: upstream,
-        idp,
-        sink,
-        gw,
-    }
-}
 
 /// Sends `request` with `X-Request-Id: id`.
 async fn send(request: reqwest::RequestBuilder, id: &str) -> reqwest::Response {
@@ -119,7 +94,9 @@ async fn link_token(sink: &SmtpSink, n: usize, to: &str) -> String {
 
 #[tokio::test]
 async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_secret() {
-    let env = setup().await;
+    thread_log::capture("info", thread_log::Format::Json);
+    let idp = FakeIdp::start().await;
+    let env = MailingGateway::start(&[&idp.okta_toml("")]).await;
     let gw = &env.gw;
     let admin = gw.add_user(ADMIN, Role::Admin).await;
     let alice = gw.add_user(ALICE, Role::User).await;
@@ -185,7 +162,7 @@ async fn every_audited_action_is_recorded_with_user_ip_and_request_id_and_no_sec
     assert!(event.detail.contains_key("session"), "{event:?}");
 
     // Okta login.
-    let code = env.idp.login_code(ALICE);
+    let code = idp.login_code(ALICE);
     let okta = token_of(
         send(
             gw.http

@@ -10,7 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::accounts::{INVALID_CREDENTIALS, assert_proxied, assert_rejected};
 use common::{
-    FakeUpstream, Gateway, PASSWORD, assert_json, foreign_token, message, status_message,
+    FakeUpstream, Gateway, PASSWORD, assert_json, assert_throttled, foreign_token, message,
+    status_message, status_message_of,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meiro_gate::auth::passwords::hash_standalone;
@@ -583,12 +584,7 @@ async fn every_field_of_every_body_refuses_every_wrong_type_and_names_itself() {
                 }
                 let response = request.send().await.unwrap();
                 let what = format!("{method} {path} {body}");
-                assert_eq!(
-                    response.headers()[CONTENT_TYPE],
-                    "application/json",
-                    "{what}"
-                );
-                let (status, msg) = status_message(response).await;
+                let (status, msg) = status_message_of(response, &what).await;
                 assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {msg}");
                 assert!(
                     msg.starts_with(&format!("Invalid request body: {field}: ")),
@@ -688,12 +684,7 @@ async fn router_fallbacks_are_json_errors() {
             .await
             .unwrap();
         assert!(response.headers().contains_key("allow"), "{method} {path}");
-        assert_eq!(
-            response.headers()[CONTENT_TYPE],
-            "application/json",
-            "{method} {path}"
-        );
-        let (status, msg) = status_message(response).await;
+        let (status, msg) = status_message_of(response, &format!("{method} {path}")).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_eq!(msg, "Method not allowed");
     }
@@ -711,12 +702,7 @@ async fn router_fallbacks_are_json_errors() {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            response.headers()[CONTENT_TYPE],
-            "application/json",
-            "{method} {path}"
-        );
-        let (status, msg) = status_message(response).await;
+        let (status, msg) = status_message_of(response, &format!("{method} {path}")).await;
         assert_eq!(status, expected, "{method} {path}");
         assert!(!msg.is_empty());
     }
@@ -775,18 +761,8 @@ async fn five_failures_block_the_account_even_for_the_right_password() {
     }
     // Another spelling of the same account is the same account.
     let response = gw.login_response(" ALICE@example.com", PASSWORD).await;
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()[RETRY_AFTER]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (1..=15 * 60).contains(&retry_after),
-        "Retry-After {retry_after}"
-    );
     assert!(set_cookies(response.headers()).is_empty());
-    let (_, msg) = status_message(response).await;
+    let (retry_after, msg) = assert_throttled(response, 15 * 60, "another spelling").await;
     assert_eq!(msg, "Too many attempts; try again later");
 
     // Other accounts from the same client are unaffected (5 < per_ip 20).
@@ -848,15 +824,7 @@ async fn per_ip_limit_spans_accounts_and_ignores_successes() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // Three failures from this client: every account is refused, even with its password.
     let response = gw.login_response("d@example.com", PASSWORD).await;
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()[RETRY_AFTER]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=15 * 60).contains(&retry_after));
-    let (_, msg) = status_message(response).await;
-    assert!(!msg.is_empty());
+    assert_throttled(response, 15 * 60, "d, with its password").await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ use common::accounts::{
     assert_token_refused, login_with, set_password,
 };
 use common::smtp::{ReceivedMail, SmtpSink};
-use common::{FakeUpstream, Gateway, PASSWORD, smtp_toml, status_json, status_message};
+use common::{
+    FakeUpstream, Gateway, MailingGateway, PASSWORD, smtp_toml, status_json, status_message,
+    status_message_of,
+};
 use meiro_gate::store::Role;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
@@ -36,9 +39,7 @@ struct Env {
 }
 
 async fn setup() -> Env {
-    let sink = SmtpSink::start().await;
-    let upstream = FakeUpstream::start().await;
-    let gw = Gateway::start_with(&upstream.url(), &smtp_toml(sink.addr)).await;
+    let MailingGateway { upstream, sink, gw } = MailingGateway::start(&[]).await;
     let admin_user = gw.add_user(ADMIN, Role::Admin).await;
     let admin = gw.login(ADMIN).await;
     Env {
@@ -617,12 +618,7 @@ async fn invitation_link_is_the_emailed_link_while_it_is_valid() {
         simple,
     ] {
         let response = get_link(gw, &env.admin, &malformed).await;
-        assert_eq!(
-            response.headers()[CONTENT_TYPE],
-            "application/json",
-            "{malformed}"
-        );
-        let (status, msg) = status_message(response).await;
+        let (status, msg) = status_message_of(response, &malformed).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{malformed}: {msg}");
         assert_eq!(msg, "User not found", "{malformed}");
     }

@@ -13,7 +13,8 @@ use common::accounts::{
 };
 use common::smtp::{ReceivedMail, SmtpSink};
 use common::{
-    FakeUpstream, Gateway, PASSWORD, assert_json, smtp_toml, status_json, status_message,
+    FakeUpstream, Gateway, MailingGateway, PASSWORD, assert_json, assert_throttled, status_json,
+    status_message,
 };
 use meiro_gate::store::{AuditFilter, NewUser, Role};
 use reqwest::StatusCode;
@@ -37,10 +38,7 @@ struct Env {
 }
 
 async fn setup_with(extra_toml: &str) -> Env {
-    let sink = SmtpSink::start().await;
-    let upstream = FakeUpstream::start().await;
-    let toml = format!("{}\n{extra_toml}", smtp_toml(sink.addr));
-    let gw = Gateway::start_with(&upstream.url(), &toml).await;
+    let MailingGateway { upstream, sink, gw } = MailingGateway::start(&[extra_toml]).await;
     gw.add_user(ALICE, Role::User).await;
     gw.add_user(BOB, Role::User).await;
     Env {
@@ -73,9 +71,21 @@ async fn forgot(gw: &Gateway, email: &str) -> reqwest::Response {
 
 /// `POST /users/password`, asserting the contract's one answer.
 async fn forgot_ok(gw: &Gateway, email: &str) {
-    let (status, body) = status_json(forgot(gw, email).await).await;
-    assert_eq!(status, StatusCode::OK, "forgot {email:?}: {body}");
+    assert_forgot_answered(forgot(gw, email).await, &format!("{email:?}")).await;
+}
+
+/// Asserts the contract's one answer to `POST /users/password`, whatever was asked.
+async fn assert_forgot_answered(response: reqwest::Response, what: &str) {
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, StatusCode::OK, "forgot {what}: {body}");
     assert_eq!(body, json!({ "message": "ok" }));
+}
+
+/// Alice sets `password` with a reset token (`email` is her address as the request writes
+/// it), and then logs in with it.
+async fn assert_alice_reset_to(gw: &Gateway, email: &str, password: &str, token: &str) {
+    assert_password_set(gw, email, password, token).await;
+    login_with(gw, ALICE, password).await;
 }
 
 async fn refresh_ok(gw: &Gateway, token: &str) -> String {
@@ -146,16 +156,6 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 fn comparable(a: Duration, b: Duration, factor: f64, slack: Duration) -> bool {
     let ratio = a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     a.abs_diff(b) < slack || (1.0 / factor..factor).contains(&ratio)
-}
-
-fn retry_after(headers: &HeaderMap) -> u64 {
-    headers
-        .get(RETRY_AFTER)
-        .expect("a Retry-After header")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("Retry-After in whole seconds")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -323,9 +323,7 @@ async fn an_address_the_rule_refuses_gets_no_reset_token_and_no_mail() {
         .send()
         .await
         .unwrap();
-    let (status, body) = status_json(response).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({ "message": "ok" }));
+    assert_forgot_answered(response, "the legacy address").await;
     forgot_ok(gw, ALICE).await;
     nth_reset(&env.sink, 1, ALICE).await;
 
@@ -468,12 +466,7 @@ async fn reset_requests_are_limited_per_email() {
     ] {
         forgot_ok(gw, email).await;
     }
-    let response = forgot(gw, ALICE).await;
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait = retry_after(response.headers());
-    assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
-    let (_, msg) = status_message(response).await;
-    assert!(!msg.is_empty());
+    assert_throttled(forgot(gw, ALICE).await, THROTTLE_WINDOW, ALICE).await;
     // An unknown address is limited the same way, so the 429 reveals nothing either.
     for _ in 0..5 {
         forgot_ok(gw, "nobody@example.com").await;
@@ -511,12 +504,7 @@ async fn reset_requests_are_limited_per_client_ip_across_addresses() {
         forgot_ok(gw, email).await;
     }
     for email in ["four@example.com", BOB] {
-        let response = forgot(gw, email).await;
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{email}");
-        let wait = retry_after(response.headers());
-        assert!((1..=THROTTLE_WINDOW).contains(&wait), "Retry-After {wait}");
-        let (_, msg) = status_message(response).await;
-        assert!(!msg.is_empty());
+        assert_throttled(forgot(gw, email).await, THROTTLE_WINDOW, email).await;
     }
     // Only alice's accepted request sent mail.
     nth_reset(&env.sink, 1, ALICE).await;
@@ -542,8 +530,7 @@ async fn reset_tokens_expire_after_one_hour() {
     login_with(gw, ALICE, NEW_PASSWORD).await;
     // A new request brings a working link again.
     let again = env.reset_alice(3).await;
-    assert_password_set(gw, ALICE, "in time passphrase", &again.token).await;
-    login_with(gw, ALICE, "in time passphrase").await;
+    assert_alice_reset_to(gw, ALICE, "in time passphrase", &again.token).await;
 }
 
 #[tokio::test]
@@ -555,8 +542,7 @@ async fn a_newer_reset_supersedes_the_earlier_one() {
     assert_ne!(first.token, second.token);
     assert_token_refused(gw, ALICE, NEW_PASSWORD, &first.token).await;
     assert_login_refused(gw, ALICE, NEW_PASSWORD).await;
-    assert_password_set(gw, ALICE, NEW_PASSWORD, &second.token).await;
-    login_with(gw, ALICE, NEW_PASSWORD).await;
+    assert_alice_reset_to(gw, ALICE, NEW_PASSWORD, &second.token).await;
 }
 
 #[tokio::test]
@@ -570,8 +556,7 @@ async fn a_reset_token_is_bound_to_its_user() {
     login_with(gw, BOB, PASSWORD).await;
     assert_login_refused(gw, BOB, NEW_PASSWORD).await;
     // Still unspent for its own user, written in any case.
-    assert_password_set(gw, " ALICE@example.com", NEW_PASSWORD, &link.token).await;
-    login_with(gw, ALICE, NEW_PASSWORD).await;
+    assert_alice_reset_to(gw, " ALICE@example.com", NEW_PASSWORD, &link.token).await;
 }
 
 #[tokio::test]
@@ -609,8 +594,7 @@ async fn garbage_tokens_are_refused_without_spending_the_real_one() {
     assert!(msg.contains("email"), "{msg}");
     // Nothing above spent the token or touched alice's password.
     login_with(gw, ALICE, PASSWORD).await;
-    assert_password_set(gw, ALICE, NEW_PASSWORD, &link.token).await;
-    login_with(gw, ALICE, NEW_PASSWORD).await;
+    assert_alice_reset_to(gw, ALICE, NEW_PASSWORD, &link.token).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -735,9 +719,7 @@ async fn malformed_password_requests_are_400_json_never_500() {
         .send()
         .await
         .unwrap();
-    let (status, body) = status_json(response).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({ "message": "ok" }));
+    assert_forgot_answered(response, "with an unknown field").await;
     let link = nth_reset(&env.sink, 1, ALICE).await;
     let response = gw
         .http

@@ -404,11 +404,75 @@ pub async fn status_message(response: reqwest::Response) -> (reqwest::StatusCode
     (status, message(response).await)
 }
 
+/// [`status_message`], naming `what` the response answered if it is not JSON.
+pub async fn status_message_of(
+    response: reqwest::Response,
+    what: &str,
+) -> (reqwest::StatusCode, String) {
+    assert_eq!(
+        response.headers()[http::header::CONTENT_TYPE],
+        "application/json",
+        "{what}"
+    );
+    status_message(response).await
+}
+
 /// Status and the whole JSON body.
 pub async fn status_json(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
     let status = response.status();
     assert_json(response.headers());
     (status, response.json().await.expect("a JSON body"))
+}
+
+/// The `Retry-After` of a throttled answer, in whole seconds.
+pub fn retry_after(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in whole seconds")
+}
+
+/// A gateway in front of a fake upstream, delivering its mail over SMTP to `sink`.
+pub struct MailingGateway {
+    pub upstream: FakeUpstream,
+    pub sink: smtp::SmtpSink,
+    pub gw: Gateway,
+}
+
+impl MailingGateway {
+    /// `layers` of TOML are merged over the mail settings, in order.
+    pub async fn start(layers: &[&str]) -> MailingGateway {
+        let sink = smtp::SmtpSink::start().await;
+        let upstream = FakeUpstream::start().await;
+        let mail = smtp_toml(sink.addr);
+        let layers: Vec<&str> = std::iter::once(mail.as_str())
+            .chain(layers.iter().copied())
+            .collect();
+        let gw = Gateway::start_with_layers(&upstream.url(), &layers).await;
+        MailingGateway { upstream, sink, gw }
+    }
+}
+
+/// Asserts a throttled answer (`what` names it): 429, a `Retry-After` within `1..=window`
+/// seconds and a JSON message; the wait and the message.
+pub async fn assert_throttled(
+    response: reqwest::Response,
+    window: u64,
+    what: &str,
+) -> (u64, String) {
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "{what}"
+    );
+    let wait = retry_after(response.headers());
+    assert!((1..=window).contains(&wait), "{what}: Retry-After {wait}");
+    let (_, msg) = status_message(response).await;
+    assert!(!msg.is_empty(), "{what}");
+    (wait, msg)
 }
 
 /// Extra TOML sending mail over SMTP to `addr`, with quick retries.

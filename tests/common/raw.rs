@@ -161,3 +161,12 @@ pub async fn raw(addr: SocketAddr, request: impl AsRef<[u8]>) -> Raw {
         )
     })
 }
+
+/// Writes `request` on a new connection and reads one response; the connection stays open
+/// for what the test does next.
+pub async fn exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> (TcpStream, Raw) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_ref()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    (stream, response)
+}
