@@ -18,7 +18,8 @@ use super::rows::{
 use super::sql::{self, Dialect, Statement};
 use super::{
     AuditEvent, AuditFilter, FeedListener, Invitation, NewUser, PasswordReset, Revocation, Role,
-    Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
+    Rotation, Session, SessionId, Store, StoreError, StoreResult, ThrottleAttempt, UnixTime, User,
+    UserId,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -404,20 +405,17 @@ impl<B: Backend> Store for B {
 
     async fn throttle_reserve(
         &self,
-        scope: &str,
-        key: &str,
-        limit: u32,
-        window: i64,
+        attempt: ThrottleAttempt<'_>,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
         // Once: a second run would count the attempt twice.
         self.run(Once, |mut conn| {
             Box::pin(async move {
-                let reserve = sql::throttle_reserve(scope, key, limit, window, now);
+                let reserve = sql::throttle_reserve(attempt, now);
                 if let Some(started) = B::fetch_int(&mut conn, reserve).await?.flatten() {
                     return Ok(Ok(started));
                 }
-                let end = sql::throttle_window_end(scope, key);
+                let end = sql::throttle_window_end(attempt.scope, attempt.key);
                 let ends = B::fetch_int(&mut conn, end).await?.flatten();
                 Ok(Err(sql::retry_after(ends, now)))
             })

@@ -184,6 +184,17 @@ pub struct AuditEvent {
     pub detail: BTreeMap<String, String>,
 }
 
+/// One attempt counted by [`Store::throttle_reserve`]: `key` (an account's email) in `scope`
+/// (`login`, `reset`), allowed `limit` times per window of `window` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleAttempt<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub limit: u32,
+    /// Seconds from a window's first attempt to its end.
+    pub window: i64,
+}
+
 /// Which audit records [`Store::audit_events`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditFilter {
@@ -282,17 +293,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes feed entries older than `before`, sessions that ended before it and throttle
     /// windows that ended before it.
     async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
-    /// Counts one attempt of `key` in `scope` (per-account login or reset limit) unless it
-    /// already has `limit` in its window, atomically (replicas share the count). A window is
-    /// `window` seconds from its first attempt; an attempt after it starts a new one. Returns
+    /// Counts one attempt of `attempt.key` in `attempt.scope` (per-account login or reset limit)
+    /// unless it already has `attempt.limit` in its window, atomically (replicas share the
+    /// count). A window is `attempt.window` seconds from its first attempt; an attempt after it
+    /// starts a new one. Returns
     /// the start of the window counted in (for [`Store::throttle_refund`]), or
     /// `Err(seconds until the window ends)` when over the limit.
     async fn throttle_reserve(
         &self,
-        scope: &str,
-        key: &str,
-        limit: u32,
-        window: i64,
+        attempt: ThrottleAttempt<'_>,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>>;
     /// Takes back one attempt counted in the window that started at `window_start`; nothing if

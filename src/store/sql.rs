@@ -45,8 +45,8 @@ use sqlx::{Arguments, Encode, Type};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, PasswordReset, Role, Session, SessionId, UnixTime, User,
-    UserId, detail_json,
+    AuditEvent, AuditFilter, Invitation, PasswordReset, Role, Session, SessionId, ThrottleAttempt,
+    UnixTime, User, UserId, detail_json,
 };
 
 pub(super) const PING: &str = "SELECT 1";
@@ -411,13 +411,13 @@ pub(super) fn prune_throttle_windows(before: UnixTime) -> Statement<'static> {
     Statement::new(PRUNE_THROTTLE_WINDOWS, params![before])
 }
 
-pub(super) fn throttle_reserve<'a>(
-    scope: &'a str,
-    key: &'a str,
-    limit: u32,
-    window: i64,
-    now: UnixTime,
-) -> Statement<'a> {
+pub(super) fn throttle_reserve(attempt: ThrottleAttempt<'_>, now: UnixTime) -> Statement<'_> {
+    let ThrottleAttempt {
+        scope,
+        key,
+        limit,
+        window,
+    } = attempt;
     Statement::new(
         THROTTLE_RESERVE,
         params![scope, key, now, window, i64::from(limit)],

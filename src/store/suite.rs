@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Role, Rotation, Session,
-    SessionId, Store, StoreError, UnixTime, User, UserId,
+    SessionId, Store, StoreError, ThrottleAttempt, UnixTime, User, UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -108,7 +108,17 @@ pub(crate) use conformance_tests;
 pub async fn throttle_windows(store: &dyn Store) {
     let key = unique_email("throttle");
     let t0: UnixTime = 1_700_000_000;
-    let reserve = |now| store.throttle_reserve("login", &key, 2, 60, now);
+    let login = ThrottleAttempt {
+        scope: "login",
+        key: &key,
+        limit: 2,
+        window: 60,
+    };
+    let reset = ThrottleAttempt {
+        scope: "reset",
+        ..login
+    };
+    let reserve = |now| store.throttle_reserve(login, now);
     assert_eq!(reserve(t0).await.unwrap(), Ok(t0));
     assert_eq!(reserve(t0 + 10).await.unwrap(), Ok(t0), "same window");
     assert_eq!(
@@ -117,10 +127,7 @@ pub async fn throttle_windows(store: &dyn Store) {
         "full until t0 + 60"
     );
     assert_eq!(
-        store
-            .throttle_reserve("reset", &key, 2, 60, t0 + 20)
-            .await
-            .unwrap(),
+        store.throttle_reserve(reset, t0 + 20).await.unwrap(),
         Ok(t0 + 20),
         "scopes are separate"
     );
@@ -148,8 +155,14 @@ pub async fn concurrent_reservations_stop_at_the_limit(store: Arc<dyn Store>) {
     for _ in 0..20 {
         let (store, key) = (store.clone(), key.clone());
         tasks.spawn(async move {
+            let attempt = ThrottleAttempt {
+                scope: "login",
+                key: &key,
+                limit: 5,
+                window: 900,
+            };
             store
-                .throttle_reserve("login", &key, 5, 900, 1_700_000_000)
+                .throttle_reserve(attempt, 1_700_000_000)
                 .await
                 .unwrap()
         });

@@ -19,7 +19,7 @@ use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
-    Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
+    Session, SessionId, Store, StoreError, ThrottleAttempt, UnixTime, UserId, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -719,24 +719,17 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
                 Rotation::Rotated
             );
             // Counted once each: the third attempt finds the window full.
-            let key = "dead-throttle@example.test";
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Err(60)
-            );
-            after_kill!(store.throttle_refund("login", key, t0));
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
+            let login = ThrottleAttempt {
+                scope: "login",
+                key: "dead-throttle@example.test",
+                limit: 2,
+                window: 60,
+            };
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Err(60));
+            after_kill!(store.throttle_refund(login.scope, login.key, t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
 
             // Idempotent writes.
             after_kill!(store.record_login(user.id, t0 + 2));
@@ -859,14 +852,14 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
             let store = open(&named_options).await;
             let mut admin = admin_connection(&options).await;
             let key = "midflight@example.test";
+            let login = ThrottleAttempt {
+                scope: "login",
+                key,
+                limit: 5,
+                window: 60,
+            };
             let t0: UnixTime = 1_700_000_000;
-            assert_eq!(
-                store
-                    .throttle_reserve("login", key, 5, 60, t0)
-                    .await
-                    .unwrap(),
-                Ok(t0)
-            );
+            assert_eq!(store.throttle_reserve(login, t0).await.unwrap(), Ok(t0));
 
             // The window's row locked, so the store's statement waits on the server.
             let mut locker = admin_connection(&options).await;
@@ -878,7 +871,7 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
                 .unwrap();
             let reserve = tokio::spawn({
                 let store = store.clone();
-                async move { store.throttle_reserve("login", key, 5, 60, t0 + 1).await }
+                async move { store.throttle_reserve(login, t0 + 1).await }
             });
             until_waiting_on_a_lock(&mut admin, &name).await;
             assert_eq!(terminate(&mut admin, &name, true).await, 1);
@@ -897,13 +890,7 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
                     .unwrap();
             assert_eq!(attempts, 1, "the killed statement was rolled back");
             // The store carries on.
-            assert_eq!(
-                store
-                    .throttle_reserve("login", key, 5, 60, t0 + 2)
-                    .await
-                    .unwrap(),
-                Ok(t0)
-            );
+            assert_eq!(store.throttle_reserve(login, t0 + 2).await.unwrap(), Ok(t0));
             admin.close().await.ok();
             locker.close().await.ok();
         },
