@@ -9,7 +9,6 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 
 use async_trait::async_trait;
-use uuid::Uuid;
 
 use super::rows::{
     Columns, UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
@@ -18,8 +17,8 @@ use super::rows::{
 use super::sql::{self, Dialect, Statement};
 use super::{
     AuditEvent, AuditFilter, FeedListener, Invitation, NewUser, PasswordReset, Revocation, Role,
-    Rotation, Session, SessionId, Store, StoreError, StoreResult, ThrottleAttempt, UnixTime, User,
-    UserId,
+    Rotation, Session, SessionId, Store, StoreError, StoreResult, ThrottleAttempt, TokenSwap,
+    UnixTime, User, UserId,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -315,13 +314,7 @@ impl<B: Backend> Store for B {
         )
     }
 
-    async fn rotate_session_token(
-        &self,
-        id: SessionId,
-        presented_jti: Uuid,
-        new_jti: Uuid,
-        at: UnixTime,
-    ) -> StoreResult<Rotation> {
+    async fn rotate_session_token(&self, swap: TokenSwap, at: UnixTime) -> StoreResult<Rotation> {
         // Once: a second run of a swap that took effect finds `new_jti` current and reports a
         // reuse, which would end the session.
         self.run(Once, |mut conn| {
@@ -329,12 +322,13 @@ impl<B: Backend> Store for B {
                 // The compare and the swap are one statement: a concurrent rotation waits for the
                 // row lock, then re-checks `current_jti` against the winner's row and matches
                 // nothing.
-                let swap = sql::rotate_session_token(id, presented_jti, new_jti, at);
-                if B::execute(&mut conn, swap).await? > 0 {
+                let rotate = sql::rotate_session_token(swap, at);
+                if B::execute(&mut conn, rotate).await? > 0 {
                     return Ok(Rotation::Rotated);
                 }
                 // Only classifies the failure; it was decided atomically above.
-                let revoked_at = B::fetch_int(&mut conn, sql::session_revoked_at(id)).await?;
+                let revoked_at =
+                    B::fetch_int(&mut conn, sql::session_revoked_at(swap.session)).await?;
                 Ok(Rotation::of_failed_swap(revoked_at))
             })
         })

@@ -138,6 +138,16 @@ pub struct Session {
     pub last_refresh_at: Option<UnixTime>,
 }
 
+/// The compare-and-swap [`Store::rotate_session_token`] attempts on a session's current token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSwap {
+    pub session: SessionId,
+    /// `jti` of the token presented for refresh: swapped only if it is the current one.
+    pub presented_jti: Uuid,
+    /// `jti` of the token issued in its place.
+    pub new_jti: Uuid,
+}
+
 /// Outcome of [`Store::rotate_session_token`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rotation {
@@ -273,13 +283,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Compare-and-swap of `current_jti`: only the holder of the current token can refresh.
-    async fn rotate_session_token(
-        &self,
-        id: SessionId,
-        presented_jti: Uuid,
-        new_jti: Uuid,
-        at: UnixTime,
-    ) -> StoreResult<Rotation>;
+    async fn rotate_session_token(&self, swap: TokenSwap, at: UnixTime) -> StoreResult<Rotation>;
     /// Revokes one session (no-op if already revoked or unknown) and appends it to the
     /// revocation feed. Returns whether this call revoked it.
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool>;

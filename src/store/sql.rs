@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, AuditFilter, Invitation, PasswordReset, Role, Session, SessionId, ThrottleAttempt,
-    UnixTime, User, UserId, detail_json,
+    TokenSwap, UnixTime, User, UserId, detail_json,
 };
 
 pub(super) const PING: &str = "SELECT 1";
@@ -371,15 +371,15 @@ pub(super) fn session_by_id(id: SessionId) -> Statement<'static> {
     Statement::new(SESSION_BY_ID, params![id])
 }
 
-pub(super) fn rotate_session_token(
-    id: SessionId,
-    presented_jti: Uuid,
-    new_jti: Uuid,
-    at: UnixTime,
-) -> Statement<'static> {
+pub(super) fn rotate_session_token(swap: TokenSwap, at: UnixTime) -> Statement<'static> {
+    let TokenSwap {
+        session,
+        presented_jti,
+        new_jti,
+    } = swap;
     Statement::new(
         ROTATE_SESSION_TOKEN,
-        params![new_jti, at, id, presented_jti],
+        params![new_jti, at, session, presented_jti],
     )
 }
 

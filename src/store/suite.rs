@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Role, Rotation, Session,
-    SessionId, Store, StoreError, ThrottleAttempt, UnixTime, User, UserId,
+    SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -629,9 +629,14 @@ pub async fn disable_revokes_sessions(store: &dyn Store) {
 pub async fn rotate_compare_and_swap(store: &dyn Store) {
     let session = open_session(store, user(store, "rotate").await).await;
     let (j0, j1, j2) = (session.current_jti, Uuid::new_v4(), Uuid::new_v4());
+    let swap = |presented_jti, new_jti| TokenSwap {
+        session: session.id,
+        presented_jti,
+        new_jti,
+    };
 
     let r = store
-        .rotate_session_token(session.id, j0, j1, T0 + 10)
+        .rotate_session_token(swap(j0, j1), T0 + 10)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Rotated, "current jti rotates");
@@ -641,7 +646,7 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
     assert_eq!(s.last_refresh_at, Some(T0 + 10));
 
     let r = store
-        .rotate_session_token(session.id, j0, j2, T0 + 20)
+        .rotate_session_token(swap(j0, j2), T0 + 20)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::NotCurrent, "a replayed jti is not current");
@@ -652,14 +657,18 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
     );
 
     let r = store
-        .rotate_session_token(session.id, j1, j2, T0 + 30)
+        .rotate_session_token(swap(j1, j2), T0 + 30)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Rotated, "the new jti rotates in turn");
     assert_eq!(fetch_session(store, session.id).await.refresh_count, 2);
 
+    let unknown = TokenSwap {
+        session: SessionId::new_random(),
+        ..swap(j2, Uuid::new_v4())
+    };
     let r = store
-        .rotate_session_token(SessionId::new_random(), j2, Uuid::new_v4(), T0 + 40)
+        .rotate_session_token(unknown, T0 + 40)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Gone, "unknown session");
@@ -671,7 +680,7 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
             .expect("revoke_session")
     );
     let r = store
-        .rotate_session_token(session.id, j2, Uuid::new_v4(), T0 + 60)
+        .rotate_session_token(swap(j2, Uuid::new_v4()), T0 + 60)
         .await
         .expect("rotate");
     assert_eq!(
@@ -687,16 +696,21 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
 pub async fn concurrent_rotations_have_one_winner(store: Arc<dyn Store>) {
     const RACERS: usize = 8;
     let session = open_session(store.as_ref(), user(store.as_ref(), "race").await).await;
-    let (id, presented) = (session.id, session.current_jti);
+    let (id, presented_jti) = (session.id, session.current_jti);
     let barrier = Arc::new(Barrier::new(RACERS));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..RACERS {
         let (store, barrier) = (store.clone(), barrier.clone());
         let new_jti = Uuid::new_v4();
+        let swap = TokenSwap {
+            session: id,
+            presented_jti,
+            new_jti,
+        };
         tasks.spawn(async move {
             barrier.wait().await;
             let outcome = store
-                .rotate_session_token(id, presented, new_jti, T0 + 10)
+                .rotate_session_token(swap, T0 + 10)
                 .await
                 .expect("rotate");
             (outcome, new_jti)

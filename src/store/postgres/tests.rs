@@ -19,7 +19,7 @@ use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
-    Session, SessionId, Store, StoreError, ThrottleAttempt, UnixTime, UserId, suite,
+    Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, UserId, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -528,10 +528,12 @@ async fn rotations_across_replicas_have_one_winner() {
                 let (store, barrier) = (replicas[i % 2].clone(), barrier.clone());
                 tasks.spawn(async move {
                     barrier.wait().await;
-                    store
-                        .rotate_session_token(session.id, session.current_jti, Uuid::new_v4(), 5)
-                        .await
-                        .unwrap()
+                    let swap = TokenSwap {
+                        session: session.id,
+                        presented_jti: session.current_jti,
+                        new_jti: Uuid::new_v4(),
+                    };
+                    store.rotate_session_token(swap, 5).await.unwrap()
                 });
             }
             let outcomes = tasks.join_all().await;
@@ -708,14 +710,13 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             assert_eq!(after_kill!(store.count_users()), 1);
             assert_eq!(after_kill!(store.list_users()), vec![user.clone()]);
             after_kill!(store.ping());
-            let new_jti = Uuid::new_v4();
+            let swap = TokenSwap {
+                session: session.id,
+                presented_jti: session.current_jti,
+                new_jti: Uuid::new_v4(),
+            };
             assert_eq!(
-                after_kill!(store.rotate_session_token(
-                    session.id,
-                    session.current_jti,
-                    new_jti,
-                    t0 + 1
-                )),
+                after_kill!(store.rotate_session_token(swap, t0 + 1)),
                 Rotation::Rotated
             );
             // Counted once each: the third attempt finds the window full.
