@@ -16,9 +16,9 @@ use super::rows::{
 };
 use super::sql::{self, Dialect, Statement};
 use super::{
-    AuditEvent, AuditFilter, FeedListener, Invitation, NewUser, PasswordReset, Revocation, Role,
-    Rotation, Session, SessionId, Store, StoreError, StoreResult, ThrottleAttempt, TokenSwap,
-    UnixTime, User, UserId,
+    AuditEvent, AuditFilter, FeedListener, Invitation, InvitationAcceptance, NewUser,
+    PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
+    ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -450,14 +450,12 @@ impl<B: Backend> Store for B {
 
     async fn accept_invitation(
         &self,
-        user: UserId,
-        nonce: &str,
-        password_hash: &str,
+        acceptance: InvitationAcceptance<'_>,
         at: UnixTime,
     ) -> StoreResult<bool> {
         // Once: a second run of an accept that took effect finds the invitation spent and
         // reports the link as invalid.
-        let accept = sql::accept_invitation(user, nonce, password_hash, at);
+        let accept = sql::accept_invitation(acceptance, at);
         Ok(single(self, Once, accept, B::execute).await? > 0)
     }
 

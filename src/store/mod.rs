@@ -57,6 +57,16 @@ pub struct Invitation {
     pub expires_at: UnixTime,
 }
 
+/// What [`Store::accept_invitation`] spends: `user`'s invitation with this `nonce`, for the
+/// first password `password_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvitationAcceptance<'a> {
+    pub user: UserId,
+    pub nonce: &'a str,
+    /// PHC string of the password the user chose.
+    pub password_hash: &'a str,
+}
+
 /// A password-reset request. Only the SHA-256 digest of the token is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordReset {
@@ -332,13 +342,11 @@ pub trait Store: Send + Sync + 'static {
         role: Role,
     ) -> StoreResult<Option<User>>;
     /// Spends an invitation, atomically: only while the user is still pending with exactly
-    /// this nonce and the invitation has not expired at `at`. Sets the password, clears the
+    /// `acceptance.nonce` and the invitation has not expired at `at`. Sets the password, clears the
     /// invitation and pending flag. Returns whether it did.
     async fn accept_invitation(
         &self,
-        user: UserId,
-        nonce: &str,
-        password_hash: &str,
+        acceptance: InvitationAcceptance<'_>,
         at: UnixTime,
     ) -> StoreResult<bool>;
     /// Records a reset; every earlier unused reset of the same user stops working.

@@ -45,8 +45,8 @@ use sqlx::{Arguments, Encode, Type};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, PasswordReset, Role, Session, SessionId, ThrottleAttempt,
-    TokenSwap, UnixTime, User, UserId, detail_json,
+    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, PasswordReset, Role, Session,
+    SessionId, ThrottleAttempt, TokenSwap, UnixTime, User, UserId, detail_json,
 };
 
 pub(super) const PING: &str = "SELECT 1";
@@ -452,12 +452,15 @@ pub(super) fn renew_invitation<'a>(
     )
 }
 
-pub(super) fn accept_invitation<'a>(
-    user: UserId,
-    nonce: &'a str,
-    password_hash: &'a str,
+pub(super) fn accept_invitation(
+    acceptance: InvitationAcceptance<'_>,
     at: UnixTime,
-) -> Statement<'a> {
+) -> Statement<'_> {
+    let InvitationAcceptance {
+        user,
+        nonce,
+        password_hash,
+    } = acceptance;
     Statement::new(ACCEPT_INVITATION, params![password_hash, user, nonce, at])
 }
 

@@ -10,8 +10,9 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Role, Rotation, Session,
-    SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, NewUser, PasswordReset, Role,
+    Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, User,
+    UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -1002,9 +1003,14 @@ pub async fn accept_invitation(store: &dyn Store) {
         ),
     ];
     for (user, nonce, at, why) in refused {
+        let acceptance = InvitationAcceptance {
+            user,
+            nonce: &nonce,
+            password_hash: HASH,
+        };
         assert!(
             !store
-                .accept_invitation(user, &nonce, HASH, at)
+                .accept_invitation(acceptance, at)
                 .await
                 .expect("accept_invitation"),
             "{why}: refused"
@@ -1017,9 +1023,14 @@ pub async fn accept_invitation(store: &dyn Store) {
     );
     assert_eq!(fetch_user(store, other.id).await, other);
 
+    let acceptance = InvitationAcceptance {
+        user: invited.id,
+        nonce: &inv.nonce,
+        password_hash: HASH,
+    };
     assert!(
         store
-            .accept_invitation(invited.id, &inv.nonce, HASH, inv.expires_at - 1)
+            .accept_invitation(acceptance, inv.expires_at - 1)
             .await
             .expect("accept_invitation"),
         "the right nonce before expiry is accepted"
@@ -1037,9 +1048,13 @@ pub async fn accept_invitation(store: &dyn Store) {
     );
     assert!(accepted.is_active(), "an accepted user is active");
 
+    let again = InvitationAcceptance {
+        password_hash: "$argon2id$again",
+        ..acceptance
+    };
     assert!(
         !store
-            .accept_invitation(invited.id, &inv.nonce, "$argon2id$again", T0 + 20)
+            .accept_invitation(again, T0 + 20)
             .await
             .expect("accept_invitation"),
         "an invitation is spent once"
@@ -1066,16 +1081,25 @@ pub async fn accept_invitation(store: &dyn Store) {
         .await
         .expect("renew_invitation")
         .expect("pending user");
+    let with_old = InvitationAcceptance {
+        user: other.id,
+        nonce: &old.nonce,
+        password_hash: HASH,
+    };
     assert!(
         !store
-            .accept_invitation(other.id, &old.nonce, HASH, T0 + 10)
+            .accept_invitation(with_old, T0 + 10)
             .await
             .expect("accept_invitation"),
         "a renewed invitation's old nonce is refused"
     );
+    let with_new = InvitationAcceptance {
+        nonce: &new.nonce,
+        ..with_old
+    };
     assert!(
         store
-            .accept_invitation(other.id, &new.nonce, HASH, T0 + 10)
+            .accept_invitation(with_new, T0 + 10)
             .await
             .expect("accept_invitation"),
         "the renewed nonce is accepted"
@@ -1094,8 +1118,13 @@ pub async fn concurrent_accepts_have_one_winner(store: Arc<dyn Store>) {
         let hash = format!("$argon2id$racer-{i}");
         tasks.spawn(async move {
             barrier.wait().await;
+            let acceptance = InvitationAcceptance {
+                user: id,
+                nonce: &nonce,
+                password_hash: &hash,
+            };
             let won = store
-                .accept_invitation(id, &nonce, &hash, T0 + 10)
+                .accept_invitation(acceptance, T0 + 10)
                 .await
                 .expect("accept_invitation");
             (won, hash)

@@ -18,8 +18,9 @@ use uuid::Uuid;
 use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
-    AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
-    Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, UserId, suite,
+    AuditEvent, AuditFilter, FeedWakeup, Invitation, InvitationAcceptance, NewUser, PasswordReset,
+    Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime,
+    UserId, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -754,12 +755,12 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             };
             let after = after_kill!(store.renew_invitation(invited.id, &renewed, Role::Admin));
             assert_eq!(after.and_then(|u| u.invitation), Some(renewed));
-            assert!(after_kill!(store.accept_invitation(
-                invited.id,
-                "second",
-                "hash",
-                t0 + 3
-            )));
+            let acceptance = InvitationAcceptance {
+                user: invited.id,
+                nonce: "second",
+                password_hash: "hash",
+            };
+            assert!(after_kill!(store.accept_invitation(acceptance, t0 + 3)));
 
             // Transactions, and the feed they append to.
             let cursor = after_kill!(store.revocation_cursor());
