@@ -17,8 +17,8 @@ use super::rows::{
 use super::sql::{self, Dialect, Statement};
 use super::{
     AuditEvent, AuditFilter, FeedListener, Invitation, InvitationAcceptance, NewUser,
-    PasswordReset, Revocation, Role, Rotation, Session, SessionId, Store, StoreError, StoreResult,
-    ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
+    PasswordReset, ResetCompletion, Revocation, Role, Rotation, Session, SessionId, Store,
+    StoreError, StoreResult, ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -481,11 +481,14 @@ impl<B: Backend> Store for B {
 
     async fn complete_password_reset(
         &self,
-        digest: &str,
-        user: UserId,
-        password_hash: &str,
+        completion: ResetCompletion<'_>,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
+        let ResetCompletion {
+            digest,
+            user,
+            password_hash,
+        } = completion;
         self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // The user row before the reset row, in the same order as `create_password_reset`.

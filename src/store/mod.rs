@@ -78,6 +78,17 @@ pub struct PasswordReset {
     pub used_at: Option<UnixTime>,
 }
 
+/// What [`Store::complete_password_reset`] spends: the reset with this `digest`, claimed for
+/// `user`, who gets the new password `password_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetCompletion<'a> {
+    /// Lower-case hex SHA-256 of the token, as in [`PasswordReset::digest`].
+    pub digest: &'a str,
+    pub user: UserId,
+    /// PHC string of the new password.
+    pub password_hash: &'a str,
+}
+
 impl User {
     /// May this user log in and hold sessions?
     pub fn is_active(&self) -> bool {
@@ -352,14 +363,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records a reset; every earlier unused reset of the same user stops working.
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()>;
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>>;
-    /// Spends a reset, atomically: only if it is unused, unexpired at `at` and belongs to
-    /// `user`. Sets the password and revokes every open session of the user (appending them
-    /// to the revocation feed). Returns the revoked sessions; `None` if it was not spendable.
+    /// Spends the reset `completion.digest`, atomically: only if it is unused, unexpired at `at`
+    /// and belongs to `completion.user`. Sets the password and revokes every open session of the
+    /// user (appending them to the revocation feed). Returns the revoked sessions; `None` if it
+    /// was not spendable.
     async fn complete_password_reset(
         &self,
-        digest: &str,
-        user: UserId,
-        password_hash: &str,
+        completion: ResetCompletion<'_>,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>>;
 

@@ -10,9 +10,9 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, NewUser, PasswordReset, Role,
-    Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime, User,
-    UserId,
+    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, NewUser, PasswordReset,
+    ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt,
+    TokenSwap, UnixTime, User, UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -1210,9 +1210,14 @@ pub async fn new_reset_supersedes_older_ones(store: &dyn Store) {
         bystander,
         "other users' resets are untouched"
     );
+    let superseded = ResetCompletion {
+        digest: &first.digest,
+        user: owner,
+        password_hash: "$argon2id$superseded",
+    };
     assert_eq!(
         store
-            .complete_password_reset(&first.digest, owner, "$argon2id$superseded", T0 + 20)
+            .complete_password_reset(superseded, T0 + 20)
             .await
             .expect("complete_password_reset"),
         None,
@@ -1284,9 +1289,14 @@ pub async fn complete_password_reset(store: &dyn Store) {
         ),
     ];
     for (digest, user, at, why) in refused {
+        let completion = ResetCompletion {
+            digest: &digest,
+            user,
+            password_hash: NEW,
+        };
         assert_eq!(
             store
-                .complete_password_reset(&digest, user, NEW, at)
+                .complete_password_reset(completion, at)
                 .await
                 .expect("complete_password_reset"),
             None,
@@ -1312,8 +1322,13 @@ pub async fn complete_password_reset(store: &dyn Store) {
         "refused completions revoke nothing"
     );
 
+    let completion = ResetCompletion {
+        digest: &reset.digest,
+        user: owner.id,
+        password_hash: NEW,
+    };
     let revoked = store
-        .complete_password_reset(&reset.digest, owner.id, NEW, T0 + 20)
+        .complete_password_reset(completion, T0 + 20)
         .await
         .expect("complete_password_reset")
         .expect("an unused, unexpired reset of the user is spendable");
@@ -1347,9 +1362,13 @@ pub async fn complete_password_reset(store: &dyn Store) {
 
     let cursor = store.revocation_cursor().await.expect("revocation_cursor");
     let again = open_session(store, owner.id).await;
+    let second_use = ResetCompletion {
+        password_hash: "$argon2id$again",
+        ..completion
+    };
     assert_eq!(
         store
-            .complete_password_reset(&reset.digest, owner.id, "$argon2id$again", T0 + 30)
+            .complete_password_reset(second_use, T0 + 30)
             .await
             .expect("complete_password_reset"),
         None,

@@ -19,8 +19,8 @@ use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
     AuditEvent, AuditFilter, FeedWakeup, Invitation, InvitationAcceptance, NewUser, PasswordReset,
-    Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt, TokenSwap, UnixTime,
-    UserId, suite,
+    ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt,
+    TokenSwap, UnixTime, UserId, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -792,13 +792,13 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             );
             let later = new_session(user.id);
             store.create_session(&later).await.unwrap();
+            let completion = ResetCompletion {
+                digest: &reset.digest,
+                user: user.id,
+                password_hash: "new hash",
+            };
             assert_eq!(
-                after_kill!(store.complete_password_reset(
-                    &reset.digest,
-                    user.id,
-                    "new hash",
-                    t0 + 6
-                )),
+                after_kill!(store.complete_password_reset(completion, t0 + 6)),
                 Some(vec![later.id])
             );
             let disabled = after_kill!(store.set_user_disabled("dead@example.test", true, t0 + 7));
