@@ -18,7 +18,9 @@ use super::cache::LocalIdentity;
 use super::key_files::{KeyError, write_private};
 use super::tokens::random_base64url;
 use super::{Auth, AuthError, normalize_email};
-use crate::store::{Invitation, NewUser, Role, StoreError, UnixTime, User, UserId};
+use crate::store::{
+    Invitation, InvitationAcceptance, NewUser, Role, StoreError, UnixTime, User, UserId,
+};
 
 const SECRET_FILE: &str = "link-secret.key";
 const SECRET_LEN: usize = 32;
@@ -255,11 +257,12 @@ impl Auth {
             .ok_or(AuthError::InvalidOneTimeToken)?;
         self.check_password_policy(&password, &user.email)?;
         let hash = self.passwords.hash(password).await?;
-        if !self
-            .store
-            .accept_invitation(user.id, &invitation.nonce, &hash, now)
-            .await?
-        {
+        let acceptance = InvitationAcceptance {
+            user: user.id,
+            nonce: &invitation.nonce,
+            password_hash: &hash,
+        };
+        if !self.store.accept_invitation(acceptance, now).await? {
             return Err(AuthError::InvalidOneTimeToken);
         }
         self.audit

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::{is_expired, random_base64url};
 use super::{Auth, AuthError, normalize_email};
-use crate::store::{PasswordReset, User};
+use crate::store::{PasswordReset, ResetCompletion, User};
 
 /// Lower-case hex SHA-256 of a one-time token: what the store keeps and looks up.
 fn token_digest_hex(token: &str) -> String {
@@ -128,9 +128,14 @@ impl Auth {
         let hash = self.passwords.hash(password).await?;
         // The store spends the token, sets the hash and revokes the sessions atomically; a
         // concurrent second use finds it spent.
+        let completion = ResetCompletion {
+            digest: &digest,
+            user: user.id,
+            password_hash: &hash,
+        };
         let ended = self
             .store
-            .complete_password_reset(&digest, user.id, &hash, now)
+            .complete_password_reset(completion, now)
             .await?
             .ok_or(AuthError::InvalidOneTimeToken)?;
         for session in &ended {

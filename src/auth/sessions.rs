@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::audit::{AuditKind, Caller, Entry};
 use super::tokens::{Claims, is_expired};
 use super::{Auth, AuthError, normalize_email};
-use crate::store::{Rotation, Session, SessionId, UnixTime, User};
+use crate::store::{Rotation, Session, SessionId, TokenSwap, UnixTime, User};
 
 /// A freshly signed access token.
 #[derive(Debug, Clone)]
@@ -127,14 +127,14 @@ impl Auth {
         if is_expired(session.expires_at, now) {
             return Err(AuthError::SessionTooOld);
         }
-        let new_jti = Uuid::new_v4();
-        match self
-            .store
-            .rotate_session_token(session.id, claims.jti, new_jti, now)
-            .await?
-        {
+        let swap = TokenSwap {
+            session: session.id,
+            presented_jti: claims.jti,
+            new_jti: Uuid::new_v4(),
+        };
+        match self.store.rotate_session_token(swap, now).await? {
             Rotation::Rotated => {
-                let issued = self.sign(&session, new_jti, now)?;
+                let issued = self.sign(&session, swap.new_jti, now)?;
                 self.audit.record(
                     Entry::new(AuditKind::TokenRefreshed, now, caller)
                         .session(session.user_id, session.id),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 
 use super::AuthError;
-use crate::store::{Store, UnixTime};
+use crate::store::{Store, ThrottleAttempt, UnixTime};
 
 /// Failures of one key inside the current window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,10 +157,13 @@ impl Throttle {
                 self.per_ip.refund(&ip, started);
             }
         };
-        let reserved = self
-            .store
-            .throttle_reserve(self.scope, email, self.per_account, self.window_secs, now)
-            .await;
+        let attempt = ThrottleAttempt {
+            scope: self.scope,
+            key: email,
+            limit: self.per_account,
+            window: self.window_secs,
+        };
+        let reserved = self.store.throttle_reserve(attempt, now).await;
         let account = match reserved {
             Ok(Ok(started)) => started,
             Ok(Err(retry_after_secs)) => {

@@ -9,7 +9,6 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 
 use async_trait::async_trait;
-use uuid::Uuid;
 
 use super::rows::{
     Columns, UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
@@ -17,8 +16,9 @@ use super::rows::{
 };
 use super::sql::{self, Dialect, Statement};
 use super::{
-    AuditEvent, AuditFilter, FeedListener, Invitation, NewUser, PasswordReset, Revocation, Role,
-    Rotation, Session, SessionId, Store, StoreError, StoreResult, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, FeedListener, Invitation, InvitationAcceptance, NewUser,
+    PasswordReset, ResetCompletion, Revocation, Role, Rotation, Session, SessionId, Store,
+    StoreError, StoreResult, ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -314,13 +314,7 @@ impl<B: Backend> Store for B {
         )
     }
 
-    async fn rotate_session_token(
-        &self,
-        id: SessionId,
-        presented_jti: Uuid,
-        new_jti: Uuid,
-        at: UnixTime,
-    ) -> StoreResult<Rotation> {
+    async fn rotate_session_token(&self, swap: TokenSwap, at: UnixTime) -> StoreResult<Rotation> {
         // Once: a second run of a swap that took effect finds `new_jti` current and reports a
         // reuse, which would end the session.
         self.run(Once, |mut conn| {
@@ -328,12 +322,13 @@ impl<B: Backend> Store for B {
                 // The compare and the swap are one statement: a concurrent rotation waits for the
                 // row lock, then re-checks `current_jti` against the winner's row and matches
                 // nothing.
-                let swap = sql::rotate_session_token(id, presented_jti, new_jti, at);
-                if B::execute(&mut conn, swap).await? > 0 {
+                let rotate = sql::rotate_session_token(swap, at);
+                if B::execute(&mut conn, rotate).await? > 0 {
                     return Ok(Rotation::Rotated);
                 }
                 // Only classifies the failure; it was decided atomically above.
-                let revoked_at = B::fetch_int(&mut conn, sql::session_revoked_at(id)).await?;
+                let revoked_at =
+                    B::fetch_int(&mut conn, sql::session_revoked_at(swap.session)).await?;
                 Ok(Rotation::of_failed_swap(revoked_at))
             })
         })
@@ -404,20 +399,17 @@ impl<B: Backend> Store for B {
 
     async fn throttle_reserve(
         &self,
-        scope: &str,
-        key: &str,
-        limit: u32,
-        window: i64,
+        attempt: ThrottleAttempt<'_>,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>> {
         // Once: a second run would count the attempt twice.
         self.run(Once, |mut conn| {
             Box::pin(async move {
-                let reserve = sql::throttle_reserve(scope, key, limit, window, now);
+                let reserve = sql::throttle_reserve(attempt, now);
                 if let Some(started) = B::fetch_int(&mut conn, reserve).await?.flatten() {
                     return Ok(Ok(started));
                 }
-                let end = sql::throttle_window_end(scope, key);
+                let end = sql::throttle_window_end(attempt.scope, attempt.key);
                 let ends = B::fetch_int(&mut conn, end).await?.flatten();
                 Ok(Err(sql::retry_after(ends, now)))
             })
@@ -458,14 +450,12 @@ impl<B: Backend> Store for B {
 
     async fn accept_invitation(
         &self,
-        user: UserId,
-        nonce: &str,
-        password_hash: &str,
+        acceptance: InvitationAcceptance<'_>,
         at: UnixTime,
     ) -> StoreResult<bool> {
         // Once: a second run of an accept that took effect finds the invitation spent and
         // reports the link as invalid.
-        let accept = sql::accept_invitation(user, nonce, password_hash, at);
+        let accept = sql::accept_invitation(acceptance, at);
         Ok(single(self, Once, accept, B::execute).await? > 0)
     }
 
@@ -491,11 +481,14 @@ impl<B: Backend> Store for B {
 
     async fn complete_password_reset(
         &self,
-        digest: &str,
-        user: UserId,
-        password_hash: &str,
+        completion: ResetCompletion<'_>,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>> {
+        let ResetCompletion {
+            digest,
+            user,
+            password_hash,
+        } = completion;
         self.run(Transaction, |mut tx| {
             Box::pin(async move {
                 // The user row before the reset row, in the same order as `create_password_reset`.

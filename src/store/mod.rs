@@ -57,6 +57,16 @@ pub struct Invitation {
     pub expires_at: UnixTime,
 }
 
+/// What [`Store::accept_invitation`] spends: `user`'s invitation with this `nonce`, for the
+/// first password `password_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvitationAcceptance<'a> {
+    pub user: UserId,
+    pub nonce: &'a str,
+    /// PHC string of the password the user chose.
+    pub password_hash: &'a str,
+}
+
 /// A password-reset request. Only the SHA-256 digest of the token is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordReset {
@@ -66,6 +76,17 @@ pub struct PasswordReset {
     pub created: UnixTime,
     pub expires_at: UnixTime,
     pub used_at: Option<UnixTime>,
+}
+
+/// What [`Store::complete_password_reset`] spends: the reset with this `digest`, claimed for
+/// `user`, who gets the new password `password_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetCompletion<'a> {
+    /// Lower-case hex SHA-256 of the token, as in [`PasswordReset::digest`].
+    pub digest: &'a str,
+    pub user: UserId,
+    /// PHC string of the new password.
+    pub password_hash: &'a str,
 }
 
 impl User {
@@ -138,6 +159,16 @@ pub struct Session {
     pub last_refresh_at: Option<UnixTime>,
 }
 
+/// The compare-and-swap [`Store::rotate_session_token`] attempts on a session's current token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSwap {
+    pub session: SessionId,
+    /// `jti` of the token presented for refresh: swapped only if it is the current one.
+    pub presented_jti: Uuid,
+    /// `jti` of the token issued in its place.
+    pub new_jti: Uuid,
+}
+
 /// Outcome of [`Store::rotate_session_token`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rotation {
@@ -182,6 +213,17 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
     /// Short, non-secret facts: a failure's reason, the acting admin, a key id.
     pub detail: BTreeMap<String, String>,
+}
+
+/// One attempt counted by [`Store::throttle_reserve`]: `key` (an account's email) in `scope`
+/// (`login`, `reset`), allowed `limit` times per window of `window` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleAttempt<'a> {
+    pub scope: &'a str,
+    pub key: &'a str,
+    pub limit: u32,
+    /// Seconds from a window's first attempt to its end.
+    pub window: i64,
 }
 
 /// Which audit records [`Store::audit_events`] returns.
@@ -262,13 +304,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;
     /// Compare-and-swap of `current_jti`: only the holder of the current token can refresh.
-    async fn rotate_session_token(
-        &self,
-        id: SessionId,
-        presented_jti: Uuid,
-        new_jti: Uuid,
-        at: UnixTime,
-    ) -> StoreResult<Rotation>;
+    async fn rotate_session_token(&self, swap: TokenSwap, at: UnixTime) -> StoreResult<Rotation>;
     /// Revokes one session (no-op if already revoked or unknown) and appends it to the
     /// revocation feed. Returns whether this call revoked it.
     async fn revoke_session(&self, id: SessionId, at: UnixTime) -> StoreResult<bool>;
@@ -282,17 +318,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes feed entries older than `before`, sessions that ended before it and throttle
     /// windows that ended before it.
     async fn prune(&self, before: UnixTime) -> StoreResult<u64>;
-    /// Counts one attempt of `key` in `scope` (per-account login or reset limit) unless it
-    /// already has `limit` in its window, atomically (replicas share the count). A window is
-    /// `window` seconds from its first attempt; an attempt after it starts a new one. Returns
+    /// Counts one attempt of `attempt.key` in `attempt.scope` (per-account login or reset limit)
+    /// unless it already has `attempt.limit` in its window, atomically (replicas share the
+    /// count). A window is `attempt.window` seconds from its first attempt; an attempt after it
+    /// starts a new one. Returns
     /// the start of the window counted in (for [`Store::throttle_refund`]), or
     /// `Err(seconds until the window ends)` when over the limit.
     async fn throttle_reserve(
         &self,
-        scope: &str,
-        key: &str,
-        limit: u32,
-        window: i64,
+        attempt: ThrottleAttempt<'_>,
         now: UnixTime,
     ) -> StoreResult<Result<UnixTime, u64>>;
     /// Takes back one attempt counted in the window that started at `window_start`; nothing if
@@ -319,26 +353,23 @@ pub trait Store: Send + Sync + 'static {
         role: Role,
     ) -> StoreResult<Option<User>>;
     /// Spends an invitation, atomically: only while the user is still pending with exactly
-    /// this nonce and the invitation has not expired at `at`. Sets the password, clears the
+    /// `acceptance.nonce` and the invitation has not expired at `at`. Sets the password, clears the
     /// invitation and pending flag. Returns whether it did.
     async fn accept_invitation(
         &self,
-        user: UserId,
-        nonce: &str,
-        password_hash: &str,
+        acceptance: InvitationAcceptance<'_>,
         at: UnixTime,
     ) -> StoreResult<bool>;
     /// Records a reset; every earlier unused reset of the same user stops working.
     async fn create_password_reset(&self, reset: &PasswordReset) -> StoreResult<()>;
     async fn password_reset(&self, digest: &str) -> StoreResult<Option<PasswordReset>>;
-    /// Spends a reset, atomically: only if it is unused, unexpired at `at` and belongs to
-    /// `user`. Sets the password and revokes every open session of the user (appending them
-    /// to the revocation feed). Returns the revoked sessions; `None` if it was not spendable.
+    /// Spends the reset `completion.digest`, atomically: only if it is unused, unexpired at `at`
+    /// and belongs to `completion.user`. Sets the password and revokes every open session of the
+    /// user (appending them to the revocation feed). Returns the revoked sessions; `None` if it
+    /// was not spendable.
     async fn complete_password_reset(
         &self,
-        digest: &str,
-        user: UserId,
-        password_hash: &str,
+        completion: ResetCompletion<'_>,
         at: UnixTime,
     ) -> StoreResult<Option<Vec<SessionId>>>;
 

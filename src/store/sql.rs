@@ -45,8 +45,8 @@ use sqlx::{Arguments, Encode, Type};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, PasswordReset, Role, Session, SessionId, UnixTime, User,
-    UserId, detail_json,
+    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, PasswordReset, Role, Session,
+    SessionId, ThrottleAttempt, TokenSwap, UnixTime, User, UserId, detail_json,
 };
 
 pub(super) const PING: &str = "SELECT 1";
@@ -371,15 +371,15 @@ pub(super) fn session_by_id(id: SessionId) -> Statement<'static> {
     Statement::new(SESSION_BY_ID, params![id])
 }
 
-pub(super) fn rotate_session_token(
-    id: SessionId,
-    presented_jti: Uuid,
-    new_jti: Uuid,
-    at: UnixTime,
-) -> Statement<'static> {
+pub(super) fn rotate_session_token(swap: TokenSwap, at: UnixTime) -> Statement<'static> {
+    let TokenSwap {
+        session,
+        presented_jti,
+        new_jti,
+    } = swap;
     Statement::new(
         ROTATE_SESSION_TOKEN,
-        params![new_jti, at, id, presented_jti],
+        params![new_jti, at, session, presented_jti],
     )
 }
 
@@ -411,13 +411,13 @@ pub(super) fn prune_throttle_windows(before: UnixTime) -> Statement<'static> {
     Statement::new(PRUNE_THROTTLE_WINDOWS, params![before])
 }
 
-pub(super) fn throttle_reserve<'a>(
-    scope: &'a str,
-    key: &'a str,
-    limit: u32,
-    window: i64,
-    now: UnixTime,
-) -> Statement<'a> {
+pub(super) fn throttle_reserve(attempt: ThrottleAttempt<'_>, now: UnixTime) -> Statement<'_> {
+    let ThrottleAttempt {
+        scope,
+        key,
+        limit,
+        window,
+    } = attempt;
     Statement::new(
         THROTTLE_RESERVE,
         params![scope, key, now, window, i64::from(limit)],
@@ -452,12 +452,15 @@ pub(super) fn renew_invitation<'a>(
     )
 }
 
-pub(super) fn accept_invitation<'a>(
-    user: UserId,
-    nonce: &'a str,
-    password_hash: &'a str,
+pub(super) fn accept_invitation(
+    acceptance: InvitationAcceptance<'_>,
     at: UnixTime,
-) -> Statement<'a> {
+) -> Statement<'_> {
+    let InvitationAcceptance {
+        user,
+        nonce,
+        password_hash,
+    } = acceptance;
     Statement::new(ACCEPT_INVITATION, params![password_hash, user, nonce, at])
 }
 

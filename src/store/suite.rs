@@ -10,8 +10,9 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, AuditFilter, Invitation, NewUser, PasswordReset, Role, Rotation, Session,
-    SessionId, Store, StoreError, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, Invitation, InvitationAcceptance, NewUser, PasswordReset,
+    ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt,
+    TokenSwap, UnixTime, User, UserId,
 };
 
 /// Base clock of the checks. `prune` works far below it so it never touches other checks' rows.
@@ -108,7 +109,17 @@ pub(crate) use conformance_tests;
 pub async fn throttle_windows(store: &dyn Store) {
     let key = unique_email("throttle");
     let t0: UnixTime = 1_700_000_000;
-    let reserve = |now| store.throttle_reserve("login", &key, 2, 60, now);
+    let login = ThrottleAttempt {
+        scope: "login",
+        key: &key,
+        limit: 2,
+        window: 60,
+    };
+    let reset = ThrottleAttempt {
+        scope: "reset",
+        ..login
+    };
+    let reserve = |now| store.throttle_reserve(login, now);
     assert_eq!(reserve(t0).await.unwrap(), Ok(t0));
     assert_eq!(reserve(t0 + 10).await.unwrap(), Ok(t0), "same window");
     assert_eq!(
@@ -117,10 +128,7 @@ pub async fn throttle_windows(store: &dyn Store) {
         "full until t0 + 60"
     );
     assert_eq!(
-        store
-            .throttle_reserve("reset", &key, 2, 60, t0 + 20)
-            .await
-            .unwrap(),
+        store.throttle_reserve(reset, t0 + 20).await.unwrap(),
         Ok(t0 + 20),
         "scopes are separate"
     );
@@ -148,8 +156,14 @@ pub async fn concurrent_reservations_stop_at_the_limit(store: Arc<dyn Store>) {
     for _ in 0..20 {
         let (store, key) = (store.clone(), key.clone());
         tasks.spawn(async move {
+            let attempt = ThrottleAttempt {
+                scope: "login",
+                key: &key,
+                limit: 5,
+                window: 900,
+            };
             store
-                .throttle_reserve("login", &key, 5, 900, 1_700_000_000)
+                .throttle_reserve(attempt, 1_700_000_000)
                 .await
                 .unwrap()
         });
@@ -616,9 +630,14 @@ pub async fn disable_revokes_sessions(store: &dyn Store) {
 pub async fn rotate_compare_and_swap(store: &dyn Store) {
     let session = open_session(store, user(store, "rotate").await).await;
     let (j0, j1, j2) = (session.current_jti, Uuid::new_v4(), Uuid::new_v4());
+    let swap = |presented_jti, new_jti| TokenSwap {
+        session: session.id,
+        presented_jti,
+        new_jti,
+    };
 
     let r = store
-        .rotate_session_token(session.id, j0, j1, T0 + 10)
+        .rotate_session_token(swap(j0, j1), T0 + 10)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Rotated, "current jti rotates");
@@ -628,7 +647,7 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
     assert_eq!(s.last_refresh_at, Some(T0 + 10));
 
     let r = store
-        .rotate_session_token(session.id, j0, j2, T0 + 20)
+        .rotate_session_token(swap(j0, j2), T0 + 20)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::NotCurrent, "a replayed jti is not current");
@@ -639,14 +658,18 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
     );
 
     let r = store
-        .rotate_session_token(session.id, j1, j2, T0 + 30)
+        .rotate_session_token(swap(j1, j2), T0 + 30)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Rotated, "the new jti rotates in turn");
     assert_eq!(fetch_session(store, session.id).await.refresh_count, 2);
 
+    let unknown = TokenSwap {
+        session: SessionId::new_random(),
+        ..swap(j2, Uuid::new_v4())
+    };
     let r = store
-        .rotate_session_token(SessionId::new_random(), j2, Uuid::new_v4(), T0 + 40)
+        .rotate_session_token(unknown, T0 + 40)
         .await
         .expect("rotate");
     assert_eq!(r, Rotation::Gone, "unknown session");
@@ -658,7 +681,7 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
             .expect("revoke_session")
     );
     let r = store
-        .rotate_session_token(session.id, j2, Uuid::new_v4(), T0 + 60)
+        .rotate_session_token(swap(j2, Uuid::new_v4()), T0 + 60)
         .await
         .expect("rotate");
     assert_eq!(
@@ -674,16 +697,21 @@ pub async fn rotate_compare_and_swap(store: &dyn Store) {
 pub async fn concurrent_rotations_have_one_winner(store: Arc<dyn Store>) {
     const RACERS: usize = 8;
     let session = open_session(store.as_ref(), user(store.as_ref(), "race").await).await;
-    let (id, presented) = (session.id, session.current_jti);
+    let (id, presented_jti) = (session.id, session.current_jti);
     let barrier = Arc::new(Barrier::new(RACERS));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..RACERS {
         let (store, barrier) = (store.clone(), barrier.clone());
         let new_jti = Uuid::new_v4();
+        let swap = TokenSwap {
+            session: id,
+            presented_jti,
+            new_jti,
+        };
         tasks.spawn(async move {
             barrier.wait().await;
             let outcome = store
-                .rotate_session_token(id, presented, new_jti, T0 + 10)
+                .rotate_session_token(swap, T0 + 10)
                 .await
                 .expect("rotate");
             (outcome, new_jti)
@@ -975,9 +1003,14 @@ pub async fn accept_invitation(store: &dyn Store) {
         ),
     ];
     for (user, nonce, at, why) in refused {
+        let acceptance = InvitationAcceptance {
+            user,
+            nonce: &nonce,
+            password_hash: HASH,
+        };
         assert!(
             !store
-                .accept_invitation(user, &nonce, HASH, at)
+                .accept_invitation(acceptance, at)
                 .await
                 .expect("accept_invitation"),
             "{why}: refused"
@@ -990,9 +1023,14 @@ pub async fn accept_invitation(store: &dyn Store) {
     );
     assert_eq!(fetch_user(store, other.id).await, other);
 
+    let acceptance = InvitationAcceptance {
+        user: invited.id,
+        nonce: &inv.nonce,
+        password_hash: HASH,
+    };
     assert!(
         store
-            .accept_invitation(invited.id, &inv.nonce, HASH, inv.expires_at - 1)
+            .accept_invitation(acceptance, inv.expires_at - 1)
             .await
             .expect("accept_invitation"),
         "the right nonce before expiry is accepted"
@@ -1010,9 +1048,13 @@ pub async fn accept_invitation(store: &dyn Store) {
     );
     assert!(accepted.is_active(), "an accepted user is active");
 
+    let again = InvitationAcceptance {
+        password_hash: "$argon2id$again",
+        ..acceptance
+    };
     assert!(
         !store
-            .accept_invitation(invited.id, &inv.nonce, "$argon2id$again", T0 + 20)
+            .accept_invitation(again, T0 + 20)
             .await
             .expect("accept_invitation"),
         "an invitation is spent once"
@@ -1039,16 +1081,25 @@ pub async fn accept_invitation(store: &dyn Store) {
         .await
         .expect("renew_invitation")
         .expect("pending user");
+    let with_old = InvitationAcceptance {
+        user: other.id,
+        nonce: &old.nonce,
+        password_hash: HASH,
+    };
     assert!(
         !store
-            .accept_invitation(other.id, &old.nonce, HASH, T0 + 10)
+            .accept_invitation(with_old, T0 + 10)
             .await
             .expect("accept_invitation"),
         "a renewed invitation's old nonce is refused"
     );
+    let with_new = InvitationAcceptance {
+        nonce: &new.nonce,
+        ..with_old
+    };
     assert!(
         store
-            .accept_invitation(other.id, &new.nonce, HASH, T0 + 10)
+            .accept_invitation(with_new, T0 + 10)
             .await
             .expect("accept_invitation"),
         "the renewed nonce is accepted"
@@ -1067,8 +1118,13 @@ pub async fn concurrent_accepts_have_one_winner(store: Arc<dyn Store>) {
         let hash = format!("$argon2id$racer-{i}");
         tasks.spawn(async move {
             barrier.wait().await;
+            let acceptance = InvitationAcceptance {
+                user: id,
+                nonce: &nonce,
+                password_hash: &hash,
+            };
             let won = store
-                .accept_invitation(id, &nonce, &hash, T0 + 10)
+                .accept_invitation(acceptance, T0 + 10)
                 .await
                 .expect("accept_invitation");
             (won, hash)
@@ -1154,9 +1210,14 @@ pub async fn new_reset_supersedes_older_ones(store: &dyn Store) {
         bystander,
         "other users' resets are untouched"
     );
+    let superseded = ResetCompletion {
+        digest: &first.digest,
+        user: owner,
+        password_hash: "$argon2id$superseded",
+    };
     assert_eq!(
         store
-            .complete_password_reset(&first.digest, owner, "$argon2id$superseded", T0 + 20)
+            .complete_password_reset(superseded, T0 + 20)
             .await
             .expect("complete_password_reset"),
         None,
@@ -1228,9 +1289,14 @@ pub async fn complete_password_reset(store: &dyn Store) {
         ),
     ];
     for (digest, user, at, why) in refused {
+        let completion = ResetCompletion {
+            digest: &digest,
+            user,
+            password_hash: NEW,
+        };
         assert_eq!(
             store
-                .complete_password_reset(&digest, user, NEW, at)
+                .complete_password_reset(completion, at)
                 .await
                 .expect("complete_password_reset"),
             None,
@@ -1256,8 +1322,13 @@ pub async fn complete_password_reset(store: &dyn Store) {
         "refused completions revoke nothing"
     );
 
+    let completion = ResetCompletion {
+        digest: &reset.digest,
+        user: owner.id,
+        password_hash: NEW,
+    };
     let revoked = store
-        .complete_password_reset(&reset.digest, owner.id, NEW, T0 + 20)
+        .complete_password_reset(completion, T0 + 20)
         .await
         .expect("complete_password_reset")
         .expect("an unused, unexpired reset of the user is spendable");
@@ -1291,9 +1362,13 @@ pub async fn complete_password_reset(store: &dyn Store) {
 
     let cursor = store.revocation_cursor().await.expect("revocation_cursor");
     let again = open_session(store, owner.id).await;
+    let second_use = ResetCompletion {
+        password_hash: "$argon2id$again",
+        ..completion
+    };
     assert_eq!(
         store
-            .complete_password_reset(&reset.digest, owner.id, "$argon2id$again", T0 + 30)
+            .complete_password_reset(second_use, T0 + 30)
             .await
             .expect("complete_password_reset"),
         None,

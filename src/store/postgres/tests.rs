@@ -18,8 +18,9 @@ use uuid::Uuid;
 use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
-    AuditEvent, AuditFilter, FeedWakeup, Invitation, NewUser, PasswordReset, Role, Rotation,
-    Session, SessionId, Store, StoreError, UnixTime, UserId, suite,
+    AuditEvent, AuditFilter, FeedWakeup, Invitation, InvitationAcceptance, NewUser, PasswordReset,
+    ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt,
+    TokenSwap, UnixTime, UserId, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -528,10 +529,12 @@ async fn rotations_across_replicas_have_one_winner() {
                 let (store, barrier) = (replicas[i % 2].clone(), barrier.clone());
                 tasks.spawn(async move {
                     barrier.wait().await;
-                    store
-                        .rotate_session_token(session.id, session.current_jti, Uuid::new_v4(), 5)
-                        .await
-                        .unwrap()
+                    let swap = TokenSwap {
+                        session: session.id,
+                        presented_jti: session.current_jti,
+                        new_jti: Uuid::new_v4(),
+                    };
+                    store.rotate_session_token(swap, 5).await.unwrap()
                 });
             }
             let outcomes = tasks.join_all().await;
@@ -708,35 +711,27 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             assert_eq!(after_kill!(store.count_users()), 1);
             assert_eq!(after_kill!(store.list_users()), vec![user.clone()]);
             after_kill!(store.ping());
-            let new_jti = Uuid::new_v4();
+            let swap = TokenSwap {
+                session: session.id,
+                presented_jti: session.current_jti,
+                new_jti: Uuid::new_v4(),
+            };
             assert_eq!(
-                after_kill!(store.rotate_session_token(
-                    session.id,
-                    session.current_jti,
-                    new_jti,
-                    t0 + 1
-                )),
+                after_kill!(store.rotate_session_token(swap, t0 + 1)),
                 Rotation::Rotated
             );
             // Counted once each: the third attempt finds the window full.
-            let key = "dead-throttle@example.test";
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Err(60)
-            );
-            after_kill!(store.throttle_refund("login", key, t0));
-            assert_eq!(
-                after_kill!(store.throttle_reserve("login", key, 2, 60, t0)),
-                Ok(t0)
-            );
+            let login = ThrottleAttempt {
+                scope: "login",
+                key: "dead-throttle@example.test",
+                limit: 2,
+                window: 60,
+            };
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Err(60));
+            after_kill!(store.throttle_refund(login.scope, login.key, t0));
+            assert_eq!(after_kill!(store.throttle_reserve(login, t0)), Ok(t0));
 
             // Idempotent writes.
             after_kill!(store.record_login(user.id, t0 + 2));
@@ -760,12 +755,12 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             };
             let after = after_kill!(store.renew_invitation(invited.id, &renewed, Role::Admin));
             assert_eq!(after.and_then(|u| u.invitation), Some(renewed));
-            assert!(after_kill!(store.accept_invitation(
-                invited.id,
-                "second",
-                "hash",
-                t0 + 3
-            )));
+            let acceptance = InvitationAcceptance {
+                user: invited.id,
+                nonce: "second",
+                password_hash: "hash",
+            };
+            assert!(after_kill!(store.accept_invitation(acceptance, t0 + 3)));
 
             // Transactions, and the feed they append to.
             let cursor = after_kill!(store.revocation_cursor());
@@ -797,13 +792,13 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             );
             let later = new_session(user.id);
             store.create_session(&later).await.unwrap();
+            let completion = ResetCompletion {
+                digest: &reset.digest,
+                user: user.id,
+                password_hash: "new hash",
+            };
             assert_eq!(
-                after_kill!(store.complete_password_reset(
-                    &reset.digest,
-                    user.id,
-                    "new hash",
-                    t0 + 6
-                )),
+                after_kill!(store.complete_password_reset(completion, t0 + 6)),
                 Some(vec![later.id])
             );
             let disabled = after_kill!(store.set_user_disabled("dead@example.test", true, t0 + 7));
@@ -859,14 +854,14 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
             let store = open(&named_options).await;
             let mut admin = admin_connection(&options).await;
             let key = "midflight@example.test";
+            let login = ThrottleAttempt {
+                scope: "login",
+                key,
+                limit: 5,
+                window: 60,
+            };
             let t0: UnixTime = 1_700_000_000;
-            assert_eq!(
-                store
-                    .throttle_reserve("login", key, 5, 60, t0)
-                    .await
-                    .unwrap(),
-                Ok(t0)
-            );
+            assert_eq!(store.throttle_reserve(login, t0).await.unwrap(), Ok(t0));
 
             // The window's row locked, so the store's statement waits on the server.
             let mut locker = admin_connection(&options).await;
@@ -878,7 +873,7 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
                 .unwrap();
             let reserve = tokio::spawn({
                 let store = store.clone();
-                async move { store.throttle_reserve("login", key, 5, 60, t0 + 1).await }
+                async move { store.throttle_reserve(login, t0 + 1).await }
             });
             until_waiting_on_a_lock(&mut admin, &name).await;
             assert_eq!(terminate(&mut admin, &name, true).await, 1);
@@ -897,13 +892,7 @@ async fn a_single_write_killed_on_the_server_is_not_run_again() {
                     .unwrap();
             assert_eq!(attempts, 1, "the killed statement was rolled back");
             // The store carries on.
-            assert_eq!(
-                store
-                    .throttle_reserve("login", key, 5, 60, t0 + 2)
-                    .await
-                    .unwrap(),
-                Ok(t0)
-            );
+            assert_eq!(store.throttle_reserve(login, t0 + 2).await.unwrap(), Ok(t0));
             admin.close().await.ok();
             locker.close().await.ok();
         },
