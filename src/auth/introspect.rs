@@ -212,11 +212,23 @@ impl Introspector {
         Ok((entry.into_value(), fresh))
     }
 
-    /// A successful login's response body: the token in it is valid without asking.
-    pub async fn learn_from_login(&self, response_body: &[u8]) {
-        if let Some(token) = token_in_body(response_body) {
-            self.learn(&token).await;
-        }
+    /// A successful login's response body: the token in it is introspected at once, in the
+    /// background, so that its first request finds the backend's answer (or joins the call
+    /// still under way: concurrent misses share one) and carries the same identity headers as
+    /// every later request of the session. (Vouching for it unasked would send its first
+    /// requests without them.)
+    pub fn prefetch_from_login(self: &Arc<Self>, response_body: &[u8]) {
+        let Some(token) = token_in_body(response_body) else {
+            return;
+        };
+        let introspector = self.clone();
+        tokio::spawn(async move {
+            let key = token_digest(&introspector.tag, token.as_bytes());
+            if let Err(e) = introspector.answer(key, &token).await {
+                // Its first request asks again, and answers for itself.
+                tracing::debug!(error = %e, "introspecting a token from a login response failed");
+            }
+        });
     }
 
     /// The tokens a logout request ends: the header or cookie one, and its JSON body's.
@@ -226,21 +238,6 @@ impl Introspector {
             .into_iter()
             .chain(token_in_body(request_body))
             .collect()
-    }
-
-    /// A token seen in a successful login response: valid without asking.
-    async fn learn(&self, token: &str) {
-        let (until, exp) = self.expiry(self.positive_ttl);
-        let grant = Grant::vouched(Principal::vouched(None, None, None), exp);
-        self.cache
-            .insert(
-                token_digest(&self.tag, token.as_bytes()),
-                Answer {
-                    grant: Some(grant),
-                    until,
-                },
-            )
-            .await;
     }
 
     /// A token a successful logout ended: forgotten at once.

@@ -1,7 +1,9 @@
 //! Upstream mode's auth API: `/auth_options` and `/users/*` go to the backend unchanged
 //! (bodies, statuses, cookies), no token required here — the backend decides. On the way the
-//! introspector learns ([`Exchange`]): a successful login's token is valid without asking,
+//! introspector learns ([`Exchange`]): a successful login's token is introspected at once,
 //! and the tokens a successful logout ended are forgotten at once.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use http::{HeaderValue, Response};
@@ -19,7 +21,7 @@ const AUTH_BODY_LIMIT: usize = 1 << 20;
 impl Proxy {
     pub(super) async fn pass_auth_api(
         &self,
-        introspector: &Introspector,
+        introspector: &Arc<Introspector>,
         mut parts: http::request::Parts,
         body: Body,
         path: &str,
@@ -63,14 +65,14 @@ impl Proxy {
                 Ok(response)
             }
             Exchange::Login => {
-                // Read the login response (small) to learn its token; pass the same bytes on.
+                // Read the login response (small) for its token; pass the same bytes on.
                 let (head, body) = response.into_parts();
                 let bytes = Limited::new(body, AUTH_BODY_LIMIT)
                     .collect()
                     .await
                     .map_err(|_| ProxyError::UpstreamUnavailable)?
                     .to_bytes();
-                introspector.learn_from_login(&bytes).await;
+                introspector.prefetch_from_login(&bytes);
                 Ok(Response::from_parts(head, Body::from(bytes)))
             }
             Exchange::Other => Ok(response),
