@@ -142,6 +142,7 @@ impl Generation {
             Some((auth, _)) => (
                 crate::api::router(
                     auth.clone(),
+                    &config.server.api_prefix,
                     config.limits.api_max_body.as_usize(),
                     ProxyService(proxy.clone()),
                     metrics,
@@ -157,6 +158,7 @@ impl Generation {
         let mut direct = Some(server::DirectDataPlane {
             proxy: proxy.clone(),
             local_api,
+            api_prefix: config.server.api_prefix.as_str().into(),
         });
         if let Some(cors) = &config.cors {
             // Outermost: a preflight is answered before any route, token check or proxying,

@@ -1202,3 +1202,94 @@ async fn jwks_verifies_login_tokens() {
     assert_eq!(again.claims["sid"], c["sid"]);
     assert_ne!(again.claims["jti"], c["jti"]);
 }
+
+/// `server.api_prefix = "/api"` (Meiro CDP's layout): the auth API answers under the prefix and
+/// only there (at the root the request is the data plane's, which wants a token), the JWKS
+/// stays at the root, and the OpenAPI document names the prefix as its server.
+#[tokio::test]
+async fn under_an_api_prefix_the_auth_api_answers_there_and_only_there() {
+    let upstream = FakeUpstream::start().await;
+    let gw = Gateway::start_with(&upstream.url(), "[server]\napi_prefix = \"/api\"\n").await;
+    gw.add_user("alice@example.com", Role::User).await;
+    let login = |path: &str| {
+        gw.http
+            .post(gw.url(path))
+            .json(&json!({ "email": "alice@example.com", "password": PASSWORD }))
+            .send()
+    };
+
+    let response = login("/api/users/login").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = common::token_of_login(response, "alice@example.com").await;
+    // The token works on the data plane as any other.
+    let proxied = gw.get_with_token("/data", &token).await;
+    assert_eq!(proxied.status(), StatusCode::OK);
+
+    // At the root, the auth API's paths are the data plane's: no token, no entry.
+    let forwarded_before = upstream.recorded().len();
+    let at_root = login("/users/login").await.unwrap();
+    assert_eq!(at_root.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(message(at_root).await, common::MISSING);
+    let options = gw.http.get(gw.url("/auth_options")).send().await.unwrap();
+    assert_eq!(options.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(upstream.recorded().len(), forwarded_before);
+
+    let options = gw
+        .http
+        .get(gw.url("/api/auth_options"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), StatusCode::OK);
+    // A known path under the prefix with another method: the API's JSON 405.
+    let wrong_method = gw
+        .http
+        .get(gw.url("/api/users/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_json(wrong_method.headers());
+
+    // The JWKS stays where backends fetch it.
+    let jwks = gw
+        .http
+        .get(gw.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jwks.status(), StatusCode::OK);
+    let prefixed_jwks = gw
+        .http
+        .get(gw.url("/api/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(prefixed_jwks.status(), StatusCode::OK);
+
+    let document: Value = gw
+        .http
+        .get(gw.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(document["servers"], json!([{ "url": "/api" }]));
+    assert!(document["paths"]["/users/login"].is_object());
+    gw.shutdown().await;
+}
+
+#[test]
+fn an_api_prefix_must_be_a_plain_path() {
+    use figment::providers::Format;
+    for bad in ["api", "/api/", "/a/../b", "/.", "/a b", "/%61pi", "//api"] {
+        let toml = format!("[server]\napi_prefix = \"{bad}\"\n");
+        let figment = figment::Figment::from(figment::providers::Toml::string(&toml));
+        let error = meiro_gate::config::load_from_figment(&figment)
+            .expect_err(bad)
+            .to_string();
+        assert!(error.contains("server.api_prefix"), "{bad}: {error}");
+    }
+}

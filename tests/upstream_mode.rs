@@ -1012,3 +1012,43 @@ async fn an_unknown_auth_upstream_cluster_is_refused() {
     assert!(!dir.path().join("gate.db").exists());
     assert!(!dir.path().join("keys").exists());
 }
+
+/// `server.api_prefix = "/api"`: the backend's auth API is passed through under the prefix
+/// (unchanged, prefix included: the backend serves it there), and at the root those paths are
+/// ordinary data-plane requests that need a token.
+#[tokio::test]
+async fn under_an_api_prefix_the_auth_api_is_passed_through_there_and_only_there() {
+    let backend = Backend::start().await;
+    let prefixed = "[server]\napi_prefix = \"/api\"\n";
+    let layers = [
+        upstream_mode_toml(&backend.url(), &DEFAULTS),
+        prefixed.to_owned(),
+    ];
+    let layers: Vec<&str> = layers.iter().map(String::as_str).collect();
+    let gw = Gateway::start_with_layers(&backend.url(), &layers).await;
+
+    let credentials = json!({ "email": ALICE.email, "password": ALICE.password });
+    let passed = gw
+        .http
+        .post(gw.url("/api/users/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(passed.headers()["x-backend"], "meiro", "passed through");
+    let seen = backend.last_at("/api/users/login");
+    assert_eq!(seen.method, Method::POST);
+    assert!(seen.header("x-access-token").is_empty());
+
+    let at_root = gw
+        .http
+        .post(gw.url("/users/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(at_root.status(), 401, "the data plane's: no token");
+    assert!(at_root.headers().get("x-backend").is_none());
+    assert!(backend.seen_at("/users/login").is_empty());
+    gw.shutdown().await;
+}

@@ -32,6 +32,7 @@ use error::ApiError;
 /// is counted in `metrics` under a fixed `api_*` name.
 pub fn router(
     auth: Arc<Auth>,
+    api_prefix: &str,
     api_max_body: usize,
     proxy: ProxyService,
     metrics: &Metrics,
@@ -42,7 +43,8 @@ pub fn router(
             count,
         ))
     };
-    Router::new()
+    let document = openapi::Document::mounted_at(api_prefix);
+    let api = Router::new()
         .route(
             paths::AUTH_OPTIONS,
             counted("api_auth_options", get(auth_options)),
@@ -78,8 +80,17 @@ pub fn router(
                 axum::routing::post(password::forgot).patch(password::reset),
             ),
         )
-        .route(paths::JWKS, counted("api_jwks", get(jwks)))
-        .route(paths::OPENAPI, counted("api_openapi", get(openapi::serve)))
+        .route(
+            paths::OPENAPI,
+            counted("api_openapi", get(move || document.serve())),
+        );
+    // Under `server.api_prefix` when one is set (Meiro CDP serves its API under `/api`); the
+    // JWKS stays at the root, where backends are told to fetch it.
+    let api = match api_prefix {
+        "" => api,
+        prefix => Router::new().nest(prefix, api),
+    };
+    api.route(paths::JWKS, counted("api_jwks", get(jwks)))
         // The API's requests are few and slow (argon2, store writes): a span naming the request
         // id is cheap here, and every line their handlers log carries it (see `request_id`).
         .route_layer(axum::middleware::from_fn(request_span))

@@ -9,7 +9,7 @@
 //! what the router serves, drives every documented status through a real gateway, and fails
 //! when `docs/openapi.json` is not the document generated here.
 
-use std::sync::LazyLock;
+use bytes::Bytes;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -34,17 +34,35 @@ pub fn document_json() -> String {
     json
 }
 
-/// `GET /openapi.json`: generated once, then served from memory.
-pub(super) async fn serve() -> Response {
-    static DOCUMENT: LazyLock<String> = LazyLock::new(document_json);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        DOCUMENT.as_str(),
-    )
-        .into_response()
+/// `GET /openapi.json`: generated when the router is built, then served from memory. Under
+/// `server.api_prefix` the document names it as its server, so paths resolve below it.
+#[derive(Clone)]
+pub(super) struct Document(Bytes);
+
+impl Document {
+    pub(super) fn mounted_at(prefix: &str) -> Document {
+        if prefix.is_empty() {
+            return Document(Bytes::from(document_json()));
+        }
+        let mut doc = ApiDoc::openapi();
+        doc.servers = Some(vec![utoipa::openapi::Server::new(prefix)]);
+        let mut json = doc
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes");
+        json.push('\n');
+        Document(Bytes::from(json))
+    }
+
+    pub(super) async fn serve(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.0,
+        )
+            .into_response()
+    }
 }
 
 #[derive(OpenApi)]

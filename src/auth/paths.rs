@@ -12,19 +12,27 @@ pub const PASSWORD: &str = "/users/password";
 pub const JWKS: &str = "/.well-known/jwks.json";
 pub const OPENAPI: &str = "/openapi.json";
 
-/// Could the local auth API's router have a route for `path`? Every path above is under one
+/// Could the local auth API's router have a route for `path`, the API being mounted at
+/// `prefix` (`server.api_prefix`; the JWKS stays at the root)? Every path above is under one
 /// of these; more is harmless (the router's fallback is the data plane), fewer is not.
-pub fn local_api_may_serve(path: &str) -> bool {
-    path == AUTH_OPTIONS
-        || path == OPENAPI
-        || path.starts_with("/users/")
-        || path.starts_with("/.well-known/")
+pub fn local_api_may_serve(prefix: &str, path: &str) -> bool {
+    path.starts_with("/.well-known/")
+        || under(prefix, path).is_some_and(|path| {
+            path == AUTH_OPTIONS || path == OPENAPI || path.starts_with("/users/")
+        })
 }
 
-/// The paths upstream mode passes through to the backend's auth API, whatever the route table
-/// says: Meiro's `/auth_options` and everything under `/users`.
-pub fn upstream_auth_api(path: &str) -> bool {
-    path == AUTH_OPTIONS || path == "/users" || path.starts_with("/users/")
+/// The paths upstream mode passes through to the backend's auth API (mounted at `prefix`),
+/// whatever the route table says: Meiro's `/auth_options` and everything under `/users`.
+pub fn upstream_auth_api(prefix: &str, path: &str) -> bool {
+    under(prefix, path)
+        .is_some_and(|path| path == AUTH_OPTIONS || path == "/users" || path.starts_with("/users/"))
+}
+
+/// `path` below `prefix` (`""`: every path as it is), if it is below it.
+fn under<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
+    (prefix.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 #[cfg(test)]
@@ -43,7 +51,7 @@ mod tests {
             JWKS,
             OPENAPI,
         ] {
-            assert!(local_api_may_serve(path), "{path}");
+            assert!(local_api_may_serve("", path), "{path}");
         }
         for path in [
             "/",
@@ -52,14 +60,14 @@ mod tests {
             "/auth_options/x",
             "/usersx/login",
         ] {
-            assert!(!local_api_may_serve(path), "{path}");
+            assert!(!local_api_may_serve("", path), "{path}");
         }
     }
 
     #[test]
     fn upstream_mode_passes_the_auth_api_through_and_nothing_else() {
         for path in [AUTH_OPTIONS, LOGIN, OKTA_LOGIN, "/users", "/users/42"] {
-            assert!(upstream_auth_api(path), "{path}");
+            assert!(upstream_auth_api("", path), "{path}");
         }
         for path in [
             "/",
@@ -69,7 +77,50 @@ mod tests {
             OPENAPI,
             "/auth_options/x",
         ] {
-            assert!(!upstream_auth_api(path), "{path}");
+            assert!(!upstream_auth_api("", path), "{path}");
+        }
+    }
+
+    #[test]
+    fn under_a_prefix_the_api_is_there_and_only_there_but_the_jwks_stays_at_the_root() {
+        for path in [
+            "/api/auth_options",
+            "/api/users/login",
+            "/api/openapi.json",
+            JWKS,
+        ] {
+            assert!(local_api_may_serve("/api", path), "{path}");
+        }
+        for path in [
+            AUTH_OPTIONS,
+            LOGIN,
+            OPENAPI,
+            "/apix/users/login",
+            "/api",
+            "/api/",
+        ] {
+            assert!(!local_api_may_serve("/api", path), "{path}");
+        }
+        for path in [
+            "/api/auth_options",
+            "/api/users",
+            "/api/users/login",
+            "/v1/api/users",
+        ] {
+            assert_eq!(
+                upstream_auth_api("/api", path),
+                path.starts_with("/api/"),
+                "{path}"
+            );
+        }
+        for path in [
+            AUTH_OPTIONS,
+            LOGIN,
+            "/users",
+            "/apiusers/login",
+            "/api/jwks",
+        ] {
+            assert!(!upstream_auth_api("/api", path), "{path}");
         }
     }
 }

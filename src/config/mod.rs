@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// sets once `_` (or any other separator) reads as `-` are dropped either way. Default
     /// `true`.
     pub underscores_in_headers: bool,
+    /// Where the auth API (`/auth_options`, `/users/*`, `/openapi.json`) is served: `""` at
+    /// the root (Meiro's ME API), `"/api"` under it (Meiro CDP's). The JWKS stays at the root.
+    pub api_prefix: String,
     /// How often `serve` compares the config file with what it last loaded and reloads it
     /// when it changed (as SIGHUP does). `0s`: only SIGHUP reloads. Needs a restart to change.
     /// Default `2s`.

@@ -28,7 +28,8 @@ impl Proxy {
         host: Option<HeaderValue>,
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        let exchange = Exchange::of(&parts.method, path);
+        let unprefixed = path.strip_prefix(self.api_prefix.as_str()).unwrap_or(path);
+        let exchange = Exchange::of(&parts.method, unprefixed);
         let body = downstream_body(body, &parts.headers, None, self.body_read_timeout)?;
         // A logout's body is read (bounded) for the token it ends, and forwarded as read.
         let (body, ended) = if exchange == Exchange::Logout {

@@ -78,8 +78,10 @@ pub struct ConnectionSlot(pub Arc<dyn Send + Sync>);
 /// Shared, read-only state of the data plane.
 pub struct Proxy {
     validator: Validator,
-    /// Upstream mode: where the auth API is passed through (the introspection backend).
+    /// Upstream mode: where the auth API is passed through (the introspection backend), and
+    /// where it is mounted (`server.api_prefix`).
     auth_api_cluster: Option<Arc<Cluster>>,
+    api_prefix: String,
     routes: RouteTable,
     clusters: Vec<Arc<Cluster>>,
     downstream_proto: &'static str,
@@ -171,6 +173,7 @@ impl Proxy {
         Ok(Proxy {
             validator,
             auth_api_cluster,
+            api_prefix: config.server.api_prefix.clone(),
             routes: RouteTable::new(routes),
             clusters: clusters.into_values().collect(),
             downstream_proto: if config.server.tls.is_some() {
@@ -270,7 +273,7 @@ impl Proxy {
 
         // 2. Route. Upstream mode serves the auth API whatever the route table says.
         if let Validator::Introspect(introspector) = &self.validator
-            && paths::upstream_auth_api(&path)
+            && paths::upstream_auth_api(&self.api_prefix, &path)
         {
             outcome.route = Some(&self.auth_api);
             let path = path.into_owned();

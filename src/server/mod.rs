@@ -88,6 +88,8 @@ pub struct DirectDataPlane {
     /// The router serves the local auth API (`auth::paths::local_api_may_serve` names the
     /// paths it may claim); without it every request goes straight to the data plane.
     pub local_api: bool,
+    /// `server.api_prefix`: where the local auth API is mounted.
+    pub api_prefix: Arc<str>,
 }
 
 impl From<Router> for Routing {
@@ -374,7 +376,8 @@ fn service(
         let current = site.load();
         match &current.routing.direct {
             Some(direct)
-                if !(direct.local_api && paths::local_api_may_serve(request.uri().path())) =>
+                if !(direct.local_api
+                    && paths::local_api_may_serve(&direct.api_prefix, request.uri().path())) =>
             {
                 let proxy = direct.proxy.clone();
                 Either::Right(Either::Left(async move {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use url::Url;
 
-use super::convert::{byte_size, duration, flag, path, socket_addr, web_url, whole};
+use super::convert::{byte_size, duration, flag, path, socket_addr, text, web_url, whole};
 use super::reader::Section;
 use super::{POSITIVE, secs};
 use crate::config::{ByteSize, LimitsConfig, ServerConfig, TlsConfig};
@@ -33,6 +33,12 @@ pub(super) fn read_server(mut s: Section<'_>) -> ServerConfig {
     let config_watch_interval = s.get("config_watch_interval", secs(2), duration);
     let worker_threads = s.opt("worker_threads", whole::<usize>);
     let underscores_in_headers = s.get("underscores_in_headers", true, flag);
+    let api_prefix = s.get("api_prefix", String::new(), text);
+    s.check(
+        "api_prefix",
+        is_api_prefix(&api_prefix),
+        "must be empty or a path such as \"/api\": '/'-led segments of letters, digits and '-_.~', no '.' or '..' segment, no trailing '/'",
+    );
     if let Some(n) = worker_threads {
         s.check("worker_threads", n >= 1, "must be at least 1");
     }
@@ -53,6 +59,7 @@ pub(super) fn read_server(mut s: Section<'_>) -> ServerConfig {
         access_log,
         worker_threads,
         underscores_in_headers,
+        api_prefix,
         tls,
         config_watch_interval,
     }
@@ -114,4 +121,20 @@ pub(super) fn read_limits(mut s: Section<'_>) -> LimitsConfig {
         http2_keepalive_interval,
         http2_keepalive_timeout,
     }
+}
+
+/// `""`, or `/seg(/seg)*` whose segments are unreserved characters (RFC 3986) and not dot
+/// segments: a prefix the path normalizer leaves as it is, so it matches the normalized path.
+pub(crate) fn is_api_prefix(prefix: &str) -> bool {
+    prefix.is_empty()
+        || prefix.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            })
+        })
 }
