@@ -1293,3 +1293,61 @@ fn an_api_prefix_must_be_a_plain_path() {
         assert!(error.contains("server.api_prefix"), "{bad}: {error}");
     }
 }
+
+/// `GET /users/{user_id}`: an admin reads any user, a user reads themself and nobody else, and
+/// the body is the contract's `User`; unknown and malformed ids are the same 404, and a caller
+/// without a token learns nothing about ids.
+#[tokio::test]
+async fn a_user_is_read_by_an_admin_or_by_themself_only() {
+    let (_upstream, gw) = setup().await;
+    let admin = gw.add_user("admin@example.com", Role::Admin).await;
+    let alice = gw.add_user("alice@example.com", Role::User).await;
+    let admin_token = gw.login("admin@example.com").await;
+    let alice_token = gw.login("alice@example.com").await;
+    let read = |id: String, token: Option<&str>| {
+        let mut request = gw.http.get(gw.url(&format!("/users/{id}")));
+        if let Some(token) = token {
+            request = request.header("x-access-token", token);
+        }
+        request.send()
+    };
+
+    for token in [&admin_token, &alice_token] {
+        let response = read(alice.id.to_string(), Some(token)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_json(response.headers());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], json!(alice.id.to_string()));
+        assert_eq!(body["email"], "alice@example.com");
+        assert_eq!(body["role"], "user");
+        assert_eq!(body["deleted"], false);
+        assert_eq!(body["disabled"], false);
+        assert_eq!(body["sso_enabled"], false);
+        assert_eq!(body["invitation_pending"], false);
+        assert!(body["last_login"].is_string(), "alice logged in: {body}");
+        assert!(body["created"].is_string());
+        assert!(body.get("password_hash").is_none(), "no secret in the body");
+    }
+
+    let (status, text) = common::status_message(
+        read(admin.id.to_string(), Some(&alice_token))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(text, "Insufficient permissions");
+
+    let unknown = "0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d".to_owned();
+    for id in [unknown.clone(), "not-a-uuid".to_owned()] {
+        let response = read(id, Some(&admin_token)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_json(response.headers());
+    }
+    // Without a token: 401 for a known and an unknown id alike.
+    for id in [alice.id.to_string(), unknown] {
+        let response = read(id, None).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    gw.shutdown().await;
+}

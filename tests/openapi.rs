@@ -347,8 +347,14 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
     let plain = gateway(&upstream, "").await;
     let gw = &okta;
 
-    gw.add_user("admin@example.com", Role::Admin).await;
-    gw.add_user("user@example.com", Role::User).await;
+    let admin_path = format!(
+        "/users/{}",
+        gw.add_user("admin@example.com", Role::Admin).await.id
+    );
+    let user_path = format!(
+        "/users/{}",
+        gw.add_user("user@example.com", Role::User).await.id
+    );
     let admin = gw.login("admin@example.com").await;
     let user = gw.login("user@example.com").await;
     let to_refresh = gw.login("user@example.com").await;
@@ -561,6 +567,23 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
         // Not UTF-8 once decoded: axum's own rejection would be a text/plain 400.
         case(M::GET, "/users/{user_id}/invitation_link", Body::None, 404)
             .at("/users/%FF/invitation_link".to_owned())
+            .token(&admin),
+        // Reading a user: an admin anyone, a user themself only.
+        case(M::GET, "/users/{user_id}", Body::None, 200)
+            .at(user_path.clone())
+            .token(&admin),
+        case(M::GET, "/users/{user_id}", Body::None, 200)
+            .at(user_path.clone())
+            .token(&user),
+        case(M::GET, "/users/{user_id}", Body::None, 401).at(user_path),
+        case(M::GET, "/users/{user_id}", Body::None, 403)
+            .at(admin_path)
+            .token(&user),
+        case(M::GET, "/users/{user_id}", Body::None, 404)
+            .at(concrete("/users/{user_id}"))
+            .token(&admin),
+        case(M::GET, "/users/{user_id}", Body::None, 404)
+            .at("/users/not-a-uuid".to_owned())
             .token(&admin),
         // Forgotten password (`reset_throttle.per_account = 1`)
         case(

@@ -69,6 +69,7 @@ pub fn router(
                 axum::routing::post(invite::invite).patch(invite::reinvite),
             ),
         )
+        .route(paths::USER, counted("api_user", get(users::get_user)))
         .route(
             paths::INVITATION_LINK,
             counted("api_invitation_link", get(invite::invitation_link)),

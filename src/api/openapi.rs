@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use super::invite::InvitationBody;
 use super::login::{LoginBody, LogoutBody, TokenBody};
@@ -85,6 +85,7 @@ impl Document {
         invite,
         reinvite,
         invitation_link,
+        get_user,
         forgot_password,
         reset_password,
         jwks,
@@ -94,7 +95,7 @@ impl Document {
     modifiers(&SecuritySchemes),
     tags(
         (name = "session", description = "Login, refresh, logout"),
-        (name = "users", description = "Invitations (admin only)"),
+        (name = "users", description = "Users: invitations (admin only), reading a user (an admin, or that user)"),
         (name = "password", description = "Forgotten password and setting a password"),
         (name = "discovery", description = "Public documents: login options, keys, this document"),
     )
@@ -358,10 +359,19 @@ fn invite() {}
 #[allow(dead_code)]
 fn reinvite() {}
 
+/// The `{user_id}` of `/users/{user_id}…` paths.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct UserIdPath {
+    /// The user's id: a UUID in its hyphenated form; anything else, including a segment that is not UTF-8 once decoded, is an unknown user (404)
+    user_id: String,
+}
+
 /// A pending user's invitation link
 #[utoipa::path(
     get, path = "/users/{user_id}/invitation_link", tag = "users",
-    params(("user_id" = String, Path, description = "The user's id: a UUID in its hyphenated form; anything else, including a segment that is not UTF-8 once decoded, is an unknown user (404)")),
+    params(UserIdPath),
     responses(
         (status = 200, description = "The link that was e-mailed, until re-invite or use", body = InvitationLink),
         Unauthenticated,
@@ -373,6 +383,24 @@ fn reinvite() {}
 )]
 #[allow(dead_code)]
 fn invitation_link() {}
+
+/// Read a user
+///
+/// An admin reads any user (one in the trash too), a user only themself.
+#[utoipa::path(
+    get, path = "/users/{user_id}", tag = "users",
+    params(UserIdPath),
+    responses(
+        (status = 200, description = "The user", body = UserBody),
+        Unauthenticated,
+        (status = 403, description = "Insufficient permissions (neither an admin nor that user)", body = Error),
+        (status = 404, description = "Unknown user (also a malformed id)", body = Error),
+        Unavailable,
+    ),
+    security(("access_token" = []), ("bearer" = []), ("cookie" = []))
+)]
+#[allow(dead_code)]
+fn get_user() {}
 
 /// Request a password-reset e-mail
 ///

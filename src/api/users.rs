@@ -1,17 +1,35 @@
-//! The contract's `User` JSON shape (ME fields plus ours), shared by the API and the CLI, and
-//! the `{user_id}` of `/users/{user_id}/…` paths.
+//! The contract's `User` JSON shape (ME fields plus ours), shared by the API and the CLI, the
+//! `{user_id}` of `/users/{user_id}/…` paths, and `GET /users/{user_id}`.
 
+use std::sync::Arc;
+
+use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
+use super::admin::Signed;
 use super::error::ApiError;
-use crate::auth::AuthError;
+use crate::auth::{Auth, AuthError};
 use crate::store::{Role, UnixTime, User, UserId};
+
+/// `GET /users/{user_id}`: an admin reads anyone (a deleted user too), a user only themself.
+/// The caller is checked first, so a caller without a token learns nothing about ids.
+pub async fn get_user(
+    State(auth): State<Arc<Auth>>,
+    Signed(caller): Signed,
+    UserIdParam(user_id): UserIdParam,
+) -> Result<Json<UserBody>, ApiError> {
+    if caller.role != Role::Admin && caller.user_id != user_id {
+        return Err(AuthError::Forbidden.into());
+    }
+    let user = auth.user(user_id).await?;
+    Ok(Json(UserBody::from(&user)))
+}
 
 /// The `{user_id}` path parameter. The contract answers a malformed id like an unknown one
 /// (`404`), so anything but a UUID in its hyphenated form — including a segment that is not

@@ -193,11 +193,7 @@ impl Auth {
 
     /// `GET /users/{id}/invitation_link`: the link that was e-mailed, while it is valid.
     pub async fn invitation_link(&self, user: UserId) -> Result<String, AuthError> {
-        let user = self
-            .store
-            .user_by_id(user)
-            .await?
-            .ok_or(AuthError::NotFound)?;
+        let user = self.user(user).await?;
         self.current_invitation_link(&user)
             .ok_or(AuthError::NoPendingInvitation)
     }

@@ -209,6 +209,11 @@ impl Auth {
         })
     }
 
+    /// The user with this id, deleted or not; [`AuthError::NotFound`] when there is none.
+    pub async fn user(&self, id: crate::store::UserId) -> Result<User, AuthError> {
+        self.store.user_by_id(id).await?.ok_or(AuthError::NotFound)
+    }
+
     pub fn metrics(&self) -> &AuthMetrics {
         &self.metrics
     }

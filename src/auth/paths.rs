@@ -6,7 +6,8 @@ pub const AUTH_OPTIONS: &str = "/auth_options";
 pub const LOGIN: &str = "/users/login";
 pub const OKTA_LOGIN: &str = "/users/okta_login";
 pub const INVITE: &str = "/users/invite";
-/// An axum route pattern: `{user_id}` is the path parameter.
+/// Axum route patterns: `{user_id}` is the path parameter.
+pub const USER: &str = "/users/{user_id}";
 pub const INVITATION_LINK: &str = "/users/{user_id}/invitation_link";
 pub const PASSWORD: &str = "/users/password";
 pub const JWKS: &str = "/.well-known/jwks.json";
