@@ -1211,6 +1211,7 @@ async fn under_an_api_prefix_the_auth_api_answers_there_and_only_there() {
     let upstream = FakeUpstream::start().await;
     let gw = Gateway::start_with(&upstream.url(), "[server]\napi_prefix = \"/api\"\n").await;
     gw.add_user("alice@example.com", Role::User).await;
+    let get = |path: &str| gw.http.get(gw.url(path)).send();
     let login = |path: &str| {
         gw.http
             .post(gw.url(path))
@@ -1230,47 +1231,24 @@ async fn under_an_api_prefix_the_auth_api_answers_there_and_only_there() {
     let at_root = login("/users/login").await.unwrap();
     assert_eq!(at_root.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(message(at_root).await, common::MISSING);
-    let options = gw.http.get(gw.url("/auth_options")).send().await.unwrap();
+    let options = get("/auth_options").await.unwrap();
     assert_eq!(options.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(upstream.recorded().len(), forwarded_before);
 
-    let options = gw
-        .http
-        .get(gw.url("/api/auth_options"))
-        .send()
-        .await
-        .unwrap();
+    let options = get("/api/auth_options").await.unwrap();
     assert_eq!(options.status(), StatusCode::OK);
     // A known path under the prefix with another method: the API's JSON 405.
-    let wrong_method = gw
-        .http
-        .get(gw.url("/api/users/login"))
-        .send()
-        .await
-        .unwrap();
+    let wrong_method = get("/api/users/login").await.unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_json(wrong_method.headers());
 
     // The JWKS stays where backends fetch it.
-    let jwks = gw
-        .http
-        .get(gw.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
+    let jwks = get("/.well-known/jwks.json").await.unwrap();
     assert_eq!(jwks.status(), StatusCode::OK);
-    let prefixed_jwks = gw
-        .http
-        .get(gw.url("/api/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
+    let prefixed_jwks = get("/api/.well-known/jwks.json").await.unwrap();
     assert_ne!(prefixed_jwks.status(), StatusCode::OK);
 
-    let document: Value = gw
-        .http
-        .get(gw.url("/api/openapi.json"))
-        .send()
+    let document: Value = get("/api/openapi.json")
         .await
         .unwrap()
         .json()

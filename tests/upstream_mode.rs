@@ -1028,25 +1028,14 @@ async fn under_an_api_prefix_the_auth_api_is_passed_through_there_and_only_there
     let gw = Gateway::start_with_layers(&backend.url(), &layers).await;
 
     let credentials = json!({ "email": ALICE.email, "password": ALICE.password });
-    let passed = gw
-        .http
-        .post(gw.url("/api/users/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
+    let login = |path: &str| gw.http.post(gw.url(path)).json(&credentials).send();
+    let passed = login("/api/users/login").await.unwrap();
     assert_eq!(passed.headers()["x-backend"], "meiro", "passed through");
     let seen = backend.last_at("/api/users/login");
     assert_eq!(seen.method, Method::POST);
     assert!(seen.header("x-access-token").is_empty());
 
-    let at_root = gw
-        .http
-        .post(gw.url("/users/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
+    let at_root = login("/users/login").await.unwrap();
     assert_eq!(at_root.status(), 401, "the data plane's: no token");
     assert!(at_root.headers().get("x-backend").is_none());
     assert!(backend.seen_at("/users/login").is_empty());
