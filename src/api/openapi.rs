@@ -27,7 +27,11 @@ use crate::store::Role;
 /// The document, pretty-printed with a final newline: byte for byte what `docs/openapi.json`
 /// holds and what `GET /openapi.json` answers.
 pub fn document_json() -> String {
-    let mut json = ApiDoc::openapi()
+    render(ApiDoc::openapi())
+}
+
+fn render(doc: utoipa::openapi::OpenApi) -> String {
+    let mut json = doc
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
     json.push('\n');
@@ -41,16 +45,11 @@ pub(super) struct Document(Bytes);
 
 impl Document {
     pub(super) fn mounted_at(prefix: &str) -> Document {
-        if prefix.is_empty() {
-            return Document(Bytes::from(document_json()));
-        }
         let mut doc = ApiDoc::openapi();
-        doc.servers = Some(vec![utoipa::openapi::Server::new(prefix)]);
-        let mut json = doc
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes");
-        json.push('\n');
-        Document(Bytes::from(json))
+        if !prefix.is_empty() {
+            doc.servers = Some(vec![utoipa::openapi::Server::new(prefix)]);
+        }
+        Document(Bytes::from(render(doc)))
     }
 
     pub(super) async fn serve(self) -> Response {

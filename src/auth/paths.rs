@@ -25,9 +25,10 @@ pub fn local_api_may_serve(prefix: &str, path: &str) -> bool {
 
 /// The paths upstream mode passes through to the backend's auth API (mounted at `prefix`),
 /// whatever the route table says: Meiro's `/auth_options` and everything under `/users`.
-pub fn upstream_auth_api(prefix: &str, path: &str) -> bool {
+/// `Some`: the API's own path, the prefix taken off (what names the operation).
+pub fn upstream_auth_api<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
     under(prefix, path)
-        .is_some_and(|path| path == AUTH_OPTIONS || path == "/users" || path.starts_with("/users/"))
+        .filter(|path| *path == AUTH_OPTIONS || *path == "/users" || path.starts_with("/users/"))
 }
 
 /// `path` below `prefix` (`""`: every path as it is), if it is below it.
@@ -68,7 +69,7 @@ mod tests {
     #[test]
     fn upstream_mode_passes_the_auth_api_through_and_nothing_else() {
         for path in [AUTH_OPTIONS, LOGIN, OKTA_LOGIN, "/users", "/users/42"] {
-            assert!(upstream_auth_api("", path), "{path}");
+            assert!(upstream_auth_api("", path).is_some(), "{path}");
         }
         for path in [
             "/",
@@ -78,7 +79,7 @@ mod tests {
             OPENAPI,
             "/auth_options/x",
         ] {
-            assert!(!upstream_auth_api("", path), "{path}");
+            assert!(upstream_auth_api("", path).is_none(), "{path}");
         }
     }
 
@@ -109,7 +110,7 @@ mod tests {
             "/v1/api/users",
         ] {
             assert_eq!(
-                upstream_auth_api("/api", path),
+                upstream_auth_api("/api", path).is_some(),
                 path.starts_with("/api/"),
                 "{path}"
             );
@@ -121,7 +122,7 @@ mod tests {
             "/apiusers/login",
             "/api/jwks",
         ] {
-            assert!(!upstream_auth_api("/api", path), "{path}");
+            assert!(upstream_auth_api("/api", path).is_none(), "{path}");
         }
     }
 }

@@ -138,15 +138,13 @@ impl Transport for Clients {
             }
             // hyper-util's client wants the absolute URI to pick its connection.
             None => {
-                *request.uri_mut() = Uri::builder()
-                    .scheme(instance.scheme.clone())
-                    .authority(instance.authority.clone())
-                    .path_and_query(target.clone())
-                    .build()
-                    .map_err(|e| SendError {
-                        not_connected: true,
-                        error: Box::new(e),
-                    })?;
+                *request.uri_mut() =
+                    instance
+                        .absolute_uri(target.clone())
+                        .map_err(|e| SendError {
+                            not_connected: true,
+                            error: Box::new(e),
+                        })?;
                 let response = cluster
                     .client
                     .request(request)

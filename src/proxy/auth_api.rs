@@ -19,17 +19,19 @@ use crate::auth::introspect::{Exchange, Introspector};
 const AUTH_BODY_LIMIT: usize = 1 << 20;
 
 impl Proxy {
+    /// `exchange` is what the request is to the auth API (named by its path below the prefix);
+    /// `path` the normalized path, prefix included, as the backend receives it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn pass_auth_api(
         &self,
         introspector: &Arc<Introspector>,
+        exchange: Exchange,
         mut parts: http::request::Parts,
         body: Body,
         path: &str,
         host: Option<HeaderValue>,
         outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        let unprefixed = path.strip_prefix(self.api_prefix.as_str()).unwrap_or(path);
-        let exchange = Exchange::of(&parts.method, unprefixed);
         let body = downstream_body(body, &parts.headers, None, self.body_read_timeout)?;
         // A logout's body is read (bounded) for the token it ends, and forwarded as read.
         let (body, ended) = if exchange == Exchange::Logout {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use http::{Request, Uri};
+use http::Request;
 use tokio::sync::watch;
 
 use super::upstream::Cluster;
@@ -25,11 +25,7 @@ pub async fn run_checks(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<boo
             _ = ticker.tick() => {}
         }
         let checks = cluster.instances.iter().map(|instance| {
-            let uri = Uri::builder()
-                .scheme(instance.scheme.clone())
-                .authority(instance.authority.clone())
-                .path_and_query(config.path.as_str())
-                .build();
+            let uri = instance.absolute_uri(config.path.as_str());
             let cluster = &cluster;
             async move {
                 let Ok(uri) = uri else { return false };

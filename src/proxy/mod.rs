@@ -41,7 +41,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
 use crate::auth::cache::{Grant, Principal};
-use crate::auth::introspect::Introspector;
+use crate::auth::introspect::{Exchange, Introspector};
 use crate::auth::paths;
 use crate::auth::validator::Validator;
 use crate::auth::{Auth, Clock};
@@ -273,12 +273,13 @@ impl Proxy {
 
         // 2. Route. Upstream mode serves the auth API whatever the route table says.
         if let Validator::Introspect(introspector) = &self.validator
-            && paths::upstream_auth_api(&self.api_prefix, &path)
+            && let Some(api_path) = paths::upstream_auth_api(&self.api_prefix, &path)
         {
             outcome.route = Some(&self.auth_api);
+            let exchange = Exchange::of(&parts.method, api_path);
             let path = path.into_owned();
             return self
-                .pass_auth_api(introspector, parts, body, &path, host, outcome)
+                .pass_auth_api(introspector, exchange, parts, body, &path, host, outcome)
                 .await;
         }
         let routing_host = host.as_ref().and_then(|h| h.to_str().ok());

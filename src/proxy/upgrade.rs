@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::{CONNECTION, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 
 use super::ConnectionSlot;
 use super::error::ProxyError;
@@ -123,11 +123,8 @@ pub(super) async fn tunnel(
     let id = request_id::of(&parts.headers);
     let mut request = Request::new(Body::empty());
     *request.method_mut() = parts.method;
-    *request.uri_mut() = Uri::builder()
-        .scheme(instance.scheme.clone())
-        .authority(instance.authority.clone())
-        .path_and_query(target)
-        .build()
+    *request.uri_mut() = instance
+        .absolute_uri(target)
         .map_err(|_| ProxyError::Internal)?;
     *request.headers_mut() = parts.headers;
     let response = match tokio::time::timeout(deadline, cluster.client.request(request)).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -63,6 +63,21 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// `target` on this instance as an absolute URI, the form hyper-util's client (and a
+    /// tunnel's or a health check's request) needs to pick its connection. Fails only on a
+    /// target that is not a valid path and query.
+    pub fn absolute_uri<T>(&self, target: T) -> Result<Uri, http::Error>
+    where
+        PathAndQuery: TryFrom<T>,
+        <PathAndQuery as TryFrom<T>>::Error: Into<http::Error>,
+    {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+    }
+
     pub fn state(&self) -> StateGuard<'_> {
         StateGuard {
             instance: self,
@@ -273,11 +288,8 @@ impl introspect::Backend for Cluster {
                 .ok_or_else(|| "no healthy instance".to_owned())?;
             let instance = &self.instances[index];
             let target = request.uri().path_and_query().cloned();
-            *request.uri_mut() = Uri::builder()
-                .scheme(instance.scheme.clone())
-                .authority(instance.authority.clone())
-                .path_and_query(target.ok_or_else(|| "no target".to_owned())?)
-                .build()
+            *request.uri_mut() = instance
+                .absolute_uri(target.ok_or_else(|| "no target".to_owned())?)
                 .map_err(|e| e.to_string())?;
             let timeout = self.response_timeout;
             match tokio::time::timeout(timeout, self.client.request(request)).await {
