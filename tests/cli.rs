@@ -161,9 +161,13 @@ impl Setup {
     }
 
     /// Replaces the config file's contents (`{dir}` as in [`Setup::new`]).
+    /// Replaces the config file atomically (a temp file renamed over it), as editors and
+    /// ConfigMap updates do: a watcher polling in between must never read half a file.
     fn rewrite(&self, body: &str) {
         let body = body.replace("{dir}", &self.dir.path().display().to_string());
-        std::fs::write(&self.config, body).unwrap();
+        let temp = self.config.with_extension("toml.tmp");
+        std::fs::write(&temp, body).unwrap();
+        std::fs::rename(&temp, &self.config).unwrap();
     }
 
     /// A valid config: store and keys in the temp dir, one protected route to `upstream`.
