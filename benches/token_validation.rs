@@ -44,6 +44,7 @@ fn setup(
                 role: Role::User,
                 invitation_pending: false,
                 invitation: None,
+                sso_enabled: false,
                 created: clock.now(),
             })
             .await

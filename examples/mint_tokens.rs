@@ -254,6 +254,7 @@ async fn find_or_create_user(store: &dyn store::Store, email: &str, now: i64) ->
             role: Role::User,
             invitation_pending: false,
             invitation: None,
+            sso_enabled: false,
             created: now,
         })
         .await?)

@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
 use meiro_gate::api::users::{UserBody, rfc3339};
 use meiro_gate::auth::audit::{self, AuditKind, Caller, Entry};
 use meiro_gate::auth::passwords::{check_password_policy, hash_standalone};
-use meiro_gate::auth::{Clock, key_files, normalize_email};
-use meiro_gate::store::{self, NewUser, Role, StoreError};
+use meiro_gate::auth::users::{self, Actor, NewAccount, valid_email};
+use meiro_gate::auth::{AuthError, Clock, key_files, normalize_email};
+use meiro_gate::store::{self, Role, UserChanges};
 use meiro_gate::telemetry::{self, LogFormat};
 use meiro_gate::{App, Config, RunningApp, config};
 
@@ -95,6 +96,16 @@ enum UsersCommand {
     Disable { email: String },
     /// Re-enable a user.
     Enable { email: String },
+    /// Move a user to the trash and end all their sessions.
+    Delete { email: String },
+    /// Bring a user back from the trash (with the password they had).
+    Restore { email: String },
+    /// Change a user's role; their open sessions carry the new role from their next request.
+    SetRole {
+        email: String,
+        #[arg(value_parser = ["admin", "user"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,17 +311,14 @@ async fn shutdown_signal(app: &RunningApp, config_path: Option<&Path>, watch_int
 async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
     let store = store::open(config.store.url.expose()).await?;
     let now = Clock::default().now();
-    match command {
+    let (email, changes) = match command {
         UsersCommand::Add {
             email,
             role,
             password_stdin,
         } => {
-            let email = normalize_email(&email);
             // The API's rule (`meiro_gate::email`): this user gets reset mail like any other.
-            if let Err(rule) = meiro_gate::email::parse(&email) {
-                bail!("not a valid email address: {rule}");
-            }
+            let email = valid_email(&email).map_err(|e| anyhow::anyhow!("{e}"))?;
             let role = Role::parse(&role).context("role must be admin or user")?;
             let password_hash = if password_stdin {
                 let mut line = String::new();
@@ -325,52 +333,65 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
             } else {
                 None
             };
-            let user = store
-                .create_user(NewUser {
-                    email,
-                    password_hash,
-                    role,
-                    invitation_pending: false,
-                    invitation: None,
-                    created: now,
-                })
+            let account = NewAccount {
+                email,
+                password_hash,
+                role,
+                sso_enabled: false,
+            };
+            let (user, entry) = users::create(&*store, account, Actor::CommandLine, now)
                 .await
-                .map_err(|e| match e {
-                    StoreError::DuplicateEmail => anyhow::anyhow!("a user with this email exists"),
-                    other => other.into(),
-                })?;
+                .map_err(cli_error)?;
+            audit::record_now(&*store, entry).await;
             println!("{}", serde_json::to_string(&UserBody::from(&user))?);
+            return Ok(());
         }
         UsersCommand::List => {
             for user in store.list_users().await? {
                 println!("{}", serde_json::to_string(&UserBody::from(&user))?);
             }
+            return Ok(());
         }
-        UsersCommand::Disable { email } | UsersCommand::Enable { email } if email.is_empty() => {
-            bail!("email must not be empty")
+        UsersCommand::Disable { email } => (email, changes(|c| c.disabled = Some(true))),
+        UsersCommand::Enable { email } => (email, changes(|c| c.disabled = Some(false))),
+        UsersCommand::Delete { email } => (email, changes(|c| c.deleted = Some(true))),
+        UsersCommand::Restore { email } => (email, changes(|c| c.deleted = Some(false))),
+        UsersCommand::SetRole { email, role } => {
+            let role = Role::parse(&role).context("role must be admin or user")?;
+            (email, changes(|c| c.role = Some(role)))
         }
-        UsersCommand::Disable { email } => set_disabled(&*store, &email, true, now).await?,
-        UsersCommand::Enable { email } => set_disabled(&*store, &email, false, now).await?,
+    };
+    if email.trim().is_empty() {
+        bail!("email must not be empty");
     }
+    let user = store
+        .user_by_email(&normalize_email(&email))
+        .await?
+        .with_context(|| format!("no user with email {email}"))?;
+    let (changed, entry) = users::change(&*store, user.id, &changes, Actor::CommandLine, now)
+        .await
+        .map_err(|e| match e {
+            AuthError::NotFound if user.deleted => anyhow::anyhow!("{email} is in the trash"),
+            AuthError::NotFound => anyhow::anyhow!("{email} is not in the trash"),
+            other => cli_error(other),
+        })?;
+    audit::record_now(&*store, entry).await;
+    println!("{}", serde_json::to_string(&UserBody::from(&changed.user))?);
     Ok(())
 }
 
-async fn set_disabled(
-    store: &dyn store::Store,
-    email: &str,
-    disabled: bool,
-    now: i64,
-) -> Result<()> {
-    let user = store
-        .set_user_disabled(&normalize_email(email), disabled, now)
-        .await?
-        .with_context(|| format!("no user with email {email}"))?;
-    let kind = if disabled {
-        AuditKind::UserDisabled
-    } else {
-        AuditKind::UserEnabled
-    };
-    audit::record_now(store, cli_entry(kind).user(&user)).await;
-    println!("{}", serde_json::to_string(&UserBody::from(&user))?);
-    Ok(())
+/// One change of `users …`: the API's [`UserChanges`], built by `set`.
+fn changes(set: impl FnOnce(&mut UserChanges)) -> UserChanges {
+    let mut changes = UserChanges::default();
+    set(&mut changes);
+    changes
+}
+
+/// What the operator reads when the shared operation refuses.
+fn cli_error(e: AuthError) -> anyhow::Error {
+    match e {
+        AuthError::UserExists => anyhow::anyhow!("a user with this email exists"),
+        AuthError::LastAdmin => anyhow::anyhow!("at least one active admin must remain"),
+        other => anyhow::anyhow!("{other}"),
+    }
 }

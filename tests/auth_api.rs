@@ -186,6 +186,7 @@ async fn create_user(gw: &Gateway, email: &str, password_hash: Option<String>, p
             role: Role::User,
             invitation_pending: pending,
             invitation: None,
+            sso_enabled: false,
             created: gw.clock.now(),
         })
         .await

@@ -471,7 +471,7 @@ fn a_missing_config_file_is_exit_1_naming_it() {
 // ---- users ----
 
 #[test]
-fn users_commands_add_list_disable_and_enable() {
+fn users_commands_add_list_disable_enable_delete_restore_and_set_role() {
     let setup = Setup::valid("http://127.0.0.1:9000", "");
     let password = Some("a long enough password\n");
 
@@ -579,6 +579,27 @@ fn users_commands_add_list_disable_and_enable() {
     );
     assert_eq!(listed[0]["id"], added["id"]);
 
+    // The API's rule holds here too: a is the only active admin.
+    for verb in [
+        &["disable", "a@example.com"][..],
+        &["delete", "a@example.com"],
+        &["set-role", "a@example.com", "user"],
+    ] {
+        let refused = setup.run(&[&["users"][..], verb].concat(), None, &[]);
+        assert_ne!(refused.code, Some(0), "{verb:?} of the last admin");
+        assert!(
+            refused
+                .stderr
+                .contains("at least one active admin must remain"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let run = setup
+        .run(&["users", "set-role", "c@example.com", "admin"], None, &[])
+        .ok();
+    assert_eq!(json_lines(&run.stdout)[0]["role"], "admin");
+
     let run = setup
         .run(&["users", "disable", "A@example.com"], None, &[])
         .ok();
@@ -591,7 +612,27 @@ fn users_commands_add_list_disable_and_enable() {
         .ok();
     assert!(run.stdout.contains(r#""disabled":false"#), "{}", run.stdout);
 
-    for verb in ["disable", "enable"] {
+    // The trash: delete and restore, each only from the other state.
+    let run = setup
+        .run(&["users", "delete", "c@example.com"], None, &[])
+        .ok();
+    assert_eq!(json_lines(&run.stdout)[0]["deleted"], true);
+    let again = setup.run(&["users", "delete", "c@example.com"], None, &[]);
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("is in the trash"), "{}", again.stderr);
+    let run = setup
+        .run(&["users", "restore", "c@example.com"], None, &[])
+        .ok();
+    assert_eq!(json_lines(&run.stdout)[0]["deleted"], false);
+    let again = setup.run(&["users", "restore", "c@example.com"], None, &[]);
+    assert_ne!(again.code, Some(0));
+    assert!(
+        again.stderr.contains("is not in the trash"),
+        "{}",
+        again.stderr
+    );
+
+    for verb in ["disable", "enable", "delete", "restore"] {
         let unknown = setup.run(&["users", verb, "nobody@example.com"], None, &[]);
         assert_ne!(unknown.code, Some(0), "{verb} of an unknown email");
         assert!(
@@ -626,6 +667,20 @@ async fn serve_end_to_end_with_live_revocation_by_the_cli() {
     assert_eq!(seen.headers["x-meiro-user-role"], "admin");
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
 
+    // Another admin first: the last active admin cannot be disabled.
+    setup
+        .run_blocking(
+            &[
+                "users",
+                "add",
+                "--email",
+                "second@example.com",
+                "--role",
+                "admin",
+            ],
+            None,
+        )
+        .ok();
     let run = setup
         .run_blocking(&["users", "disable", "root@example.com"], None)
         .ok();
@@ -1015,6 +1070,20 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Another admin first: the last active admin cannot be disabled.
+    setup
+        .run_blocking(
+            &[
+                "users",
+                "add",
+                "--email",
+                "second@example.com",
+                "--role",
+                "admin",
+            ],
+            None,
+        )
+        .ok();
     setup.run_blocking(&["users", "disable", admin], None).ok();
     setup.run_blocking(&["users", "enable", admin], None).ok();
     setup.run_blocking(&["keys", "rotate"], None).ok();
@@ -1030,6 +1099,7 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
         [
             "login_failed",
             "login_succeeded",
+            "user_created",
             "user_disabled",
             "user_enabled",
             "key_rotated"
@@ -1045,8 +1115,13 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
     ] {
         assert!(lines[0].contains(field), "{field} in {}", lines[0]);
     }
-    assert!(lines[2].contains("actor=cli"), "{}", lines[2]);
-    assert!(lines[4].contains("kid="), "{}", lines[4]);
+    for created_or_disabled in &lines[2..4] {
+        assert!(
+            created_or_disabled.contains("actor=cli"),
+            "{created_or_disabled}"
+        );
+    }
+    assert!(lines[5].contains("kid="), "{}", lines[5]);
     assert!(
         time::OffsetDateTime::parse(
             lines[0].split(' ').next().unwrap(),
@@ -1058,7 +1133,7 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
     );
 
     let json = json_lines(&tail(&["--json"]));
-    assert_eq!(json.len(), 5);
+    assert_eq!(json.len(), 6);
     assert_eq!(json[0]["kind"], "login_failed");
     assert_eq!(json[0]["request_id"], "cli-audit-1");
     assert_eq!(json[0]["client_ip"], "127.0.0.1");
@@ -1073,7 +1148,7 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
     assert_eq!(
         of_admin.lines().count(),
         4,
-        "not the key rotation:\n{of_admin}"
+        "not the key rotation, nor the second admin's creation:\n{of_admin}"
     );
     assert_eq!(tail(&["--user", "nobody@example.com"]), "");
     let newest = tail(&["--limit", "2"]);
@@ -1081,7 +1156,7 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
     assert_eq!(newest.len(), 2);
     assert!(newest[0].contains(" user_enabled "), "{newest:?}");
     assert!(newest[1].contains(" key_rotated "), "{newest:?}");
-    assert_eq!(tail(&["--since", "1h"]).lines().count(), 5);
+    assert_eq!(tail(&["--since", "1h"]).lines().count(), 6);
 
     let bad = setup.run_blocking(&["audit", "tail", "--since", "soon"], None);
     assert_ne!(bad.code, Some(0));

@@ -155,7 +155,7 @@ async fn a_code_of_a_known_user_gives_a_working_token_and_cookie() {
     assert_eq!(refreshed.status(), StatusCode::OK);
 
     let ann = user(&gw, "ann@example.com").await.unwrap();
-    assert!(ann.sso_enabled, "marked as an SSO user");
+    assert!(!ann.sso_enabled, "not made SSO-only by an Okta login");
     assert!(ann.last_login.is_some(), "last_login recorded");
     assert!(ann.password_hash.is_some(), "the password still works");
     gw.login("ann@example.com").await;
@@ -294,6 +294,7 @@ async fn unknown_disabled_or_pending_users_are_refused() {
                 nonce: "pending-invitation-nonce".into(),
                 expires_at: gw.clock.now() + 3600,
             }),
+            sso_enabled: false,
             created: gw.clock.now(),
         })
         .await
@@ -803,7 +804,7 @@ async fn a_provider_down_at_start_does_not_stop_the_gateway() {
     assert_eq!(idp.hits().discovery, 1, "discovered once, then cached");
     assert_eq!(idp.hits().token, 1, "no code was sent while undiscovered");
     assert_eq!(auth_options(&gw).await["is_okta_login_enabled"], true);
-    assert!(user(&gw, "max@example.com").await.unwrap().sso_enabled);
+    assert!(!user(&gw, "max@example.com").await.unwrap().sso_enabled);
 
     // Down again after discovery: the exchange fails, credentials login still works.
     idp.stop();

@@ -357,6 +357,27 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
     );
     let admin = gw.login("admin@example.com").await;
     let user = gw.login("user@example.com").await;
+    // The Users API's own: a user to modify, one to delete, one who changes their password
+    // and one who guesses it wrong (the account limit is 1).
+    let target_path = format!(
+        "/users/{}",
+        gw.add_user("target@example.com", Role::User).await.id
+    );
+    let victim_path = format!(
+        "/users/{}",
+        gw.add_user("victim@example.com", Role::User).await.id
+    );
+    let changer_path = format!(
+        "/users/{}/change_password",
+        gw.add_user("changer@example.com", Role::User).await.id
+    );
+    let guesser_path = format!(
+        "/users/{}/change_password",
+        gw.add_user("guesser@example.com", Role::User).await.id
+    );
+    let changer = gw.login("changer@example.com").await;
+    let guesser = gw.login("guesser@example.com").await;
+    let own_password = format!("{admin_path}/change_password");
     let to_refresh = gw.login("user@example.com").await;
     let to_end = gw.login("user@example.com").await;
     let to_end_too = gw.login("user@example.com").await;
@@ -577,7 +598,7 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
             .token(&user),
         case(M::GET, "/users/{user_id}", Body::None, 401).at(user_path),
         case(M::GET, "/users/{user_id}", Body::None, 403)
-            .at(admin_path)
+            .at(admin_path.clone())
             .token(&user),
         case(M::GET, "/users/{user_id}", Body::None, 404)
             .at(concrete("/users/{user_id}"))
@@ -585,6 +606,120 @@ async fn every_documented_status_is_produced_and_every_produced_status_is_docume
         case(M::GET, "/users/{user_id}", Body::None, 404)
             .at("/users/not-a-uuid".to_owned())
             .token(&admin),
+        // Listing users and the trash.
+        case(M::GET, "/users", Body::None, 200).token(&admin),
+        case(M::GET, "/users", Body::None, 400).at("/users?limit=0".to_owned()).token(&admin),
+        case(M::GET, "/users", Body::None, 401),
+        case(M::GET, "/users", Body::None, 403).token(&user),
+        case(M::GET, "/users/trash", Body::None, 200).token(&admin),
+        case(M::GET, "/users/trash", Body::None, 400)
+            .at("/users/trash?order_dir=up".to_owned())
+            .token(&admin),
+        case(M::GET, "/users/trash", Body::None, 401),
+        case(M::GET, "/users/trash", Body::None, 403).token(&user),
+        // Creating, and creating or restoring.
+        case(
+            M::POST,
+            "/users",
+            Body::Json(json!({"email": "created@example.com", "password": common::PASSWORD})),
+            201,
+        )
+        .token(&admin),
+        case(M::POST, "/users", Body::Raw("{"), 400).token(&admin),
+        case(M::POST, "/users", Body::None, 401),
+        case(M::POST, "/users", Body::Raw("{}"), 403).token(&user),
+        case(
+            M::POST,
+            "/users",
+            Body::Json(json!({"email": "user@example.com", "password": common::PASSWORD})),
+            409,
+        )
+        .token(&admin),
+        case(M::POST, "/users", Body::Large, 413).token(&admin),
+        case(
+            M::POST,
+            "/users/create_or_restore",
+            Body::Json(json!({"email": "restored@example.com", "password": common::PASSWORD})),
+            201,
+        )
+        .token(&admin),
+        case(M::POST, "/users/create_or_restore", Body::Raw("[]"), 400).token(&admin),
+        case(M::POST, "/users/create_or_restore", Body::None, 401),
+        case(M::POST, "/users/create_or_restore", Body::Raw("{}"), 403).token(&user),
+        case(
+            M::POST,
+            "/users/create_or_restore",
+            Body::Json(json!({"email": "user@example.com", "password": common::PASSWORD})),
+            409,
+        )
+        .token(&admin),
+        case(M::POST, "/users/create_or_restore", Body::Large, 413).token(&admin),
+        // Modifying: the only admin cannot step down (409).
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({"sso_enabled": false})), 200)
+            .at(target_path.clone())
+            .token(&admin),
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({"role": "root"})), 400)
+            .at(target_path.clone())
+            .token(&admin),
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({})), 401).at(target_path.clone()),
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({})), 403)
+            .at(target_path.clone())
+            .token(&user),
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({})), 404)
+            .at(concrete("/users/{user_id}"))
+            .token(&admin),
+        case(M::PATCH, "/users/{user_id}", Body::Json(json!({"email": "user@example.com"})), 409)
+            .at(target_path.clone())
+            .token(&admin),
+        case(M::PATCH, "/users/{user_id}", Body::Large, 413)
+            .at(target_path.clone())
+            .token(&admin),
+        // Deleting.
+        case(M::DELETE, "/users/{user_id}", Body::None, 200)
+            .at(victim_path.clone())
+            .token(&admin),
+        case(M::DELETE, "/users/{user_id}", Body::None, 401).at(target_path.clone()),
+        case(M::DELETE, "/users/{user_id}", Body::None, 403)
+            .at(target_path.clone())
+            .token(&user),
+        case(M::DELETE, "/users/{user_id}", Body::None, 404)
+            .at(victim_path)
+            .token(&admin),
+        case(M::DELETE, "/users/{user_id}", Body::None, 409)
+            .at(admin_path.clone())
+            .token(&admin),
+        // Changing one's own password (`login_throttle.per_account = 1`).
+        case(
+            M::POST,
+            "/users/{user_id}/change_password",
+            Body::Json(json!({"old_password": common::PASSWORD, "new_password": "a long enough passphrase"})),
+            200,
+        )
+        .at(changer_path)
+        .token(&changer),
+        case(
+            M::POST,
+            "/users/{user_id}/change_password",
+            Body::Json(json!({"old_password": "wrong", "new_password": "a long enough passphrase"})),
+            400,
+        )
+        .at(guesser_path.clone())
+        .token(&guesser),
+        case(M::POST, "/users/{user_id}/change_password", Body::Raw("{}"), 401).at(own_password.clone()),
+        case(M::POST, "/users/{user_id}/change_password", Body::Raw("{}"), 403)
+            .at(own_password.clone())
+            .token(&user),
+        case(M::POST, "/users/{user_id}/change_password", Body::Large, 413)
+            .at(own_password)
+            .token(&admin),
+        case(
+            M::POST,
+            "/users/{user_id}/change_password",
+            Body::Json(json!({"old_password": "wrong", "new_password": "a long enough passphrase"})),
+            429,
+        )
+        .at(guesser_path)
+        .token(&guesser),
         // Forgotten password (`reset_throttle.per_account = 1`)
         case(
             M::POST,

@@ -251,6 +251,7 @@ async fn only_active_users_get_a_reset_email_and_everyone_gets_the_same_answer()
             role: Role::User,
             invitation_pending: true,
             invitation: None,
+            sso_enabled: false,
             created: gw.clock.now(),
         })
         .await
@@ -311,6 +312,7 @@ async fn an_address_the_rule_refuses_gets_no_reset_token_and_no_mail() {
             role: Role::User,
             invitation_pending: false,
             invitation: None,
+            sso_enabled: false,
             created: gw.clock.now(),
         })
         .await

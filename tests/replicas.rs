@@ -1,6 +1,6 @@
 //! Replicas that behave as one: two gateways (two `App`s in this process) on one PostgreSQL
 //! schema and one keys directory. A token from one works on the other; a logout, refresh-token
-//! reuse, password reset or disabled user on one is enforced by the other within one second
+//! reuse, password reset, disabled, demoted or deleted user on one is enforced by the other within one second
 //! (pushed by `LISTEN/NOTIFY`), also after the listener's connection was killed; a revocation
 //! the feed never carried is caught by the re-check; killing a replica's pooled database
 //! connections (the database itself up) fails no request; a PostgreSQL outage leaves cached
@@ -141,6 +141,78 @@ async fn disabling_a_user_on_a_is_enforced_on_b_within_a_second() {
         status,
         StatusCode::UNAUTHORIZED,
         "a disabled user cannot log in on B"
+    );
+}
+
+/// The role header `gw` sends upstream for `token` now.
+async fn role_sent(replicas: &Replicas, gw: &Gateway, token: &str) -> String {
+    accepted(gw, token).await;
+    common::header(&replicas.upstream.last(), "x-meiro-user-role").concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
+async fn the_users_api_on_a_demotes_and_deletes_on_b_within_a_second() {
+    let Some((replicas, a, b)) = two_replicas("users_api_propagates").await else {
+        return;
+    };
+    a.add_user("root@example.test", Role::Admin).await;
+    let erin = a.add_user("erin@example.test", Role::Admin).await;
+    let root = a.login("root@example.test").await;
+    let token = a.login("erin@example.test").await;
+    assert_eq!(
+        role_sent(&replicas, &b, &token).await,
+        "admin",
+        "cached on B as an admin"
+    );
+    let admin_call = |method: reqwest::Method, body: Option<serde_json::Value>| {
+        let mut request = a
+            .http
+            .request(method, a.url(&format!("/users/{}", erin.id)))
+            .header("x-access-token", &root);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+
+    let since = Instant::now();
+    let response = admin_call(
+        reqwest::Method::PATCH,
+        Some(serde_json::json!({ "role": "user" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // B follows the feed: the same cached token now carries the new role.
+    loop {
+        let role = role_sent(&replicas, &b, &token).await;
+        if role == "user" {
+            break;
+        }
+        assert_eq!(role, "admin");
+        assert!(
+            since.elapsed() <= PROPAGATION,
+            "B still says admin after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("demotion on A reached B after {:?}", since.elapsed());
+
+    let since = Instant::now();
+    let response = admin_call(reqwest::Method::DELETE, None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let took = rejected_within(&b, &token, since, PROPAGATION).await;
+    eprintln!("delete on A rejected on B after {took:?}");
+    let (status, _) = status_message(b.login_response("erin@example.test", PASSWORD).await).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted user cannot log in on B"
     );
 }
 

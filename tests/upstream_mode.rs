@@ -1041,3 +1041,48 @@ async fn under_an_api_prefix_the_auth_api_is_passed_through_there_and_only_there
     assert!(backend.seen_at("/users/login").is_empty());
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_users_api_route_is_the_backends_in_upstream_mode() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &DEFAULTS).await;
+    let admin = login(&gw, &ADMIN).await;
+    let id = "0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d";
+    let change_password = format!("/users/{id}/change_password");
+    let user = format!("/users/{id}");
+    for (method, path, query) in [
+        (Method::GET, "/users", Some("limit=5&order_by=email")),
+        (Method::POST, "/users", None),
+        (Method::GET, "/users/trash", Some("offset=20")),
+        (Method::POST, "/users/create_or_restore", None),
+        (Method::GET, user.as_str(), None),
+        (Method::PATCH, user.as_str(), None),
+        (Method::DELETE, user.as_str(), None),
+        (Method::POST, change_password.as_str(), None),
+    ] {
+        let url = match query {
+            Some(query) => gw.url(&format!("{path}?{query}")),
+            None => gw.url(path),
+        };
+        let response = gw
+            .http
+            .request(method.clone(), url)
+            .header("x-access-token", &admin)
+            .json(&json!({ "email": "x@example.com", "password": "p" }))
+            .send()
+            .await
+            .unwrap();
+        // The fake backend has none of these routes: its 404, not the gateway's answer.
+        assert_eq!(response.status(), 404, "{method} {path}");
+        assert_eq!(response.headers()["x-backend"], "meiro", "{method} {path}");
+        let seen = backend.last_at(path);
+        assert_eq!((&seen.method, seen.query.as_deref()), (&method, query));
+        assert_eq!(seen.header("x-access-token"), [admin.as_str()]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&seen.body).unwrap(),
+            json!({ "email": "x@example.com", "password": "p" }),
+            "{method} {path}: the body as sent"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -128,6 +128,17 @@ impl IntoResponse for ApiError {
                     None,
                 ),
                 AuthError::WeakPassword(rule) => (StatusCode::BAD_REQUEST, rule.into(), None),
+                AuthError::LastAdmin => (
+                    StatusCode::CONFLICT,
+                    "At least one active admin must remain".into(),
+                    None,
+                ),
+                // The contract's 400 (not login's 401): the caller's token is fine.
+                AuthError::WrongPassword => (
+                    StatusCode::BAD_REQUEST,
+                    "Invalid credentials have been provided".into(),
+                    None,
+                ),
                 AuthError::Store(_) => {
                     tracing::error!(error = %e, "store failure in the auth API");
                     (

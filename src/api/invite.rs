@@ -25,7 +25,9 @@ pub struct InvitationBody {
 
 /// Exactly the string `"admin"` or `"user"` (or `null`). `Role`'s derived `Deserialize` also
 /// takes serde's externally tagged map form, so `{"admin": null}` would make an admin.
-fn role_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Role>, D::Error> {
+pub(super) fn role_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Role>, D::Error> {
     struct Name;
 
     impl<'de> Visitor<'de> for Name {

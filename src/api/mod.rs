@@ -9,6 +9,7 @@ mod login;
 mod okta;
 pub mod openapi;
 mod password;
+mod user_list;
 pub mod users;
 
 use std::sync::Arc;
@@ -69,7 +70,40 @@ pub fn router(
                 axum::routing::post(invite::invite).patch(invite::reinvite),
             ),
         )
-        .route(paths::USER, counted("api_user", get(users::get_user)))
+        .route(
+            paths::USERS,
+            counted(
+                "api_users",
+                get(user_list::list_users).post(users::create_user),
+            ),
+        )
+        .route(
+            paths::TRASH,
+            counted("api_users_trash", get(user_list::list_trash)),
+        )
+        .route(
+            paths::CREATE_OR_RESTORE,
+            counted(
+                "api_users_create_or_restore",
+                axum::routing::post(users::create_or_restore),
+            ),
+        )
+        .route(
+            paths::USER,
+            counted(
+                "api_user",
+                get(users::get_user)
+                    .patch(users::modify_user)
+                    .delete(users::delete_user),
+            ),
+        )
+        .route(
+            paths::CHANGE_PASSWORD,
+            counted(
+                "api_change_password",
+                axum::routing::post(users::change_password),
+            ),
+        )
         .route(
             paths::INVITATION_LINK,
             counted("api_invitation_link", get(invite::invitation_link)),

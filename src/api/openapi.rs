@@ -15,13 +15,11 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::invite::InvitationBody;
 use super::login::{LoginBody, LogoutBody, TokenBody};
 use super::okta::OktaLoginBody;
 use super::password::{ForgotPasswordBody, ResetPasswordBody};
-use super::users::UserBody;
 use crate::store::Role;
 
 /// The document, pretty-printed with a final newline: byte for byte what `docs/openapi.json`
@@ -64,6 +62,8 @@ impl Document {
     }
 }
 
+mod users;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -81,10 +81,17 @@ impl Document {
         refresh,
         logout,
         okta_login,
-        invite,
-        reinvite,
-        invitation_link,
-        get_user,
+        users::invite,
+        users::reinvite,
+        users::invitation_link,
+        users::get_user,
+        users::list_users,
+        users::list_trash,
+        users::create_user,
+        users::create_or_restore,
+        users::modify_user,
+        users::delete_user,
+        users::change_password,
         forgot_password,
         reset_password,
         jwks,
@@ -94,7 +101,7 @@ impl Document {
     modifiers(&SecuritySchemes),
     tags(
         (name = "session", description = "Login, refresh, logout"),
-        (name = "users", description = "Users: invitations (admin only), reading a user (an admin, or that user)"),
+        (name = "users", description = "Users (local mode): list, page, create, modify, delete to the trash and restore, invitations (admin only); reading a user (an admin, or that user); changing one's own password"),
         (name = "password", description = "Forgotten password and setting a password"),
         (name = "discovery", description = "Public documents: login options, keys, this document"),
     )
@@ -317,89 +324,6 @@ fn logout() {}
 )]
 #[allow(dead_code)]
 fn okta_login() {}
-
-/// Invite a user
-///
-/// Creates a pending user (or renews a still-pending one's invitation) and e-mails the link.
-#[utoipa::path(
-    post, path = "/users/invite", tag = "users",
-    request_body = InvitationBody,
-    responses(
-        (status = 200, description = "The pending user", body = UserBody),
-        (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to (the message says which rule)", body = Error),
-        Unauthenticated,
-        NotAdmin,
-        (status = 409, description = "A user with this email already exists", body = Error),
-        TooLarge,
-        Unavailable,
-    ),
-    security(("access_token" = []), ("bearer" = []), ("cookie" = []))
-)]
-#[allow(dead_code)]
-fn invite() {}
-
-/// Re-invite a pending user
-///
-/// Issues and e-mails a new link; the previous link stops working.
-#[utoipa::path(
-    patch, path = "/users/invite", tag = "users",
-    request_body = InvitationBody,
-    responses(
-        (status = 200, description = "The pending user", body = UserBody),
-        (status = 400, description = "Malformed body, or an email address the gateway would not be able to deliver to", body = Error),
-        Unauthenticated,
-        NotAdmin,
-        (status = 404, description = "No pending invitation for this email", body = Error),
-        TooLarge,
-        Unavailable,
-    ),
-    security(("access_token" = []), ("bearer" = []), ("cookie" = []))
-)]
-#[allow(dead_code)]
-fn reinvite() {}
-
-/// The `{user_id}` of `/users/{user_id}…` paths.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-struct UserIdPath {
-    /// The user's id: a UUID in its hyphenated form; anything else, including a segment that is not UTF-8 once decoded, is an unknown user (404)
-    user_id: String,
-}
-
-/// A pending user's invitation link
-#[utoipa::path(
-    get, path = "/users/{user_id}/invitation_link", tag = "users",
-    params(UserIdPath),
-    responses(
-        (status = 200, description = "The link that was e-mailed, until re-invite or use", body = InvitationLink),
-        Unauthenticated,
-        NotAdmin,
-        (status = 404, description = "Unknown user, or no pending invitation", body = Error),
-        Unavailable,
-    ),
-    security(("access_token" = []), ("bearer" = []), ("cookie" = []))
-)]
-#[allow(dead_code)]
-fn invitation_link() {}
-
-/// Read a user
-///
-/// An admin reads any user (one in the trash too), a user only themself.
-#[utoipa::path(
-    get, path = "/users/{user_id}", tag = "users",
-    params(UserIdPath),
-    responses(
-        (status = 200, description = "The user", body = UserBody),
-        Unauthenticated,
-        (status = 403, description = "Insufficient permissions (neither an admin nor that user)", body = Error),
-        (status = 404, description = "Unknown user (also a malformed id)", body = Error),
-        Unavailable,
-    ),
-    security(("access_token" = []), ("bearer" = []), ("cookie" = []))
-)]
-#[allow(dead_code)]
-fn get_user() {}
 
 /// Request a password-reset e-mail
 ///

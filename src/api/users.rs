@@ -1,21 +1,165 @@
 //! The contract's `User` JSON shape (ME fields plus ours), shared by the API and the CLI, the
-//! `{user_id}` of `/users/{user_id}/…` paths, and `GET /users/{user_id}`.
+//! `{user_id}` of `/users/{user_id}/…` paths, and the Users API of one user: read, create,
+//! modify, delete, restore, change password (listing is `user_list`).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::admin::Signed;
-use super::error::ApiError;
+use super::admin::{Admin, Signed};
+use super::error::{ApiError, ApiJson};
+use super::invite::role_name;
+use crate::auth::audit::Caller;
+use crate::auth::cache::LocalIdentity;
+use crate::auth::users::{AccountRequest, Modification};
 use crate::auth::{Auth, AuthError};
 use crate::store::{Role, UnixTime, User, UserId};
+
+/// The contract's `User modify`: every field optional (`null` = absent).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UserModify)]
+pub struct UserModifyBody {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    /// `true`: Okta login only (credentials login is refused); ends the user's sessions.
+    #[serde(default)]
+    sso_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "role_name")]
+    role: Option<Role>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// The contract's `User create` / `User create or restore`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UserCreate)]
+pub struct UserCreateBody {
+    email: String,
+    password: String,
+    #[serde(default)]
+    sso_enabled: Option<bool>,
+    /// `"admin"` or `"user"`; absent or `null`: `user`.
+    #[serde(default, deserialize_with = "role_name")]
+    role: Option<Role>,
+}
+
+impl From<UserCreateBody> for AccountRequest {
+    fn from(body: UserCreateBody) -> Self {
+        AccountRequest {
+            email: body.email,
+            password: body.password,
+            sso_enabled: body.sso_enabled.unwrap_or(false),
+            role: body.role.unwrap_or(Role::User),
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ChangePassword)]
+pub struct ChangePasswordBody {
+    old_password: String,
+    new_password: String,
+}
+
+/// `PATCH /users/{user_id}` (admin).
+pub async fn modify_user(
+    State(auth): State<Arc<Auth>>,
+    Admin(admin): Admin,
+    UserIdParam(user_id): UserIdParam,
+    caller: Caller,
+    ApiJson(body): ApiJson<UserModifyBody>,
+) -> Result<Json<UserBody>, ApiError> {
+    let modification = Modification {
+        email: body.email,
+        password: body.password,
+        sso_enabled: body.sso_enabled,
+        role: body.role,
+        disabled: body.disabled,
+    };
+    let user = auth
+        .modify_user(&admin, user_id, modification, &caller)
+        .await?;
+    Ok(Json(UserBody::from(&user)))
+}
+
+/// `DELETE /users/{user_id}` (admin): to the trash.
+pub async fn delete_user(
+    State(auth): State<Arc<Auth>>,
+    Admin(admin): Admin,
+    UserIdParam(user_id): UserIdParam,
+    caller: Caller,
+) -> Result<Json<UserBody>, ApiError> {
+    let user = auth.delete_user(&admin, user_id, &caller).await?;
+    Ok(Json(UserBody::from(&user)))
+}
+
+/// `POST /users` (admin).
+pub async fn create_user(
+    State(auth): State<Arc<Auth>>,
+    Admin(admin): Admin,
+    caller: Caller,
+    ApiJson(body): ApiJson<UserCreateBody>,
+) -> Result<(StatusCode, Json<UserBody>), ApiError> {
+    let user = auth.create_account(&admin, body.into(), &caller).await?;
+    Ok((StatusCode::CREATED, Json(UserBody::from(&user))))
+}
+
+/// `POST /users/create_or_restore` (admin).
+pub async fn create_or_restore(
+    State(auth): State<Arc<Auth>>,
+    Admin(admin): Admin,
+    caller: Caller,
+    ApiJson(body): ApiJson<UserCreateBody>,
+) -> Result<(StatusCode, Json<UserBody>), ApiError> {
+    let user = auth.create_or_restore(&admin, body.into(), &caller).await?;
+    Ok((StatusCode::CREATED, Json(UserBody::from(&user))))
+}
+
+/// The caller, on a `/users/{user_id}/…` path of their own: checked before the body is read,
+/// so another user's id is a 403 whatever the body.
+pub struct Themself(LocalIdentity);
+
+impl FromRequestParts<Arc<Auth>> for Themself {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, auth: &Arc<Auth>) -> Result<Self, ApiError> {
+        let Signed(identity) = Signed::from_request_parts(parts, auth).await?;
+        let UserIdParam(user_id) = UserIdParam::from_request_parts(parts, auth).await?;
+        if identity.user_id != user_id {
+            return Err(AuthError::Forbidden.into());
+        }
+        Ok(Themself(identity))
+    }
+}
+
+/// `POST /users/{user_id}/change_password`: that user only.
+pub async fn change_password(
+    State(auth): State<Arc<Auth>>,
+    Themself(identity): Themself,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChangePasswordBody>,
+) -> Result<Json<UserBody>, ApiError> {
+    let user = auth
+        .change_password(
+            &identity,
+            identity.user_id,
+            body.old_password,
+            body.new_password,
+            &caller,
+        )
+        .await?;
+    Ok(Json(UserBody::from(&user)))
+}
 
 /// `GET /users/{user_id}`: an admin reads anyone (a deleted user too), a user only themself.
 /// The caller is checked first, so a caller without a token learns nothing about ids.

@@ -27,6 +27,7 @@ pub(super) async fn bootstrap_admin(
             role: Role::Admin,
             invitation_pending: false,
             invitation: None,
+            sso_enabled: false,
             created: clock.now(),
         })
         .await?;

@@ -1,6 +1,7 @@
 //! The audit trail: one [`AuditEvent`] per security-relevant action (logins and their failures,
 //! refreshes, refresh reuse, logouts, Okta logins, invitations, password resets, mail the
-//! queue could not deliver, users enabled or disabled, key rotation), each with its time, user, client IP and request id, and never a
+//! queue could not deliver, users created, changed, enabled or disabled, deleted or restored,
+//! password changes, key rotation), each with its time, user, client IP and request id, and never a
 //! token, password or link secret. [`Audit::record`] writes it to the log under target `audit`
 //! and persists it through the store (`meiro-gate audit tail` reads it back); records older
 //! than `audit.retention` are pruned by the periodic store maintenance (`revocation::follow`).
@@ -49,6 +50,18 @@ pub enum AuditKind {
     MailFailed,
     UserEnabled,
     UserDisabled,
+    /// Created by an admin (`POST /users`, `users add`); `actor` names who.
+    UserCreated,
+    /// Changed by an admin; `changed` lists the fields (never their values).
+    UserModified,
+    /// Moved to the trash.
+    UserDeleted,
+    /// Back from the trash.
+    UserRestored,
+    /// The user changed their own password.
+    PasswordChanged,
+    /// A password change with the wrong current password.
+    PasswordChangeFailed,
     KeyRotated,
 }
 
@@ -70,6 +83,12 @@ impl AuditKind {
             AuditKind::MailFailed => "mail_failed",
             AuditKind::UserEnabled => "user_enabled",
             AuditKind::UserDisabled => "user_disabled",
+            AuditKind::UserCreated => "user_created",
+            AuditKind::UserModified => "user_modified",
+            AuditKind::UserDeleted => "user_deleted",
+            AuditKind::UserRestored => "user_restored",
+            AuditKind::PasswordChanged => "password_changed",
+            AuditKind::PasswordChangeFailed => "password_change_failed",
             AuditKind::KeyRotated => "key_rotated",
         }
     }
@@ -123,6 +142,14 @@ impl Entry {
         if crate::email::is_valid(email) {
             self.0.email = Some(email.to_owned());
         }
+        self
+    }
+
+    /// The request that caused it (client address and request id), for an entry built
+    /// without one.
+    pub fn caller(mut self, caller: &Caller) -> Entry {
+        self.0.client_ip = caller.client_ip;
+        self.0.request_id = caller.request_id.as_ref().map(|id| id.as_str().to_owned());
         self
     }
 

@@ -19,7 +19,7 @@
 //! load and comparison, and a session is re-checked once per interval however many tokens
 //! and requests it has.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::digest;
@@ -55,13 +55,15 @@ pub fn token_digest(vouched_by: &[u8], token: &[u8]) -> TokenDigest {
 pub struct CachedSession {
     /// `None` for tokens an upstream vouched for: this gateway knows no session of theirs.
     id: Option<SessionId>,
-    revoked: AtomicBool,
+    /// [`Standing`] as a byte: the one load a hit pays for it.
+    standing: AtomicU8,
     /// Unix time from which a cache hit re-checks the session in the store. Starts at
     /// "never": the miss that caches the first token sets it after reading the store.
     next_check: AtomicI64,
     /// Set once the store has named the session's user: the session is registered before
-    /// that read (see [`TokenCache::session`]). A session never changes users; a changed
-    /// role or email shows in sessions started after the change.
+    /// that read (see [`TokenCache::session`]). A session never changes users; when the
+    /// user's role or email changes, the session is marked [`Standing::Stale`] and its tokens
+    /// are loaded again with a new one.
     principal: OnceLock<Arc<Principal>>,
 }
 
@@ -69,7 +71,7 @@ impl CachedSession {
     fn new(id: Option<SessionId>) -> CachedSession {
         CachedSession {
             id,
-            revoked: AtomicBool::new(false),
+            standing: AtomicU8::new(Standing::Live as u8),
             next_check: AtomicI64::new(UnixTime::MAX),
             principal: OnceLock::new(),
         }
@@ -84,13 +86,33 @@ impl CachedSession {
         self.principal.get().map(|p| &**p)
     }
 
+    pub fn standing(&self) -> Standing {
+        match self.standing.load(Ordering::Acquire) {
+            0 => Standing::Live,
+            1 => Standing::Stale,
+            _ => Standing::Revoked,
+        }
+    }
+
     pub fn is_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+        self.standing() == Standing::Revoked
     }
 
     /// Every token of the session is rejected from now on.
     pub fn revoke(&self) {
-        self.revoked.store(true, Ordering::Release);
+        self.standing
+            .store(Standing::Revoked as u8, Ordering::Release);
+    }
+
+    /// Who the session speaks for has changed: its cached tokens are loaded again on their
+    /// next use. A revoked session stays revoked.
+    pub fn mark_stale(&self) {
+        let _ = self.standing.compare_exchange(
+            Standing::Live as u8,
+            Standing::Stale as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The per-hit test: one load and one comparison.
@@ -115,6 +137,18 @@ impl CachedSession {
     pub fn checked_until(&self, next: UnixTime) {
         self.next_check.store(next, Ordering::Relaxed);
     }
+}
+
+/// Where a [`CachedSession`] stands. The order of the values matters: a session only moves
+/// up (live → stale → revoked), never back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Standing {
+    Live = 0,
+    /// Its user's identity (email, role) changed: the tokens' next use loads the session
+    /// again, under a fresh [`CachedSession`].
+    Stale = 1,
+    Revoked = 2,
 }
 
 impl Registered for CachedSession {
@@ -171,7 +205,8 @@ impl Principal {
         }
     }
 
-    fn same_identity(&self, user_id: UserId, email: &str, role: Role) -> bool {
+    /// Does this principal still describe the user as the store does?
+    pub fn same_identity(&self, user_id: UserId, email: &str, role: Role) -> bool {
         self.local == Some((user_id, role))
             && self.email_header.as_ref().map(HeaderValue::as_bytes) == Some(email.as_bytes())
     }
@@ -249,11 +284,15 @@ impl TokenCache {
         self.entries.entry_count()
     }
 
-    /// The state all tokens of `session` share. Take it BEFORE reading the session from the
-    /// store: a revocation that lands in between then still finds and sets its flag.
+    /// The state all tokens of `session` share (a fresh one in place of a stale one). Take it
+    /// BEFORE reading the session from the store: a revocation that lands in between then
+    /// still finds and sets its flag.
     pub fn session(&self, session: SessionId) -> Arc<CachedSession> {
-        self.sessions
-            .get_or_insert(session, |_| true, || CachedSession::new(Some(session)))
+        self.sessions.get_or_insert(
+            session,
+            |cached| cached.standing() != Standing::Stale,
+            || CachedSession::new(Some(session)),
+        )
     }
 
     /// The principal of a user as the store describes them now: the shared one while it
@@ -271,6 +310,14 @@ impl TokenCache {
     pub fn revoke_session(&self, session: SessionId) {
         if let Some(flag) = self.sessions.get(session) {
             flag.revoke();
+        }
+    }
+
+    /// The user of `session` changed email or role: its cached tokens are loaded again on
+    /// their next use, so the identity headers follow.
+    pub fn refresh_session(&self, session: SessionId) {
+        if let Some(flag) = self.sessions.get(session) {
+            flag.mark_stale();
         }
     }
 

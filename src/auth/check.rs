@@ -14,7 +14,9 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-use super::cache::{CachedSession, Grant, LocalIdentity, VOUCHED_LOCALLY, token_digest};
+use super::cache::{
+    CachedSession, Grant, LocalIdentity, Standing, TokenDigest, VOUCHED_LOCALLY, token_digest,
+};
 use super::tokens::is_expired;
 use super::{Auth, AuthError};
 use crate::store::{SessionId, Store, StoreResult, UnixTime, User, UserId};
@@ -48,33 +50,20 @@ impl Auth {
     /// What a token grants, or why it grants nothing.
     pub async fn authenticate(&self, token: &str) -> Result<Grant, AuthError> {
         let checks = &self.metrics.tokens;
+        let digest = token_digest(VOUCHED_LOCALLY, token.as_bytes());
         // Set only if this call ran the verification: a hit (or a concurrent miss that shared
         // another call's verification) leaves it false, at no cost.
         let mut verified = false;
-        let grant = self
-            .cache
-            .entries()
-            .try_get_with(token_digest(VOUCHED_LOCALLY, token.as_bytes()), async {
-                verified = true;
-                self.load_grant(token).await
-            })
-            .await
-            .map_err(|e| match &*e {
-                LoadError::Invalid(why) => {
-                    checks.rejected(*why);
-                    AuthError::InvalidToken
-                }
-                LoadError::Store(e) => {
-                    checks.unavailable.inc();
-                    AuthError::Internal(format!("store: {e}"))
-                }
-            })?;
-        // Local verification never caches a refusal: a forged token costs one signature
-        // check, and a store outage must not be remembered.
+        let mut grant = self.cached_grant(digest, token, &mut verified).await?;
         // Checked on every hit: the cache entry may outlive a revocation or (by a second) the
         // token itself, and the clock is injectable.
+        let mut standing = grant.session.standing();
+        if standing == Standing::Stale {
+            grant = self.reload_grant(digest, token, &mut verified).await?;
+            standing = grant.session.standing();
+        }
         let now = self.clock.now();
-        if grant.session.is_revoked() {
+        if standing == Standing::Revoked {
             checks.rejected(Rejection::Revoked);
             return Err(AuthError::InvalidToken);
         }
@@ -91,6 +80,48 @@ impl Auth {
             checks.cache_hit.inc();
         }
         Ok(grant)
+    }
+
+    /// The cached grant of a token, verified and loaded on a miss. Local verification never
+    /// caches a refusal: a forged token costs one signature check, and a store outage must
+    /// not be remembered.
+    async fn cached_grant(
+        &self,
+        digest: TokenDigest,
+        token: &str,
+        verified: &mut bool,
+    ) -> Result<Grant, AuthError> {
+        let checks = &self.metrics.tokens;
+        self.cache
+            .entries()
+            .try_get_with(digest, async {
+                *verified = true;
+                self.load_grant(token).await
+            })
+            .await
+            .map_err(|e| match &*e {
+                LoadError::Invalid(why) => {
+                    checks.rejected(*why);
+                    AuthError::InvalidToken
+                }
+                LoadError::Store(e) => {
+                    checks.unavailable.inc();
+                    AuthError::Internal(format!("store: {e}"))
+                }
+            })
+    }
+
+    /// The token's session went stale (its user's email or role changed): the entry is
+    /// dropped and the token loaded again, under a fresh session with the new identity.
+    #[cold]
+    async fn reload_grant(
+        &self,
+        digest: TokenDigest,
+        token: &str,
+        verified: &mut bool,
+    ) -> Result<Grant, AuthError> {
+        self.cache.entries().invalidate(&digest).await;
+        self.cached_grant(digest, token, verified).await
     }
 
     /// Re-checks the principal's session in the background, unless another hit already does.
@@ -166,7 +197,18 @@ async fn recheck(
 ) {
     let now = clock.now();
     match live_user(store.as_ref(), identity.session_id, identity.user_id, now).await {
-        Ok(Some(_)) => flag.checked_until(now.saturating_add(interval)),
+        Ok(Some(user)) => {
+            let same = flag
+                .principal()
+                .is_some_and(|p| p.same_identity(user.id, &user.email, user.role));
+            if same {
+                flag.checked_until(now.saturating_add(interval));
+            } else {
+                // A change whose feed entry never arrived: the next use loads it again.
+                tracing::info!(session = %identity.session_id, "re-check found the user's identity changed; reloading");
+                flag.mark_stale();
+            }
+        }
         Ok(None) => {
             tracing::info!(session = %identity.session_id, "re-check found the session ended; revoked in the cache");
             flag.revoke();

@@ -139,6 +139,7 @@ impl Auth {
                         role: role.unwrap_or(Role::User),
                         invitation_pending: true,
                         invitation: Some(invitation),
+                        sso_enabled: false,
                         created: now,
                     })
                     .await;

@@ -20,6 +20,7 @@ pub mod revocation;
 mod sessions;
 pub mod throttle;
 pub mod tokens;
+pub mod users;
 pub mod validator;
 
 use std::sync::Arc;
@@ -83,6 +84,11 @@ pub enum AuthError {
     Internal(String),
     #[error("Okta login is not enabled")]
     OktaDisabled,
+    #[error("at least one active admin must remain")]
+    LastAdmin,
+    /// The current password given to change it was wrong.
+    #[error("wrong password")]
+    WrongPassword,
 }
 
 impl From<PasswordError> for AuthError {

@@ -6,8 +6,13 @@ pub const AUTH_OPTIONS: &str = "/auth_options";
 pub const LOGIN: &str = "/users/login";
 pub const OKTA_LOGIN: &str = "/users/okta_login";
 pub const INVITE: &str = "/users/invite";
+/// `GET` lists, `POST` creates.
+pub const USERS: &str = "/users";
+pub const TRASH: &str = "/users/trash";
+pub const CREATE_OR_RESTORE: &str = "/users/create_or_restore";
 /// Axum route patterns: `{user_id}` is the path parameter.
 pub const USER: &str = "/users/{user_id}";
+pub const CHANGE_PASSWORD: &str = "/users/{user_id}/change_password";
 pub const INVITATION_LINK: &str = "/users/{user_id}/invitation_link";
 pub const PASSWORD: &str = "/users/password";
 pub const JWKS: &str = "/.well-known/jwks.json";
@@ -19,7 +24,7 @@ pub const OPENAPI: &str = "/openapi.json";
 pub fn local_api_may_serve(prefix: &str, path: &str) -> bool {
     path.starts_with("/.well-known/")
         || under(prefix, path).is_some_and(|path| {
-            path == AUTH_OPTIONS || path == OPENAPI || path.starts_with("/users/")
+            path == AUTH_OPTIONS || path == OPENAPI || path == USERS || path.starts_with("/users/")
         })
 }
 
@@ -28,7 +33,7 @@ pub fn local_api_may_serve(prefix: &str, path: &str) -> bool {
 /// `Some`: the API's own path, the prefix taken off (what names the operation).
 pub fn upstream_auth_api<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
     under(prefix, path)
-        .filter(|path| *path == AUTH_OPTIONS || *path == "/users" || path.starts_with("/users/"))
+        .filter(|path| *path == AUTH_OPTIONS || *path == USERS || path.starts_with("/users/"))
 }
 
 /// `path` below `prefix` (`""`: every path as it is), if it is below it.
@@ -52,16 +57,14 @@ mod tests {
             PASSWORD,
             JWKS,
             OPENAPI,
+            USERS,
+            TRASH,
+            CREATE_OR_RESTORE,
+            "/users/42/change_password",
         ] {
             assert!(local_api_may_serve("", path), "{path}");
         }
-        for path in [
-            "/",
-            "/api/users/login",
-            "/users",
-            "/auth_options/x",
-            "/usersx/login",
-        ] {
+        for path in ["/", "/api/users/login", "/auth_options/x", "/usersx/login"] {
             assert!(!local_api_may_serve("", path), "{path}");
         }
     }

@@ -1,5 +1,7 @@
-//! Follows the store's revocation feed so a logout, refresh reuse, password reset or
-//! `users disable` on any replica (or the CLI) reaches this replica's cache.
+//! Follows the store's revocation feed so a logout, refresh reuse, password reset or a user's
+//! change (disabled, deleted, new password, email or role) on any replica (or the CLI) reaches
+//! this replica's cache: an ended session is revoked, one whose user's identity changed is
+//! marked stale and its tokens loaded again on their next use.
 //!
 //! On PostgreSQL every feed append also sends a `NOTIFY`; a listener task turns those into
 //! wake-ups and the follower reads the feed from its cursor at once (milliseconds). The
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::Auth;
-use crate::store::{FeedListener, FeedWakeup};
+use crate::store::{FeedKind, FeedListener, FeedWakeup};
 
 /// Poll interval without push: the contract allows 1 s for other replicas to follow.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -138,7 +140,10 @@ async fn apply_new_revocations(auth: &Auth, mut cursor: i64) -> i64 {
                     .revocations_received
                     .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
                 for r in &batch {
-                    auth.cache().revoke_session(r.session_id);
+                    match r.kind {
+                        FeedKind::Ended => auth.cache().revoke_session(r.session_id),
+                        FeedKind::IdentityChanged => auth.cache().refresh_session(r.session_id),
+                    }
                     cursor = r.seq;
                 }
                 if (batch.len() as i64) < BATCH {

@@ -17,8 +17,8 @@ pub struct IssuedToken {
 }
 
 impl Auth {
-    /// `POST /users/login`. Every failure — unknown email, wrong password, disabled, deleted
-    /// or pending user — is the same [`AuthError::InvalidCredentials`] after one argon2
+    /// `POST /users/login`. Every failure — unknown email, wrong password, disabled, deleted,
+    /// pending or SSO-only user — is the same [`AuthError::InvalidCredentials`] after one argon2
     /// verification, so neither body nor timing tells them apart.
     pub async fn login(
         &self,
@@ -63,7 +63,8 @@ impl Auth {
             }
         };
         let found = self.store.user_by_email(&email).await?;
-        let user = found.as_ref().filter(|u| u.is_active());
+        // An SSO-only user (`sso_enabled`) logs in through Okta, never with a password.
+        let user = found.as_ref().filter(|u| u.is_active() && !u.sso_enabled);
         let hash = user.and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(password, hash).await?;
         let Some(user) = user.filter(|_| verified) else {
@@ -206,6 +207,8 @@ fn login_failure_reason(user: &User) -> &'static str {
         "disabled"
     } else if user.invitation_pending {
         "invitation_pending"
+    } else if user.sso_enabled {
+        "sso_only"
     } else if user.password_hash.is_none() {
         "no_password"
     } else {

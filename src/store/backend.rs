@@ -11,14 +11,16 @@ use std::pin::Pin;
 use async_trait::async_trait;
 
 use super::rows::{
-    Columns, UuidColumns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
+    Columns, audit_events_oldest_first, password_reset_from_row, revocation_from_row,
     session_from_row, user_from_row,
 };
 use super::sql::{self, Dialect, Statement};
+use super::user_change::{change_user_in, revoke_open_sessions};
 use super::{
-    AuditEvent, AuditFilter, FeedListener, Invitation, InvitationAcceptance, NewUser,
-    PasswordReset, ResetCompletion, Revocation, Role, Rotation, Session, SessionId, Store,
-    StoreError, StoreResult, ThrottleAttempt, TokenSwap, UnixTime, User, UserId,
+    AuditEvent, AuditFilter, ChangeRefused, ChangedUser, FeedKind, FeedListener, Invitation,
+    InvitationAcceptance, NewUser, PasswordReset, ResetCompletion, Revocation, Role, Rotation,
+    Session, SessionId, Store, StoreError, StoreResult, ThrottleAttempt, TokenSwap, UnixTime, User,
+    UserChanges, UserId, UserPage,
 };
 use Replay::{Idempotent, Once, Transaction};
 
@@ -116,12 +118,13 @@ pub(super) trait Backend: Send + Sync + 'static {
         user: UserId,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
-    /// Appends revoked sessions to the revocation feed, in the order given; the last thing a
+    /// Appends sessions to the revocation feed as `kind`, in the order given; the last thing a
     /// transaction does before it commits.
     fn append_revocations(
         conn: &mut Self::Connection,
         ids: &[SessionId],
         at: UnixTime,
+        kind: FeedKind,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Is `error` the violation of the unique index on users' emails?
@@ -198,27 +201,8 @@ async fn count<B: Backend>(store: &B, statement: Statement<'_>) -> StoreResult<i
         .ok_or_else(|| sqlx::Error::RowNotFound.into())
 }
 
-fn one<R, T>(row: Option<R>, map: fn(&R) -> StoreResult<T>) -> StoreResult<Option<T>> {
+pub(super) fn one<R, T>(row: Option<R>, map: fn(&R) -> StoreResult<T>) -> StoreResult<Option<T>> {
     row.as_ref().map(map).transpose()
-}
-
-/// Revokes the user's open sessions and feeds them to the revocation log; the caller owns the
-/// transaction so this can be part of a larger change (as its last step, see
-/// [`Backend::append_revocations`]).
-async fn revoke_open_sessions<B: Backend>(
-    conn: &mut B::Connection,
-    user: UserId,
-    at: UnixTime,
-) -> StoreResult<Vec<SessionId>> {
-    let rows = B::fetch_all(conn, B::DIALECT.revoke_open_sessions(user, at)).await?;
-    let mut ids = rows
-        .iter()
-        .map(|row| row.uuid("id").map(SessionId))
-        .collect::<StoreResult<Vec<_>>>()?;
-    // RETURNING order is unspecified; sort so the feed order is reproducible.
-    ids.sort();
-    B::append_revocations(conn, &ids, at).await?;
-    Ok(ids)
 }
 
 /// Each method names its [`Replay`] class and, for a write, why it is safe in it. Transactions
@@ -273,32 +257,28 @@ impl<B: Backend> Store for B {
         Ok(())
     }
 
-    async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()> {
-        // Idempotent: a second run matches nothing.
-        single(self, Idempotent, sql::set_sso_enabled(user), B::execute).await?;
-        Ok(())
+    async fn users_page(&self, page: &UserPage) -> StoreResult<Vec<User>> {
+        let rows = single(self, Idempotent, B::DIALECT.users_page(page), B::fetch_all).await?;
+        rows.iter().map(user_from_row).collect()
     }
 
-    async fn set_user_disabled(
+    async fn change_user(
         &self,
-        email: &str,
-        disabled: bool,
+        id: UserId,
+        changes: &UserChanges,
         at: UnixTime,
-    ) -> StoreResult<Option<User>> {
-        self.run(Transaction, |mut tx| {
-            Box::pin(async move {
-                let statement = B::DIALECT.set_user_disabled(email, disabled);
-                let Some(row) = B::fetch_optional(&mut tx, statement).await? else {
-                    return Ok(None);
-                };
-                let user = user_from_row(&row)?;
-                if disabled {
-                    revoke_open_sessions::<B>(&mut tx, user.id, at).await?;
-                }
-                Ok(Some(user))
+    ) -> StoreResult<Result<ChangedUser, ChangeRefused>> {
+        let changed = self
+            .run(Transaction, |mut tx| {
+                Box::pin(async move { change_user_in::<B>(&mut tx, id, changes, at).await })
             })
-        })
-        .await
+            .await;
+        match changed {
+            Err(StoreError::Database(sqlx::Error::Database(e))) if B::is_duplicate_email(&*e) => {
+                Ok(Err(ChangeRefused::DuplicateEmail))
+            }
+            other => other,
+        }
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
@@ -342,7 +322,7 @@ impl<B: Backend> Store for B {
                 // transaction.
                 let revoked = B::execute(&mut tx, sql::revoke_session(id, at)).await? > 0;
                 if revoked {
-                    B::append_revocations(&mut tx, &[id], at).await?;
+                    B::append_revocations(&mut tx, &[id], at, FeedKind::Ended).await?;
                 }
                 Ok(revoked)
             })
@@ -356,7 +336,7 @@ impl<B: Backend> Store for B {
         at: UnixTime,
     ) -> StoreResult<Vec<SessionId>> {
         self.run(Transaction, |mut tx| {
-            Box::pin(async move { revoke_open_sessions::<B>(&mut tx, user, at).await })
+            Box::pin(async move { revoke_open_sessions::<B>(&mut tx, user, at, None).await })
         })
         .await
     }
@@ -499,7 +479,9 @@ impl<B: Backend> Store for B {
                     return Ok(None);
                 }
                 B::execute(&mut tx, sql::set_password(user, password_hash)).await?;
-                Ok(Some(revoke_open_sessions::<B>(&mut tx, user, at).await?))
+                Ok(Some(
+                    revoke_open_sessions::<B>(&mut tx, user, at, None).await?,
+                ))
             })
         })
         .await

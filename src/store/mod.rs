@@ -11,6 +11,9 @@ mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+#[cfg(test)]
+mod suite_users;
+mod user_change;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -104,13 +107,115 @@ impl User {
             role: user.role,
             disabled: false,
             deleted: false,
-            sso_enabled: false,
+            sso_enabled: user.sso_enabled,
             invitation_pending: user.invitation_pending,
             invitation: user.invitation,
             created: user.created,
             last_login: None,
         }
     }
+
+    /// An admin who may act as one: the role, and active. The last of these cannot be removed
+    /// ([`ChangeRefused::LastAdmin`]).
+    pub fn is_active_admin(&self) -> bool {
+        self.role == Role::Admin && self.is_active()
+    }
+
+    /// This user with `changes` applied (what [`Store::change_user`] writes). Setting a
+    /// password spends a pending invitation: the admin has given the user their way in.
+    fn with_changes(&self, changes: &UserChanges) -> User {
+        let mut after = self.clone();
+        if let Some(email) = &changes.email {
+            after.email.clone_from(email);
+        }
+        if let Some(hash) = &changes.password_hash {
+            after.password_hash = Some(hash.clone());
+            after.invitation_pending = false;
+            after.invitation = None;
+        }
+        after.sso_enabled = changes.sso_enabled.unwrap_or(after.sso_enabled);
+        after.role = changes.role.unwrap_or(after.role);
+        after.disabled = changes.disabled.unwrap_or(after.disabled);
+        after.deleted = changes.deleted.unwrap_or(after.deleted);
+        after
+    }
+
+    /// Must the user's open sessions end when `self` becomes `after`? When the user can no
+    /// longer log in as before: moved to the trash, disabled, a new password, or SSO only.
+    /// (A new email or role keeps them; they are updated instead.)
+    fn change_ends_sessions(&self, after: &User) -> bool {
+        (after.deleted && !self.deleted)
+            || (after.disabled && !self.disabled)
+            || after.password_hash != self.password_hash
+            || (after.sso_enabled && !self.sso_enabled)
+    }
+}
+
+/// What [`Store::change_user`] changes; `None` leaves a field as it is. (No `Debug`: it may
+/// hold a password hash.)
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    /// Lower-cased by the caller, like every stored email.
+    pub email: Option<String>,
+    /// PHC string of a new password.
+    pub password_hash: Option<String>,
+    pub sso_enabled: Option<bool>,
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    /// `Some(true)` moves the user to the trash, `Some(false)` restores them; either only from
+    /// the other state. Without it, a user in the trash cannot be changed.
+    pub deleted: Option<bool>,
+    /// The one session that stays open when the change ends the others (`change_password`
+    /// keeps the caller's own).
+    pub keep_session: Option<SessionId>,
+}
+
+impl UserChanges {
+    /// Could this change take away a user's admin powers? Then the last-admin rule must look.
+    fn may_remove_an_admin(&self) -> bool {
+        self.role == Some(Role::User) || self.disabled == Some(true) || self.deleted == Some(true)
+    }
+}
+
+/// Why [`Store::change_user`] changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeRefused {
+    /// No such user, or in the trash (or, for a restore, not in it).
+    NotFound,
+    /// It would leave no active admin.
+    LastAdmin,
+    /// The new email is another user's (active, pending or in the trash).
+    DuplicateEmail,
+}
+
+/// What [`Store::change_user`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedUser {
+    pub before: User,
+    pub user: User,
+    /// Sessions the change ended, in the revocation feed.
+    pub ended: Vec<SessionId>,
+    /// Open sessions whose identity (email, role) changed, in the feed as updates.
+    pub updated: Vec<SessionId>,
+}
+
+/// The order of [`Store::users_page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserOrder {
+    Id,
+    Email,
+    Created,
+}
+
+/// One page of users: those in the trash or those not, ordered by `order` (ties by id, so
+/// every order is total and pages neither skip nor repeat a user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserPage {
+    pub trash: bool,
+    pub order: UserOrder,
+    pub descending: bool,
+    pub limit: i64,
+    pub offset: i64,
 }
 
 // Hand-written so a stray `{:?}` can never print a password hash.
@@ -141,6 +246,8 @@ pub struct NewUser {
     pub invitation_pending: bool,
     /// Set for an invited user (then `invitation_pending` is true too).
     pub invitation: Option<Invitation>,
+    /// Only Okta login (credentials login is refused).
+    pub sso_enabled: bool,
     pub created: UnixTime,
 }
 
@@ -197,6 +304,17 @@ pub struct Revocation {
     /// Monotonic cursor of the feed.
     pub seq: i64,
     pub session_id: SessionId,
+    pub kind: FeedKind,
+}
+
+/// What a feed entry says of its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// It ended: every token of it is refused.
+    Ended,
+    /// Its user's email or role changed: cached tokens of it are checked again, so the
+    /// identity headers follow.
+    IdentityChanged,
 }
 
 /// One record of the audit trail (built by `auth::audit`, which owns the kinds and what goes
@@ -243,6 +361,8 @@ pub struct AuditFilter {
 pub enum StoreError {
     #[error("a user with this email already exists")]
     DuplicateEmail,
+    #[error("change refused: {0:?}")]
+    Refused(ChangeRefused),
     #[error("invalid store url: {0}")]
     InvalidUrl(String),
     #[error("corrupt row: {0}")]
@@ -288,18 +408,41 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
     /// All users, oldest first.
     async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// One page of the users in the trash or not (`GET /users`, `GET /users/trash`), through
+    /// an index whatever the order.
+    async fn users_page(&self, page: &UserPage) -> StoreResult<Vec<User>>;
+    /// Changes a user, atomically with its consequences: the sessions it ends are revoked and
+    /// fed to other replicas; the open sessions of a user whose email or role changed are fed
+    /// as updates. Refused if it would leave no active admin (checked under locks, so two
+    /// admins demoting each other at once cannot both succeed).
+    async fn change_user(
+        &self,
+        id: UserId,
+        changes: &UserChanges,
+        at: UnixTime,
+    ) -> StoreResult<Result<ChangedUser, ChangeRefused>>;
     async fn record_login(&self, id: UserId, at: UnixTime) -> StoreResult<()>;
-    /// Marks a user as having logged in through single sign-on (Okta). Idempotent; a no-op
-    /// for an unknown id.
-    async fn set_sso_enabled(&self, user: UserId) -> StoreResult<()>;
-    /// Sets `disabled`; disabling also revokes every open session of the user in the same
-    /// transaction. Returns the updated user, `None` if unknown.
+    /// Sets `disabled` of the user with this email through [`Store::change_user`] (disabling
+    /// ends every session). Returns the updated user, `None` if unknown or in the trash.
     async fn set_user_disabled(
         &self,
         email: &str,
         disabled: bool,
         at: UnixTime,
-    ) -> StoreResult<Option<User>>;
+    ) -> StoreResult<Option<User>> {
+        let Some(user) = self.user_by_email(email).await? else {
+            return Ok(None);
+        };
+        let changes = UserChanges {
+            disabled: Some(disabled),
+            ..UserChanges::default()
+        };
+        match self.change_user(user.id, &changes, at).await? {
+            Ok(changed) => Ok(Some(changed.user)),
+            Err(ChangeRefused::NotFound) => Ok(None),
+            Err(refused) => Err(StoreError::Refused(refused)),
+        }
+    }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn session(&self, id: SessionId) -> StoreResult<Option<Session>>;

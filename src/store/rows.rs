@@ -12,8 +12,8 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, Invitation, PasswordReset, Revocation, Role, Session, SessionId, StoreError,
-    StoreResult, User, UserId,
+    AuditEvent, FeedKind, Invitation, PasswordReset, Revocation, Role, Session, SessionId,
+    StoreError, StoreResult, User, UserId,
 };
 
 /// The backend's reading of a UUID column.
@@ -122,6 +122,11 @@ pub(super) fn revocation_from_row(row: &impl Columns) -> StoreResult<Revocation>
     Ok(Revocation {
         seq: row.int("seq")?,
         session_id: SessionId(row.uuid("session_id")?),
+        kind: if row.flag("identity_changed")? {
+            FeedKind::IdentityChanged
+        } else {
+            FeedKind::Ended
+        },
     })
 }
 

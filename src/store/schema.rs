@@ -34,6 +34,11 @@ macro_rules! embedded {
                 "audit",
                 include_str!(concat!("../../migrations/", $dir, "/0004_audit.sql")),
             ),
+            (
+                5,
+                "users api",
+                include_str!(concat!("../../migrations/", $dir, "/0005_users_api.sql")),
+            ),
         ]
     };
 }

@@ -46,7 +46,8 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, AuditFilter, Invitation, InvitationAcceptance, PasswordReset, Role, Session,
-    SessionId, ThrottleAttempt, TokenSwap, UnixTime, User, UserId, detail_json,
+    SessionId, ThrottleAttempt, TokenSwap, UnixTime, User, UserId, UserOrder, UserPage,
+    detail_json,
 };
 
 pub(super) const PING: &str = "SELECT 1";
@@ -63,10 +64,6 @@ pub(super) const USER_BY_ID: &str =
     concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
 
 pub(super) const RECORD_LOGIN: &str = "UPDATE users SET last_login = $1 WHERE id = $2";
-
-/// `NOT sso_enabled`: every SSO login calls this; only the first one writes a row version.
-pub(super) const SET_SSO_ENABLED: &str =
-    "UPDATE users SET sso_enabled = TRUE WHERE id = $1 AND NOT sso_enabled";
 
 pub(super) const INSERT_SESSION: &str = concat!(
     "INSERT INTO sessions (",
@@ -91,8 +88,39 @@ pub(super) const SESSION_REVOKED_AT: &str = "SELECT revoked_at FROM sessions WHE
 pub(super) const REVOKE_SESSION: &str =
     "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
 
-pub(super) const REVOCATIONS_SINCE: &str =
-    "SELECT seq, session_id FROM session_revocations WHERE seq > $1 ORDER BY seq LIMIT $2";
+pub(super) const REVOCATIONS_SINCE: &str = "SELECT seq, session_id, identity_changed \
+     FROM session_revocations WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+/// A user's sessions that are open at `$2`, in id order (the lock order).
+pub(super) const OPEN_SESSIONS: &str = "SELECT id FROM sessions \
+     WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY id";
+
+/// Writes every field a [`super::UserChanges`] may change (the row is locked and was read in
+/// the same transaction, so the fields not changed are written back as they are).
+pub(super) const UPDATE_USER: &str = "UPDATE users SET email = $1, password_hash = $2, \
+     role = $3, disabled = $4, deleted = $5, sso_enabled = $6, invitation_pending = $7, \
+     invitation_nonce = $8, invitation_expires_at = $9 WHERE id = $10";
+
+/// A page of [`super::Store::users_page`] in an order both dialects write alike (binds
+/// `deleted`, limit, offset). Every order ends in `id`, so it is total.
+macro_rules! users_page {
+    ($order:literal) => {
+        concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE deleted = $1 ORDER BY ",
+            $order,
+            " LIMIT $2 OFFSET $3"
+        )
+    };
+}
+
+pub(super) use users_page;
+
+pub(super) const USERS_BY_ID: &str = users_page!("id ASC");
+pub(super) const USERS_BY_ID_DESC: &str = users_page!("id DESC");
+pub(super) const USERS_BY_CREATED: &str = users_page!("created ASC, id ASC");
+pub(super) const USERS_BY_CREATED_DESC: &str = users_page!("created DESC, id DESC");
 
 pub(super) const REVOCATION_CURSOR: &str = "SELECT COALESCE(MAX(seq), 0) FROM session_revocations";
 
@@ -232,6 +260,13 @@ impl<'a> Statement<'a> {
         Statement { text, params }
     }
 
+    /// The statement as `EXPLAIN <how> …`, with the same parameters (tests read its plan).
+    #[cfg(test)]
+    pub(super) fn explained(self, how: &str) -> Statement<'a> {
+        let text = Box::leak(format!("EXPLAIN {how}{}", self.text).into_boxed_str());
+        Statement::new(text, self.params)
+    }
+
     /// The values as a backend's arguments, each UUID stored as `uuid` makes it. An encoding
     /// error is returned, as sqlx's own `bind` does, when the statement runs.
     pub(super) fn arguments<A, U>(self, uuid: fn(Uuid) -> U) -> Result<A, BoxDynError>
@@ -268,8 +303,13 @@ pub(super) struct Dialect {
     pub(super) user_by_email: &'static str,
     /// Oldest first, ties in insertion order.
     pub(super) list_users: &'static str,
-    pub(super) set_user_disabled: &'static str,
-    /// Revokes a user's open sessions, returning their ids.
+    /// [`users_page`] by email, ascending and descending: the collation that orders the
+    /// lower-cased addresses byte-wise and matches the index is the dialect's.
+    pub(super) users_by_email: [&'static str; 2],
+    /// Ids of the active admins, locking their rows where the backend needs row locks (in id
+    /// order, the lock order of the other transactions).
+    pub(super) lock_active_admins: &'static str,
+    /// Revokes a user's open sessions but the one to keep (`$3`), returning their ids.
     pub(super) revoke_open_sessions: &'static str,
     pub(super) prune_sessions: &'static str,
     pub(super) audit_events: &'static str,
@@ -284,12 +324,30 @@ impl Dialect {
         Statement::new(self.list_users, params![])
     }
 
-    pub(super) fn set_user_disabled<'a>(&self, email: &'a str, disabled: bool) -> Statement<'a> {
-        Statement::new(self.set_user_disabled, params![disabled, email])
+    pub(super) fn users_page(&self, page: &UserPage) -> Statement<'static> {
+        let text = match (page.order, page.descending) {
+            (UserOrder::Id, false) => USERS_BY_ID,
+            (UserOrder::Id, true) => USERS_BY_ID_DESC,
+            (UserOrder::Created, false) => USERS_BY_CREATED,
+            (UserOrder::Created, true) => USERS_BY_CREATED_DESC,
+            (UserOrder::Email, descending) => self.users_by_email[usize::from(descending)],
+        };
+        Statement::new(text, params![page.trash, page.limit, page.offset])
     }
 
-    pub(super) fn revoke_open_sessions(&self, user: UserId, at: UnixTime) -> Statement<'static> {
-        Statement::new(self.revoke_open_sessions, params![at, user])
+    pub(super) fn lock_active_admins(&self) -> Statement<'static> {
+        Statement::new(self.lock_active_admins, params![])
+    }
+
+    /// `keep`: a session to leave open (the nil id, which no session has, when none).
+    pub(super) fn revoke_open_sessions(
+        &self,
+        user: UserId,
+        at: UnixTime,
+        keep: Option<SessionId>,
+    ) -> Statement<'static> {
+        let keep = keep.map_or(Uuid::nil(), |s| s.0);
+        Statement::new(self.revoke_open_sessions, params![at, user, keep])
     }
 
     pub(super) fn prune_sessions(&self, before: UnixTime) -> Statement<'static> {
@@ -345,10 +403,6 @@ pub(super) fn user_by_id(id: UserId) -> Statement<'static> {
 
 pub(super) fn record_login(id: UserId, at: UnixTime) -> Statement<'static> {
     Statement::new(RECORD_LOGIN, params![at, id])
-}
-
-pub(super) fn set_sso_enabled(user: UserId) -> Statement<'static> {
-    Statement::new(SET_SSO_ENABLED, params![user])
 }
 
 pub(super) fn insert_session(session: &Session) -> Statement<'static> {
@@ -490,6 +544,29 @@ pub(super) fn password_reset_by_digest(digest: &str) -> Statement<'_> {
 
 pub(super) fn spend_password_reset(digest: &str, user: UserId, at: UnixTime) -> Statement<'_> {
     Statement::new(SPEND_PASSWORD_RESET, params![at, digest, user])
+}
+
+pub(super) fn open_sessions(user: UserId, at: UnixTime) -> Statement<'static> {
+    Statement::new(OPEN_SESSIONS, params![user, at])
+}
+
+pub(super) fn update_user(user: &User) -> Statement<'_> {
+    let invitation = user.invitation.as_ref();
+    Statement::new(
+        UPDATE_USER,
+        params![
+            &user.email,
+            user.password_hash.as_deref(),
+            user.role.as_str(),
+            user.disabled,
+            user.deleted,
+            user.sso_enabled,
+            user.invitation_pending,
+            invitation.map(|i| i.nonce.as_str()),
+            invitation.map(|i| i.expires_at),
+            user.id,
+        ],
+    )
 }
 
 pub(super) fn set_password(user: UserId, password_hash: &str) -> Statement<'_> {

@@ -29,7 +29,6 @@ pub async fn run_all(store: Arc<dyn Store>) {
     duplicate_email_is_case_insensitive(s).await;
     list_users_oldest_first(s).await;
     record_login(s).await;
-    set_sso_enabled(s).await;
     session_round_trip(s).await;
     disable_revokes_sessions(s).await;
     rotate_compare_and_swap(s).await;
@@ -48,6 +47,10 @@ pub async fn run_all(store: Arc<dyn Store>) {
     prune(s).await;
     audit_trail(s).await;
     prune_audit(s).await;
+    users_pages_are_stable_and_complete(s).await;
+    change_user_ends_or_updates_sessions(s).await;
+    the_last_active_admin_remains(s).await;
+    concurrent_demotions_leave_an_admin(store.clone()).await;
 }
 
 /// One test per check for a backend, named after the check (`…::conformance::prune`), so a
@@ -91,14 +94,15 @@ macro_rules! conformance_tests {
     ($on_fresh_store:path, $attrs:tt) => {
         $crate::store::suite::conformance_tests!(@borrowing $attrs $on_fresh_store;
             ping create_and_fetch_user duplicate_email_is_case_insensitive
-            list_users_oldest_first record_login set_sso_enabled session_round_trip
+            list_users_oldest_first record_login session_round_trip
             disable_revokes_sessions rotate_compare_and_swap revoke_session_is_idempotent
             revoke_user_sessions revocation_feed_cursor invitation_round_trip accept_invitation
             password_reset_round_trip new_reset_supersedes_older_ones complete_password_reset
-            throttle_windows prune audit_trail prune_audit);
+            throttle_windows prune audit_trail prune_audit users_pages_are_stable_and_complete
+            change_user_ends_or_updates_sessions the_last_active_admin_remains);
         $crate::store::suite::conformance_tests!(@sharing $attrs $on_fresh_store;
             concurrent_rotations_have_one_winner concurrent_accepts_have_one_winner
-            concurrent_reservations_stop_at_the_limit);
+            concurrent_reservations_stop_at_the_limit concurrent_demotions_leave_an_admin);
     };
 }
 
@@ -184,6 +188,7 @@ pub(crate) fn new_user(email: &str, created: UnixTime) -> NewUser {
         role: Role::User,
         invitation_pending: false,
         invitation: None,
+        sso_enabled: false,
         created,
     }
 }
@@ -308,6 +313,7 @@ async fn invited_user(store: &dyn Store, tag: &str, invitation: &Invitation) -> 
             role: Role::User,
             invitation_pending: true,
             invitation: Some(invitation.clone()),
+            sso_enabled: false,
             created: T0,
         })
         .await
@@ -367,6 +373,15 @@ async fn others_untouched_and_two_fed(
     fed
 }
 
+pub(crate) use super::suite_users::*;
+
+/// `items` in order, for comparing lists whose order is not specified.
+pub(crate) fn sorted<T: Ord + Copy>(items: &[T]) -> Vec<T> {
+    let mut items = items.to_vec();
+    items.sort();
+    items
+}
+
 fn set<T: Ord + Copy>(items: &[T]) -> BTreeSet<T> {
     items.iter().copied().collect()
 }
@@ -385,6 +400,7 @@ pub async fn create_and_fetch_user(store: &dyn Store) {
             role: Role::Admin,
             invitation_pending: true,
             invitation: None,
+            sso_enabled: false,
             created: T0 + 5,
         })
         .await
@@ -505,29 +521,6 @@ pub async fn record_login(store: &dyn Store) {
         .expect("record_login");
     let u = fetch_user(store, id).await;
     assert_eq!(u.last_login, Some(T0 + 200), "later login overwrites");
-}
-
-pub async fn set_sso_enabled(store: &dyn Store) {
-    let id = user(store, "sso").await;
-    let other = user(store, "sso-other").await;
-    assert!(
-        !fetch_user(store, id).await.sso_enabled,
-        "off for a new user"
-    );
-    store.set_sso_enabled(id).await.expect("set_sso_enabled");
-    let u = fetch_user(store, id).await;
-    assert!(u.sso_enabled);
-    assert!(u.is_active(), "nothing else changes");
-    assert!(
-        !fetch_user(store, other).await.sso_enabled,
-        "only that user"
-    );
-    store.set_sso_enabled(id).await.expect("idempotent");
-    assert!(fetch_user(store, id).await.sso_enabled);
-    store
-        .set_sso_enabled(UserId::new_random())
-        .await
-        .expect("unknown user is a no-op");
 }
 
 pub async fn session_round_trip(store: &dyn Store) {

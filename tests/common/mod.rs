@@ -254,6 +254,7 @@ impl Gateway {
                 role,
                 invitation_pending: false,
                 invitation: None,
+                sso_enabled: false,
                 created: self.clock.now(),
             })
             .await

@@ -9,8 +9,10 @@ use super::Oidc;
 
 impl Auth {
     /// `POST /users/okta_login`: the email proven by the provider's id_token → the existing
-    /// active user (or, with `okta.auto_provision`, a new one), marked `sso_enabled`, with a
-    /// session and token exactly like a credentials login.
+    /// active user (or, with `okta.auto_provision`, a new one, `sso_enabled` since it has no
+    /// password), with a session and token exactly like a credentials login. Okta login works
+    /// whatever `sso_enabled` says and does not change it: that flag is the admin's "SSO
+    /// only", which refuses credentials login; a user who also has a password keeps it.
     pub async fn okta_login(&self, code: &str, caller: &Caller) -> Result<IssuedToken, AuthError> {
         let okta = self.okta.as_ref().ok_or(AuthError::OktaDisabled)?;
         let failed = |reason: &str| {
@@ -31,9 +33,6 @@ impl Auth {
                 .record(failed("no_active_user").claimed_email(&email));
             return Err(AuthError::InvalidCredentials);
         };
-        if !user.sso_enabled {
-            self.store.set_sso_enabled(user.id).await?;
-        }
         let issued = self.start_session(&user).await?;
         self.audit
             .record(Entry::new(AuditKind::OktaLogin, self.clock.now(), caller).user(&user));
@@ -62,6 +61,8 @@ impl Auth {
                 role: okta.default_role,
                 invitation_pending: false,
                 invitation: None,
+                // No password: SSO only.
+                sso_enabled: true,
                 created: self.clock.now(),
             })
             .await;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use uuid::Uuid;
 
-use crate::store::{FeedListener, FeedWakeup, SessionId, StoreResult, UnixTime};
+use crate::store::{FeedKind, FeedListener, FeedWakeup, SessionId, StoreResult, UnixTime};
 
 /// The channel feed appends are announced on, computed by the server so that writers and
 /// listeners agree: suffixed with the feed table's oid (like [`FEED_LOCK_CLASS`]'s second key),
@@ -21,7 +21,7 @@ macro_rules! feed_channel {
 /// different schemas of one database (tests) do not contend.
 const FEED_LOCK_CLASS: i32 = 0x4d47_4645; // "MGFE"
 
-/// Appends revoked sessions to the feed, in the order given. Must be the last thing the
+/// Appends sessions to the feed (ended, or with a changed identity), in the order given. Must be the last thing the
 /// transaction does before it commits.
 ///
 /// Replicas poll `seq > cursor` and move the cursor to the last seq they read, so no seq may
@@ -45,6 +45,7 @@ pub(super) async fn append_revocations(
     conn: &mut PgConnection,
     ids: &[SessionId],
     at: UnixTime,
+    kind: FeedKind,
 ) -> StoreResult<()> {
     if ids.is_empty() {
         return Ok(());
@@ -60,14 +61,16 @@ pub(super) async fn append_revocations(
     // The NOTIFY is queued by the transaction and delivered only when it commits, so a woken
     // listener always finds the entries; one statement keeps the lock's hold at two round trips.
     sqlx::query(concat!(
-        "WITH appended AS (INSERT INTO session_revocations (session_id, revoked_at) \
-         SELECT id, $2 FROM unnest($1::uuid[]) AS t (id)) \
+        "WITH appended AS (INSERT INTO session_revocations \
+         (session_id, revoked_at, identity_changed) \
+         SELECT id, $2, $3 FROM unnest($1::uuid[]) AS t (id)) \
          SELECT pg_notify(",
         feed_channel!(),
         ", '')"
     ))
     .bind(&ids)
     .bind(at)
+    .bind(kind == FeedKind::IdentityChanged)
     .execute(conn)
     .await?;
     Ok(())

@@ -40,7 +40,7 @@ use crate::config::store_url::postgres_options;
 
 use super::rows::UuidColumns;
 use super::schema::postgres_migrations;
-use super::sql::{Dialect, Statement, audit_columns, user_columns};
+use super::sql::{Dialect, Statement, audit_columns, user_columns, users_page};
 use super::{DEFAULT_TIMEOUT, StoreError, StoreResult};
 
 use replay::ConnectionLoss;
@@ -76,17 +76,23 @@ const DIALECT: Dialect = Dialect {
         user_columns!(),
         " FROM users ORDER BY created, insertion_seq"
     ),
-    // Locks the user row first, like the reset transactions.
-    set_user_disabled: concat!(
-        "UPDATE users SET disabled = $1 WHERE lower(email) = lower($2) RETURNING ",
-        user_columns!()
-    ),
+    // Byte order of the lower-cased addresses, as on SQLite and in the index, whatever the
+    // database's locale.
+    users_by_email: [
+        users_page!("email COLLATE \"C\" ASC"),
+        users_page!("email COLLATE \"C\" DESC"),
+    ],
+    // Row locks in id order; a row an admin change racing this one commits meanwhile is
+    // re-checked against the WHERE once its lock is granted, so a just-demoted admin drops out.
+    lock_active_admins: "SELECT id FROM users WHERE role = 'admin' \
+         AND NOT disabled AND NOT deleted AND NOT invitation_pending \
+         ORDER BY id FOR NO KEY UPDATE",
     // The rows are locked in id order so that two of these for one user (say a disable racing a
     // password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select
     // when its lock is granted and its `revoked_at` re-checked.
     revoke_open_sessions: "UPDATE sessions SET revoked_at = $1 \
          WHERE id IN (SELECT id FROM sessions WHERE user_id = $2 AND revoked_at IS NULL \
-                      ORDER BY id FOR UPDATE) \
+                      AND id <> $3 ORDER BY id FOR UPDATE) \
          RETURNING id",
     // Sessions in id order: the lock order of the other transactions (an ended session may
     // still be open and be revoked meanwhile).

@@ -9,7 +9,7 @@ use super::feed::{PgFeedListener, append_revocations};
 use super::{DIALECT, EMAIL_INDEX, LOCK_USER, PostgresStore, query};
 use crate::store::backend::{Backend, BoxFuture, Conn, Replay, Run, statement_runners};
 use crate::store::sql::{Dialect, Statement, params};
-use crate::store::{FeedListener, SessionId, StoreResult, UnixTime, UserId};
+use crate::store::{FeedKind, FeedListener, SessionId, StoreResult, UnixTime, UserId};
 
 impl Backend for PostgresStore {
     statement_runners!(PgConnection, PgRow);
@@ -37,8 +37,9 @@ impl Backend for PostgresStore {
         conn: &mut PgConnection,
         ids: &[SessionId],
         at: UnixTime,
+        kind: FeedKind,
     ) -> StoreResult<()> {
-        append_revocations(conn, ids, at).await
+        append_revocations(conn, ids, at, kind).await
     }
 
     fn is_duplicate_email(error: &dyn DatabaseError) -> bool {

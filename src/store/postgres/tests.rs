@@ -18,9 +18,9 @@ use uuid::Uuid;
 use crate::store::backend::Replay;
 use crate::store::suite::{T0, new_user};
 use crate::store::{
-    AuditEvent, AuditFilter, FeedWakeup, Invitation, InvitationAcceptance, NewUser, PasswordReset,
-    ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError, ThrottleAttempt,
-    TokenSwap, UnixTime, UserId, suite,
+    AuditEvent, AuditFilter, FeedKind, FeedWakeup, Invitation, InvitationAcceptance, NewUser,
+    PasswordReset, ResetCompletion, Role, Rotation, Session, SessionId, Store, StoreError,
+    ThrottleAttempt, TokenSwap, UnixTime, UserChanges, UserId, UserOrder, UserPage, suite,
 };
 
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
@@ -278,7 +278,9 @@ async fn feed_appends_commit_in_seq_order() {
 
         // Transaction A appends `first` and stays open.
         let mut a = store.pool().begin().await.unwrap();
-        append_revocations(&mut a, &[first], 10).await.unwrap();
+        append_revocations(&mut a, &[first], 10, FeedKind::Ended)
+            .await
+            .unwrap();
 
         // B revokes `second` meanwhile; without the lock it would commit with the larger seq
         // while A's smaller one is still invisible.
@@ -375,7 +377,7 @@ async fn follower_misses_no_concurrent_revocation() {
                             assert!(store.revoke_session(s.id, 1_700_000_100).await.unwrap());
                         } else {
                             let mut tx = store.pool().begin().await.unwrap();
-                            append_revocations(&mut tx, &[s.id], 1_700_000_100)
+                            append_revocations(&mut tx, &[s.id], 1_700_000_100, FeedKind::Ended)
                                 .await
                                 .unwrap();
                             let dawdle = fastrand::u64(0..3_000);
@@ -492,7 +494,7 @@ async fn listener_is_woken_by_another_replicas_commit() {
             let sessions = sessions_of_new_user(&a, "listen@example.test", 2).await;
 
             let mut tx = a.pool().begin().await.unwrap();
-            append_revocations(&mut tx, &[sessions[0].id], 10)
+            append_revocations(&mut tx, &[sessions[0].id], 10, FeedKind::Ended)
                 .await
                 .unwrap();
             let early = tokio::time::timeout(Duration::from_millis(300), listener.next());
@@ -735,9 +737,20 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
 
             // Idempotent writes.
             after_kill!(store.record_login(user.id, t0 + 2));
-            after_kill!(store.set_sso_enabled(user.id));
             let found = store.user_by_id(user.id).await.unwrap().unwrap();
-            assert_eq!((found.last_login, found.sso_enabled), (Some(t0 + 2), true));
+            assert_eq!(found.last_login, Some(t0 + 2));
+            let page = UserPage {
+                trash: false,
+                order: UserOrder::Email,
+                descending: false,
+                limit: 100,
+                offset: 0,
+            };
+            assert!(
+                after_kill!(store.users_page(&page))
+                    .iter()
+                    .any(|u| u.id == user.id)
+            );
             let invited = store
                 .create_user(NewUser {
                     invitation_pending: true,
@@ -803,6 +816,13 @@ async fn every_operation_survives_its_pooled_connections_being_killed() {
             );
             let disabled = after_kill!(store.set_user_disabled("dead@example.test", true, t0 + 7));
             assert!(disabled.is_some_and(|u| u.disabled));
+            // A transaction: runs again when killed before its commit.
+            let promote = UserChanges {
+                role: Some(Role::Admin),
+                ..UserChanges::default()
+            };
+            let changed = after_kill!(store.change_user(user.id, &promote, t0 + 8));
+            assert_eq!(changed.map(|c| c.user.role), Ok(Role::Admin));
             let event = AuditEvent {
                 at: t0,
                 kind: "login_succeeded".into(),
@@ -1111,4 +1131,40 @@ async fn unreachable_server_fails_fast() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "got {err:?}");
     assert!(started.elapsed() <= DEFAULT_TIMEOUT + Duration::from_secs(5));
+}
+
+/// Every list order is read from an index: with sorting and sequential scans priced out,
+/// PostgreSQL still plans no `Sort`, so an index delivers the order (on an empty table it
+/// would pick a scan and a sort if it could).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
+)]
+async fn every_users_page_is_read_in_index_order() {
+    use sqlx::Row;
+    with_scratch_schema("users_page_plans", |options| async move {
+        let store = open(&options).await;
+        let mut conn = store.pool().acquire().await.unwrap();
+        for setting in ["SET enable_sort = off", "SET enable_seqscan = off"] {
+            sqlx::query(setting).execute(&mut *conn).await.unwrap();
+        }
+        for page in suite::every_page_shape() {
+            let explain = super::DIALECT.users_page(&page).explained("");
+            let plan: Vec<String> = super::query(explain)
+                .unwrap()
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("users_page_"), "{page:?}:\n{plan}");
+            assert!(!plan.contains("Sort"), "{page:?} is sorted:\n{plan}");
+        }
+        // Not back into the pool with these settings.
+        sqlx::Connection::close(conn.detach()).await.unwrap();
+    })
+    .await;
 }
