@@ -1,15 +1,16 @@
 //! The Users API of local mode (api-contract.md, "Users"): list and page, the trash, modify,
 //! delete, create, create or restore, change password — each row of the contract's table, who
 //! may call it, and the rules behind it (sessions end or follow the change at once, the last
-//! admin stays, every change is audited with its actor). On SQLite; `tests/replicas.rs` has
-//! the same changes crossing replicas on PostgreSQL, `src/store/suite_users.rs` the store's
-//! rules on both.
+//! admin stays, every change is audited with its actor). Each test runs on SQLite and on
+//! PostgreSQL (`sqlite::…`, `postgres::…`); `tests/replicas.rs` has the changes crossing
+//! replicas, `src/store/suite_users.rs` the store's rules on both.
 
 mod common;
 
 use common::accounts::{
     INVALID_CREDENTIALS, assert_login_refused, assert_proxied, assert_rejected, login_with,
 };
+use common::replicas::PgSchema;
 use common::{FakeUpstream, Gateway, PASSWORD, assert_json, header, status_json, status_message};
 use meiro_gate::store::{AuditEvent, Role, User};
 use reqwest::{Method, StatusCode};
@@ -18,8 +19,48 @@ use serde_json::{Value, json};
 const UNKNOWN_ID: &str = "0b8e7f3c-4d5a-4e6b-9c7d-8e9f0a1b2c3d";
 const NEW_PASSWORD: &str = "another long passphrase";
 
+/// The store a test's gateway runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Each test as `sqlite::name` and `postgres::name` (ignored when no PostgreSQL test server
+/// is set, so the summary says it did not run).
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(not(postgres_tests), ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it")]
+            async fn $name() {
+                super::$name(super::Backend::Postgres).await
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    an_admin_runs_the_whole_lifecycle_over_http,
+    only_admins_manage_users_and_a_user_changes_only_their_own_password,
+    bad_input_gets_a_json_400_and_unknown_ids_a_404,
+    taken_addresses_are_a_409_whether_active_pending_or_in_the_trash,
+    a_role_or_email_change_reaches_the_next_proxied_request,
+    sso_only_users_cannot_use_a_password_and_their_sessions_end,
+    the_last_active_admin_cannot_be_removed,
+    change_password_keeps_the_callers_session_and_ends_the_others,
+);
+
 /// A gateway with an admin (logged in) and alice, a user (logged in).
 struct Admins {
+    /// The PostgreSQL schema the gateway runs on, dropped with it.
+    _schema: Option<PgSchema>,
     upstream: FakeUpstream,
     gw: Gateway,
     admin: User,
@@ -28,14 +69,25 @@ struct Admins {
     alice_token: String,
 }
 
-async fn setup_with(extra_toml: &str) -> Admins {
+async fn setup_with(backend: Backend, extra_toml: &str) -> Admins {
     let upstream = FakeUpstream::start().await;
-    let gw = Gateway::start_with(&upstream.url(), extra_toml).await;
+    let (schema, store) = match backend {
+        Backend::Sqlite => (None, String::new()),
+        Backend::Postgres => {
+            let schema = PgSchema::create("users_api")
+                .await
+                .expect("MEIRO_GATE_TEST_POSTGRES_URL");
+            let store = format!("[store]\nurl = \"{}\"\n", schema.url());
+            (Some(schema), store)
+        }
+    };
+    let gw = Gateway::start_with_layers(&upstream.url(), &[&store, extra_toml]).await;
     let admin = gw.add_user("admin@example.com", Role::Admin).await;
     let alice = gw.add_user("alice@example.com", Role::User).await;
     let admin_token = gw.login("admin@example.com").await;
     let alice_token = gw.login("alice@example.com").await;
     Admins {
+        _schema: schema,
         upstream,
         gw,
         admin,
@@ -45,8 +97,8 @@ async fn setup_with(extra_toml: &str) -> Admins {
     }
 }
 
-async fn setup() -> Admins {
-    setup_with("").await
+async fn setup(backend: Backend) -> Admins {
+    setup_with(backend, "").await
 }
 
 impl Admins {
@@ -121,9 +173,8 @@ fn user_path(user: &User) -> String {
     format!("/users/{}", user.id)
 }
 
-#[tokio::test]
-async fn an_admin_runs_the_whole_lifecycle_over_http() {
-    let s = setup().await;
+async fn an_admin_runs_the_whole_lifecycle_over_http(backend: Backend) {
+    let s = setup(backend).await;
     // Create: 201, active at once.
     let (status, created) = s
         .as_admin(
@@ -274,9 +325,8 @@ async fn an_admin_runs_the_whole_lifecycle_over_http() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn only_admins_manage_users_and_a_user_changes_only_their_own_password() {
-    let s = setup().await;
+async fn only_admins_manage_users_and_a_user_changes_only_their_own_password(backend: Backend) {
+    let s = setup(backend).await;
     let alice_path = user_path(&s.alice);
     let admin_path = user_path(&s.admin);
     let body = json!({ "email": "x@example.com", "password": PASSWORD });
@@ -347,9 +397,8 @@ async fn only_admins_manage_users_and_a_user_changes_only_their_own_password() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_json_400_and_unknown_ids_a_404() {
-    let s = setup().await;
+async fn bad_input_gets_a_json_400_and_unknown_ids_a_404(backend: Backend) {
+    let s = setup(backend).await;
     for query in [
         "limit=0",
         "limit=101",
@@ -463,9 +512,8 @@ async fn bad_input_gets_a_json_400_and_unknown_ids_a_404() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn taken_addresses_are_a_409_whether_active_pending_or_in_the_trash() {
-    let s = setup().await;
+async fn taken_addresses_are_a_409_whether_active_pending_or_in_the_trash(backend: Backend) {
+    let s = setup(backend).await;
     let invite = s
         .as_admin(
             Method::POST,
@@ -535,9 +583,8 @@ async fn taken_addresses_are_a_409_whether_active_pending_or_in_the_trash() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_role_or_email_change_reaches_the_next_proxied_request() {
-    let s = setup().await;
+async fn a_role_or_email_change_reaches_the_next_proxied_request(backend: Backend) {
+    let s = setup(backend).await;
     let second = s.gw.add_user("second@example.com", Role::Admin).await;
     let second_token = s.gw.login("second@example.com").await;
     assert_eq!(
@@ -571,9 +618,8 @@ async fn a_role_or_email_change_reaches_the_next_proxied_request() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn sso_only_users_cannot_use_a_password_and_their_sessions_end() {
-    let s = setup().await;
+async fn sso_only_users_cannot_use_a_password_and_their_sessions_end(backend: Backend) {
+    let s = setup(backend).await;
     let (status, body) = s
         .as_admin(
             Method::PATCH,
@@ -616,9 +662,8 @@ async fn sso_only_users_cannot_use_a_password_and_their_sessions_end() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_last_active_admin_cannot_be_removed() {
-    let s = setup().await;
+async fn the_last_active_admin_cannot_be_removed(backend: Backend) {
+    let s = setup(backend).await;
     let admin = user_path(&s.admin);
     for (method, body) in [
         (Method::PATCH, Some(json!({ "role": "user" }))),
@@ -662,9 +707,8 @@ async fn the_last_active_admin_cannot_be_removed() {
     s.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn change_password_keeps_the_callers_session_and_ends_the_others() {
-    let s = setup_with("[auth.login_throttle]\nper_account = 3\n").await;
+async fn change_password_keeps_the_callers_session_and_ends_the_others(backend: Backend) {
+    let s = setup_with(backend, "[auth.login_throttle]\nper_account = 3\n").await;
     let other_session = s.gw.login("alice@example.com").await;
     let path = format!("{}/change_password", user_path(&s.alice));
     let change = |old: &str, new: &str| {
