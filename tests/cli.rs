@@ -645,6 +645,19 @@ fn users_commands_add_list_disable_enable_delete_restore_and_set_role() {
 
 // ---- serve ----
 
+/// Adds an admin beside the bootstrap one (who then may be disabled).
+fn add_second_admin(setup: &Setup) {
+    let add = [
+        "users",
+        "add",
+        "--email",
+        "second@example.com",
+        "--role",
+        "admin",
+    ];
+    setup.run_blocking(&add, None).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_end_to_end_with_live_revocation_by_the_cli() {
     let up = FakeUpstream::start().await;
@@ -668,19 +681,7 @@ async fn serve_end_to_end_with_live_revocation_by_the_cli() {
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
 
     // Another admin first: the last active admin cannot be disabled.
-    setup
-        .run_blocking(
-            &[
-                "users",
-                "add",
-                "--email",
-                "second@example.com",
-                "--role",
-                "admin",
-            ],
-            None,
-        )
-        .ok();
+    add_second_admin(&setup);
     let run = setup
         .run_blocking(&["users", "disable", "root@example.com"], None)
         .ok();
@@ -1071,19 +1072,7 @@ async fn audit_tail_prints_the_trail_of_serve_and_of_the_cli() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Another admin first: the last active admin cannot be disabled.
-    setup
-        .run_blocking(
-            &[
-                "users",
-                "add",
-                "--email",
-                "second@example.com",
-                "--role",
-                "admin",
-            ],
-            None,
-        )
-        .ok();
+    add_second_admin(&setup);
     setup.run_blocking(&["users", "disable", admin], None).ok();
     setup.run_blocking(&["users", "enable", admin], None).ok();
     setup.run_blocking(&["keys", "rotate"], None).ok();

@@ -12,7 +12,7 @@ use common::accounts::{
 };
 use common::replicas::PgSchema;
 use common::{FakeUpstream, Gateway, PASSWORD, assert_json, header, status_json, status_message};
-use meiro_gate::store::{AuditEvent, Role, User};
+use meiro_gate::store::{AuditEvent, Role, User, UserId};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -135,6 +135,12 @@ impl Admins {
         let (status, body) = self.as_admin(Method::GET, path, None).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         body
+    }
+
+    /// The user as the store has them now.
+    async fn stored(&self, id: UserId) -> User {
+        let store = self.gw.app().auth().store();
+        store.user_by_id(id).await.unwrap().expect("stored")
     }
 
     /// The role header the upstream saw on `token`'s next proxied request.
@@ -371,14 +377,7 @@ async fn only_admins_manage_users_and_a_user_changes_only_their_own_password(bac
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let alice =
-        s.gw.app()
-            .auth()
-            .store()
-            .user_by_id(s.alice.id)
-            .await
-            .unwrap()
-            .unwrap();
+    let alice = s.stored(s.alice.id).await;
     assert_eq!(
         alice,
         s.gw.app()
@@ -496,14 +495,7 @@ async fn bad_input_gets_a_json_400_and_unknown_ids_a_404(backend: Backend) {
         }
     }
     // Nothing was changed by any of it.
-    let alice_now =
-        s.gw.app()
-            .auth()
-            .store()
-            .user_by_id(s.alice.id)
-            .await
-            .unwrap()
-            .unwrap();
+    let alice_now = s.stored(s.alice.id).await;
     assert_eq!(
         (alice_now.email.as_str(), alice_now.role, alice_now.disabled),
         ("alice@example.com", Role::User, false)

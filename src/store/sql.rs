@@ -377,24 +377,27 @@ pub(super) fn count_users() -> Statement<'static> {
 }
 
 pub(super) fn insert_user(user: &User) -> Statement<'_> {
+    let mut params = params![user.id];
+    params.extend(changeable_user_fields(user));
+    params.extend(params![user.created, user.last_login]);
+    Statement::new(INSERT_USER, params)
+}
+
+/// The columns of `users` that [`UPDATE_USER`] writes, in its order (which is also their
+/// order in [`INSERT_USER`], after the id).
+fn changeable_user_fields(user: &User) -> Vec<Param<'_>> {
     let invitation = user.invitation.as_ref();
-    Statement::new(
-        INSERT_USER,
-        params![
-            user.id,
-            &user.email,
-            user.password_hash.as_deref(),
-            user.role.as_str(),
-            user.disabled,
-            user.deleted,
-            user.sso_enabled,
-            user.invitation_pending,
-            invitation.map(|i| i.nonce.as_str()),
-            invitation.map(|i| i.expires_at),
-            user.created,
-            user.last_login,
-        ],
-    )
+    params![
+        &user.email,
+        user.password_hash.as_deref(),
+        user.role.as_str(),
+        user.disabled,
+        user.deleted,
+        user.sso_enabled,
+        user.invitation_pending,
+        invitation.map(|i| i.nonce.as_str()),
+        invitation.map(|i| i.expires_at),
+    ]
 }
 
 pub(super) fn user_by_id(id: UserId) -> Statement<'static> {
@@ -551,22 +554,9 @@ pub(super) fn open_sessions(user: UserId, at: UnixTime) -> Statement<'static> {
 }
 
 pub(super) fn update_user(user: &User) -> Statement<'_> {
-    let invitation = user.invitation.as_ref();
-    Statement::new(
-        UPDATE_USER,
-        params![
-            &user.email,
-            user.password_hash.as_deref(),
-            user.role.as_str(),
-            user.disabled,
-            user.deleted,
-            user.sso_enabled,
-            user.invitation_pending,
-            invitation.map(|i| i.nonce.as_str()),
-            invitation.map(|i| i.expires_at),
-            user.id,
-        ],
-    )
+    let mut params = changeable_user_fields(user);
+    params.extend(params![user.id]);
+    Statement::new(UPDATE_USER, params)
 }
 
 pub(super) fn set_password(user: UserId, password_hash: &str) -> Statement<'_> {
