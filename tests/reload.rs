@@ -441,3 +441,54 @@ async fn cors_switched_on_by_a_reload() {
     assert_eq!(get_text(&app, "/x").await, (200, "A".to_owned()));
     assert!(app.shutdown().await);
 }
+
+/// An editor or `cp` writing the config in place: the watcher must not apply the file while it
+/// is half written, although the first half parses (as a config with no route at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_caught_half_written_is_not_applied() {
+    let a = Origin::start("A").await;
+    let b = Origin::start("B").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("meiro-gate.toml");
+    let base = common::local_toml(dir.path());
+    std::fs::write(&file, format!("{base}\n{}", single("a", &a.url(), ""))).unwrap();
+    let app = App::start(config::load(Some(&file)).unwrap())
+        .await
+        .unwrap();
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&file, &base).unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let mut rest = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut rest,
+            format!("\n{}", single("b", &b.url(), "")).as_bytes(),
+        )
+        .unwrap();
+    };
+    let mut statuses = Vec::new();
+    let poll = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let (status, body) = get_text(&app, "/x").await;
+            statuses.push(status);
+            if body == "B" {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "B never served");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    };
+    tokio::select! {
+        _ = app.watch_config_file(Some(&file), Duration::from_millis(10)) => unreachable!(),
+        _ = async { tokio::join!(writer, poll) } => {}
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the half config was applied: {statuses:?}"
+    );
+    assert!(app.shutdown().await);
+}

@@ -8,6 +8,9 @@ use std::time::Duration;
 use super::RunningApp;
 use crate::config;
 
+/// How long changed contents must stay the same before the watcher applies them.
+const SETTLE: Duration = Duration::from_millis(150);
+
 impl RunningApp {
     /// Loads the config from `path` (the `--config` given at start) and applies it; returns
     /// whether it was applied. Never panics on a bad file: every problem is logged by key.
@@ -41,7 +44,8 @@ impl RunningApp {
     /// Every `interval`, compares the config file's contents with what was last loaded and
     /// reloads when they differ. Contents, not the modification time: a Kubernetes ConfigMap
     /// update swaps a symlink, and two edits within the clock's granularity look alike.
-    /// A file that cannot be read is skipped (an editor replacing it). Never returns; with a
+    /// A file that cannot be read is skipped (an editor replacing it), and changed contents are
+    /// applied only once they have stayed the same for [`SETTLE`]. Never returns; with a
     /// zero interval or no file it only waits.
     pub async fn watch_config_file(&self, path: Option<&Path>, interval: Duration) {
         let Some(file) = config::file(path).filter(|_| !interval.is_zero()) else {
@@ -57,6 +61,13 @@ impl RunningApp {
                 continue;
             };
             if self.seen_file().as_ref() == Some(&now) {
+                continue;
+            }
+            // A file written in place (an editor, `cp`) can be caught half written, and half
+            // a config may well parse (say, with no routes yet): apply only contents that have
+            // stopped changing.
+            tokio::time::sleep(SETTLE).await;
+            if tokio::fs::read(&file).await.ok().as_ref() != Some(&now) {
                 continue;
             }
             tracing::info!(file = %file.display(), "config file changed: reloading");
