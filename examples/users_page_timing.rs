@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
             None => store::open(&format!("sqlite://{}/timing.db", dir.path().display())).await?,
         };
         let seeding = Instant::now();
-        seed(&store, size).await?;
+        // SQLite has one writer at a time: parallel seeding only makes its writers wait.
+        seed(&store, size, if url.is_some() { 8 } else { 1 }).await?;
         println!("\n{size} users (seeded in {:.1?})", seeding.elapsed());
         for order in [UserOrder::Id, UserOrder::Email, UserOrder::Created] {
             for descending in [false, true] {
@@ -81,7 +82,12 @@ async fn report(store: &Arc<dyn Store>, what: &str, page: &UserPage) -> anyhow::
         let started = Instant::now();
         let users = store.users_page(page).await?;
         times.push(started.elapsed());
-        assert_eq!(users.len(), 20, "{what}: a full page");
+        // A full page, but for the trash of 100 users (10 in it).
+        assert!(
+            users.len() == 20 || (page.trash && users.len() == 10),
+            "{what}: {}",
+            users.len()
+        );
     }
     times.sort();
     let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
@@ -94,9 +100,8 @@ async fn report(store: &Arc<dyn Store>, what: &str, page: &UserPage) -> anyhow::
 }
 
 /// `size` users with distinct emails and a spread of `created`; every tenth is deleted.
-async fn seed(store: &Arc<dyn Store>, size: usize) -> anyhow::Result<()> {
+async fn seed(store: &Arc<dyn Store>, size: usize, workers: usize) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
-    let workers = 8;
     for worker in 0..workers {
         let store = store.clone();
         tasks.spawn(async move {
