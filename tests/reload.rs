@@ -492,3 +492,26 @@ async fn a_config_file_caught_half_written_is_not_applied() {
     );
     assert!(app.shutdown().await);
 }
+
+/// A reload that adds a route rule takes effect on the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_a_routes_methods() {
+    let a = Origin::start("A").await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(&dir, &single("a", &a.url(), "")).await;
+    let post = |app: &RunningApp| {
+        let url = format!("http://{}/x", app.addr);
+        async move { reqwest::Client::new().post(url).send().await.unwrap() }
+    };
+    assert_eq!(post(&app).await.status(), 200);
+    let get_only = single("a", &a.url(), "").replace(
+        "public = true",
+        "public = true\n        methods = [\"GET\"]",
+    );
+    app.reload(config(&dir, &get_only)).unwrap();
+    let refused = post(&app).await;
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, HEAD");
+    assert_eq!(get_text(&app, "/x").await, (200, "A".to_owned()));
+    assert!(app.shutdown().await);
+}

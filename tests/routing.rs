@@ -745,3 +745,120 @@ async fn cors_preflights_and_responses_only_for_allowed_origins() {
     assert_eq!(up.count(), 3);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn route_roles_and_methods_are_enforced_before_the_upstream() {
+    common::thread_log::capture("info", common::thread_log::Format::Json);
+    let up = FakeUpstream::start().await;
+    let gw = common::plane::backend_gateway(
+        &up.url(),
+        &[
+            ("/admin", r#"allow_roles = ["admin"]"#),
+            ("/reports", r#"methods = ["get", "POST"]"#),
+            (
+                "/open",
+                r#"public = true
+methods = ["GET"]"#,
+            ),
+        ],
+    )
+    .await;
+    gw.add_user("root@example.com", Role::Admin).await;
+    gw.add_user("alice@example.com", Role::User).await;
+    let admin = gw.login("root@example.com").await;
+    let alice = gw.login("alice@example.com").await;
+    let send = |method: Method, path: &str, token: Option<&str>| {
+        let mut request = gw.http.request(method, gw.url(path));
+        if let Some(token) = token {
+            request = request.header("x-access-token", token);
+        }
+        request.send()
+    };
+
+    // Roles: authentication first (401), then the role (403), never the upstream.
+    let before = up.recorded().len();
+    let none = send(Method::GET, "/admin/x", None).await.unwrap();
+    assert_eq!(none.status(), 401);
+    let user = send(Method::GET, "/admin/x", Some(&alice)).await.unwrap();
+    assert_eq!(user.status(), 403);
+    common::assert_json(user.headers());
+    assert_eq!(message(user).await, "Insufficient permissions");
+    assert_eq!(
+        up.recorded().len(),
+        before,
+        "refused requests never reach the upstream"
+    );
+    let ok = send(Method::DELETE, "/admin/x", Some(&admin))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(up.last().uri, "/admin/x");
+
+    // Methods: 405 with the route's Allow (GET brings HEAD), after authentication.
+    let before = up.recorded().len();
+    let none = send(Method::DELETE, "/reports", None).await.unwrap();
+    assert_eq!(none.status(), 401, "no token: the methods are not revealed");
+    let wrong = send(Method::DELETE, "/reports", Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "GET, POST, HEAD");
+    common::assert_json(wrong.headers());
+    assert_eq!(message(wrong).await, "Method not allowed");
+    assert_eq!(up.recorded().len(), before);
+    for method in [Method::GET, Method::HEAD, Method::POST] {
+        let allowed = send(method.clone(), "/reports", Some(&alice))
+            .await
+            .unwrap();
+        assert_eq!(allowed.status(), 200, "{method}");
+    }
+    // A public route's methods apply to everyone.
+    assert_eq!(
+        send(Method::GET, "/open", None).await.unwrap().status(),
+        200
+    );
+    let post = send(Method::POST, "/open", None).await.unwrap();
+    assert_eq!(
+        (
+            post.status().as_u16(),
+            post.headers()["allow"].to_str().unwrap()
+        ),
+        (405, "GET, HEAD")
+    );
+
+    // The refusals are in the access log with the user, and no token is.
+    let logs = common::thread_log::take();
+    let refusals: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "meiro_gate::access" && l["fields"]["refused"].is_string())
+        .collect();
+    let reasons: Vec<(&str, u64)> = refusals
+        .iter()
+        .map(|l| {
+            (
+                l["fields"]["refused"].as_str().unwrap(),
+                l["fields"]["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [("role", 403), ("method", 405), ("method", 405)],
+        "{logs}"
+    );
+    assert!(refusals[0]["fields"]["user"].is_string(), "{}", refusals[0]);
+    assert!(
+        !logs.contains(&alice) && !logs.contains(&admin),
+        "a token in the log"
+    );
+
+    let metrics = gw.metrics_text().await;
+    for line in [
+        r#"policy_refusals_total{route="backend",reason="role"} 1"#,
+        r#"policy_refusals_total{route="backend",reason="method"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    gw.shutdown().await;
+}

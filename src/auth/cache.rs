@@ -205,6 +205,15 @@ impl Principal {
         }
     }
 
+    /// The role the principal holds: this gateway's own for its users, the role header an
+    /// upstream vouched with otherwise (`None` when it named none this gateway knows).
+    pub fn role(&self) -> Option<Role> {
+        match self.local {
+            Some((_, role)) => Some(role),
+            None => Role::parse(self.role_header.as_ref()?.to_str().ok()?),
+        }
+    }
+
     /// Does this principal still describe the user as the store does?
     pub fn same_identity(&self, user_id: UserId, email: &str, role: Role) -> bool {
         self.local == Some((user_id, role))

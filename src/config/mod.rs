@@ -342,6 +342,12 @@ pub struct RouteConfig {
     /// `Upgrade`. `h2c` is refused in config: past the switch, no request is checked.
     /// Default `["websocket"]`.
     pub upgrades: Vec<String>,
+    /// Only these roles may use the route (others: `403`); checked after authentication, so
+    /// not on a public route. Default: any authenticated user.
+    pub allow_roles: Option<Vec<crate::types::Role>>,
+    /// Only these methods (upper case; `GET` brings `HEAD`), others `405` with `Allow`.
+    /// Default: any method.
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[cors]`: which browser origins may call the gateway.

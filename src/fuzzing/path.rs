@@ -102,6 +102,8 @@ pub fn path_and_route(data: &[u8]) {
             max_body: None,
             timeout: None,
             upgrades: Vec::new(),
+            allow_roles: None,
+            methods: None,
         });
     }
     let host_choice = input.byte();

@@ -26,6 +26,10 @@ pub enum ProxyError {
     InvalidToken,
     #[error("token validation unavailable")]
     AuthUnavailable,
+    #[error("the route does not admit the caller's role")]
+    Forbidden,
+    #[error("the route does not serve this method")]
+    MethodNotAllowed,
     #[error("upstream has no instance")]
     NoInstance,
     #[error("upstream refused or failed")]
@@ -56,6 +60,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::MissingToken | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
             ProxyError::AuthUnavailable | ProxyError::NoInstance => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,6 +80,8 @@ impl ProxyError {
             ProxyError::AuthUnavailable => {
                 r#"{"message":"Token validation is temporarily unavailable"}"#
             }
+            ProxyError::Forbidden => r#"{"message":"Insufficient permissions"}"#,
+            ProxyError::MethodNotAllowed => r#"{"message":"Method not allowed"}"#,
             ProxyError::NoInstance => r#"{"message":"No upstream instance available"}"#,
             ProxyError::UpstreamUnavailable => r#"{"message":"Upstream unavailable"}"#,
             ProxyError::UpstreamTimeout => r#"{"message":"Upstream timed out"}"#,
@@ -108,6 +116,8 @@ mod tests {
             ProxyError::MissingToken,
             ProxyError::InvalidToken,
             ProxyError::AuthUnavailable,
+            ProxyError::Forbidden,
+            ProxyError::MethodNotAllowed,
             ProxyError::NoInstance,
             ProxyError::UpstreamUnavailable,
             ProxyError::UpstreamTimeout,

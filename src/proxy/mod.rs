@@ -5,7 +5,8 @@
 //! 1. **request** — normalize the path ([`path`]), take the Host that routes;
 //! 2. **route** — host + longest prefix ([`routes`]); upstream mode's auth API first ([`auth_api`]);
 //! 3. **body** — the client's body bounded and watched ([`body`]);
-//! 4. **authenticate** — unless the route is public: [`Validator::check`];
+//! 4. **authenticate** — unless the route is public: [`Validator::check`]; then the route's
+//!    roles and methods ([`policy`]);
 //! 5. **upstream request** — headers rewritten ([`headers`]), an allowed upgrade taken ([`upgrade`]);
 //! 6. **send** — the attempt loop ([`attempt`]) or a tunnel ([`upgrade::tunnel`]);
 //! 7. **log** — metrics and the access log ([`Proxy::handle`]).
@@ -19,6 +20,7 @@ pub mod headers;
 pub mod health;
 mod health_checks;
 pub mod path;
+pub mod policy;
 mod pool;
 pub mod retry;
 pub mod routes;
@@ -54,6 +56,7 @@ use attempt::{Clients, Outbound};
 use body::downstream_body;
 use error::ProxyError;
 use headers::Downstream;
+use policy::Refusal;
 use routes::{Route, RouteTable};
 use upstream::{Cluster, ClusterError};
 
@@ -102,6 +105,8 @@ struct Outcome<'p> {
     user: Option<HeaderValue>,
     /// The route that took the request; `None`: [`Proxy::unmatched`].
     route: Option<&'p RouteMetrics>,
+    /// The route's rule that refused the request, if one did.
+    refused: Option<Refusal>,
 }
 
 impl Proxy {
@@ -293,7 +298,7 @@ impl Proxy {
         // 3. Body.
         let body = downstream_body(body, &parts.headers, route.max_body, self.body_read_timeout)?;
 
-        // 4. Authenticate.
+        // 4. Authenticate, then the route's rules.
         let grant = match route.public {
             true => None,
             false => Some(self.validator.check(&parts.headers).await?),
@@ -303,10 +308,14 @@ impl Proxy {
                 .as_ref()
                 .and_then(|g| g.principal()?.user_id_header.clone());
         }
+        let principal = grant.as_ref().and_then(Grant::principal);
+        if let Err(refusal) = route.policy.check(&parts.method, principal) {
+            outcome.refused = Some(refusal);
+            return Ok(route.policy.refusal_response(refusal));
+        }
 
         // 5. Upstream request.
         let switch = upgrade::take_switch(&mut parts, &route.upgrades);
-        let principal = grant.as_ref().and_then(Grant::principal);
         let upgrade = switch.as_ref().map(|s| s.offered.clone());
         self.prepare_upstream_headers(&mut parts, host, principal, upgrade)?;
 
@@ -377,6 +386,7 @@ fn log_access(
         latency_us = latency.as_micros() as u64,
         request_id = id.map(RequestId::as_str),
         user = outcome.user.as_ref().and_then(|u| u.to_str().ok()),
+        refused = outcome.refused.map(Refusal::as_str),
     );
 }
 

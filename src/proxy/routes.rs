@@ -11,6 +11,7 @@ use http::uri::PathAndQuery;
 
 use super::error::ProxyError;
 use super::path;
+use super::policy::RoutePolicy;
 use super::upstream::Cluster;
 use crate::config::RouteConfig;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
@@ -28,12 +29,16 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     /// Requests and durations under the route's name (`name`, else its upstream's).
     pub metrics: RouteMetrics,
+    /// `allow_roles` and `methods`.
+    pub policy: RoutePolicy,
 }
 
 impl Route {
     pub fn new(config: &RouteConfig, cluster: Arc<Cluster>, metrics: &Metrics) -> Route {
+        let name = config.name.as_deref().unwrap_or(&config.upstream);
         Route {
-            metrics: metrics.route(config.name.as_deref().unwrap_or(&config.upstream)),
+            metrics: metrics.route(name),
+            policy: RoutePolicy::new(config, name, metrics),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             host: config.host.clone(),
             public: config.public,
@@ -180,6 +185,8 @@ mod tests {
                         max_body: None,
                         timeout: None,
                         upgrades: vec![],
+                        allow_roles: None,
+                        methods: None,
                     };
                     rc.name = host.map(str::to_owned);
                     Route::new(&rc, cluster.clone(), &metrics)

@@ -37,6 +37,7 @@ pub struct Metrics {
     upstream_retries: Family<Labels, Counter>,
     upstream_no_instance: Family<Labels, Counter>,
     upstream_ejections: Family<Labels, Counter>,
+    policy_refusals: Family<Labels, Counter>,
     instance_healthy: Family<Labels, Gauge>,
     instance_ejected: Family<Labels, Gauge>,
     token_cache_entries: Gauge,
@@ -101,6 +102,13 @@ impl Metrics {
             "upstream_ejections",
             "Passive ejections of an instance after a connect failure or timeout",
             upstream_ejections.clone(),
+        );
+        let policy_refusals = Family::default();
+        r.register(
+            "policy_refusals",
+            "Requests a route's rules refused after authentication, by route and reason: role \
+             (403, routes.allow_roles) or method (405, routes.methods)",
+            policy_refusals.clone(),
         );
         let instance_healthy = Family::default();
         r.register(
@@ -179,6 +187,7 @@ impl Metrics {
             upstream_retries,
             upstream_no_instance,
             upstream_ejections,
+            policy_refusals,
             instance_healthy,
             instance_ejected,
             token_cache_entries,
@@ -199,6 +208,14 @@ impl Metrics {
             name,
             by_method_and_status: Default::default(),
         }
+    }
+
+    /// The counter of one route's refusals for `reason` (`role`, `method`).
+    pub fn policy_refusals(&self, route: &str, reason: &'static str) -> Counter {
+        self.policy_refusals.get_or_create_owned(&vec![
+            ("route", Cow::Owned(route.to_owned())),
+            ("reason", Cow::Borrowed(reason)),
+        ])
     }
 
     /// The handles of one upstream cluster and its instances (`host:port` each).

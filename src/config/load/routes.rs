@@ -4,6 +4,7 @@ use super::POSITIVE;
 use super::convert::{byte_size, duration, flag, non_empty_text, route_prefix, text, word_list};
 use super::reader::Section;
 use crate::config::RouteConfig;
+use crate::types::Role;
 
 pub(super) fn read_route(mut s: Section<'_>) -> RouteConfig {
     let name = s.opt("name", non_empty_text);
@@ -56,6 +57,35 @@ pub(super) fn read_route(mut s: Section<'_>) -> RouteConfig {
             s.problem("upgrades", format!("{protocol:?} is not a protocol token"));
         }
     }
+    let allow_roles = s.opt("allow_roles", word_list).map(|names| {
+        let roles: Vec<Role> = names.iter().filter_map(|n| Role::parse(n)).collect();
+        if names.is_empty() || roles.len() != names.len() {
+            s.problem(
+                "allow_roles",
+                "must list one or more of \"admin\", \"user\"",
+            );
+        }
+        roles
+    });
+    if allow_roles.is_some() && public {
+        s.problem(
+            "allow_roles",
+            "a public route has no user to check; drop `public` or `allow_roles`",
+        );
+    }
+    let methods = s.opt("methods", word_list).map(|names| {
+        let methods: Vec<String> = names.iter().map(|m| m.to_ascii_uppercase()).collect();
+        let tokens = methods
+            .iter()
+            .all(|m| http::Method::from_bytes(m.as_bytes()).is_ok());
+        if methods.is_empty() || !tokens {
+            s.problem(
+                "methods",
+                "must list one or more HTTP methods, such as [\"GET\", \"POST\"]",
+            );
+        }
+        methods
+    });
     RouteConfig {
         name,
         prefix,
@@ -66,5 +96,7 @@ pub(super) fn read_route(mut s: Section<'_>) -> RouteConfig {
         max_body,
         timeout,
         upgrades,
+        allow_roles,
+        methods,
     }
 }

@@ -1262,6 +1262,56 @@ fn routes_tunnel_websocket_by_default_and_never_h2c() {
 }
 
 #[test]
+fn route_roles_and_methods_are_checked_lists() {
+    let routes = |routes: &str| format!("routes = [{routes}]\n{UPSTREAM}");
+    let c = ok(&routes(r#"{ prefix = "/", upstream = "meiro" }"#));
+    assert_eq!(
+        (&c.routes[0].allow_roles, &c.routes[0].methods),
+        (&None, &None)
+    );
+    let c = ok(&routes(
+        r#"{ prefix = "/", upstream = "meiro", allow_roles = ["admin"], methods = ["get", "PATCH"] }"#,
+    ));
+    assert_eq!(
+        c.routes[0].allow_roles,
+        Some(vec![crate::types::Role::Admin])
+    );
+    assert_eq!(
+        c.routes[0].methods,
+        Some(vec!["GET".to_owned(), "PATCH".to_owned()])
+    );
+    assert_problems(&[
+        (
+            &routes(r#"{ prefix = "/", upstream = "meiro", allow_roles = ["root"] }"#),
+            "routes[0].allow_roles",
+            r#"one or more of "admin", "user""#,
+        ),
+        (
+            &routes(r#"{ prefix = "/", upstream = "meiro", allow_roles = [] }"#),
+            "routes[0].allow_roles",
+            r#"one or more of "admin", "user""#,
+        ),
+        (
+            &routes(
+                r#"{ prefix = "/", upstream = "meiro", public = true, allow_roles = ["user"] }"#,
+            ),
+            "routes[0].allow_roles",
+            "a public route has no user to check",
+        ),
+        (
+            &routes(r#"{ prefix = "/", upstream = "meiro", methods = ["GE T"] }"#),
+            "routes[0].methods",
+            "one or more HTTP methods",
+        ),
+        (
+            &routes(r#"{ prefix = "/", upstream = "meiro", methods = [] }"#),
+            "routes[0].methods",
+            "one or more HTTP methods",
+        ),
+    ]);
+}
+
+#[test]
 fn connection_deadlines_default_and_have_floors() {
     let c = ok("");
     assert_eq!(c.limits.idle_timeout, secs(60));

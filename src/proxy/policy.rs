@@ -1,0 +1,184 @@
+//! A route's rules beyond the token: which roles may use it (`routes.allow_roles`, else `403`)
+//! and which methods (`routes.methods`, else `405` with `Allow`). Checked after
+//! authentication, so a caller without a token learns nothing of them; with neither set the
+//! check is two `None` tests.
+
+use axum::body::Body;
+use http::header::ALLOW;
+use http::{HeaderValue, Method, Response};
+use prometheus_client::metrics::counter::Counter;
+
+use super::error::ProxyError;
+use crate::auth::Principal;
+use crate::config::RouteConfig;
+use crate::telemetry::metrics::Metrics;
+use crate::types::Role;
+
+pub struct RoutePolicy {
+    /// `None`: any authenticated user (or anyone, on a public route).
+    roles: Option<Vec<Role>>,
+    /// `None`: any method.
+    methods: Option<AllowedMethods>,
+    refused_role: Counter,
+    refused_method: Counter,
+}
+
+struct AllowedMethods {
+    allowed: Vec<Method>,
+    /// The `Allow` header of the route's `405`, built once.
+    allow: HeaderValue,
+}
+
+/// Why a route's rules refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Role,
+    Method,
+}
+
+impl Refusal {
+    /// The access log's and the metric's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Role => "role",
+            Refusal::Method => "method",
+        }
+    }
+}
+
+impl RoutePolicy {
+    /// The rules of `config`, counted under the route's metric name `route`. Methods were
+    /// validated by the config loader; one that does not parse here is left out.
+    pub fn new(config: &RouteConfig, route: &str, metrics: &Metrics) -> RoutePolicy {
+        let methods = config.methods.as_ref().map(|names| {
+            let mut allowed: Vec<Method> = names
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect();
+            // As nginx's `limit_except`: a route that serves GET answers HEAD too.
+            if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
+                allowed.push(Method::HEAD);
+            }
+            allowed.dedup();
+            let list = allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            AllowedMethods {
+                allow: HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")),
+                allowed,
+            }
+        });
+        RoutePolicy {
+            roles: config.allow_roles.clone(),
+            methods,
+            refused_role: metrics.policy_refusals(route, Refusal::Role.as_str()),
+            refused_method: metrics.policy_refusals(route, Refusal::Method.as_str()),
+        }
+    }
+
+    /// The role rule first (a caller without the role learns nothing of the methods), then
+    /// the method rule. `principal`: who the token speaks for (`None` on a public route).
+    #[inline]
+    pub fn check(&self, method: &Method, principal: Option<&Principal>) -> Result<(), Refusal> {
+        if let Some(roles) = &self.roles
+            && !principal
+                .and_then(Principal::role)
+                .is_some_and(|role| roles.contains(&role))
+        {
+            self.refused_role.inc();
+            return Err(Refusal::Role);
+        }
+        if let Some(methods) = &self.methods
+            && !methods.allowed.contains(method)
+        {
+            self.refused_method.inc();
+            return Err(Refusal::Method);
+        }
+        Ok(())
+    }
+
+    /// The answer to a refused request: `403`, or `405` with the route's `Allow`.
+    pub fn refusal_response(&self, refusal: Refusal) -> Response<Body> {
+        match refusal {
+            Refusal::Role => ProxyError::Forbidden.into_response(),
+            Refusal::Method => {
+                let mut response = ProxyError::MethodNotAllowed.into_response();
+                if let Some(methods) = &self.methods {
+                    response.headers_mut().insert(ALLOW, methods.allow.clone());
+                }
+                response
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::types::UserId;
+
+    fn policy(roles: Option<Vec<Role>>, methods: Option<&[&str]>) -> RoutePolicy {
+        let config = RouteConfig {
+            name: None,
+            prefix: "/".into(),
+            upstream: "u".into(),
+            public: false,
+            host: None,
+            strip_prefix: false,
+            max_body: None,
+            timeout: None,
+            upgrades: vec![],
+            allow_roles: roles,
+            methods: methods.map(|m| m.iter().map(|m| (*m).to_owned()).collect()),
+        };
+        RoutePolicy::new(&config, "r", &Metrics::new())
+    }
+
+    #[test]
+    fn roles_come_from_the_local_user_or_the_role_an_upstream_vouched_with() {
+        let admins = policy(Some(vec![Role::Admin]), None);
+        let local = |role| Principal::new(UserId::new_random(), "a@example.com", role);
+        let vouched = |role: Option<&'static str>| {
+            Principal::vouched(None, None, role.map(HeaderValue::from_static))
+        };
+        assert_eq!(
+            admins.check(&Method::GET, Some(&local(Role::Admin))),
+            Ok(())
+        );
+        assert_eq!(
+            admins.check(&Method::GET, Some(&vouched(Some("admin")))),
+            Ok(())
+        );
+        for refused in [
+            Some(local(Role::User)),
+            Some(vouched(Some("user"))),
+            Some(vouched(Some("Admin"))),
+            Some(vouched(None)),
+            None,
+        ] {
+            assert_eq!(
+                admins.check(&Method::GET, refused.as_ref()),
+                Err(Refusal::Role)
+            );
+        }
+    }
+
+    #[test]
+    fn methods_bring_head_with_get_and_say_so_in_allow() {
+        let reads = policy(None, Some(&["GET"]));
+        assert_eq!(reads.check(&Method::HEAD, None), Ok(()));
+        assert_eq!(reads.check(&Method::POST, None), Err(Refusal::Method));
+        let response = reads.refusal_response(Refusal::Method);
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+        let open = policy(None, None);
+        assert_eq!(
+            open.check(&Method::from_bytes(b"PURGE").unwrap(), None),
+            Ok(())
+        );
+    }
+}
