@@ -862,3 +862,66 @@ methods = ["GET"]"#,
     }
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_user_rate_limits_hold_each_user_to_their_own_budget() {
+    let up = FakeUpstream::start().await;
+    let gw = common::plane::backend_gateway_with(
+        &up.url(),
+        &[("/", ""), ("/export", "per_user_rate = 1")],
+        "[limits]\nper_user_rate = 1\nper_user_burst = 3\n",
+    )
+    .await;
+    gw.add_user("alice@example.com", Role::User).await;
+    gw.add_user("bob@example.com", Role::User).await;
+    let alice = gw.login("alice@example.com").await;
+    let alice_too = gw.login("alice@example.com").await;
+    let bob = gw.login("bob@example.com").await;
+    let get = |path: &'static str, token: String| {
+        let request = gw.http.get(gw.url(path)).header("x-access-token", token);
+        async move { request.send().await.unwrap() }
+    };
+
+    // Alice, on two tokens, and bob at the same time: a burst of 3 each (a refill takes 1 s).
+    let (alice_runs, bob_runs) = tokio::join!(
+        async {
+            let mut statuses = Vec::new();
+            for token in [&alice, &alice_too, &alice, &alice_too, &alice] {
+                statuses.push(get("/data", token.clone()).await);
+            }
+            statuses
+        },
+        async {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                statuses.push(get("/data", bob.clone()).await.status().as_u16());
+            }
+            statuses
+        }
+    );
+    let alice_statuses: Vec<u16> = alice_runs.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        alice_statuses,
+        [200, 200, 200, 429, 429],
+        "one budget for all her tokens"
+    );
+    assert_eq!(bob_runs, [200, 200, 200], "bob is not slowed by alice");
+    let limited = alice_runs.into_iter().last().unwrap();
+    assert_eq!(limited.headers()["retry-after"], "1");
+    common::assert_json(limited.headers());
+    assert_eq!(message(limited).await, "Too many requests");
+    assert_eq!(
+        up.recorded().len(),
+        6,
+        "limited requests never reach the upstream"
+    );
+
+    // A route with its own rate has its own budget: bob's spent burst does not count there.
+    assert_eq!(get("/export", bob.clone()).await.status(), 200);
+    assert_eq!(get("/export", bob.clone()).await.status(), 429);
+    let metrics = gw.metrics_text().await;
+    // Alice's two refusals and bob's one on /export (both routes are named after the upstream).
+    let line = r#"policy_refusals_total{route="backend",reason="rate_limit"} 3"#;
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+    gw.shutdown().await;
+}

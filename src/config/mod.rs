@@ -235,6 +235,11 @@ pub struct LimitsConfig {
     /// A PING not answered within this closes the connection. Default `20s`.
     #[serde(with = "duration_serde")]
     pub http2_keepalive_timeout: Duration,
+    /// Requests per second per authenticated user (all their tokens share it), counted on
+    /// this replica; excess gets `429`. `0`: off. Default `0`.
+    pub per_user_rate: u32,
+    /// Requests a user may send at once before the rate applies. `0`: the rate. Default `0`.
+    pub per_user_burst: u32,
 }
 
 /// `[log]`: what goes to stderr. Reloaded live (SIGHUP).
@@ -348,6 +353,9 @@ pub struct RouteConfig {
     /// Only these methods (upper case; `GET` brings `HEAD`), others `405` with `Allow`.
     /// Default: any method.
     pub methods: Option<Vec<String>>,
+    /// `[limits] per_user_rate` for this route alone (its own budget; `0`: no limit here).
+    /// Default: the `[limits]` budget, shared by every route without one.
+    pub per_user_rate: Option<u32>,
 }
 
 /// `[cors]`: which browser origins may call the gateway.

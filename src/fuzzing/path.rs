@@ -104,6 +104,7 @@ pub fn path_and_route(data: &[u8]) {
             upgrades: Vec::new(),
             allow_roles: None,
             methods: None,
+            per_user_rate: None,
         });
     }
     let host_choice = input.byte();
@@ -123,7 +124,7 @@ pub fn path_and_route(data: &[u8]) {
     let (cluster, metrics) = shared();
     let routes: Vec<Route> = configs
         .iter()
-        .map(|c| Route::new(c, cluster.clone(), metrics))
+        .map(|c| Route::new(c, cluster.clone(), None, metrics))
         .collect();
     // Routes are matched on the path without segment parameters, as the data plane does.
     let routing = without_params(&path);

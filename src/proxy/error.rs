@@ -30,6 +30,8 @@ pub enum ProxyError {
     Forbidden,
     #[error("the route does not serve this method")]
     MethodNotAllowed,
+    #[error("over the user's request budget")]
+    RateLimited,
     #[error("upstream has no instance")]
     NoInstance,
     #[error("upstream refused or failed")]
@@ -62,6 +64,7 @@ impl ProxyError {
             ProxyError::AuthUnavailable | ProxyError::NoInstance => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,6 +85,7 @@ impl ProxyError {
             }
             ProxyError::Forbidden => r#"{"message":"Insufficient permissions"}"#,
             ProxyError::MethodNotAllowed => r#"{"message":"Method not allowed"}"#,
+            ProxyError::RateLimited => r#"{"message":"Too many requests"}"#,
             ProxyError::NoInstance => r#"{"message":"No upstream instance available"}"#,
             ProxyError::UpstreamUnavailable => r#"{"message":"Upstream unavailable"}"#,
             ProxyError::UpstreamTimeout => r#"{"message":"Upstream timed out"}"#,
@@ -118,6 +122,7 @@ mod tests {
             ProxyError::AuthUnavailable,
             ProxyError::Forbidden,
             ProxyError::MethodNotAllowed,
+            ProxyError::RateLimited,
             ProxyError::NoInstance,
             ProxyError::UpstreamUnavailable,
             ProxyError::UpstreamTimeout,

@@ -26,6 +26,7 @@ pub mod retry;
 pub mod routes;
 mod upgrade;
 pub mod upstream;
+mod user_limits;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -59,6 +60,7 @@ use headers::Downstream;
 use policy::Refusal;
 use routes::{Route, RouteTable};
 use upstream::{Cluster, ClusterError};
+use user_limits::UserLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyBuildError {
@@ -96,6 +98,8 @@ pub struct Proxy {
     /// Requests no route took, and upstream mode's auth API pass-through.
     unmatched: RouteMetrics,
     auth_api: RouteMetrics,
+    /// `[limits] per_user_rate`: the budget of the routes without their own.
+    user_limiter: Option<Arc<UserLimiter>>,
 }
 
 /// What the access log and the metrics say about one request.
@@ -136,6 +140,13 @@ impl Proxy {
                 Ok((u.name.as_str(), cluster))
             })
             .collect::<Result<_, ProxyBuildError>>()?;
+        // `[limits]`' budget, shared by the routes without one of their own; a reload that keeps
+        // its rate and burst keeps what users have spent.
+        let (rate, burst) = (config.limits.per_user_rate, config.limits.per_user_burst);
+        let user_limiter = match previous.and_then(|p| p.user_limiter.as_ref()) {
+            Some(kept) if kept.counts(rate, burst) => Some(kept.clone()),
+            _ => UserLimiter::new(rate, burst).map(Arc::new),
+        };
         let routes = config
             .routes
             .iter()
@@ -146,7 +157,7 @@ impl Proxy {
                         upstream: r.upstream.clone(),
                     }
                 })?;
-                Ok(Route::new(r, cluster, metrics))
+                Ok(Route::new(r, cluster, user_limiter.as_ref(), metrics))
             })
             .collect::<Result<Vec<_>, ProxyBuildError>>()?;
         let (validator, auth_api_cluster) = match (auth, &config.auth.upstream) {
@@ -191,6 +202,7 @@ impl Proxy {
             access_log: config.server.access_log,
             unmatched: metrics.route(UNMATCHED_ROUTE),
             auth_api: metrics.route(AUTH_API_ROUTE),
+            user_limiter,
         })
     }
 

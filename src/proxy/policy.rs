@@ -1,14 +1,18 @@
-//! A route's rules beyond the token: which roles may use it (`routes.allow_roles`, else `403`)
-//! and which methods (`routes.methods`, else `405` with `Allow`). Checked after
-//! authentication, so a caller without a token learns nothing of them; with neither set the
-//! check is two `None` tests.
+//! A route's rules beyond the token: which roles may use it (`routes.allow_roles`, else `403`),
+//! which methods (`routes.methods`, else `405` with `Allow`) and how often each user
+//! (`per_user_rate`, else `429` with `Retry-After`; see `user_limits`). Checked after
+//! authentication, so a caller without a token learns nothing of them; with none set the check
+//! is three `None` tests.
 
 use axum::body::Body;
-use http::header::ALLOW;
+use std::sync::Arc;
+
+use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Method, Response};
 use prometheus_client::metrics::counter::Counter;
 
 use super::error::ProxyError;
+use super::user_limits::UserLimiter;
 use crate::auth::Principal;
 use crate::config::RouteConfig;
 use crate::telemetry::metrics::Metrics;
@@ -19,8 +23,11 @@ pub struct RoutePolicy {
     roles: Option<Vec<Role>>,
     /// `None`: any method.
     methods: Option<AllowedMethods>,
+    /// The route's own per-user budget, or `[limits]`' shared one; `None`: unlimited.
+    user_limiter: Option<Arc<UserLimiter>>,
     refused_role: Counter,
     refused_method: Counter,
+    rate_limited: Counter,
 }
 
 struct AllowedMethods {
@@ -34,6 +41,10 @@ struct AllowedMethods {
 pub enum Refusal {
     Role,
     Method,
+    /// Over the user's budget; the next request is allowed this many seconds from now.
+    RateLimit {
+        retry_after: u64,
+    },
 }
 
 impl Refusal {
@@ -42,6 +53,7 @@ impl Refusal {
         match self {
             Refusal::Role => "role",
             Refusal::Method => "method",
+            Refusal::RateLimit { .. } => "rate_limit",
         }
     }
 }
@@ -49,7 +61,12 @@ impl Refusal {
 impl RoutePolicy {
     /// The rules of `config`, counted under the route's metric name `route`. Methods were
     /// validated by the config loader; one that does not parse here is left out.
-    pub fn new(config: &RouteConfig, route: &str, metrics: &Metrics) -> RoutePolicy {
+    pub fn new(
+        config: &RouteConfig,
+        route: &str,
+        shared_limiter: Option<&Arc<UserLimiter>>,
+        metrics: &Metrics,
+    ) -> RoutePolicy {
         let methods = config.methods.as_ref().map(|names| {
             let mut allowed: Vec<Method> = names
                 .iter()
@@ -70,16 +87,26 @@ impl RoutePolicy {
                 allowed,
             }
         });
+        // A route's own rate has its own budget, with a burst of one second's worth.
+        let user_limiter = match config.per_user_rate {
+            Some(rate) => UserLimiter::new(rate, rate).map(Arc::new),
+            None => shared_limiter.cloned(),
+        };
+        let rate_limit = Refusal::RateLimit { retry_after: 0 };
         RoutePolicy {
             roles: config.allow_roles.clone(),
             methods,
+            user_limiter,
             refused_role: metrics.policy_refusals(route, Refusal::Role.as_str()),
             refused_method: metrics.policy_refusals(route, Refusal::Method.as_str()),
+            rate_limited: metrics.policy_refusals(route, rate_limit.as_str()),
         }
     }
 
     /// The role rule first (a caller without the role learns nothing of the methods), then
-    /// the method rule. `principal`: who the token speaks for (`None` on a public route).
+    /// the method rule, then the user's budget (which a refused request does not spend).
+    /// `principal`: who the token speaks for (`None` on a public route, which no budget
+    /// limits).
     #[inline]
     pub fn check(&self, method: &Method, principal: Option<&Principal>) -> Result<(), Refusal> {
         if let Some(roles) = &self.roles
@@ -96,10 +123,18 @@ impl RoutePolicy {
             self.refused_method.inc();
             return Err(Refusal::Method);
         }
+        if let Some(limiter) = &self.user_limiter
+            && let Some(user) = principal.and_then(|p| p.user_id_header.as_ref())
+            && let Err(retry_after) = limiter.check(user)
+        {
+            self.rate_limited.inc();
+            return Err(Refusal::RateLimit { retry_after });
+        }
         Ok(())
     }
 
-    /// The answer to a refused request: `403`, or `405` with the route's `Allow`.
+    /// The answer to a refused request: `403`, `405` with the route's `Allow`, or `429` with
+    /// `Retry-After`.
     pub fn refusal_response(&self, refusal: Refusal) -> Response<Body> {
         match refusal {
             Refusal::Role => ProxyError::Forbidden.into_response(),
@@ -108,6 +143,13 @@ impl RoutePolicy {
                 if let Some(methods) = &self.methods {
                     response.headers_mut().insert(ALLOW, methods.allow.clone());
                 }
+                response
+            }
+            Refusal::RateLimit { retry_after } => {
+                let mut response = ProxyError::RateLimited.into_response();
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after));
                 response
             }
         }
@@ -134,8 +176,9 @@ mod tests {
             upgrades: vec![],
             allow_roles: roles,
             methods: methods.map(|m| m.iter().map(|m| (*m).to_owned()).collect()),
+            per_user_rate: None,
         };
-        RoutePolicy::new(&config, "r", &Metrics::new())
+        RoutePolicy::new(&config, "r", None, &Metrics::new())
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::error::ProxyError;
 use super::path;
 use super::policy::RoutePolicy;
 use super::upstream::Cluster;
+use super::user_limits::UserLimiter;
 use crate::config::RouteConfig;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 
@@ -34,11 +35,17 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(config: &RouteConfig, cluster: Arc<Cluster>, metrics: &Metrics) -> Route {
+    /// `shared_limiter`: `[limits]`' per-user budget, for a route without its own.
+    pub fn new(
+        config: &RouteConfig,
+        cluster: Arc<Cluster>,
+        shared_limiter: Option<&Arc<UserLimiter>>,
+        metrics: &Metrics,
+    ) -> Route {
         let name = config.name.as_deref().unwrap_or(&config.upstream);
         Route {
             metrics: metrics.route(name),
-            policy: RoutePolicy::new(config, name, metrics),
+            policy: RoutePolicy::new(config, name, shared_limiter, metrics),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             host: config.host.clone(),
             public: config.public,
@@ -187,9 +194,10 @@ mod tests {
                         upgrades: vec![],
                         allow_roles: None,
                         methods: None,
+                        per_user_rate: None,
                     };
                     rc.name = host.map(str::to_owned);
-                    Route::new(&rc, cluster.clone(), &metrics)
+                    Route::new(&rc, cluster.clone(), None, &metrics)
                 })
                 .collect();
             RouteTable::new(routes)
@@ -232,7 +240,7 @@ mod tests {
             config
                 .routes
                 .iter()
-                .map(|r| Route::new(r, cluster.clone(), &metrics))
+                .map(|r| Route::new(r, cluster.clone(), None, &metrics))
                 .collect(),
         )
     }

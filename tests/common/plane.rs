@@ -289,11 +289,16 @@ pub fn route_toml(prefix: &str, upstream: &str, settings: &str) -> String {
 /// A gateway whose one upstream, `backend` at `url`, serves `routes`: each a prefix and the
 /// route's other settings.
 pub async fn backend_gateway(url: &str, routes: &[(&str, &str)]) -> Gateway {
+    backend_gateway_with(url, routes, "").await
+}
+
+/// [`backend_gateway`] with `sections` (TOML) besides.
+pub async fn backend_gateway_with(url: &str, routes: &[(&str, &str)], sections: &str) -> Gateway {
     let mut extra = upstream_toml("backend", &[url.to_owned()], "");
     for (prefix, settings) in routes {
         extra.push_str(&route_toml(prefix, "backend", settings));
     }
-    Gateway::start_with(url, &extra).await
+    Gateway::start_with_layers(url, &[&extra, sections]).await
 }
 
 /// A gateway whose config is `[[upstreams]]`/`[[routes]]`/sections given in full by `extra`.

@@ -1,7 +1,9 @@
 //! `[[routes]]`.
 
 use super::POSITIVE;
-use super::convert::{byte_size, duration, flag, non_empty_text, route_prefix, text, word_list};
+use super::convert::{
+    byte_size, duration, flag, non_empty_text, route_prefix, text, whole, word_list,
+};
 use super::reader::Section;
 use crate::config::RouteConfig;
 use crate::types::Role;
@@ -86,6 +88,7 @@ pub(super) fn read_route(mut s: Section<'_>) -> RouteConfig {
         }
         methods
     });
+    let per_user_rate = s.opt("per_user_rate", whole::<u32>);
     RouteConfig {
         name,
         prefix,
@@ -98,5 +101,6 @@ pub(super) fn read_route(mut s: Section<'_>) -> RouteConfig {
         upgrades,
         allow_roles,
         methods,
+        per_user_rate,
     }
 }

@@ -92,6 +92,8 @@ pub(super) fn read_limits(mut s: Section<'_>) -> LimitsConfig {
     let body_read_timeout = s.get("body_read_timeout", secs(60), duration);
     let http2_keepalive_interval = s.get("http2_keepalive_interval", secs(30), duration);
     let http2_keepalive_timeout = s.get("http2_keepalive_timeout", secs(20), duration);
+    let per_user_rate = s.get("per_user_rate", 0, whole::<u32>);
+    let per_user_burst = s.get("per_user_burst", 0, whole::<u32>);
     s.check("max_connections", max_connections > 0, POSITIVE);
     s.check("idle_timeout", !idle_timeout.is_zero(), POSITIVE);
     s.check("body_read_timeout", !body_read_timeout.is_zero(), POSITIVE);
@@ -120,6 +122,8 @@ pub(super) fn read_limits(mut s: Section<'_>) -> LimitsConfig {
         body_read_timeout,
         http2_keepalive_interval,
         http2_keepalive_timeout,
+        per_user_rate,
+        per_user_burst,
     }
 }
 

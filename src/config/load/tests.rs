@@ -1312,6 +1312,36 @@ fn route_roles_and_methods_are_checked_lists() {
 }
 
 #[test]
+fn per_user_rates_are_whole_numbers() {
+    let c = ok("");
+    assert_eq!((c.limits.per_user_rate, c.limits.per_user_burst), (0, 0));
+    let c = ok(&format!(
+        "routes = [{{ prefix = \"/\", upstream = \"meiro\", per_user_rate = 5 }}]\n{UPSTREAM}\n[limits]\nper_user_rate = 50\nper_user_burst = 100\n"
+    ));
+    assert_eq!((c.limits.per_user_rate, c.limits.per_user_burst), (50, 100));
+    assert_eq!(c.routes[0].per_user_rate, Some(5));
+    assert_problems(&[
+        (
+            "[limits]\nper_user_rate = -1",
+            "limits.per_user_rate",
+            "non-negative whole number",
+        ),
+        (
+            "[limits]\nper_user_burst = 1.5",
+            "limits.per_user_burst",
+            "non-negative whole number",
+        ),
+        (
+            &format!(
+                "routes = [{{ prefix = \"/\", upstream = \"meiro\", per_user_rate = \"fast\" }}]\n{UPSTREAM}"
+            ),
+            "routes[0].per_user_rate",
+            "non-negative whole number",
+        ),
+    ]);
+}
+
+#[test]
 fn connection_deadlines_default_and_have_floors() {
     let c = ok("");
     assert_eq!(c.limits.idle_timeout, secs(60));
