@@ -339,9 +339,15 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
                 role,
                 sso_enabled: false,
             };
-            let (user, entry) = users::create(&*store, account, Actor::CommandLine, now)
-                .await
-                .map_err(cli_error)?;
+            let (user, entry) = users::create(
+                &*store,
+                account,
+                Actor::CommandLine,
+                &Caller::default(),
+                now,
+            )
+            .await
+            .map_err(cli_error)?;
             audit::record_now(&*store, entry).await;
             println!("{}", serde_json::to_string(&UserBody::from(&user))?);
             return Ok(());
@@ -368,13 +374,20 @@ async fn users_command(command: UsersCommand, config: &Config) -> Result<()> {
         .user_by_email(&normalize_email(&email))
         .await?
         .with_context(|| format!("no user with email {email}"))?;
-    let (changed, entry) = users::change(&*store, user.id, &changes, Actor::CommandLine, now)
-        .await
-        .map_err(|e| match e {
-            AuthError::NotFound if user.deleted => anyhow::anyhow!("{email} is in the trash"),
-            AuthError::NotFound => anyhow::anyhow!("{email} is not in the trash"),
-            other => cli_error(other),
-        })?;
+    let (changed, entry) = users::change(
+        &*store,
+        user.id,
+        &changes,
+        Actor::CommandLine,
+        &Caller::default(),
+        now,
+    )
+    .await
+    .map_err(|e| match e {
+        AuthError::NotFound if user.deleted => anyhow::anyhow!("{email} is in the trash"),
+        AuthError::NotFound => anyhow::anyhow!("{email} is not in the trash"),
+        other => cli_error(other),
+    })?;
     audit::record_now(&*store, entry).await;
     println!("{}", serde_json::to_string(&UserBody::from(&changed.user))?);
     Ok(())

@@ -150,13 +150,7 @@ pub async fn change_password(
     ApiJson(body): ApiJson<ChangePasswordBody>,
 ) -> Result<Json<UserBody>, ApiError> {
     let user = auth
-        .change_password(
-            &identity,
-            identity.user_id,
-            body.old_password,
-            body.new_password,
-            &caller,
-        )
+        .change_password(&identity, body.old_password, body.new_password, &caller)
         .await?;
     Ok(Json(UserBody::from(&user)))
 }

@@ -145,14 +145,6 @@ impl Entry {
         self
     }
 
-    /// The request that caused it (client address and request id), for an entry built
-    /// without one.
-    pub fn caller(mut self, caller: &Caller) -> Entry {
-        self.0.client_ip = caller.client_ip;
-        self.0.request_id = caller.request_id.as_ref().map(|id| id.as_str().to_owned());
-        self
-    }
-
     /// A short, non-secret fact (a reason, the acting admin, a key id).
     pub fn detail(mut self, key: &str, value: impl Into<String>) -> Entry {
         self.0.detail.insert(key.to_owned(), value.into());

@@ -23,17 +23,20 @@ pub const OPENAPI: &str = "/openapi.json";
 /// of these; more is harmless (the router's fallback is the data plane), fewer is not.
 pub fn local_api_may_serve(prefix: &str, path: &str) -> bool {
     path.starts_with("/.well-known/")
-        || under(prefix, path).is_some_and(|path| {
-            path == AUTH_OPTIONS || path == OPENAPI || path == USERS || path.starts_with("/users/")
-        })
+        || under(prefix, path).is_some_and(|path| path == OPENAPI || is_meiro_auth_api(path))
 }
 
 /// The paths upstream mode passes through to the backend's auth API (mounted at `prefix`),
 /// whatever the route table says: Meiro's `/auth_options` and everything under `/users`.
 /// `Some`: the API's own path, the prefix taken off (what names the operation).
 pub fn upstream_auth_api<'p>(prefix: &str, path: &'p str) -> Option<&'p str> {
-    under(prefix, path)
-        .filter(|path| *path == AUTH_OPTIONS || *path == USERS || path.starts_with("/users/"))
+    under(prefix, path).filter(|path| is_meiro_auth_api(path))
+}
+
+/// Meiro's Authentication and Users API below its mount point: `/auth_options` and
+/// everything under `/users`.
+fn is_meiro_auth_api(path: &str) -> bool {
+    path == AUTH_OPTIONS || path == USERS || path.starts_with("/users/")
 }
 
 /// `path` below `prefix` (`""`: every path as it is), if it is below it.

@@ -51,6 +51,7 @@ pub async fn create(
     store: &dyn Store,
     account: NewAccount,
     actor: Actor,
+    caller: &Caller,
     at: UnixTime,
 ) -> Result<(User, Entry), AuthError> {
     let created = store
@@ -69,7 +70,7 @@ pub async fn create(
         Err(StoreError::DuplicateEmail) => return Err(AuthError::UserExists),
         Err(e) => return Err(e.into()),
     };
-    let entry = Entry::new(AuditKind::UserCreated, at, &Caller::default())
+    let entry = Entry::new(AuditKind::UserCreated, at, caller)
         .user(&user)
         .detail("actor", actor.name())
         .detail("role", user.role.as_str());
@@ -82,6 +83,7 @@ pub async fn change(
     id: UserId,
     changes: &UserChanges,
     actor: Actor,
+    caller: &Caller,
     at: UnixTime,
 ) -> Result<(ChangedUser, Entry), AuthError> {
     let changed = store
@@ -92,14 +94,14 @@ pub async fn change(
             ChangeRefused::LastAdmin => AuthError::LastAdmin,
             ChangeRefused::DuplicateEmail => AuthError::UserExists,
         })?;
-    let entry = change_entry(&changed, actor, at);
+    let entry = change_entry(&changed, actor, caller, at);
     Ok((changed, entry))
 }
 
 /// `user_deleted`, `user_restored`, `user_disabled`, `user_enabled` for those changes alone,
 /// else `user_modified` with the fields that changed (names, never values, but the role and
 /// the previous address).
-fn change_entry(changed: &ChangedUser, actor: Actor, at: UnixTime) -> Entry {
+fn change_entry(changed: &ChangedUser, actor: Actor, caller: &Caller, at: UnixTime) -> Entry {
     let (before, after) = (&changed.before, &changed.user);
     let mut fields = Vec::new();
     if before.email != after.email {
@@ -125,7 +127,7 @@ fn change_entry(changed: &ChangedUser, actor: Actor, at: UnixTime) -> Entry {
         (_, _, ["password"]) if actor == Actor::User(after.id) => AuditKind::PasswordChanged,
         _ => AuditKind::UserModified,
     };
-    let mut entry = Entry::new(kind, at, &Caller::default())
+    let mut entry = Entry::new(kind, at, caller)
         .user(after)
         .detail("actor", actor.name())
         .detail("sessions_ended", changed.ended.len().to_string());
@@ -174,9 +176,9 @@ impl Auth {
     ) -> Result<User, AuthError> {
         let account = self.new_account(request).await?;
         let at = self.clock.now();
-        let (user, entry) =
-            create(self.store.as_ref(), account, Actor::User(admin.user_id), at).await?;
-        self.audit.record(entry.caller(caller));
+        let actor = Actor::User(admin.user_id);
+        let (user, entry) = create(self.store.as_ref(), account, actor, caller, at).await?;
+        self.audit.record(entry);
         Ok(user)
     }
 
@@ -193,8 +195,8 @@ impl Auth {
         let actor = Actor::User(admin.user_id);
         let at = self.clock.now();
         let Some(existing) = self.store.user_by_email(&account.email).await? else {
-            let (user, entry) = create(self.store.as_ref(), account, actor, at).await?;
-            self.audit.record(entry.caller(caller));
+            let (user, entry) = create(self.store.as_ref(), account, actor, caller, at).await?;
+            self.audit.record(entry);
             return Ok(user);
         };
         if !existing.deleted {
@@ -267,20 +269,17 @@ impl Auth {
             .await
     }
 
-    /// `POST /users/{user_id}/change_password`: only the user themself, with their current
-    /// password (wrong ones count against the login limit of the account). Every other
-    /// session of the user ends; the caller's stays.
+    /// `POST /users/{user_id}/change_password`: the caller's own password (the API has made
+    /// sure the path names them), given their current one (wrong ones count against the login
+    /// limit of the account). Every other session of the user ends; the caller's stays.
     pub async fn change_password(
         &self,
         caller_identity: &LocalIdentity,
-        id: UserId,
         old_password: String,
         new_password: String,
         caller: &Caller,
     ) -> Result<User, AuthError> {
-        if caller_identity.user_id != id {
-            return Err(AuthError::Forbidden);
-        }
+        let id = caller_identity.user_id;
         let user = self.user(id).await?;
         self.check_password_policy(&new_password, &user.email)?;
         let now = self.clock.now();
@@ -333,8 +332,8 @@ impl Auth {
         actor: Actor,
         caller: &Caller,
     ) -> Result<User, AuthError> {
-        let (changed, entry) =
-            change(self.store.as_ref(), id, changes, actor, self.clock.now()).await?;
+        let now = self.clock.now();
+        let (changed, entry) = change(self.store.as_ref(), id, changes, actor, caller, now).await?;
         for session in &changed.ended {
             self.cache.revoke_session(*session);
         }
@@ -344,7 +343,7 @@ impl Auth {
         self.metrics
             .revocations_sent
             .inc_by(u64::try_from(changed.ended.len()).unwrap_or(u64::MAX));
-        self.audit.record(entry.caller(caller));
+        self.audit.record(entry);
         Ok(changed.user)
     }
 }

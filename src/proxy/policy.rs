@@ -68,15 +68,17 @@ impl RoutePolicy {
         metrics: &Metrics,
     ) -> RoutePolicy {
         let methods = config.methods.as_ref().map(|names| {
-            let mut allowed: Vec<Method> = names
+            let mut allowed: Vec<Method> = Vec::new();
+            let parsed = names
                 .iter()
-                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                .collect();
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok());
             // As nginx's `limit_except`: a route that serves GET answers HEAD too.
-            if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
-                allowed.push(Method::HEAD);
+            let head = names.iter().any(|m| m == "GET").then_some(Method::HEAD);
+            for method in parsed.chain(head) {
+                if !allowed.contains(&method) {
+                    allowed.push(method);
+                }
             }
-            allowed.dedup();
             let list = allowed
                 .iter()
                 .map(Method::as_str)
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn methods_bring_head_with_get_and_say_so_in_allow() {
-        let reads = policy(None, Some(&["GET"]));
+        let reads = policy(None, Some(&["GET", "HEAD", "GET"]));
         assert_eq!(reads.check(&Method::HEAD, None), Ok(()));
         assert_eq!(reads.check(&Method::POST, None), Err(Refusal::Method));
         let response = reads.refusal_response(Refusal::Method);

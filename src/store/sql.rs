@@ -117,6 +117,18 @@ macro_rules! users_page {
 
 pub(super) use users_page;
 
+/// The ids of the active admins, in id order (the lock order), as the last-admin rule reads
+/// them; each backend adds its row lock. The WHERE is the predicate of the partial index
+/// `users_active_admins` (migration 0005), word for word, so the planner uses it.
+macro_rules! active_admins {
+    () => {
+        "SELECT id FROM users WHERE role = 'admin' \
+         AND NOT disabled AND NOT deleted AND NOT invitation_pending ORDER BY id"
+    };
+}
+
+pub(super) use active_admins;
+
 pub(super) const USERS_BY_ID: &str = users_page!("id ASC");
 pub(super) const USERS_BY_ID_DESC: &str = users_page!("id DESC");
 pub(super) const USERS_BY_CREATED: &str = users_page!("created ASC, id ASC");

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use super::backend::{Backend, BoxFuture, Conn, Replay, Run, statement_runners};
 use super::rows::UuidColumns;
 use super::schema::sqlite_migrations;
-use super::sql::{Dialect, Statement, audit_columns, params, user_columns, users_page};
+use super::sql::{
+    Dialect, Statement, active_admins, audit_columns, params, user_columns, users_page,
+};
 use super::{FeedKind, SessionId, StoreError, StoreResult, UnixTime, UserId};
 
 /// Writers queue behind SQLite's single write lock; this bounds how long one waits.
@@ -47,8 +49,7 @@ const DIALECT: Dialect = Dialect {
     // is byte order.
     users_by_email: [users_page!("email ASC"), users_page!("email DESC")],
     // The write lock of `BEGIN_WRITE` already keeps other writers out; no row locks needed.
-    lock_active_admins: "SELECT id FROM users WHERE role = 'admin' \
-         AND NOT disabled AND NOT deleted AND NOT invitation_pending ORDER BY id",
+    lock_active_admins: active_admins!(),
     revoke_open_sessions: "UPDATE sessions SET revoked_at = $1 \
          WHERE user_id = $2 AND revoked_at IS NULL AND id <> $3 RETURNING id",
     prune_sessions: "DELETE FROM sessions WHERE expires_at < $1",

@@ -2,8 +2,10 @@
 //! feed, for the [`Store`](super::Store) implementation in `backend`: the caller owns the
 //! transaction, these run inside it.
 
+use uuid::Uuid;
+
 use super::backend::{Backend, one};
-use super::rows::{Columns, UuidColumns, user_from_row};
+use super::rows::{Columns, user_from_row};
 use super::sql;
 use super::{
     ChangeRefused, ChangedUser, FeedKind, SessionId, StoreResult, UnixTime, UserChanges, UserId,
@@ -19,7 +21,7 @@ pub(super) async fn revoke_open_sessions<B: Backend>(
     keep: Option<SessionId>,
 ) -> StoreResult<Vec<SessionId>> {
     let revoke = B::DIALECT.revoke_open_sessions(user, at, keep);
-    let mut ids = session_ids(&B::fetch_all(conn, revoke).await?)?;
+    let mut ids = ids(&B::fetch_all(conn, revoke).await?, SessionId)?;
     // RETURNING order is unspecified; sort so the feed order is reproducible.
     ids.sort();
     B::append_revocations(conn, &ids, at, FeedKind::Ended).await?;
@@ -33,15 +35,17 @@ async fn update_open_sessions<B: Backend>(
     user: UserId,
     at: UnixTime,
 ) -> StoreResult<Vec<SessionId>> {
-    let ids = session_ids(&B::fetch_all(conn, sql::open_sessions(user, at)).await?)?;
+    let ids = ids(
+        &B::fetch_all(conn, sql::open_sessions(user, at)).await?,
+        SessionId,
+    )?;
     B::append_revocations(conn, &ids, at, FeedKind::IdentityChanged).await?;
     Ok(ids)
 }
 
-fn session_ids(rows: &[impl Columns]) -> StoreResult<Vec<SessionId>> {
-    rows.iter()
-        .map(|row| row.uuid("id").map(SessionId))
-        .collect()
+/// The `id` column of `rows`, each wrapped as the id type it is.
+fn ids<T>(rows: &[impl Columns], wrap: fn(Uuid) -> T) -> StoreResult<Vec<T>> {
+    rows.iter().map(|row| row.uuid("id").map(wrap)).collect()
 }
 
 /// The body of [`Store::change_user`], in its transaction. Locks: the active admins (when the
@@ -55,11 +59,7 @@ pub(super) async fn change_user_in<B: Backend>(
 ) -> StoreResult<Result<ChangedUser, ChangeRefused>> {
     let admins = if changes.may_remove_an_admin() {
         let rows = B::fetch_all(tx, B::DIALECT.lock_active_admins()).await?;
-        Some(
-            rows.iter()
-                .map(|row| row.uuid("id").map(UserId))
-                .collect::<StoreResult<Vec<_>>>()?,
-        )
+        Some(ids(&rows, UserId)?)
     } else {
         None
     };

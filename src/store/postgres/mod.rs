@@ -40,7 +40,7 @@ use crate::config::store_url::postgres_options;
 
 use super::rows::UuidColumns;
 use super::schema::postgres_migrations;
-use super::sql::{Dialect, Statement, audit_columns, user_columns, users_page};
+use super::sql::{Dialect, Statement, active_admins, audit_columns, user_columns, users_page};
 use super::{DEFAULT_TIMEOUT, StoreError, StoreResult};
 
 use replay::ConnectionLoss;
@@ -84,9 +84,7 @@ const DIALECT: Dialect = Dialect {
     ],
     // Row locks in id order; a row an admin change racing this one commits meanwhile is
     // re-checked against the WHERE once its lock is granted, so a just-demoted admin drops out.
-    lock_active_admins: "SELECT id FROM users WHERE role = 'admin' \
-         AND NOT disabled AND NOT deleted AND NOT invitation_pending \
-         ORDER BY id FOR NO KEY UPDATE",
+    lock_active_admins: concat!(active_admins!(), " FOR NO KEY UPDATE"),
     // The rows are locked in id order so that two of these for one user (say a disable racing a
     // password reset) cannot deadlock; a session revoked meanwhile drops out of the sub-select
     // when its lock is granted and its `revoked_at` re-checked.
