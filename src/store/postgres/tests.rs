@@ -23,6 +23,8 @@ use crate::store::{
     ThrottleAttempt, TokenSwap, UnixTime, UserChanges, UserId, UserOrder, UserPage, suite,
 };
 
+mod plans;
+
 const URL_VAR: &str = "MEIRO_GATE_TEST_POSTGRES_URL";
 
 /// The test server's URL, or `None` after saying clearly that `test` is skipped.
@@ -1131,51 +1133,4 @@ async fn unreachable_server_fails_fast() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Database(_)), "got {err:?}");
     assert!(started.elapsed() <= DEFAULT_TIMEOUT + Duration::from_secs(5));
-}
-
-/// Every list order is read from an index: with sorting and sequential scans priced out,
-/// PostgreSQL still plans no `Sort`, so an index delivers the order (on an empty table it
-/// would pick a scan and a sort if it could). The last-admin rule locks only the active
-/// admins, found through their partial index.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[cfg_attr(
-    not(postgres_tests),
-    ignore = "set MEIRO_GATE_TEST_POSTGRES_URL to run it"
-)]
-async fn user_lists_and_the_admin_lock_are_read_from_indexes() {
-    use sqlx::Row;
-    with_scratch_schema("users_page_plans", |options| async move {
-        let store = open(&options).await;
-        let mut conn = store.pool().acquire().await.unwrap();
-        for setting in ["SET enable_sort = off", "SET enable_seqscan = off"] {
-            sqlx::query(setting).execute(&mut *conn).await.unwrap();
-        }
-        for page in suite::every_page_shape() {
-            let explain = super::DIALECT.users_page(&page).explained("");
-            let plan: Vec<String> = super::query(explain)
-                .unwrap()
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get::<String, _>(0))
-                .collect();
-            let plan = plan.join("\n");
-            assert!(plan.contains("users_page_"), "{page:?}:\n{plan}");
-            assert!(!plan.contains("Sort"), "{page:?} is sorted:\n{plan}");
-        }
-        let explain = super::DIALECT.lock_active_admins().explained("");
-        let plan: Vec<String> = super::query(explain)
-            .unwrap()
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>(0))
-            .collect();
-        assert!(plan.join("\n").contains("users_active_admins"), "{plan:?}");
-        // Not back into the pool with these settings.
-        sqlx::Connection::close(conn.detach()).await.unwrap();
-    })
-    .await;
 }
