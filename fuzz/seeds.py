@@ -208,3 +208,29 @@ rewrites = [
     b"\x01" + plain(b"x-forwarded-for") + chunk(b"1.2.3.4") + plain(b"te") + chunk(b"trailers, gzip"),
 ]
 write("header_rewrite", rewrites)
+
+# ---- ws_frames: [k][k % 8 split points, u16 LE each][a WebSocket byte stream] ----
+def frame(length, masked=False, opcode=0x2):
+    second = 0x80 if masked else 0
+    if length < 126:
+        head = bytes([0x80 | opcode, second | length])
+    elif length < 1 << 16:
+        head = bytes([0x80 | opcode, second | 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, second | 127]) + length.to_bytes(8, "big")
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + b"x" * length
+
+
+def splits(*points):
+    return bytes([len(points)]) + b"".join(p.to_bytes(2, "little") for p in points)
+
+
+ws = [
+    splits() + frame(5) + frame(0, masked=True) + frame(125),
+    splits(1, 3, 140) + frame(126, masked=True) + frame(300),
+    splits(2) + frame(70000)[:2000],
+    splits(5) + bytes([0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]) + frame(3),
+    splits(1) + frame(2, opcode=0x1)[:3],
+    splits(4, 6) + frame(4, opcode=0x8) + frame(1, masked=True, opcode=0x9),
+]
+write("ws_frames", ws)

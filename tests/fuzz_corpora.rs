@@ -59,4 +59,5 @@ targets! {
     config_toml,
     host_authority,
     header_rewrite,
+    ws_frames,
 }

@@ -5,11 +5,10 @@ mod common;
 use std::time::Duration;
 
 use common::Gateway;
-use common::ws::{next_text, ws_echo};
+use common::ws::{connect, next_text, ws_echo};
 use futures_util::{SinkExt, StreamExt};
 use meiro_gate::store::Role;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 #[tokio::test]
 async fn websocket_echo_through_the_gateway_with_a_token_only() {
@@ -18,13 +17,7 @@ async fn websocket_echo_through_the_gateway_with_a_token_only() {
     let user = gw.add_user("ws@example.com", Role::User).await;
     let token = gw.login("ws@example.com").await;
 
-    let url = format!("ws://{}/ws/chat", gw.addr);
-    let mut request = url.as_str().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("x-access-token", token.parse().unwrap());
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+    let (mut ws, response) = connect(gw.addr, "/ws/chat", Some(&token))
         .await
         .expect("the upgrade succeeds");
     assert_eq!(response.status(), 101);
@@ -51,9 +44,7 @@ async fn websocket_echo_through_the_gateway_with_a_token_only() {
     assert_eq!(seen[0]["x-meiro-user-email"], "ws@example.com");
 
     // Without a token: 401, and no upgrade ever reaches the upstream.
-    let request = url.as_str().into_client_request().unwrap();
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    match tokio_tungstenite::client_async(request, stream).await {
+    match connect(gw.addr, "/ws/chat", None).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
         Err(e) => panic!("expected an HTTP 401, got {e}"),
         Ok(_) => panic!("upgraded without a token"),

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::fake::{FakeTask, serve_http};
+use common::fake::{FakeTask, endless_event_stream, serve_http};
+use common::streams::{assert_cut, assert_flowing};
 use common::{Gateway, message};
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -585,6 +586,39 @@ async fn tokens_from_login_responses_carry_the_users_identity_from_their_first_r
     assert_eq!(data(&gw, "/data/unseen", &unseen).await.0, 200);
     assert_eq!(data(&gw, "/data/unseen", &unseen).await.0, 200);
     assert_eq!(backend.introspections(), 4);
+    gw.shutdown().await;
+}
+
+/// The gateway knows no sessions of the backend's, but a logout it passes on ends what the
+/// token opened through it: its streamed responses are cut, another token's flow on.
+#[tokio::test]
+async fn a_logout_through_the_gateway_cuts_the_tokens_streamed_responses() {
+    let backend = Backend::start().await;
+    let (events, _events_task) = endless_event_stream().await;
+    let streams = format!(
+        "[[upstreams]]\nname = \"events\"\ninstances = [\"http://{events}\"]\n\
+         [[routes]]\nprefix = \"/events\"\nupstream = \"events\"\n"
+    );
+    let toml = upstream_mode_toml(&backend.url(), &DEFAULTS) + &streams;
+    let gw = Gateway::start_with(&backend.url(), &toml).await;
+    let alice = login(&gw, &ALICE).await;
+    let admin = login(&gw, &ADMIN).await;
+    let mut alices = gw.get_with_token("/events/feed", &alice).await;
+    let mut admins = gw.get_with_token("/events/feed", &admin).await;
+    assert_eq!(alices.status(), 200);
+    assert_flowing(&mut alices).await;
+
+    let logout = Instant::now();
+    let out = gw
+        .http
+        .delete(gw.url("/users/login"))
+        .header("x-access-token", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    assert_cut(&mut alices, logout, Duration::from_secs(1)).await;
+    assert_flowing(&mut admins).await;
     gw.shutdown().await;
 }
 

@@ -18,6 +18,12 @@
 //! safety net behind the revocation feed, see `auth::check`), so a hit pays one more atomic
 //! load and comparison, and a session is re-checked once per interval however many tokens
 //! and requests it has.
+//!
+//! Open connections (WebSockets, streamed responses) wait on [`CachedSession::ended`]: the
+//! change that ends the session wakes them, so they close the moment the cache learns of it.
+//! A session nobody keeps a connection open for pays nothing for this: the waiters are listed
+//! beside the sessions (`auth::watchers`), and a session only carries one bit saying it has
+//! some.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +34,7 @@ use moka::future::Cache;
 
 use super::registry::{Registered, Registry};
 use super::tokens::is_expired;
+use super::watchers;
 use crate::store::{Role, SessionId, UnixTime, UserId};
 
 /// The first 128 bits of SHA-256 over the validator's tag and the token. Finding a token
@@ -55,7 +62,8 @@ pub fn token_digest(vouched_by: &[u8], token: &[u8]) -> TokenDigest {
 pub struct CachedSession {
     /// `None` for tokens an upstream vouched for: this gateway knows no session of theirs.
     id: Option<SessionId>,
-    /// [`Standing`] as a byte: the one load a hit pays for it.
+    /// [`Standing`] as bits (stale: 1, revoked: 2, both only ever set) and [`WATCHED`]: the
+    /// one load a hit pays for it.
     standing: AtomicU8,
     /// Unix time from which a cache hit re-checks the session in the store. Starts at
     /// "never": the miss that caches the first token sets it after reading the store.
@@ -66,6 +74,10 @@ pub struct CachedSession {
     /// are loaded again with a new one.
     principal: OnceLock<Arc<Principal>>,
 }
+
+/// The bit of [`CachedSession::standing`] set once a connection has waited on the session's
+/// end: only then does ending it look for waiters to wake.
+const WATCHED: u8 = 0x80;
 
 impl CachedSession {
     fn new(id: Option<SessionId>) -> CachedSession {
@@ -87,32 +99,55 @@ impl CachedSession {
     }
 
     pub fn standing(&self) -> Standing {
-        match self.standing.load(Ordering::Acquire) {
-            0 => Standing::Live,
-            1 => Standing::Stale,
-            _ => Standing::Revoked,
-        }
+        Standing::of(self.standing.load(Ordering::Acquire))
     }
 
     pub fn is_revoked(&self) -> bool {
         self.standing() == Standing::Revoked
     }
 
-    /// Every token of the session is rejected from now on.
+    /// Every token of the session is rejected from now on, and its open connections close.
     pub fn revoke(&self) {
-        self.standing
-            .store(Standing::Revoked as u8, Ordering::Release);
+        self.move_to(Standing::Revoked);
     }
 
     /// Who the session speaks for has changed: its cached tokens are loaded again on their
-    /// next use. A revoked session stays revoked.
+    /// next use, and the connections opened under the old identity close. A revoked session
+    /// stays revoked.
     pub fn mark_stale(&self) {
-        let _ = self.standing.compare_exchange(
-            Standing::Live as u8,
-            Standing::Stale as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        self.move_to(Standing::Stale);
+    }
+
+    /// Sets `standing`'s bit (a session only moves up, so OR-ing is the whole transition),
+    /// and wakes the waiters if there may be some.
+    fn move_to(&self, standing: Standing) {
+        let before = self.standing.fetch_or(standing as u8, Ordering::AcqRel);
+        if before & WATCHED != 0 {
+            watchers::wake(self.address());
+        }
+    }
+
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Resolves once the session is no longer live: why, for the connection that waited. For
+    /// the long-lived connections a session opened (tunnels, streamed responses) — never for
+    /// an ordinary request, which checked the standing when it was authenticated.
+    pub async fn ended(self: Arc<Self>) -> Ending {
+        let watch = watchers::watch(self.address());
+        loop {
+            // Both sides read-modify-write the one byte, so they are ordered: either the
+            // session ends after this sets WATCHED (and then wakes `woken`, which counts from
+            // its creation, polled or not), or this sees it ended.
+            let woken = watch.notify.notified();
+            let before = self.standing.fetch_or(WATCHED, Ordering::AcqRel);
+            match Standing::of(before) {
+                Standing::Live => woken.await,
+                Standing::Stale => return Ending::IdentityChanged,
+                Standing::Revoked => return Ending::SessionEnded,
+            }
+        }
     }
 
     /// The per-hit test: one load and one comparison.
@@ -139,8 +174,8 @@ impl CachedSession {
     }
 }
 
-/// Where a [`CachedSession`] stands. The order of the values matters: a session only moves
-/// up (live → stale → revoked), never back.
+/// Where a [`CachedSession`] stands. A session only moves up (live → stale → revoked), never
+/// back; the values are bits, and revoked wins over stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Standing {
@@ -149,6 +184,36 @@ pub enum Standing {
     /// again, under a fresh [`CachedSession`].
     Stale = 1,
     Revoked = 2,
+}
+
+impl Standing {
+    fn of(bits: u8) -> Standing {
+        if bits & Standing::Revoked as u8 != 0 {
+            Standing::Revoked
+        } else if bits & Standing::Stale as u8 != 0 {
+            Standing::Stale
+        } else {
+            Standing::Live
+        }
+    }
+}
+
+/// Why a session's open connections were closed (the `reason` of their metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Logout, refresh-token reuse, the user disabled or deleted, a password reset or change.
+    SessionEnded,
+    /// The user's role or email changed: what the connection was allowed as no longer holds.
+    IdentityChanged,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::SessionEnded => "session_ended",
+            Ending::IdentityChanged => "identity_changed",
+        }
+    }
 }
 
 impl Registered for CachedSession {
@@ -410,6 +475,52 @@ mod tests {
         let session = cache.session(sid);
         cache.revoke_session(sid);
         assert!(session.is_revoked());
+    }
+
+    #[tokio::test]
+    async fn open_connections_learn_when_their_session_ends_and_why() {
+        let cache = TokenCache::new(10);
+        let (sid, other) = (SessionId::new_random(), SessionId::new_random());
+        let waiting = tokio::spawn(cache.session(sid).ended());
+        let bystander = tokio::spawn(cache.session(other).ended());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "live: still waiting");
+        cache.revoke_session(sid);
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the revocation")
+            .unwrap();
+        assert_eq!(why, Ending::SessionEnded);
+        assert!(
+            !bystander.is_finished(),
+            "another session's waiter sleeps on"
+        );
+        // A waiter that comes after the end returns at once.
+        assert_eq!(cache.session(sid).ended().await, Ending::SessionEnded);
+        cache.refresh_session(other);
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), bystander)
+            .await
+            .expect("woken by the identity change")
+            .unwrap();
+        assert_eq!(why, Ending::IdentityChanged);
+        // Done waiting: nothing of theirs is left in the list of waiters.
+        for sid in [sid, other] {
+            let session = cache.session(sid);
+            assert!(!watchers::has_waiters(session.address()));
+        }
+    }
+
+    #[test]
+    fn a_session_only_moves_up_whatever_else_its_byte_holds() {
+        let session = CachedSession::new(None);
+        session.standing.fetch_or(WATCHED, Ordering::Relaxed);
+        assert_eq!(session.standing(), Standing::Live);
+        session.mark_stale();
+        assert_eq!(session.standing(), Standing::Stale);
+        session.revoke();
+        assert_eq!(session.standing(), Standing::Revoked);
+        session.mark_stale();
+        assert_eq!(session.standing(), Standing::Revoked, "never back");
     }
 
     #[test]

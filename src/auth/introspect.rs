@@ -240,12 +240,17 @@ impl Introspector {
             .collect()
     }
 
-    /// A token a successful logout ended: forgotten at once.
+    /// A token a successful logout ended: forgotten at once, and the tunnels and streams it
+    /// opened through this replica closed.
     pub async fn forget(&self, token: &str) {
         self.forgets.fetch_add(1, Ordering::SeqCst);
-        self.cache
-            .invalidate(&token_digest(&self.tag, token.as_bytes()))
+        let forgotten = self
+            .cache
+            .remove(&token_digest(&self.tag, token.as_bytes()))
             .await;
+        if let Some(grant) = forgotten.and_then(|answer| answer.grant) {
+            grant.session.revoke();
+        }
     }
 
     /// When an answer given now stops being trusted: the instant that decides, and the unix

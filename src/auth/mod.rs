@@ -22,6 +22,7 @@ pub mod throttle;
 pub mod tokens;
 pub mod users;
 pub mod validator;
+mod watchers;
 
 use std::sync::Arc;
 use std::time::Duration;

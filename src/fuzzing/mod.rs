@@ -13,6 +13,7 @@ mod host;
 mod jwt;
 mod path;
 mod tokens;
+mod ws_frames;
 
 pub use chunked::chunked;
 pub use config::config_toml;
@@ -24,6 +25,7 @@ pub use host::host_authority;
 pub use jwt::jwt_header;
 pub use path::path_and_route;
 pub use tokens::{cookies, token_extraction};
+pub use ws_frames::ws_frames;
 
 /// A fuzz target: takes any bytes, panics when an invariant breaks.
 pub type Target = fn(&[u8]);
@@ -39,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("host_authority", host_authority),
     ("header_rewrite", header_rewrite),
+    ("ws_frames", ws_frames),
 ];
 
 /// Reads structure (choices, lengths, split points) off the front of a fuzz input; every

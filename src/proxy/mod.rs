@@ -8,7 +8,8 @@
 //! 4. **authenticate** — unless the route is public: [`Validator::check`]; then the route's
 //!    roles and methods ([`policy`]);
 //! 5. **upstream request** — headers rewritten ([`headers`]), an allowed upgrade taken ([`upgrade`]);
-//! 6. **send** — the attempt loop ([`attempt`]) or a tunnel ([`upgrade::tunnel`]);
+//! 6. **send** — the attempt loop ([`attempt`]) or a tunnel ([`upgrade::tunnel`]); a tunnel
+//!    or a streamed response lives no longer than its session ([`relay`], [`session_bound`]);
 //! 7. **log** — metrics and the access log ([`Proxy::handle`]).
 
 mod attempt;
@@ -22,11 +23,14 @@ mod health_checks;
 pub mod path;
 pub mod policy;
 mod pool;
+mod relay;
 pub mod retry;
 pub mod routes;
+mod session_bound;
 mod upgrade;
 pub mod upstream;
 mod user_limits;
+pub mod ws_frames;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -51,7 +55,8 @@ use crate::auth::{Auth, Clock};
 use crate::config::{Config, UpstreamConfig};
 use crate::request_id::{self, RequestId};
 use crate::telemetry::metrics::{
-    AUTH_API_ROUTE, MethodIndex, Metrics, RouteMetrics, ScrapeState, UNMATCHED_ROUTE,
+    AUTH_API_ROUTE, MethodIndex, Metrics, RouteMetrics, ScrapeState, SessionClosures,
+    UNMATCHED_ROUTE,
 };
 use attempt::{Clients, Outbound};
 use body::downstream_body;
@@ -100,6 +105,8 @@ pub struct Proxy {
     auth_api: RouteMetrics,
     /// `[limits] per_user_rate`: the budget of the routes without their own.
     user_limiter: Option<Arc<UserLimiter>>,
+    /// Counts the tunnels and streams closed because their session ended.
+    closures: SessionClosures,
 }
 
 /// What the access log and the metrics say about one request.
@@ -203,6 +210,7 @@ impl Proxy {
             unmatched: metrics.route(UNMATCHED_ROUTE),
             auth_api: metrics.route(AUTH_API_ROUTE),
             user_limiter,
+            closures: metrics.session_closures().clone(),
         })
     }
 
@@ -335,11 +343,21 @@ impl Proxy {
         let deadline = route.timeout.unwrap_or(route.cluster.response_timeout);
         let cluster = route.cluster.clone();
         let instance = &mut outcome.instance;
+        let session = grant.map(|g| g.session);
         if let Some(switch) = switch {
-            return upgrade::tunnel(cluster, parts, target, deadline, switch, instance).await;
+            let holder = upgrade::Holder {
+                session,
+                closures: self.closures.clone(),
+            };
+            return upgrade::tunnel(cluster, parts, target, deadline, switch, holder, instance)
+                .await;
         }
         let outbound = Outbound::new(parts, body, target, deadline);
-        attempt::send(&Clients, cluster, outbound, instance).await
+        let response = attempt::send(&Clients, cluster, outbound, instance).await?;
+        Ok(match session {
+            Some(session) => session_bound::bind(response, session, &self.closures),
+            None => response,
+        })
     }
 
     /// The headers the upstream receives (see [`headers::prepare_headers`]).

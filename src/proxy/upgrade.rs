@@ -7,6 +7,8 @@
 //! tunnel lives. A request for a protocol the route does not allow goes on as a plain request
 //! without its `Upgrade` (as a server that ignores the header would answer it), and an
 //! upstream that switches to a protocol it was not offered gets `502` instead of a tunnel.
+//!
+//! A tunnel lives no longer than the session that opened it ([`relay`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +21,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use super::ConnectionSlot;
 use super::error::ProxyError;
 use super::headers;
+use super::relay::{Tunnelled, relay};
 use super::upstream::Cluster;
+use crate::auth::cache::CachedSession;
 use crate::config::UpstreamProtocol;
 use crate::request_id::{self, RequestId};
+use crate::telemetry::metrics::SessionClosures;
 
 /// The protocols the client asks to switch to (`Connection: upgrade` with `Upgrade`).
 pub fn requested(headers: &HeaderMap) -> Option<&HeaderValue> {
@@ -104,6 +109,13 @@ pub(super) struct Switch {
     pub slot: Option<ConnectionSlot>,
 }
 
+/// Whose tunnel it is: it is closed when `session` ends (`None`: a public route's, which no
+/// session holds open).
+pub(super) struct Holder {
+    pub session: Option<Arc<CachedSession>>,
+    pub closures: SessionClosures,
+}
+
 /// Sends the upgrade request to an instance; on a `101` for an offered protocol, relays it
 /// and copies bytes both ways until either side closes.
 pub(super) async fn tunnel(
@@ -112,6 +124,7 @@ pub(super) async fn tunnel(
     target: PathAndQuery,
     deadline: Duration,
     switch: Switch,
+    holder: Holder,
     instance_tried: &mut Option<(Arc<Cluster>, usize)>,
 ) -> Result<Response<Body>, ProxyError> {
     if cluster.protocol == UpstreamProtocol::Http2 {
@@ -148,21 +161,42 @@ pub(super) async fn tunnel(
         tracing::warn!(upstream = %cluster.name, request_id = id.as_ref().map(RequestId::as_str), "upstream switched to a protocol it was not offered; refused");
         return Err(ProxyError::UpstreamUnavailable);
     }
+    let websocket = response
+        .headers()
+        .get(UPGRADE)
+        .is_some_and(|switched| tokens(switched).all(|p| admits("websocket", p)));
+    let tunnelled = match websocket {
+        true => Tunnelled::WebSocket,
+        false => Tunnelled::Opaque,
+    };
     let (head, incoming) = response.into_parts();
     let upstream = hyper::upgrade::on(Response::from_parts(head.clone(), incoming));
     let Switch {
         downstream, slot, ..
     } = switch;
+    let Holder { session, closures } = holder;
     tokio::spawn(async move {
         // Held for the tunnel's life: it still occupies its connection's place.
         let _slot = slot;
-        match tokio::try_join!(downstream, upstream) {
-            Ok((down, up)) => {
-                let mut down = hyper_util::rt::TokioIo::new(down);
-                let mut up = hyper_util::rt::TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(both) => both,
+            Err(e) => return tracing::debug!(error = %e, "upgrade did not complete"),
+        };
+        let ending = async move {
+            match session {
+                Some(session) => session.ended().await,
+                None => std::future::pending().await,
             }
-            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+        };
+        let down = hyper_util::rt::TokioIo::new(down);
+        let up = hyper_util::rt::TokioIo::new(up);
+        if let Some(why) = relay(down, up, tunnelled, ending).await {
+            closures.closed("websocket", why.as_str());
+            tracing::info!(
+                reason = why.as_str(),
+                request_id = id.as_ref().map(RequestId::as_str),
+                "tunnel closed: the session that opened it ended"
+            );
         }
     });
     // The 101 keeps its Connection/Upgrade headers: they are the switch itself.

@@ -38,6 +38,7 @@ pub struct Metrics {
     upstream_no_instance: Family<Labels, Counter>,
     upstream_ejections: Family<Labels, Counter>,
     policy_refusals: Family<Labels, Counter>,
+    session_closures: SessionClosures,
     instance_healthy: Family<Labels, Gauge>,
     instance_ejected: Family<Labels, Gauge>,
     token_cache_entries: Gauge,
@@ -109,6 +110,14 @@ impl Metrics {
             "Requests a route's rules refused after authentication, by route and reason: role \
              (403, routes.allow_roles) or method (405, routes.methods)",
             policy_refusals.clone(),
+        );
+        let session_closures = SessionClosures::default();
+        r.register(
+            "session_closures",
+            "Open connections closed because the session that opened them ended, by kind \
+             (websocket: any upgraded tunnel; stream: a streamed response cut) and reason \
+             (session_ended, identity_changed)",
+            session_closures.0.clone(),
         );
         let instance_healthy = Family::default();
         r.register(
@@ -188,6 +197,7 @@ impl Metrics {
             upstream_no_instance,
             upstream_ejections,
             policy_refusals,
+            session_closures,
             instance_healthy,
             instance_ejected,
             token_cache_entries,
@@ -216,6 +226,10 @@ impl Metrics {
             ("route", Cow::Owned(route.to_owned())),
             ("reason", Cow::Borrowed(reason)),
         ])
+    }
+
+    pub fn session_closures(&self) -> &SessionClosures {
+        &self.session_closures
     }
 
     /// The handles of one upstream cluster and its instances (`host:port` each).
@@ -304,6 +318,22 @@ pub struct InstanceHealth {
     pub instance: String,
     pub healthy: bool,
     pub ejected: bool,
+}
+
+/// `session_closures`: counted when a connection is closed, which is rare enough to look the
+/// series up then.
+#[derive(Clone, Default)]
+pub struct SessionClosures(Family<Labels, Counter>);
+
+impl SessionClosures {
+    pub fn closed(&self, kind: &'static str, reason: &'static str) {
+        self.0
+            .get_or_create(&vec![
+                ("kind", Cow::Borrowed(kind)),
+                ("reason", Cow::Borrowed(reason)),
+            ])
+            .inc();
+    }
 }
 
 fn label(name: &'static str, value: &'static str) -> Labels {

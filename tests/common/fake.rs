@@ -152,3 +152,20 @@ where
     });
     (addr, FakeTask::new(tasks, task))
 }
+
+/// An upstream whose every response is an endless event stream: a chunk every 50 ms, no
+/// declared length.
+pub async fn endless_event_stream() -> (std::net::SocketAddr, FakeTask) {
+    serve_http(|_request| async {
+        let ticks = futures_util::stream::unfold(0u64, |n| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let chunk = hyper::body::Frame::data(bytes::Bytes::from(format!("data: {n}\n\n")));
+            Some((Ok::<_, std::convert::Infallible>(chunk), n + 1))
+        });
+        hyper::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(http_body_util::StreamBody::new(ticks))
+            .unwrap()
+    })
+    .await
+}

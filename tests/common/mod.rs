@@ -10,6 +10,7 @@ pub mod plane;
 pub mod raw;
 pub mod replicas;
 pub mod smtp;
+pub mod streams;
 pub mod thread_log;
 pub mod tls;
 pub mod ws;

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 use super::fake::{FakeTask, Tasks};
 
@@ -59,4 +59,25 @@ pub async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -
         .expect("the stream is open")
         .expect("a valid message");
     message.to_text().unwrap().to_owned()
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A WebSocket handshake with `addr` for `path`, with `token` in `X-Access-Token` if given.
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let mut request = format!("ws://{addr}{path}")
+        .as_str()
+        .into_client_request()
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("x-access-token", token.parse().unwrap());
+    }
+    let stream = TcpStream::connect(addr).await.unwrap();
+    tokio_tungstenite::client_async(request, stream).await
 }
