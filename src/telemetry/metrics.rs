@@ -44,6 +44,7 @@ pub struct Metrics {
     /// Its `tokens` are also the data plane's token-check counters ([`Metrics::token_checks`]).
     auth: AuthMetrics,
     mail: MailMetrics,
+    client_addr: ClientAddrMetrics,
     /// Scrapes refresh the scrape-time gauges and encode under this lock, so two concurrent
     /// scrapes never see each other's half-refreshed instance list.
     scrape: Mutex<()>,
@@ -178,6 +179,19 @@ impl Metrics {
             mail.failed.clone(),
         );
 
+        let client_addr = ClientAddrMetrics::default();
+        r.register(
+            "client_forwarded",
+            "Requests whose client address was taken from X-Forwarded-For (a trusted peer)",
+            client_addr.forwarded.clone(),
+        );
+        r.register(
+            "proxy_header_refused",
+            "Connections closed for their PROXY protocol header, by reason: missing, invalid, \
+             timeout, untrusted_peer",
+            client_addr.refused.clone(),
+        );
+
         Metrics {
             registry,
             requests,
@@ -193,6 +207,7 @@ impl Metrics {
             token_cache_entries,
             auth,
             mail,
+            client_addr,
             scrape: Mutex::new(()),
         }
     }
@@ -263,6 +278,10 @@ impl Metrics {
 
     pub fn mail(&self) -> &MailMetrics {
         &self.mail
+    }
+
+    pub fn client_addr(&self) -> &ClientAddrMetrics {
+        &self.client_addr
     }
 
     /// The text exposition, after setting the gauges that are read at scrape time.
@@ -472,6 +491,22 @@ impl MailMetrics {
             ("kind", Cow::Borrowed(kind)),
             ("reason", Cow::Borrowed(reason)),
         ])
+    }
+}
+
+/// Counters of the client address (`server::client_addr`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientAddrMetrics {
+    pub forwarded: Counter,
+    /// By `reason`; see [`ClientAddrMetrics::refused`].
+    refused: Family<Labels, Counter>,
+}
+
+impl ClientAddrMetrics {
+    /// The counter of connections closed for their PROXY header, for one fixed reason.
+    pub fn refused(&self, reason: &'static str) -> Counter {
+        self.refused
+            .get_or_create_owned(&vec![("reason", Cow::Borrowed(reason))])
     }
 }
 
