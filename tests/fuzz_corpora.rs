@@ -59,4 +59,6 @@ targets! {
     config_toml,
     host_authority,
     header_rewrite,
+    forwarded_for,
+    proxy_header,
 }

@@ -6,6 +6,7 @@
 //! without a fuzzer. Adding a target: see `fuzz/README.md`.
 
 mod chunked;
+mod client_addr;
 mod config;
 mod framing;
 mod headers;
@@ -15,6 +16,7 @@ mod path;
 mod tokens;
 
 pub use chunked::chunked;
+pub use client_addr::{forwarded_for, proxy_header};
 pub use config::config_toml;
 pub use framing::framing_watch;
 pub use headers::header_rewrite;
@@ -39,6 +41,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("host_authority", host_authority),
     ("header_rewrite", header_rewrite),
+    ("forwarded_for", forwarded_for),
+    ("proxy_header", proxy_header),
 ];
 
 /// Reads structure (choices, lengths, split points) off the front of a fuzz input; every
