@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw::{raw, read_until_closed};
+use common::thread_log;
 use common::{FakeUpstream, Gateway, PASSWORD, header};
 use meiro_gate::store::Role;
 use tokio::io::AsyncWriteExt;
@@ -335,4 +336,32 @@ async fn trusted_proxies_and_proxy_protocol_reload_live() {
         answer_to(gw.addr, plain).await.is_empty(),
         "new connections need a header"
     );
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_resolved_client_and_refused_connections() {
+    thread_log::capture("meiro_gate::access=info", thread_log::Format::Json);
+    // An NLB (PROXY header) in front of an ingress on 127.0.0.1: the header's source is the
+    // peer judged for X-Forwarded-For.
+    let (_upstream, gw) = gateway(
+        r#"proxy_protocol = true
+        trusted_proxies = ["127.0.0.1/32"]"#,
+    )
+    .await;
+    let get = b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nX-Forwarded-For: 203.0.113.7\r\n\
+                Connection: close\r\n\r\n";
+    let response = raw(gw.addr, [&v1("127.0.0.1")[..], get].concat()).await;
+    assert_eq!(response.status, 200);
+    assert!(answer_to(gw.addr, get).await.is_empty());
+    let logged = thread_log::take();
+    let served = logged
+        .lines()
+        .find(|l| l.contains(r#""path":"/public/x""#))
+        .unwrap_or_else(|| panic!("no access line in {logged}"));
+    assert!(served.contains(r#""client":"203.0.113.7""#), "{served}");
+    let refused = logged
+        .lines()
+        .find(|l| l.contains(r#""refused":"missing""#))
+        .unwrap_or_else(|| panic!("no refusal line in {logged}"));
+    assert!(refused.contains(r#""peer":"127.0.0.1:"#), "{refused}");
 }
