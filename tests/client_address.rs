@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::raw::{raw, read_until_closed};
+use common::raw::{raw, read_response, read_until_closed};
 use common::thread_log;
 use common::{FakeUpstream, Gateway, PASSWORD, header};
 use meiro_gate::store::Role;
@@ -364,4 +364,27 @@ async fn the_access_log_names_the_resolved_client_and_refused_connections() {
         .find(|l| l.contains(r#""refused":"missing""#))
         .unwrap_or_else(|| panic!("no refusal line in {logged}"));
     assert!(refused.contains(r#""peer":"127.0.0.1:"#), "{refused}");
+}
+
+#[tokio::test]
+async fn the_proxy_header_comes_before_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = common::tls::self_signed("gateway");
+    common::tls::write_cert(certs.path(), &cert);
+    let tls = format!(
+        "proxy_protocol = true\n[server.tls]\ncert = \"{dir}/cert.pem\"\nkey = \"{dir}/key.pem\"",
+        dir = certs.path().display()
+    );
+    let (_upstream, gw) = gateway(&tls).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&v2("2001:db8::9")).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(common::tls::tls_client_config(&[&cert]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(&login_request(PASSWORD, "over-tls"))
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
+    assert_eq!(audited_ip(&gw, "over-tls").await, "2001:db8::9");
 }
