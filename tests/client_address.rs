@@ -108,52 +108,33 @@ async fn spoofed_forwarded_for_from_an_untrusted_peer_changes_nothing() {
     }
 }
 
+/// `GET /public/x` with `X-Forwarded-For: xff`: the `X-Forwarded-For` the upstream received.
+async fn forwarded(gw: &Gateway, upstream: &FakeUpstream, xff: &str) -> Vec<String> {
+    let request = gw.http.get(gw.url("/public/x"));
+    let response = request.header("x-forwarded-for", xff).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let last = upstream.last();
+    header(&last, "x-forwarded-for")
+        .iter()
+        .map(|v| v.to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn the_upstream_can_believe_the_right_most_forwarded_entry() {
     let (upstream, gw) = gateway(r#"trusted_proxies = ["127.0.0.1/32", "10.0.0.0/8"]"#).await;
-    let get = |xff: &'static str| {
-        gw.http
-            .get(gw.url("/public/x"))
-            .header("x-forwarded-for", xff)
-            .send()
-    };
     // The trusted hops right of the client are dropped; what is left of it is kept.
-    assert_eq!(
-        get("198.51.100.7, 203.0.113.5, 10.1.1.1")
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        header(&upstream.last(), "x-forwarded-for"),
-        ["198.51.100.7, 203.0.113.5"]
-    );
+    let xff = forwarded(&gw, &upstream, "198.51.100.7, 203.0.113.5, 10.1.1.1").await;
+    assert_eq!(xff, ["198.51.100.7, 203.0.113.5"]);
     // Garbage right of every address stops the walk at the trusted hop right of it.
-    assert_eq!(
-        get("203.0.113.5, junk, 10.1.1.1").await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        header(&upstream.last(), "x-forwarded-for"),
-        ["203.0.113.5, junk, 10.1.1.1"]
-    );
+    let xff = forwarded(&gw, &upstream, "203.0.113.5, junk, 10.1.1.1").await;
+    assert_eq!(xff, ["203.0.113.5, junk, 10.1.1.1"]);
     assert!(gw.shutdown().await);
 
     // Untrusted peer: the received list, then the peer.
     let (upstream, gw) = gateway(r#"trusted_proxies = ["10.0.0.0/8"]"#).await;
-    let response = gw
-        .http
-        .get(gw.url("/public/x"))
-        .header("x-forwarded-for", "203.0.113.5, 10.1.1.1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        header(&upstream.last(), "x-forwarded-for"),
-        ["203.0.113.5, 10.1.1.1, 127.0.0.1"]
-    );
+    let xff = forwarded(&gw, &upstream, "203.0.113.5, 10.1.1.1").await;
+    assert_eq!(xff, ["203.0.113.5, 10.1.1.1, 127.0.0.1"]);
 }
 
 /// A PROXY v1 header naming `source` as the client.
@@ -171,6 +152,10 @@ fn v2(source: &str) -> Vec<u8> {
     h.extend_from_slice(&443u16.to_be_bytes());
     h
 }
+
+/// A request with nothing about its client.
+const PLAIN_GET: &[u8] =
+    b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
 
 /// A v2 LOCAL header (the balancer's health check).
 const V2_LOCAL: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
@@ -235,12 +220,15 @@ async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn proxy_protocol_refuses_connections_without_a_valid_header() {
     let (upstream, gw) = gateway("proxy_protocol = true").await;
-    let get = b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
     assert!(
-        answer_to(gw.addr, get).await.is_empty(),
+        answer_to(gw.addr, PLAIN_GET).await.is_empty(),
         "no header: closed unanswered"
     );
-    let bad = [&b"PROXY TCP4 203.0.113.1 10.0.0.1 1 99999\r\n"[..], get].concat();
+    let bad = [
+        &b"PROXY TCP4 203.0.113.1 10.0.0.1 1 99999\r\n"[..],
+        PLAIN_GET,
+    ]
+    .concat();
     assert!(answer_to(gw.addr, &bad).await.is_empty(), "invalid: closed");
     assert!(upstream.recorded().is_empty());
     // The admin listener (probes, scrapes) takes no PROXY header.
@@ -267,8 +255,7 @@ async fn a_proxy_header_is_believed_only_from_a_trusted_peer() {
         trusted_proxies = ["10.0.0.0/8"]"#,
     )
     .await;
-    let get = b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
-    let sent = [&v1("203.0.113.7")[..], get].concat();
+    let sent = [&v1("203.0.113.7")[..], PLAIN_GET].concat();
     assert!(
         answer_to(gw.addr, &sent).await.is_empty(),
         "peer 127.0.0.1 is not trusted"
@@ -300,42 +287,26 @@ async fn a_slow_proxy_header_times_out_and_holds_nobody_up() {
 #[tokio::test]
 async fn trusted_proxies_and_proxy_protocol_reload_live() {
     let (upstream, gw) = gateway("").await;
-    let get = || {
-        gw.http
-            .get(gw.url("/public/x"))
-            .header("x-forwarded-for", "203.0.113.5")
-            .send()
+    let xff = forwarded(&gw, &upstream, "203.0.113.5").await;
+    assert_eq!(xff, ["203.0.113.5, 127.0.0.1"]);
+    let reload = |server: &str| {
+        let config = common::config_in(gw.dir.path(), &upstream.url(), &[&throttle(server)]);
+        let report = gw.app().reload(config).unwrap();
+        assert!(
+            report.restart_needed.is_empty(),
+            "{:?}",
+            report.restart_needed
+        );
     };
-    assert_eq!(get().await.unwrap().status(), 200);
-    assert_eq!(
-        header(&upstream.last(), "x-forwarded-for"),
-        ["203.0.113.5, 127.0.0.1"]
-    );
-    let reload =
-        |server: &str| common::config_in(gw.dir.path(), &upstream.url(), &[&throttle(server)]);
-    let report = gw
-        .app()
-        .reload(reload(r#"trusted_proxies = ["127.0.0.1"]"#))
-        .unwrap();
-    assert!(
-        report.restart_needed.is_empty(),
-        "{:?}",
-        report.restart_needed
-    );
+    reload(r#"trusted_proxies = ["127.0.0.1"]"#);
     // The same keep-alive client, the next request: the header is believed now.
-    assert_eq!(get().await.unwrap().status(), 200);
-    assert_eq!(header(&upstream.last(), "x-forwarded-for"), ["203.0.113.5"]);
-    let report = gw.app().reload(reload("proxy_protocol = true")).unwrap();
-    assert!(
-        report.restart_needed.is_empty(),
-        "{:?}",
-        report.restart_needed
+    assert_eq!(
+        forwarded(&gw, &upstream, "203.0.113.5").await,
+        ["203.0.113.5"]
     );
-    let plain = b"GET /public/x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n";
-    assert!(
-        answer_to(gw.addr, plain).await.is_empty(),
-        "new connections need a header"
-    );
+    reload("proxy_protocol = true");
+    let no_header = answer_to(gw.addr, PLAIN_GET).await;
+    assert!(no_header.is_empty(), "new connections need a header");
 }
 
 #[tokio::test]

@@ -30,60 +30,93 @@ fn resolve(nets: &[&str], peer: &str, lines: &[&str]) -> (String, Option<String>
     (client.ip().to_string(), left)
 }
 
+/// Each case: trusted networks, peer, `X-Forwarded-For` lines; then the client and the
+/// header left for the data plane to append the client to.
 #[test]
-fn nothing_trusted_is_the_peer_and_leaves_the_header() {
-    let (client, left) = resolve(&[], "10.0.0.1:5", &["1.1.1.1"]);
-    assert_eq!(client, "10.0.0.1");
-    assert_eq!(left.as_deref(), Some("1.1.1.1"));
-}
-
-#[test]
-fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
-    let (client, left) = resolve(&["10.0.0.0/8"], "192.0.2.9:5", &["10.0.0.1, 1.1.1.1"]);
-    assert_eq!(client, "192.0.2.9");
-    assert_eq!(left.as_deref(), Some("10.0.0.1, 1.1.1.1"));
-}
-
-#[test]
-fn the_right_most_untrusted_hop_is_the_client_and_what_is_left_of_it_stays() {
-    let (client, left) = resolve(
-        &["10.0.0.0/8"],
-        "10.0.0.1:5",
-        &["6.6.6.6, 5.5.5.5", "10.2.2.2 , 203.0.113.7, 10.1.1.1"],
-    );
-    assert_eq!(client, "203.0.113.7");
-    assert_eq!(left.as_deref(), Some("6.6.6.6, 5.5.5.5, 10.2.2.2"));
-}
-
-#[test]
-fn a_client_alone_in_the_header_leaves_no_header() {
-    let (client, left) = resolve(&["127.0.0.1/32"], "127.0.0.1:5", &["203.0.113.7"]);
-    assert_eq!(client, "203.0.113.7");
-    assert_eq!(left, None);
-}
-
-#[test]
-fn all_trusted_is_the_left_most() {
-    let (client, left) = resolve(&["10.0.0.0/8"], "10.0.0.1:5", &["10.9.9.9, 10.1.1.1"]);
-    assert_eq!(client, "10.9.9.9");
-    assert_eq!(left, None);
-}
-
-#[test]
-fn a_garbage_entry_ends_the_walk_at_the_hop_right_of_it() {
-    let (client, left) = resolve(&["10.0.0.0/8"], "10.0.0.1:5", &["1.1.1.1, junk, 10.1.1.1"]);
-    assert_eq!(client, "10.1.1.1");
-    assert_eq!(left.as_deref(), Some("1.1.1.1, junk"));
-    // Right-most garbage, or no header: the peer, header untouched.
-    let (client, left) = resolve(&["10.0.0.0/8"], "10.0.0.1:5", &["1.1.1.1, unknown"]);
-    assert_eq!(
-        (client.as_str(), left.as_deref()),
-        ("10.0.0.1", Some("1.1.1.1, unknown"))
-    );
-    let (client, left) = resolve(&["10.0.0.0/8"], "10.0.0.1:5", &[]);
-    assert_eq!((client.as_str(), left), ("10.0.0.1", None));
-    let (client, _) = resolve(&["10.0.0.0/8"], "10.0.0.1:5", &["1.1.1.1,"]);
-    assert_eq!(client, "10.0.0.1");
+fn the_client_and_the_header_left() {
+    let trusted = &["10.0.0.0/8"][..];
+    for (nets, peer, lines, client, left) in [
+        // Nothing trusted: the peer, header untouched.
+        (
+            &[][..],
+            "10.0.0.1:5",
+            &["1.1.1.1"][..],
+            "10.0.0.1",
+            Some("1.1.1.1"),
+        ),
+        // An untrusted peer, whatever it forwards.
+        (
+            trusted,
+            "192.0.2.9:5",
+            &["10.0.0.1, 1.1.1.1"],
+            "192.0.2.9",
+            Some("10.0.0.1, 1.1.1.1"),
+        ),
+        // The right-most untrusted hop; lines are one list; what is left of it stays.
+        (
+            trusted,
+            "10.0.0.1:5",
+            &["6.6.6.6, 5.5.5.5", "10.2.2.2 , 203.0.113.7, 10.1.1.1"],
+            "203.0.113.7",
+            Some("6.6.6.6, 5.5.5.5, 10.2.2.2"),
+        ),
+        // A client alone in the header leaves no header.
+        (
+            &["127.0.0.1/32"],
+            "127.0.0.1:5",
+            &["203.0.113.7"],
+            "203.0.113.7",
+            None,
+        ),
+        // All trusted: the left-most.
+        (
+            trusted,
+            "10.0.0.1:5",
+            &["10.9.9.9, 10.1.1.1"],
+            "10.9.9.9",
+            None,
+        ),
+        // A non-address ends the walk at the hop right of it.
+        (
+            trusted,
+            "10.0.0.1:5",
+            &["1.1.1.1, junk, 10.1.1.1"],
+            "10.1.1.1",
+            Some("1.1.1.1, junk"),
+        ),
+        // Right-most garbage, an empty entry, or no header: the peer, header untouched.
+        (
+            trusted,
+            "10.0.0.1:5",
+            &["1.1.1.1, unknown"],
+            "10.0.0.1",
+            Some("1.1.1.1, unknown"),
+        ),
+        (
+            trusted,
+            "10.0.0.1:5",
+            &["1.1.1.1,"],
+            "10.0.0.1",
+            Some("1.1.1.1,"),
+        ),
+        (trusted, "10.0.0.1:5", &[], "10.0.0.1", None),
+        // A mapped IPv4 peer is in an IPv4 network.
+        (
+            trusted,
+            "[::ffff:10.0.0.1]:5",
+            &["203.0.113.7"],
+            "203.0.113.7",
+            None,
+        ),
+    ] {
+        let case = format!("{nets:?} {peer} {lines:?}");
+        let (got, got_left) = resolve(nets, peer, lines);
+        assert_eq!(
+            (got.as_str(), got_left.as_deref()),
+            (client, left),
+            "{case}"
+        );
+    }
 }
 
 #[test]
@@ -127,8 +160,6 @@ fn mapped_ipv4_peers_match_ipv4_networks() {
     assert!(set.contains("2001:db8::5".parse().unwrap()));
     assert!(!set.contains("11.0.0.1".parse().unwrap()));
     assert!(!set.contains("::ffff:11.0.0.1".parse().unwrap()));
-    let (client, _) = resolve(&["10.0.0.0/8"], "[::ffff:10.0.0.1]:5", &["203.0.113.7"]);
-    assert_eq!(client, "203.0.113.7");
 }
 
 #[test]

@@ -60,32 +60,26 @@ fn v1_partial_then_invalid_beyond_its_bound() {
     assert_eq!(parse(&long), Ok(Parsed::Partial));
 }
 
+/// Malformed v1 lines are invalid; anything that does not start like a header is missing.
 #[test]
-fn v1_malformed_is_invalid() {
-    for line in [
-        &b"PROXY TCP4 203.0.113.7 10.0.0.1 4321\r\n"[..],
-        b"PROXY TCP4 2001:db8::7 10.0.0.1 4321 443\r\n",
-        b"PROXY TCP6 2001:db8::7 10.0.0.1 4321 443\r\n",
-        b"PROXY TCP4 203.0.113.7 10.0.0.1 +4321 443\r\n",
-        b"PROXY TCP4 203.0.113.7 10.0.0.1 4321 65536\r\n",
-        b"PROXY TCP4  203.0.113.7 10.0.0.1 4321 443\r\n",
-        b"PROXY UDP4 203.0.113.7 10.0.0.1 4321 443\r\n",
-        b"PROXY \xff\r\n",
+fn refusals_name_their_reason() {
+    use Refusal::{Invalid, Missing};
+    for (start, reason) in [
+        (&b"PROXY TCP4 203.0.113.7 10.0.0.1 4321\r\n"[..], Invalid),
+        (b"PROXY TCP4 2001:db8::7 10.0.0.1 4321 443\r\n", Invalid),
+        (b"PROXY TCP6 2001:db8::7 10.0.0.1 4321 443\r\n", Invalid),
+        (b"PROXY TCP4 203.0.113.7 10.0.0.1 +4321 443\r\n", Invalid),
+        (b"PROXY TCP4 203.0.113.7 10.0.0.1 4321 65536\r\n", Invalid),
+        (b"PROXY TCP4  203.0.113.7 10.0.0.1 4321 443\r\n", Invalid),
+        (b"PROXY UDP4 203.0.113.7 10.0.0.1 4321 443\r\n", Invalid),
+        (b"PROXY \xff\r\n", Invalid),
+        (b"GET / HTTP/1.1\r\n", Missing),
+        (b"POST", Missing),
+        (b"\x16\x03\x01", Missing),
+        (b"\r\n\r\nX", Missing),
+        (b"PRI * HTTP/2.0", Missing),
     ] {
-        assert_eq!(parse(line), Err(Refusal::Invalid), "{line:?}");
-    }
-}
-
-#[test]
-fn anything_else_is_missing() {
-    for start in [
-        &b"GET / HTTP/1.1\r\n"[..],
-        b"POST",
-        b"\x16\x03\x01",
-        b"\r\n\r\nX",
-        b"PRI * HTTP/2.0",
-    ] {
-        assert_eq!(parse(start), Err(Refusal::Missing), "{start:?}");
+        assert_eq!(parse(start), Err(reason), "{start:?}");
     }
 }
 
