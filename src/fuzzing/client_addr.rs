@@ -35,7 +35,9 @@ const PEERS: [&str; 4] = [
 fn reference(entries: &[&[u8]], trusted: &TrustedProxies) -> Option<(usize, IpAddr)> {
     let mut last = None;
     for (index, entry) in entries.iter().enumerate().rev() {
-        let ip = entry_address(entry)?;
+        let Some(ip) = entry_address(entry) else {
+            return last;
+        };
         if !trusted.contains(ip) {
             return Some((index, ip));
         }
