@@ -234,3 +234,33 @@ ws = [
     splits(4, 6) + frame(4, opcode=0x8) + frame(1, masked=True, opcode=0x9),
 ]
 write("ws_frames", ws)
+
+# ---- forwarded_for: [trusted-network bits][peer choice][up to 4 X-Forwarded-For chunks] ----
+# bits: 1 10/8, 2 127.0.0.1, 4 2001:db8::/32, 8 192.0.2/24, 16 ::ffff:0:0/96, 32 0/0;
+# peers: 0 10.1.2.3, 1 127.0.0.1, 2 ::ffff:10.9.9.9, 3 203.0.113.5.
+write("forwarded_for", [
+    bytes([1, 0]) + chunk(b"203.0.113.7, 10.0.0.2"),
+    bytes([1 | 2, 1]) + chunk(b"6.6.6.6, 5.5.5.5") + chunk(b"10.2.2.2 , 203.0.113.7, 10.1.1.1"),
+    bytes([1, 2]) + chunk(b"1.1.1.1, junk, 10.1.1.1"),
+    bytes([1, 3]) + chunk(b"10.0.0.1, 1.1.1.1"),
+    bytes([32, 0]) + chunk(b"1.2.3.4:5678, [2001:db8::1]:443"),
+    bytes([4 | 8, 0]) + chunk(b"192.0.2.1,,2001:db8::9") + chunk(b"unknown"),
+    bytes([2, 1]) + chunk(b"") + chunk(b" ,203.0.113.9,"),
+])
+
+# ---- proxy_header: a connection's first bytes ----
+V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+tcp4 = bytes([203, 0, 113, 7, 10, 0, 0, 1]) + struct.pack(">HH", 4321, 443)
+tcp6 = bytes(15) + b"\x07" + bytes(15) + b"\x01" + struct.pack(">HH", 4321, 443)
+write("proxy_header", [
+    b"PROXY TCP4 203.0.113.7 10.0.0.1 4321 443\r\nGET / HTTP/1.1\r\n\r\n",
+    b"PROXY TCP6 2001:db8::7 2001:db8::1 4321 443\r\n",
+    b"PROXY UNKNOWN\r\n",
+    b"PROXY TCP4 203.0.113.7 10.0.0.1 +4321 443\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    V2 + b"\x21\x11" + struct.pack(">H", len(tcp4)) + tcp4 + b"GET /",
+    V2 + b"\x21\x21" + struct.pack(">H", len(tcp6) + 6) + tcp6 + b"\xea\x00\x03vpc",
+    V2 + b"\x20\x00\x00\x00",
+    V2 + b"\x21\x12" + struct.pack(">H", len(tcp4)) + tcp4,
+    V2 + b"\x21\x11\x04\x01",
+])

@@ -27,6 +27,7 @@ use crate::auth::{Auth, AuthInitError, Clock, revocation};
 use crate::config::{AuthMode, Config};
 use crate::mail::{Mail, MailError};
 use crate::proxy::{Proxy, ProxyBuildError, ProxyService};
+use crate::server::client_addr::{Addressing, TrustedProxies};
 use crate::server::tls::{CertStore, TlsError};
 use crate::server::{self, ConnectionLimits, LiveSite, Site};
 use crate::store::{self, Store, StoreError};
@@ -79,6 +80,8 @@ fn live_part(running: &Config, new: Config) -> Config {
     effective.limits.http2_keepalive_interval = new.limits.http2_keepalive_interval;
     effective.limits.http2_keepalive_timeout = new.limits.http2_keepalive_timeout;
     effective.server.underscores_in_headers = new.server.underscores_in_headers;
+    effective.server.trusted_proxies = new.server.trusted_proxies;
+    effective.server.proxy_protocol = new.server.proxy_protocol;
     effective
 }
 
@@ -179,7 +182,18 @@ impl Generation {
                 config.limits.http2_keepalive_timeout,
             )),
         };
-        let main = Site::new(server::Routing { router, direct }, limits.clone());
+        let addressing = Addressing {
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            proxy_protocol: config.server.proxy_protocol,
+            access_log: config.server.access_log,
+            metrics: metrics.client_addr().clone(),
+        };
+        let main = Site::new(
+            server::Routing { router, direct },
+            limits.clone(),
+            addressing,
+        );
+        // Probes and scrapes reach the admin listener directly: its peer is its client.
         let admin = Site::new(
             admin_router(
                 local.map(|(_, store)| store.clone()),
@@ -188,6 +202,7 @@ impl Generation {
             )
             .into(),
             limits,
+            Addressing::default(),
         );
         let (health, _) = watch::channel(false);
         Ok((

@@ -60,4 +60,6 @@ targets! {
     host_authority,
     header_rewrite,
     ws_frames,
+    forwarded_for,
+    proxy_header,
 }

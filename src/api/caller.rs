@@ -1,6 +1,7 @@
-//! The [`Caller`] extractor: who sent an auth API request, for the audit trail. The client IP
-//! is the connection's peer (no forwarded-for header is trusted, as everywhere else); the
-//! request id is the one the server edge assigned (in the request's `X-Request-Id`).
+//! The [`Caller`] extractor: who sent an auth API request, for the audit trail and the
+//! throttles. The client IP is the one the server edge resolved (`server::client_addr`: the
+//! peer, or behind `server.trusted_proxies` the right-most untrusted `X-Forwarded-For` hop);
+//! the request id is the one the server edge assigned (in the request's `X-Request-Id`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

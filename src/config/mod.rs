@@ -71,6 +71,14 @@ pub struct ServerConfig {
     /// Default `2s`.
     #[serde(with = "duration_serde")]
     pub config_watch_interval: Duration,
+    /// Peers (CIDRs; a bare address is one host) whose `X-Forwarded-For` is believed: the
+    /// client is then its right-most address that is not itself trusted. Empty (the default):
+    /// the client is the peer and no forwarded header is believed. Reloaded live.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every connection to `server.listen` starts with a PROXY protocol v1 or v2 header (L4
+    /// balancers such as AWS NLB), whose source address is then the peer; a connection
+    /// without one is closed. Default `false`. Reloaded live, for new connections.
+    pub proxy_protocol: bool,
 }
 
 /// `[server.tls]`: PEM files, re-read on SIGHUP and when they change on disk.

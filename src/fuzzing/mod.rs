@@ -6,6 +6,7 @@
 //! without a fuzzer. Adding a target: see `fuzz/README.md`.
 
 mod chunked;
+mod client_addr;
 mod config;
 mod framing;
 mod headers;
@@ -16,6 +17,7 @@ mod tokens;
 mod ws_frames;
 
 pub use chunked::chunked;
+pub use client_addr::{forwarded_for, proxy_header};
 pub use config::config_toml;
 pub use framing::framing_watch;
 pub use headers::header_rewrite;
@@ -42,6 +44,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("host_authority", host_authority),
     ("header_rewrite", header_rewrite),
     ("ws_frames", ws_frames),
+    ("forwarded_for", forwarded_for),
+    ("proxy_header", proxy_header),
 ];
 
 /// Reads structure (choices, lengths, split points) off the front of a fuzz input; every

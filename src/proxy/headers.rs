@@ -223,12 +223,20 @@ pub fn prepare_headers(headers: &mut HeaderMap, downstream: Downstream<'_>) {
     }
 }
 
+/// The received `X-Forwarded-For` (its lines as one list) and the client, right-most: the
+/// edge (`server::client_addr`) already cut the list after the client when it took the
+/// client from it, so the upstream can always believe the last entry.
 fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
+    let mut value = String::new();
+    let prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    for line in prior.filter_map(|v| v.to_str().ok()).map(str::trim) {
+        if !line.is_empty() {
+            value.push_str(line);
+            value.push_str(", ");
+        }
+    }
+    use std::fmt::Write as _;
+    let _ = write!(value, "{}", client.ip());
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -407,6 +415,14 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3");
         append_forwarded_for(&mut h, "10.9.9.9:1".parse().unwrap());
         assert_eq!(h[&X_FORWARDED_FOR], "10.1.2.3, 10.9.9.9");
+        // Several lines are one list, in order.
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static(" 10.5.5.5 "));
+        append_forwarded_for(&mut h, "[2001:db8::1]:1".parse().unwrap());
+        assert_eq!(
+            h[&X_FORWARDED_FOR],
+            "10.1.2.3, 10.9.9.9, 10.5.5.5, 2001:db8::1"
+        );
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     }
 
     mod properties {

@@ -35,7 +35,7 @@ pub mod ws_frames;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -248,12 +248,14 @@ impl Proxy {
         let started = Instant::now();
         let method_index = MethodIndex::of(request.method());
         // What the access log needs of the request, taken before it is consumed.
-        let access = self.access_log.then(|| {
-            (
-                request.method().clone(),
-                request.uri().path().to_owned(),
-                request_id::of(request.headers()),
-            )
+        let access = self.access_log.then(|| Access {
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            id: request_id::of(request.headers()),
+            client: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
         });
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &mut outcome).await {
@@ -265,15 +267,8 @@ impl Proxy {
             .route
             .unwrap_or(&self.unmatched)
             .record(method_index, response.status(), elapsed);
-        if let Some((method, path, id)) = access {
-            log_access(
-                &method,
-                &path,
-                id.as_ref(),
-                response.status(),
-                &outcome,
-                elapsed,
-            );
+        if let Some(access) = access {
+            log_access(&access, response.status(), &outcome, elapsed);
         }
         response
     }
@@ -393,14 +388,16 @@ fn asks(introspector: &Introspector, cluster: &Arc<Cluster>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(introspector.backend()), Arc::as_ptr(cluster))
 }
 
-fn log_access(
-    method: &Method,
-    path: &str,
-    id: Option<&RequestId>,
-    status: StatusCode,
-    outcome: &Outcome<'_>,
-    latency: Duration,
-) {
+/// What the access log needs of a request, taken before it is consumed.
+struct Access {
+    method: Method,
+    path: String,
+    id: Option<RequestId>,
+    /// The client as the server edge resolved it (`server::client_addr`).
+    client: Option<IpAddr>,
+}
+
+fn log_access(access: &Access, status: StatusCode, outcome: &Outcome<'_>, latency: Duration) {
     let instance = outcome
         .instance
         .as_ref()
@@ -408,13 +405,14 @@ fn log_access(
     let upstream = outcome.instance.as_ref().map(|(c, _)| c.name.as_str());
     tracing::info!(
         target: "meiro_gate::access",
-        method = %method,
-        path,
+        method = %access.method,
+        path = access.path,
+        client = access.client.map(tracing::field::display),
         status = status.as_u16(),
         upstream,
         instance,
         latency_us = latency.as_micros() as u64,
-        request_id = id.map(RequestId::as_str),
+        request_id = access.id.as_ref().map(RequestId::as_str),
         user = outcome.user.as_ref().and_then(|u| u.to_str().ok()),
         refused = outcome.refused.map(Refusal::as_str),
     );

@@ -4,10 +4,12 @@
 //! drain on shutdown. What a listener serves is a [`Site`] behind an `ArcSwap`, so a
 //! reload replaces it without touching open connections.
 
+pub mod client_addr;
 mod connection;
 pub mod cors;
 pub mod edge;
 pub(crate) mod framing;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::future::Future;
@@ -31,9 +33,11 @@ use tower::ServiceExt;
 use crate::auth::paths;
 use crate::proxy::{ConnectionSlot, Proxy};
 use crate::request_id::{self, RequestId};
+use client_addr::Addressing;
 use connection::{ConnectionState, Deadlines};
 use edge::Refusal;
 use framing::{Verdicts, Watched};
+use proxy_protocol::{Prefixed, Refusal as ProxyRefusal};
 
 /// hyper's smallest HTTP/1 read buffer: it refuses longer heads (431) itself, so a
 /// `max_header_bytes` under it is checked on each parsed head instead.
@@ -114,18 +118,20 @@ pub struct ConnectionLimits {
     pub http2_keepalive: Option<(Duration, Duration)>,
 }
 
-/// Everything a listener serves that a reload may replace: the routing, read once per
-/// request (so a keep-alive connection follows a reload), and the connection limits, read
-/// once per connection (they configure hyper's connection builder and the connection's
-/// deadlines). `max_connections` sizes the accept semaphore and is only read at start.
+/// Everything a listener serves that a reload may replace: the routing and the trusted
+/// proxies, read once per request (so a keep-alive connection follows a reload), and the
+/// connection limits and PROXY protocol switch, read once per connection (they configure
+/// hyper's connection builder and the connection's deadlines). `max_connections` sizes the
+/// accept semaphore and is only read at start.
 pub struct Site {
     routing: Routing,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnectionLimits,
+    addressing: Arc<Addressing>,
 }
 
 impl Site {
-    pub fn new(routing: Routing, limits: ConnectionLimits) -> Site {
+    pub fn new(routing: Routing, limits: ConnectionLimits, addressing: Addressing) -> Site {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -149,6 +155,7 @@ impl Site {
             routing,
             builder: Arc::new(builder),
             limits,
+            addressing: Arc::new(addressing),
         }
     }
 
@@ -201,46 +208,57 @@ pub async fn serve(
                 }
             },
         };
-        let accepted = tokio::time::Instant::now();
+        let at = tokio::time::Instant::now();
         let _ = stream.set_nodelay(true);
-        let (builder, head_limit, deadlines) = {
+        let (builder, head_limit, deadlines, proxied) = {
             let current = site.load();
             (
                 current.builder.clone(),
                 current.limits.max_header_bytes,
                 current.deadlines(),
+                // Only then is the addressing needed per connection.
+                current
+                    .addressing
+                    .proxy_protocol
+                    .then(|| current.addressing.clone()),
             )
         };
         let connection = ConnectionState::new(permit);
         let verdicts = Arc::new(Verdicts::default());
-        let service = service(
-            site.clone(),
-            connection.clone(),
-            verdicts.clone(),
-            remote,
-            head_limit,
-        );
-        let accepted = Accepted {
-            builder,
-            service,
-            // hyper keeps at most this much of a head before refusing it.
-            scan_limit: head_limit.max(HYPER_MIN_BUF_SIZE),
-            verdicts,
-            connection,
-            deadlines,
-            at: accepted,
-            shutdown: shutdown.clone(),
-            remote,
-        };
+        let site = site.clone();
         let tls = tls.clone();
+        let shutdown = shutdown.clone();
         let open = open_tx.clone();
         tokio::spawn(async move {
+            // The PROXY header, the TLS handshake and the first request share the
+            // first-request deadline: a client that opens a socket and says nothing is a
+            // slowloris in TLS (or PROXY) clothing.
+            let deadline = at + deadlines.first_request;
+            let (stream, peer) = match proxied {
+                None => (Prefixed::new(bytes::Bytes::new(), stream), remote),
+                Some(addressing) => {
+                    match proxy_header(stream, remote, &addressing, deadline).await {
+                        Ok(accepted) => accepted,
+                        Err(refusal) => return addressing.refused(remote, refusal),
+                    }
+                }
+            };
+            let service = service(site, connection.clone(), verdicts.clone(), peer, head_limit);
+            let accepted = Accepted {
+                builder,
+                service,
+                // hyper keeps at most this much of a head before refusing it.
+                scan_limit: head_limit.max(HYPER_MIN_BUF_SIZE),
+                verdicts,
+                connection,
+                deadlines,
+                at,
+                shutdown,
+                remote,
+            };
             match tls {
                 None => accepted.serve(stream).await,
                 Some(acceptor) => {
-                    // The handshake counts against the first-request deadline: a client that
-                    // opens a socket and says nothing is a slowloris in TLS clothing.
-                    let deadline = accepted.at + accepted.deadlines.first_request;
                     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => accepted.serve(stream).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %remote, "TLS handshake failed"),
@@ -260,6 +278,26 @@ pub async fn serve(
             false
         }
     }
+}
+
+/// Reads the PROXY header a connection must start with (`server.proxy_protocol`): the stream
+/// with what followed the header put back, and the peer it names (the TCP peer when it names
+/// none).
+async fn proxy_header(
+    mut stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    addressing: &Addressing,
+    deadline: tokio::time::Instant,
+) -> Result<(Prefixed<tokio::net::TcpStream>, SocketAddr), ProxyRefusal> {
+    // With trusted proxies set, only they may say whose connection it is.
+    if !addressing.trusted.is_empty() && !addressing.trusted.contains(remote.ip()) {
+        return Err(ProxyRefusal::UntrustedPeer);
+    }
+    let read = proxy_protocol::read_header(&mut stream);
+    let (source, rest) = tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_| ProxyRefusal::Timeout)??;
+    Ok((Prefixed::new(rest, stream), source.unwrap_or(remote)))
 }
 
 /// A connection accepted and everything needed to serve it, over plain TCP or TLS.
@@ -320,13 +358,14 @@ where
     }
 }
 
-/// The service of one connection: the edge checks, then the data plane directly or the
-/// router, every answer carrying the request id.
+/// The service of one connection from `peer` (its PROXY header's source, if it sent one): the
+/// edge checks, the client's address, then the data plane directly or the router, every
+/// answer carrying the request id.
 fn service(
     site: LiveSite,
     connection: Arc<ConnectionState>,
     verdicts: Arc<Verdicts>,
-    remote: SocketAddr,
+    peer: SocketAddr,
     head_limit: usize,
 ) -> impl hyper::service::Service<
     hyper::Request<Incoming>,
@@ -367,13 +406,15 @@ fn service(
                 .extensions_mut()
                 .insert(ConnectionSlot(guard.connection().clone()));
         }
-        let mut request = request.map(axum::body::Body::new);
-        request
-            .extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(remote));
         // One lock-free load per request; the guard is gone before the first await, the
         // future owns clones of what it needs.
         let current = site.load();
+        // Every consumer of the client's address reads it here (`client_addr`).
+        let client = current.addressing.client(peer, request.headers_mut());
+        let mut request = request.map(axum::body::Body::new);
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(client));
         match &current.routing.direct {
             Some(direct)
                 if !(direct.local_api

@@ -326,7 +326,8 @@ pub struct AuditEvent {
     pub kind: String,
     pub user_id: Option<UserId>,
     pub email: Option<String>,
-    /// The connection's peer address.
+    /// The client address (`server::client_addr`: the peer, or the client a trusted proxy or a
+    /// PROXY header named).
     pub client_ip: Option<IpAddr>,
     pub request_id: Option<String>,
     /// Short, non-secret facts: a failure's reason, the acting admin, a key id.

@@ -5,6 +5,7 @@
 //! again on every reload, unless `RUST_LOG` is set, which then wins for the life of the process
 //! (one process turned up for debugging stays so across reloads).
 
+mod histogram;
 pub mod metrics;
 
 use std::io::IsTerminal;

@@ -170,23 +170,7 @@ impl Gateway {
     /// so helpers and tests can each set keys of the same section.
     pub async fn start_with_layers(upstream_url: &str, layers: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let base = [
-            local_toml(dir.path()),
-            plane::upstream_toml(
-                "backend",
-                &[upstream_url.to_owned()],
-                "connect_timeout = \"1s\"\nresponse_timeout = \"2s\"",
-            ),
-            plane::route_toml("/", "backend", ""),
-            plane::route_toml("/public", "backend", "public = true"),
-        ]
-        .concat();
-        let figment = layers
-            .iter()
-            .fold(Figment::from(Toml::string(&base)), |f, layer| {
-                f.merge(Toml::string(layer))
-            });
-        let config = config::load_from_figment(&figment).expect("test config is valid");
+        let config = config_in(dir.path(), upstream_url, layers);
         let clock = Clock::default();
         let app = App::start_with_clock(config, clock.clone()).await.unwrap();
         Gateway {
@@ -507,4 +491,26 @@ pub fn local_toml(dir: &std::path::Path) -> String {
         "#,
         dir = dir.display()
     )
+}
+
+/// The config [`Gateway::start_with_layers`] starts with, its files in `dir` (a reload test
+/// builds the next one the same way).
+pub fn config_in(dir: &std::path::Path, upstream_url: &str, layers: &[&str]) -> config::Config {
+    let base = [
+        local_toml(dir),
+        plane::upstream_toml(
+            "backend",
+            &[upstream_url.to_owned()],
+            "connect_timeout = \"1s\"\nresponse_timeout = \"2s\"",
+        ),
+        plane::route_toml("/", "backend", ""),
+        plane::route_toml("/public", "backend", "public = true"),
+    ]
+    .concat();
+    let figment = layers
+        .iter()
+        .fold(Figment::from(Toml::string(&base)), |f, layer| {
+            f.merge(Toml::string(layer))
+        });
+    config::load_from_figment(&figment).expect("test config is valid")
 }

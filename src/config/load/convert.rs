@@ -153,6 +153,41 @@ pub(super) fn word_list(value: &Value) -> Result<Vec<String>, String> {
     }
 }
 
+/// A list of networks: a TOML array of strings, or one string of entries separated by commas
+/// or spaces (how an environment variable gives a list). Each entry is a CIDR (`10.0.0.0/8`,
+/// `fd00::/8`) or a bare address, meaning that one host (`/32`, `/128`).
+pub(super) fn cidr_list(value: &Value) -> Result<Vec<ipnet::IpNet>, String> {
+    let entries: Vec<String> = match value {
+        Value::Array(_, items) => items.iter().map(text).collect::<Result<_, _>>()?,
+        other => text(other)?
+            .split([',', ' ', '\t'])
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    entries.iter().map(|e| cidr(e.trim())).collect()
+}
+
+fn cidr(entry: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    let net: ipnet::IpNet = entry.parse().map_err(|_| {
+        format!(
+            "invalid network {entry:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP address"
+        )
+    })?;
+    // `10.1.2.3/8` is most likely a typo for a host or for another network: say which
+    // network it would be instead of silently trusting all of it.
+    if net.addr() != net.network() {
+        return Err(format!(
+            "invalid network {entry:?}: address bits set past the prefix; the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
 pub(super) fn byte_size(value: &Value) -> Result<ByteSize, String> {
     match value {
         Value::String(_, s) => s.parse(),

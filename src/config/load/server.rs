@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use url::Url;
 
-use super::convert::{byte_size, duration, flag, path, socket_addr, text, web_url, whole};
+use super::convert::{
+    byte_size, cidr_list, duration, flag, path, socket_addr, text, web_url, whole,
+};
 use super::reader::Section;
 use super::{POSITIVE, secs};
 use crate::config::{ByteSize, LimitsConfig, ServerConfig, TlsConfig};
@@ -34,6 +36,8 @@ pub(super) fn read_server(mut s: Section<'_>) -> ServerConfig {
     let worker_threads = s.opt("worker_threads", whole::<usize>);
     let underscores_in_headers = s.get("underscores_in_headers", true, flag);
     let api_prefix = s.get("api_prefix", String::new(), text);
+    let trusted_proxies = s.get("trusted_proxies", Vec::new(), cidr_list);
+    let proxy_protocol = s.get("proxy_protocol", false, flag);
     s.check(
         "api_prefix",
         is_api_prefix(&api_prefix),
@@ -62,6 +66,8 @@ pub(super) fn read_server(mut s: Section<'_>) -> ServerConfig {
         api_prefix,
         tls,
         config_watch_interval,
+        trusted_proxies,
+        proxy_protocol,
     }
 }
 

@@ -47,6 +47,7 @@ fn env(vars: &[(&str, &str)]) -> EnvLayer {
     )
 }
 
+mod client_address;
 mod routes;
 
 const UPSTREAM: &str = "[[upstreams]]\nname = \"meiro\"\ninstances = [\"http://127.0.0.1:9000\"]\n";
