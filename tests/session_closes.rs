@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Gateway;
-use common::fake::endless_event_stream;
+use common::fake::{FakeTask, endless_event_stream};
 use common::replicas::{PgSchema, replica_toml};
 use common::streams::{assert_cut, assert_flowing};
 use common::ws::{Ws, connect, next_text, ws_echo};
@@ -20,6 +20,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The contract: every replica closes within this of the session's end.
 const WITHIN: Duration = Duration::from_secs(1);
+
+/// A gateway on SQLite in front of a WebSocket echo server (stopped when the task is dropped).
+async fn echo_gateway() -> (Gateway, FakeTask) {
+    let (echo, _, echo_task) = ws_echo().await;
+    (
+        Gateway::start_with(&format!("http://{echo}"), "").await,
+        echo_task,
+    )
+}
 
 /// A WebSocket through `gw` opened with `token`, past the echo server's greeting.
 async fn open(gw: &Gateway, token: &str) -> Ws {
@@ -89,8 +98,7 @@ async fn as_admin(
 
 #[tokio::test]
 async fn a_websocket_closes_within_a_second_of_logout_and_other_users_stay_connected() {
-    let (echo, _, _echo_task) = ws_echo().await;
-    let gw = Gateway::start_with(&format!("http://{echo}"), "").await;
+    let (gw, _echo_task) = echo_gateway().await;
     gw.add_user("alice@example.com", Role::User).await;
     gw.add_user("bob@example.com", Role::User).await;
     let alice = gw.login("alice@example.com").await;
@@ -115,8 +123,7 @@ async fn a_websocket_closes_within_a_second_of_logout_and_other_users_stay_conne
 
 #[tokio::test]
 async fn disabling_a_user_or_changing_their_role_closes_their_websockets() {
-    let (echo, _, _echo_task) = ws_echo().await;
-    let gw = Gateway::start_with(&format!("http://{echo}"), "").await;
+    let (gw, _echo_task) = echo_gateway().await;
     gw.add_user("admin@example.com", Role::Admin).await;
     let alice = gw.add_user("alice@example.com", Role::User).await;
     let carol = gw.add_user("carol@example.com", Role::User).await;
@@ -142,8 +149,7 @@ async fn disabling_a_user_or_changing_their_role_closes_their_websockets() {
 
 #[tokio::test]
 async fn reusing_a_refreshed_token_closes_the_sessions_websockets() {
-    let (echo, _, _echo_task) = ws_echo().await;
-    let gw = Gateway::start_with(&format!("http://{echo}"), "").await;
+    let (gw, _echo_task) = echo_gateway().await;
     gw.add_user("alice@example.com", Role::User).await;
     gw.add_user("bob@example.com", Role::User).await;
     let first = gw.login("alice@example.com").await;

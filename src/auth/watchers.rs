@@ -15,12 +15,12 @@ const SHARDS: usize = 16;
 /// Per watched session: what wakes its waiters, and how many there are.
 type Shard = HashMap<usize, (Arc<Notify>, usize)>;
 
-static WATCHED: LazyLock<[Mutex<Shard>; SHARDS]> =
+static WAITERS: LazyLock<[Mutex<Shard>; SHARDS]> =
     LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashMap::new())));
 
 fn shard(session: usize) -> MutexGuard<'static, Shard> {
     // Sessions are allocations of the same size: the low bits say nothing, skip them.
-    WATCHED[(session >> 6) % SHARDS]
+    WAITERS[(session >> 6) % SHARDS]
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
